@@ -1,0 +1,1 @@
+"""DP-SGD training: configs, data, the DP step, the engine and the CLI."""

@@ -1,0 +1,29 @@
+"""TrainConfig round-trips through dicts (checkpoints and cards rely on it)."""
+
+import json
+
+import pytest
+
+from dp_zoo.train import config as cfg
+
+
+def test_round_trip_through_json():
+    c = cfg.TrainConfig(
+        model="wrn16_4",
+        model_kwargs=(("scale_norm", True),),
+        steps=875,
+        dp=cfg.DPConfig(noise_multiplier=10.0, delta=1e-5),
+        augmult=cfg.AugmultConfig(num_views=16),
+        ema=cfg.EMAConfig(decay=0.999),
+        optim=cfg.OptimConfig(learning_rate=2.0),
+        data=cfg.DataConfig(dataset="cifar10"),
+    )
+    back = cfg.TrainConfig.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert back == c
+
+
+def test_unknown_field_is_a_clear_error():
+    d = cfg.TrainConfig().to_dict()
+    d["batchsize"] = 3
+    with pytest.raises(ValueError, match="batchsize"):
+        cfg.TrainConfig.from_dict(d)
