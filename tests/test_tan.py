@@ -1,0 +1,55 @@
+"""TAN simulation configs (Sander et al. 2023)."""
+
+import math
+
+import pytest
+
+from dp_zoo import accounting, tan
+from dp_zoo.train.config import DPConfig, TrainConfig
+
+N = 50_000
+FULL = TrainConfig(model="wrn16_4", batch_size=4096, physical_batch_size=256, steps=875,
+                   dp=DPConfig(noise_multiplier=10.0, delta=1e-5))
+
+
+def test_simulation_keeps_steps_and_per_step_snr():
+    sim = tan.simulate(FULL, 16, dataset_size=N)
+    assert sim.steps == FULL.steps
+    assert sim.batch_size == 256 and sim.physical_batch_size == 256
+    assert math.isclose(sim.batch_size / sim.dp.noise_multiplier, FULL.batch_size / FULL.dp.noise_multiplier)
+    assert sim.tan_simulation_factor == 16.0
+
+
+def test_simulation_is_far_less_private_and_says_so():
+    info = tan.tan_info(FULL, 16, dataset_size=N)
+    sim = tan.simulate(FULL, 16, dataset_size=N)
+    eps_sim = accounting.epsilon(noise_multiplier=sim.dp.noise_multiplier,
+                                 sampling_probability=sim.batch_size / N, steps=sim.steps, delta=1e-5)
+    assert math.isclose(info["epsilon_full_run"], accounting.epsilon(
+        noise_multiplier=10.0, sampling_probability=4096 / N, steps=875, delta=1e-5))
+    assert eps_sim > 3 * info["epsilon_full_run"]
+    assert "NOT private" in info["note"]
+
+
+def test_total_amount_of_noise_definition():
+    eta = tan.total_amount_of_noise(noise_multiplier=10.0, sampling_probability=0.08192, steps=875)
+    assert math.isclose(eta, 10.0 / (0.08192 * math.sqrt(875)))
+
+
+def test_target_epsilon_config_is_calibrated_first():
+    cfg = FULL.replace(dp=DPConfig(target_epsilon=8.0, delta=1e-5))
+    sim = tan.simulate(cfg, 4, dataset_size=N)
+    sigma = accounting.calibrate_noise(target_epsilon=8.0, sampling_probability=4096 / N, steps=875, delta=1e-5)
+    assert math.isclose(sim.dp.noise_multiplier, sigma / 4)
+    assert sim.dp.target_epsilon is None
+
+
+@pytest.mark.parametrize("factor", [1, 0.5, -2, True])
+def test_bad_factor(factor):
+    with pytest.raises(ValueError, match="factor"):
+        tan.simulate(FULL, factor, dataset_size=N)
+
+
+def test_factor_too_large_for_batch():
+    with pytest.raises(ValueError, match="smaller factor"):
+        tan.simulate(FULL, 10_000, dataset_size=N)
