@@ -9,11 +9,7 @@ import difflib
 import importlib
 
 _REGISTRY = {}
-_FAMILY_MODULES = (
-    "dp_zoo.models.wide_resnet",
-    "dp_zoo.models.nf_resnet",
-    "dp_zoo.models.nfnet",
-)
+_FAMILY_MODULES = ("dp_zoo.models.wide_resnet",)
 _loaded = False
 
 
