@@ -1,0 +1,185 @@
+"""DP-SGD as small pure TensorFlow functions (DESIGN.md §4).
+
+- ``per_example_grads``: vectorized per-example gradients of the mean loss
+  over an example's K augmented views (augmentation multiplicity, De et al.
+  2022 §3.1).
+- ``clipped_grad_sum``: clip each example's gradient to global L2 norm C and
+  sum; padding rows (mask 0) contribute exactly zero.
+- ``add_noise``: N(0, sigma^2 C^2) added once per logical step.
+- ``ema_decay`` / ``ema_update`` / ``polyak_update``: parameter averaging.
+
+The engine (``engine.py``) composes them; each is tested alone.
+"""
+
+import keras
+import tensorflow as tf
+
+
+def _loss_views(model, params, non_trainable, views, label):
+    """Mean cross-entropy over the K views ``[K, H, W, C]`` of one example."""
+    logits, _ = model.stateless_call(params, non_trainable, views, training=True)
+    labels = tf.fill([tf.shape(views)[0]], tf.cast(label, tf.int32))
+    losses = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    return tf.reduce_mean(losses)
+
+
+def per_example_grads(model, images, labels, *, vectorized=True):
+    """Per-example gradients of the mean loss over each example's views.
+
+    Args:
+      model: a built Keras model (logits out, no cross-example layers).
+      images: ``[B, K, H, W, C]`` float32.
+      labels: ``[B]`` int.
+      vectorized: use ``tf.vectorized_map`` (fast); False uses ``tf.map_fn``
+        (the reference the tests compare against).
+
+    Returns:
+      ``(grads, losses)``: a list aligned with ``model.trainable_variables``
+      of ``[B, *var.shape]`` tensors, and the ``[B]`` per-example losses.
+    """
+    params = [v.value for v in model.trainable_variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+
+    def one(args):
+        views, label = args
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = _loss_views(model, params, non_trainable, views, label)
+        return tape.gradient(loss, params), loss
+
+    if vectorized:
+        return tf.vectorized_map(one, (images, labels), fallback_to_while_loop=True)
+    sig = ([tf.TensorSpec(p.shape, p.dtype) for p in params], tf.TensorSpec([], tf.float32))
+    return tf.map_fn(one, (images, labels), fn_output_signature=sig)
+
+
+def global_norms(grads):
+    """Per-example global L2 norms ``[B]`` of a list of ``[B, ...]`` grads."""
+    sq = [tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1) for g in grads]
+    return tf.sqrt(tf.add_n(sq))
+
+
+def clip_factors(norms, l2_clip):
+    """``min(1, C / ||g||)``, written as ``C / max(||g||, C)`` (safe at 0)."""
+    return l2_clip / tf.maximum(norms, l2_clip)
+
+
+def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True):
+    """Sum over examples of per-example gradients clipped to norm ``l2_clip``.
+
+    Args:
+      model: Keras model producing logits.
+      images: ``[B, K, H, W, C]`` (K augmented views per example).
+      labels: ``[B]``.
+      l2_clip: clipping norm C (global over all trainable variables).
+      mask: optional ``[B]``, 1 for real rows and 0 for padding rows; padding
+        rows contribute exactly zero.
+      vectorized: see ``per_example_grads``.
+
+    Returns:
+      ``(grad_sum, norms)``: list aligned with ``model.trainable_variables``
+      and the unclipped per-example norms ``[B]``.
+    """
+    grads, _ = per_example_grads(model, images, labels, vectorized=vectorized)
+    norms = global_norms(grads)
+    factors = clip_factors(norms, tf.cast(l2_clip, norms.dtype))
+    if mask is not None:
+        # where(), not a product: a padding row with a non-finite gradient
+        # must still contribute exactly zero.
+        factors = tf.where(tf.cast(mask, tf.bool), factors, tf.zeros_like(factors))
+    grad_sum = []
+    for g in grads:
+        f = tf.reshape(factors, [-1] + [1] * (len(g.shape) - 1))
+        if mask is not None:
+            g = tf.where(tf.reshape(tf.cast(mask, tf.bool), tf.shape(f)), g, tf.zeros_like(g))
+        grad_sum.append(tf.reduce_sum(g * f, axis=0))
+    return grad_sum, norms
+
+
+def mean_grad(model, images, labels, mask=None):
+    """Non-private baseline: gradient of the mean loss over real rows."""
+    with tf.GradientTape() as tape:
+        b = tf.shape(images)[0]
+        k = tf.shape(images)[1]
+        flat = tf.reshape(images, tf.concat([[b * k], tf.shape(images)[2:]], 0))
+        logits = model(flat, training=True)
+        losses = keras.losses.sparse_categorical_crossentropy(
+            tf.repeat(tf.cast(labels, tf.int32), k), logits, from_logits=True
+        )
+        losses = tf.reduce_mean(tf.reshape(losses, [b, k]), axis=1)
+        if mask is None:
+            mask = tf.ones([b])
+        mask = tf.cast(mask, losses.dtype)
+        total = tf.reduce_sum(losses * mask)
+    return tape.gradient(total, model.trainable_variables), tf.reduce_sum(mask)
+
+
+def add_noise(grad_sum, *, stddev, seed=None, generator=None):
+    """Adds i.i.d. N(0, stddev^2) to every coordinate of ``grad_sum``.
+
+    Args:
+      grad_sum: list of tensors.
+      stddev: sigma * C.
+      seed: ``[2]`` int seed for stateless (reproducible) noise; or
+      generator: a ``tf.random.Generator`` (e.g. non-deterministic state).
+
+    Returns:
+      The noisy list.
+    """
+    out = []
+    for i, g in enumerate(grad_sum):
+        if generator is not None:
+            n = generator.normal(tf.shape(g), stddev=stddev, dtype=g.dtype)
+        else:
+            s = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), i)
+            n = tf.random.stateless_normal(tf.shape(g), seed=s, stddev=stddev, dtype=g.dtype)
+        out.append(g + n)
+    return out
+
+
+def ema_decay(step, decay):
+    """Warm-up EMA decay ``min(mu, (1 + t) / (10 + t))`` (DESIGN.md §4)."""
+    t = tf.cast(step, tf.float32)
+    return tf.minimum(tf.cast(decay, tf.float32), (1.0 + t) / (10.0 + t))
+
+
+def ema_update(ema_vars, params, mu):
+    """``ema <- mu * ema + (1 - mu) * params`` in place."""
+    for e, p in zip(ema_vars, params):
+        e.assign(mu * e + (1.0 - mu) * p)
+
+
+def polyak_update(avg_vars, params, count):
+    """Uniform running average: ``avg <- avg + (p - avg) / (count + 1)``."""
+    c = tf.cast(count, tf.float32)
+    for a, p in zip(avg_vars, params):
+        a.assign(a + (p - a) / (c + 1.0))
+
+
+def learning_rate_schedule(optim, total_steps):
+    """A Keras LR schedule for an ``OptimConfig``."""
+    lr = optim.learning_rate
+    if optim.schedule == "constant":
+        return lr
+    if optim.schedule in ("cosine", "linear_warmup_cosine"):
+        warm = optim.warmup_steps if optim.schedule == "linear_warmup_cosine" else 0
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warm else lr,
+            decay_steps=max(1, total_steps - warm),
+            warmup_target=lr if warm else None,
+            warmup_steps=warm,
+        )
+    raise ValueError(
+        f"Unknown learning-rate schedule {optim.schedule!r}; use 'constant', "
+        "'cosine' or 'linear_warmup_cosine'."
+    )
+
+
+def make_optimizer(optim, total_steps):
+    """The Keras optimizer for an ``OptimConfig`` (weight decay applied by the engine)."""
+    lr = learning_rate_schedule(optim, total_steps)
+    if optim.name == "sgd":
+        return keras.optimizers.SGD(learning_rate=lr, momentum=optim.momentum, nesterov=optim.nesterov)
+    if optim.name == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    raise ValueError(f"Unknown optimizer {optim.name!r}; use 'sgd' or 'adam'.")

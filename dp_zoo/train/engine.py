@@ -1,0 +1,627 @@
+"""The DP-SGD training loop: virtual batches, noise once per step, EMA, checkpoints.
+
+One logical step t (DESIGN.md §4):
+
+1. Poisson-sample the examples of step t (``sampling.poisson_sample``; a
+   function of (seed, t) only, so a resumed run sees the same batches).
+2. Split them into fixed-size micro-batches (padding rows masked out); for
+   each, normalize, augment to K views and add the clipped per-example
+   gradients to the logical sum (``dp_sgd.clipped_grad_sum``). Under a
+   ``tf.distribute`` strategy each replica sums its share of the rows and
+   the per-replica sums are all-reduced (SUM).
+3. Add N(0, sigma^2 C^2) ONCE to the logical sum, divide by the expected
+   batch size B = q N, add weight decay, apply the optimizer, update EMA and
+   Polyak averages, and record the step in the privacy ledger.
+
+Privacy bookkeeping survives crashes. Before a step's noise is drawn the
+ledger's spent count is written ahead to ``privacy_journal.json``; on resume
+the spent count is the larger of the journal's and the checkpoint's. With
+``deterministic_noise`` a step redone after a crash reproduces exactly the
+same batch, noise and update as the lost one (the same random output
+released again costs nothing more), so only then does the redo reuse the
+lost step's budget; with secure noise every drawn noise is counted.
+
+Checkpoints (``run_dir/checkpoints/ckpt-<step>.npz`` + ``.json`` with the
+SHA-256 of the npz) are written to a temporary name and renamed, so a kill
+during a save leaves the previous checkpoint intact; a corrupt newest
+checkpoint falls back to the previous good one, and a run directory whose
+checkpoints are all corrupt is an error, never a silent restart.
+"""
+
+import hashlib
+import json
+import math
+import os
+import platform
+import signal
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dp_zoo import accounting, preprocessing
+from dp_zoo.train import dp_sgd, sampling
+
+CHECKPOINT_KEEP = 2
+MAX_CONSECUTIVE_NONFINITE = 5
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (the message says why and what to do)."""
+
+
+def _atomic_write_bytes(path, data):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path, obj):
+    _atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+def resolve_steps(config, dataset_size):
+    """Number of logical steps: ``steps`` or ``ceil(epochs * N / B)``."""
+    if config.steps is not None:
+        steps = config.steps
+    elif config.epochs is not None:
+        steps = math.ceil(config.epochs * dataset_size / config.batch_size)
+    else:
+        raise ValueError("Set steps or epochs in the TrainConfig (e.g. --steps 500).")
+    if steps < 1:
+        raise ValueError(f"The run needs at least one step, got {steps}.")
+    return int(steps)
+
+
+def resolve_noise_multiplier(config, dataset_size, steps):
+    """sigma from the config, or calibrated from its target epsilon."""
+    dp = config.dp
+    if not dp.enabled:
+        return None
+    if dp.noise_multiplier is not None:
+        return float(dp.noise_multiplier)
+    if dp.target_epsilon is None:
+        raise ValueError(
+            "A private run needs dp.noise_multiplier or dp.target_epsilon "
+            "(e.g. --epsilon 8); for a non-private baseline disable DP explicitly."
+        )
+    return accounting.calibrate_noise(
+        target_epsilon=dp.target_epsilon,
+        sampling_probability=config.batch_size / dataset_size,
+        steps=steps,
+        delta=dp.delta,
+        accountant=dp.accountant,
+    )
+
+
+def validate(config, train):
+    """Clear errors for a configuration that cannot run on ``train``."""
+    n = len(train)
+    if n < 1:
+        raise ValueError("The training set is empty.")
+    if not 0 < config.batch_size <= n:
+        raise ValueError(
+            f"batch_size={config.batch_size} must be in [1, {n}] (the training set size)."
+        )
+    if config.physical_batch_size < 1:
+        raise ValueError(f"physical_batch_size must be >= 1, got {config.physical_batch_size}.")
+    if config.dp.enabled and not config.dp.l2_clip > 0:
+        raise ValueError(f"l2_clip must be > 0, got {config.dp.l2_clip}.")
+    if config.augmult.num_views < 1:
+        raise ValueError(f"augmult must be >= 1, got {config.augmult.num_views}.")
+    if config.ema.decay is not None and not 0 <= config.ema.decay < 1:
+        raise ValueError(f"EMA decay must be in [0, 1), got {config.ema.decay}.")
+    if config.optim.learning_rate <= 0:
+        raise ValueError(f"learning rate must be > 0, got {config.optim.learning_rate}.")
+
+
+class Trainer:
+    """Trains a Keras model with DP-SGD exactly as DESIGN.md §4 defines.
+
+    Args:
+      model: a Keras model mapping normalized images to logits. It must not
+        mix examples (no BatchNorm).
+      config: ``TrainConfig``.
+      train: training ``Dataset`` (uint8 images, labels, mean/std).
+      eval_data: optional ``Dataset`` evaluated every ``eval_every`` steps.
+      augment_fn: ``fn(images [b,H,W,C], seed [2]) -> [b,K,H,W,C]``;
+        default: one un-augmented view.
+      run_dir: where checkpoints, the privacy journal and the run record go;
+        an existing run is resumed from it.
+      strategy: a ``tf.distribute.Strategy`` (default: the current one).
+      progress: show a tqdm progress bar.
+    """
+
+    def __init__(self, model, config, train, *, eval_data=None, augment_fn=None,
+                 run_dir=None, strategy=None, progress=True):
+        validate(config, train)
+        self.model = model
+        self.config = config
+        self.train = train
+        self.eval_data = eval_data
+        self.run_dir = run_dir
+        self.progress = progress
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self.augment_fn = augment_fn
+        n = len(train)
+        self.total_steps = resolve_steps(config, n)
+        self.q = config.batch_size / n
+        self.private = bool(config.dp.enabled)
+        self.noise_multiplier = resolve_noise_multiplier(config, n, self.total_steps)
+        self.ledger = accounting.PrivacyLedger(
+            self.noise_multiplier, self.q, config.dp.delta, n,
+            target_epsilon=config.dp.target_epsilon if self.private else None,
+            accountant=config.dp.accountant, sampling=config.dp.sampling,
+            private=self.private,
+        )
+        self.step = 0
+        self.history = []
+        self.wall_time_s = 0.0
+        self.nonfinite_steps = 0
+        self._stop_requested = False
+        self._build_state()
+
+    # -- state ----------------------------------------------------------------
+
+    def _build_state(self):
+        cfg = self.config
+        with self.strategy.scope():
+            if not self.model.built:
+                self.model.build((None,) + self.train.input_shape)
+            self.optimizer = dp_sgd.make_optimizer(cfg.optim, self.total_steps)
+            self.optimizer.build(self.model.trainable_variables)
+            tv = self.model.trainable_variables
+            self.ema_vars = (
+                [tf.Variable(v.value, trainable=False) for v in tv] if cfg.ema.decay is not None else None
+            )
+            self.polyak_vars = (
+                [tf.Variable(v.value, trainable=False) for v in tv] if cfg.ema.polyak_start is not None else None
+            )
+            self.polyak_count = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.mean = tuple(self.train.mean)
+        self.std = tuple(self.train.std)
+        self._compile_fns()
+
+    def _compile_fns(self):
+        cfg = self.config
+        model = self.model
+        k = cfg.augmult.num_views
+        augment = self.augment_fn
+        mean, std = self.mean, self.std
+        l2_clip = float(cfg.dp.l2_clip)
+        private = self.private
+
+        def views(images_u8, seed):
+            x = preprocessing.normalize(images_u8, mean, std)
+            if augment is None:
+                return tf.repeat(x[:, None], k, axis=1)
+            return augment(x, seed)
+
+        def replica_sum(images_u8, labels, mask, seed):
+            x = views(images_u8, seed)
+            if private:
+                grads, norms = dp_sgd.clipped_grad_sum(model, x, labels, l2_clip=l2_clip, mask=mask)
+            else:
+                grads, _ = dp_sgd.mean_grad(model, x, labels, mask)
+                norms = tf.zeros_like(mask)
+            return grads, norms
+
+        strategy = self.strategy
+        self._local_sum = tf.function(replica_sum, reduce_retracing=True)
+
+        @tf.function(reduce_retracing=True)
+        def distributed_sum(images_u8, labels, mask, seed):
+            def fn(images_u8, labels, mask, seed):
+                # Every replica receives the whole micro-batch and takes its
+                # contiguous share; the clipped sums are then all-reduced.
+                ctx = tf.distribute.get_replica_context()
+                r = ctx.replica_id_in_sync_group
+                per = tf.shape(images_u8)[0] // ctx.num_replicas_in_sync
+                sl = slice(r * per, (r + 1) * per)
+                return replica_sum(images_u8[sl], labels[sl], mask[sl],
+                                   seed + tf.cast(r, tf.int64) * tf.constant([7919, 0], tf.int64))
+
+            grads, norms = strategy.run(fn, args=(images_u8, labels, mask, seed))
+            grads = [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
+            return grads, strategy.gather(norms, axis=0)
+
+        self._distributed_sum = distributed_sum
+
+        @tf.function
+        def apply(grad_sum, step, noise_seed, ema_on, polyak_on):
+            if private:
+                stddev = self.noise_multiplier * l2_clip
+                if self._noise_generator is not None:
+                    noisy = dp_sgd.add_noise(grad_sum, stddev=stddev, generator=self._noise_generator)
+                else:
+                    noisy = dp_sgd.add_noise(grad_sum, stddev=stddev, seed=noise_seed)
+                denom = self.q * len(self.train)
+            else:
+                noisy = grad_sum
+                denom = 1.0
+            update = [g / denom for g in noisy]
+            tv = model.trainable_variables
+            if cfg.optim.weight_decay:
+                update = [u + cfg.optim.weight_decay * v for u, v in zip(update, tv)]
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
+            if finite:
+                self.optimizer.apply(update, tv)
+                if self.ema_vars is not None:
+                    mu = dp_sgd.ema_decay(step, cfg.ema.decay)
+                    dp_sgd.ema_update(self.ema_vars, [v.value for v in tv], mu)
+                if self.polyak_vars is not None and polyak_on:
+                    dp_sgd.polyak_update(self.polyak_vars, [v.value for v in tv], self.polyak_count)
+                    self.polyak_count.assign_add(1)
+            return finite
+
+        self._apply = apply
+        if self.private and not cfg.deterministic_noise:
+            # Secure default: noise from OS entropy, never reproducible.
+            self._noise_generator = tf.random.Generator.from_non_deterministic_state()
+        else:
+            self._noise_generator = None
+
+    # -- one step ---------------------------------------------------------------
+
+    def _seed(self, step, purpose):
+        return tf.constant([int(self.config.seed) * 1_000_003 + purpose, int(step)], tf.int64)
+
+    def _micro_sum(self, idx, mask, step, m):
+        images = tf.constant(self.train.images[idx])
+        labels = tf.constant(self.train.labels[idx])
+        mask_t = tf.constant(mask)
+        seed = self._seed(step * 4096 + m, 1)
+        if self.strategy.num_replicas_in_sync == 1:
+            return self._local_sum(images, labels, mask_t, seed)
+        return self._distributed_sum(images, labels, mask_t, seed)
+
+    def train_step(self, step):
+        """Runs logical step ``step``; returns a metrics dict."""
+        cfg = self.config
+        p = cfg.physical_batch_size
+        n_rep = self.strategy.num_replicas_in_sync
+        if p % n_rep:
+            raise ValueError(
+                f"physical_batch_size={p} must be divisible by the {n_rep} replicas."
+            )
+        idx = sampling.poisson_sample(len(self.train), self.q, seed=cfg.seed, step=step)
+        total = None
+        norms = []
+        for m, (mi, mm) in enumerate(sampling.micro_batches(idx, p)):
+            g, nrm = self._micro_sum(mi, mm, step, m)
+            total = g if total is None else [a + b for a, b in zip(total, g)]
+            norms.append(nrm.numpy()[mm > 0] if nrm.shape[0] == len(mm) else nrm.numpy())
+        if not self.private:
+            count = max(len(idx), 1)
+            total = [t * (1.0 / count) for t in total]
+        # Write-ahead: the noise about to be drawn is counted before it exists.
+        if self.private:
+            self.ledger.record_step()
+            self._write_journal()
+        finite = bool(self._apply(
+            total, tf.constant(step, tf.int64), self._seed(step, 2),
+            tf.constant(True), tf.constant(cfg.ema.polyak_start is not None and step >= (cfg.ema.polyak_start or 0)),
+        ))
+        if not self.private:
+            self.ledger.record_step()
+        self.step = step + 1
+        if not finite:
+            self.nonfinite_steps += 1
+            self._consecutive_nonfinite += 1
+            if self._consecutive_nonfinite >= MAX_CONSECUTIVE_NONFINITE:
+                raise TrainingError(
+                    f"{self._consecutive_nonfinite} consecutive steps produced non-finite updates "
+                    f"(last at step {step}); the weights were left unchanged. Lower the learning "
+                    "rate or check the data; the privacy spent on these steps is counted."
+                )
+        else:
+            self._consecutive_nonfinite = 0
+        allnorms = np.concatenate(norms) if norms else np.zeros(0)
+        return {"batch": int(len(idx)), "finite": finite,
+                "grad_norm_median": float(np.median(allnorms)) if len(allnorms) else 0.0}
+
+    # -- checkpoints ------------------------------------------------------------
+
+    def _ckpt_dir(self):
+        return os.path.join(self.run_dir, "checkpoints")
+
+    def _journal_path(self):
+        return os.path.join(self.run_dir, "privacy_journal.json")
+
+    def _write_journal(self):
+        if self.run_dir is None:
+            return
+        os.makedirs(self.run_dir, exist_ok=True)
+        _atomic_write_json(self._journal_path(), {
+            "ledger": self.ledger.to_dict(),
+            "deterministic_noise": bool(self.config.deterministic_noise),
+            "step_in_progress": self.step,
+        })
+
+    def _state_arrays(self):
+        arrays = {}
+        for i, v in enumerate(self.model.variables):
+            arrays[f"model/{i}"] = np.asarray(v.numpy())
+        for i, v in enumerate(self.optimizer.variables):
+            arrays[f"opt/{i}"] = np.asarray(v.numpy())
+        for name, vs in (("ema", self.ema_vars), ("polyak", self.polyak_vars)):
+            for i, v in enumerate(vs or []):
+                arrays[f"{name}/{i}"] = v.numpy()
+        arrays["polyak_count"] = np.asarray(self.polyak_count.numpy())
+        return arrays
+
+    def save_checkpoint(self):
+        """Atomically writes a checkpoint of the current step."""
+        if self.run_dir is None:
+            return None
+        d = self._ckpt_dir()
+        os.makedirs(d, exist_ok=True)
+        base = os.path.join(d, f"ckpt-{self.step:08d}")
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **self._state_arrays())
+        data = buf.getvalue()
+        _atomic_write_bytes(base + ".npz", data)
+        meta = {
+            "step": self.step,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "ledger": self.ledger.to_dict(),
+            "config": self.config.to_dict(),
+            "history": self.history,
+            "wall_time_s": self.wall_time_s,
+            "nonfinite_steps": self.nonfinite_steps,
+            "noise_multiplier": self.noise_multiplier,
+        }
+        # The .json is the commit point: a checkpoint exists once it does.
+        _atomic_write_json(base + ".json", meta)
+        self._prune()
+        return base
+
+    def _prune(self):
+        metas = sorted(f for f in os.listdir(self._ckpt_dir()) if f.endswith(".json"))
+        for f in metas[:-CHECKPOINT_KEEP]:
+            for ext in (".json", ".npz"):
+                try:
+                    os.remove(os.path.join(self._ckpt_dir(), f[:-5] + ext))
+                except FileNotFoundError:
+                    pass
+
+    def _load_checkpoint(self, base):
+        with open(base + ".json") as f:
+            meta = json.load(f)
+        with open(base + ".npz", "rb") as f:
+            data = f.read()
+        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+            raise ValueError(f"checksum mismatch in {base}.npz")
+        import io
+
+        arrays = np.load(io.BytesIO(data))
+        return meta, arrays
+
+    def restore(self):
+        """Resumes from the newest good checkpoint in ``run_dir``; returns its step or None."""
+        if self.run_dir is None or not os.path.isdir(self._ckpt_dir()):
+            return self._restore_journal_only()
+        metas = sorted((f for f in os.listdir(self._ckpt_dir()) if f.endswith(".json")), reverse=True)
+        errors = []
+        for f in metas:
+            base = os.path.join(self._ckpt_dir(), f[:-5])
+            try:
+                meta, arrays = self._load_checkpoint(base)
+            except Exception as e:  # corrupt or truncated: try the previous one
+                errors.append(f"{os.path.basename(base)}: {e}")
+                print(f"warning: skipping unusable checkpoint {base}: {e}", file=sys.stderr)
+                continue
+            self._apply_checkpoint(meta, arrays)
+            return self.step
+        if metas:
+            raise TrainingError(
+                f"Every checkpoint in {self._ckpt_dir()} is corrupt ({'; '.join(errors)}). "
+                "Refusing to restart from scratch, which would reset the privacy budget: "
+                "restore a checkpoint from backup or start a new run in a new directory "
+                "(its privacy cost adds to this one's)."
+            )
+        return self._restore_journal_only()
+
+    def _restore_journal_only(self):
+        spent = self._journal_spent()
+        if spent:
+            self.ledger.steps = max(self.ledger.steps, spent)
+        return None
+
+    def _journal_spent(self):
+        if self.run_dir is None or not os.path.exists(self._journal_path()):
+            return 0
+        with open(self._journal_path()) as f:
+            j = json.load(f)
+        accounting.PrivacyLedger.from_dict(j["ledger"], expect=self.ledger)
+        if j.get("deterministic_noise") and self.config.deterministic_noise:
+            # Redone steps replay identical noise: no extra budget (see module doc).
+            return 0
+        return int(j["ledger"]["steps"])
+
+    def _apply_checkpoint(self, meta, arrays):
+        if meta["config"] != self.config.to_dict():
+            raise TrainingError(
+                f"The run directory {self.run_dir} holds a run with a different configuration. "
+                "Resume with the same configuration, or use a new --run-dir."
+            )
+        for i, v in enumerate(self.model.variables):
+            v.assign(arrays[f"model/{i}"])
+        for i, v in enumerate(self.optimizer.variables):
+            v.assign(arrays[f"opt/{i}"])
+        for name, vs in (("ema", self.ema_vars), ("polyak", self.polyak_vars)):
+            for i, v in enumerate(vs or []):
+                v.assign(arrays[f"{name}/{i}"])
+        self.polyak_count.assign(int(arrays["polyak_count"]))
+        self.step = int(meta["step"])
+        self.history = list(meta["history"])
+        self.wall_time_s = float(meta["wall_time_s"])
+        self.nonfinite_steps = int(meta.get("nonfinite_steps", 0))
+        ledger = accounting.PrivacyLedger.from_dict(meta["ledger"], expect=self.ledger)
+        self.ledger.steps = max(ledger.steps, self._journal_spent())
+
+    # -- evaluation -------------------------------------------------------------
+
+    def _weights_for(self, params):
+        tv = self.model.trainable_variables
+        if params == "last":
+            return [v.numpy() for v in tv]
+        if params == "ema":
+            if self.ema_vars is None:
+                raise ValueError("EMA is off in this run (ema.decay is None).")
+            return [v.numpy() for v in self.ema_vars]
+        if params == "polyak":
+            if self.polyak_vars is None:
+                raise ValueError("Polyak averaging is off in this run (ema.polyak_start is None).")
+            return [v.numpy() for v in self.polyak_vars]
+        raise ValueError(f"params must be 'last', 'ema' or 'polyak', got {params!r}.")
+
+    def model_for(self, params="last"):
+        """A copy of the model carrying the ``params`` weights."""
+        clone = keras.models.clone_model(self.model)
+        clone.build((None,) + self.train.input_shape)
+        clone.set_weights(self.model.get_weights())
+        for v, w in zip(clone.trainable_variables, self._weights_for(params)):
+            v.assign(w)
+        return clone
+
+    def evaluate(self, dataset, params="last", batch_size=512):
+        """Accuracy and mean loss of ``params`` weights on ``dataset``."""
+        saved = [v.numpy() for v in self.model.trainable_variables]
+        try:
+            for v, w in zip(self.model.trainable_variables, self._weights_for(params)):
+                v.assign(w)
+            correct, loss_sum = 0, 0.0
+            for i in range(0, len(dataset), batch_size):
+                x = preprocessing.normalize(dataset.images[i:i + batch_size], self.mean, self.std)
+                y = dataset.labels[i:i + batch_size]
+                logits = self.model(x, training=False)
+                correct += int(np.sum(np.argmax(logits.numpy(), 1) == y))
+                loss_sum += float(np.sum(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
+            n = max(len(dataset), 1)
+            return {"accuracy": correct / n, "loss": loss_sum / n}
+        finally:
+            for v, w in zip(self.model.trainable_variables, saved):
+                v.assign(w)
+
+    # -- the loop ---------------------------------------------------------------
+
+    def _install_sigterm(self):
+        def handler(signum, frame):
+            self._stop_requested = True
+
+        try:
+            return signal.signal(signal.SIGTERM, handler)
+        except ValueError:  # not in the main thread
+            return None
+
+    def fit(self):
+        """Trains to the configured number of steps (resuming if possible).
+
+        Returns:
+          The run record (see ``record``).
+        """
+        self._consecutive_nonfinite = 0
+        self.restore()
+        previous = self._install_sigterm()
+        cfg = self.config
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="DP-SGD" if self.private else "SGD",
+                       unit="step", dynamic_ncols=True)
+        try:
+            while self.step < self.total_steps:
+                if self.private and not self.ledger.can_step():
+                    print(f"Privacy budget reached at step {self.step}: stopping "
+                          f"(epsilon={self.ledger.epsilon():.4f}).", file=sys.stderr)
+                    break
+                t0 = time.time()
+                metrics = self.train_step(self.step)
+                self.wall_time_s += time.time() - t0
+                entry = {"step": self.step, "epsilon": self.ledger.epsilon() if self.private else None,
+                         "loss": None, "eval_accuracy": None, "eval_accuracy_ema": None,
+                         "batch": metrics["batch"]}
+                do_eval = self.eval_data is not None and cfg.eval_every and self.step % cfg.eval_every == 0
+                if do_eval:
+                    ev = self.evaluate(self.eval_data, "last")
+                    entry["eval_accuracy"], entry["loss"] = ev["accuracy"], ev["loss"]
+                    if self.ema_vars is not None:
+                        entry["eval_accuracy_ema"] = self.evaluate(self.eval_data, "ema")["accuracy"]
+                if do_eval or self.step % max(1, cfg.checkpoint_every) == 0 or self.step == self.total_steps:
+                    self.history.append(entry)
+                if bar is not None:
+                    bar.update(1)
+                    post = {"batch": metrics["batch"]}
+                    if self.private:
+                        post["eps"] = f"{entry['epsilon']:.3f}"
+                    if entry["eval_accuracy"] is not None:
+                        post["acc"] = f"{entry['eval_accuracy']:.3f}"
+                    bar.set_postfix(post)
+                if self.run_dir and (self.step % max(1, cfg.checkpoint_every) == 0 or self._stop_requested):
+                    self.save_checkpoint()
+                if self._stop_requested:
+                    print(f"SIGTERM: checkpoint saved at step {self.step}; exiting.", file=sys.stderr)
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        if self.run_dir and not self._stop_requested:
+            self.save_checkpoint()
+        return self.record()
+
+    @property
+    def stopped_by_signal(self):
+        return self._stop_requested
+
+    def record(self):
+        """The run record without "data"/"metrics" (the CLI adds those)."""
+        tan = None
+        if self.config.tan_simulation_factor:
+            tan = getattr(self, "tan_info", None)
+        privacy = self.ledger.summary(tan_simulation=tan)
+        privacy["l2_clip"] = float(self.config.dp.l2_clip) if self.private else None
+        privacy["nonfinite_steps_skipped"] = self.nonfinite_steps
+        from dp_zoo import __version__ as dp_zoo_version
+
+        devices = [d.name for d in tf.config.list_logical_devices()]
+        return {
+            "schema_version": 1,
+            "config": self.config.to_dict(),
+            "privacy": privacy,
+            "history": list(self.history),
+            "model": {
+                "architecture": self.config.model,
+                "num_params": int(self.model.count_params()),
+                "input_shape": list(self.train.input_shape),
+                "num_classes": int(self.train.num_classes),
+                "init_checkpoint": self.config.init_checkpoint,
+            },
+            "software": {
+                "dp_zoo": dp_zoo_version,
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "dp_accounting": accounting.dp_accounting_version(),
+                "python": platform.python_version(),
+            },
+            "hardware": {
+                "platform": platform.platform(),
+                "processor": platform.processor() or platform.machine(),
+                "cpu_count": os.cpu_count(),
+                "devices": devices,
+                "num_replicas": int(self.strategy.num_replicas_in_sync),
+            },
+            "wall_time_s": round(self.wall_time_s, 3),
+            "steps_planned": self.total_steps,
+            "steps_completed": self.step,
+        }
