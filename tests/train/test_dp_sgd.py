@@ -1,0 +1,139 @@
+"""DP-SGD pure functions against naive references (DESIGN.md §4)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+import dp_zoo
+from dp_zoo.train import dp_sgd
+
+
+def tiny_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    m = dp_zoo.create_model("wrn_test", num_classes=5)
+    rng = np.random.default_rng(seed)
+    # Random (non-zero) head so that gradients reach every layer.
+    m.set_weights([w + rng.normal(scale=0.3, size=w.shape).astype("float32") for w in m.get_weights()])
+    return m
+
+
+def naive_clipped_sum(model, images, labels, l2_clip, mask):
+    """Per example: GradientTape, mean over K views, clip, sum (a Python loop)."""
+    total = [np.zeros(v.shape, np.float64) for v in model.trainable_variables]
+    norms = []
+    for i in range(images.shape[0]):
+        with tf.GradientTape() as tape:
+            logits = model(images[i], training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                np.repeat(labels[i], images.shape[1]), logits, from_logits=True))
+        g = [x.numpy().astype(np.float64) for x in tape.gradient(loss, model.trainable_variables)]
+        n = np.sqrt(sum(np.sum(x**2) for x in g))
+        norms.append(n)
+        f = min(1.0, l2_clip / n) * mask[i]
+        total = [t + f * x for t, x in zip(total, g)]
+    return total, np.array(norms)
+
+
+def data(b=6, k=3, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(b, k, 8, 8, 1)) * scale).astype("float32")
+    y = rng.integers(0, 5, size=b).astype("int32")
+    return x, y
+
+
+@pytest.mark.parametrize("l2_clip", [1e-3, 1.0, 1e3])
+def test_clipped_grad_sum_equals_naive_loop(l2_clip):
+    m = tiny_model()
+    x, y = data()
+    mask = np.array([1, 1, 0, 1, 1, 0], np.float32)
+    got, norms = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=l2_clip, mask=mask)
+    want, want_norms = naive_clipped_sum(m, x, y, l2_clip, mask)
+    np.testing.assert_allclose(norms.numpy(), want_norms, rtol=1e-4)
+    flat_got = np.concatenate([g.numpy().ravel() for g in got])
+    flat_want = np.concatenate([w.ravel() for w in want])
+    assert np.linalg.norm(flat_got - flat_want) <= 1e-5 * max(np.linalg.norm(flat_want), 1e-12) + 1e-7
+
+
+def test_vectorized_and_loop_paths_agree():
+    m = tiny_model(1)
+    x, y = data(seed=1)
+    a, _ = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=0.5)
+    b, _ = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=0.5, vectorized=False)
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u.numpy(), v.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def contributions(m, x, y, c):
+    """Each example's clipped contribution: the sum with only it unmasked."""
+    out = []
+    for i in range(x.shape[0]):
+        mask = np.zeros(x.shape[0], np.float32)
+        mask[i] = 1
+        g, norms = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=c, mask=mask)
+        out.append(np.sqrt(sum(float(tf.reduce_sum(t**2)) for t in g)))
+    return np.array(out), norms.numpy()
+
+
+def test_contributions_bounded_by_clip_far_above_and_below():
+    m = tiny_model(2)
+    x, y = data(seed=2)
+    x[0] *= 100.0  # huge gradient
+    c = 0.05
+    contrib, norms = contributions(m, x, y, c)
+    assert np.all(contrib <= c + 1e-6)
+    assert norms.max() > 10 * c  # some examples really were clipped
+    big_c = 1e4
+    contrib, norms = contributions(m, x, y, big_c)
+    np.testing.assert_allclose(contrib, norms, rtol=1e-4)  # unclipped below C
+
+
+def test_removing_one_example_changes_sum_by_at_most_c():
+    m = tiny_model(3)
+    x, y = data(b=8, seed=3)
+    c = 0.1
+    full, _ = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=c)
+    for i in range(8):
+        mask = np.ones(8, np.float32)
+        mask[i] = 0
+        part, _ = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=c, mask=mask)
+        diff = np.sqrt(sum(float(tf.reduce_sum((a - b) ** 2)) for a, b in zip(full, part)))
+        assert diff <= c + 1e-6
+
+
+def test_padding_rows_contribute_exactly_zero_even_if_nonfinite():
+    m = tiny_model(4)
+    x, y = data(b=4, seed=4)
+    x[2:] = np.nan
+    mask = np.array([1, 1, 0, 0], np.float32)
+    g, _ = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=1.0, mask=mask)
+    ref, _ = dp_sgd.clipped_grad_sum(m, x[:2], y[:2], l2_clip=1.0)
+    for a, b in zip(g, ref):
+        assert np.all(np.isfinite(a.numpy()))
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_noise_std_and_seed_reproducibility():
+    zeros = [tf.zeros([200, 250])]
+    a = dp_sgd.add_noise(zeros, stddev=3.0, seed=tf.constant([1, 2], tf.int64))[0].numpy()
+    b = dp_sgd.add_noise(zeros, stddev=3.0, seed=tf.constant([1, 2], tf.int64))[0].numpy()
+    c = dp_sgd.add_noise(zeros, stddev=3.0, seed=tf.constant([1, 3], tf.int64))[0].numpy()
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert abs(a.std() - 3.0) < 0.05 and abs(a.mean()) < 0.05
+    gen = tf.random.Generator.from_non_deterministic_state()
+    d = dp_sgd.add_noise(zeros, stddev=3.0, generator=gen)[0].numpy()
+    assert abs(d.std() - 3.0) < 0.05
+
+
+def test_ema_decay_warmup_formula():
+    for t, mu in [(0, 0.999), (5, 0.999), (10_000, 0.999), (3, 0.5)]:
+        want = min(mu, (1 + t) / (10 + t))
+        assert abs(float(dp_sgd.ema_decay(t, mu)) - want) < 1e-7
+    e = [tf.Variable([1.0, 2.0])]
+    dp_sgd.ema_update(e, [tf.constant([3.0, 4.0])], 0.25)
+    np.testing.assert_allclose(e[0].numpy(), [0.25 * 1 + 0.75 * 3, 0.25 * 2 + 0.75 * 4])
+    p = [tf.Variable([0.0])]
+    for i, v in enumerate([2.0, 4.0, 6.0]):
+        dp_sgd.polyak_update(p, [tf.constant([v])], i)
+    np.testing.assert_allclose(p[0].numpy(), [4.0], rtol=1e-6)

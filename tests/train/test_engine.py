@@ -1,0 +1,151 @@
+"""The training loop: noise once per logical step, resume, budget guard, baseline."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import dp_zoo
+from dp_zoo import accounting
+from dp_zoo.train import config as C, data, engine
+
+DIGITS = C.DataConfig()
+
+
+@pytest.fixture(scope="module")
+def train_set():
+    return data.load_dataset(DIGITS, "train")
+
+
+def cfg(**kw):
+    base = dict(model="wrn_test", batch_size=64, physical_batch_size=32, steps=3, seed=3,
+                deterministic_noise=True, checkpoint_every=1,
+                dp=C.DPConfig(noise_multiplier=1.0, l2_clip=1.0, delta=1e-5),
+                ema=C.EMAConfig(decay=0.9), optim=C.OptimConfig(learning_rate=0.5))
+    base.update(kw)
+    return C.TrainConfig(**base)
+
+
+def trainer(c, ds, **kw):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    m = dp_zoo.create_model(c.model, num_classes=10)
+    return engine.Trainer(m, c, ds, progress=False, **kw)
+
+
+def weights(t):
+    return [v.numpy().copy() for v in t.model.trainable_variables]
+
+
+def test_noise_added_once_per_logical_step_independent_of_micro_batching(train_set):
+    a = trainer(cfg(physical_batch_size=8, steps=2), train_set)
+    b = trainer(cfg(physical_batch_size=128, steps=2), train_set)
+    a.fit(), b.fit()
+    for x, y in zip(weights(a), weights(b)):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_update_noise_std_is_sigma_c_over_b(train_set):
+    sigma, c, b, lr = 50.0, 1.0, 64, 1.0
+    t = trainer(cfg(steps=1, dp=C.DPConfig(noise_multiplier=sigma, l2_clip=c),
+                    optim=C.OptimConfig(learning_rate=lr), ema=C.EMAConfig(decay=None)), train_set)
+    before = np.concatenate([w.ravel() for w in weights(t)])
+    t.fit()
+    after = np.concatenate([w.ravel() for w in weights(t)])
+    # The clipped mean has norm <= C/B-ish; with sigma=50 the noise dominates.
+    std = np.std(after - before)
+    assert abs(std - lr * sigma * c / b) / (lr * sigma * c / b) < 0.05
+
+
+def test_resume_equals_uninterrupted_run(train_set, tmp_path):
+    full = trainer(cfg(steps=4), train_set, run_dir=str(tmp_path / "full"))
+    rec_full = full.fit()
+    d = str(tmp_path / "crashed")
+    first = trainer(cfg(steps=4), train_set, run_dir=d)
+    first.total_steps = 2  # stops after step 2, as a crash would
+    first.fit()
+    resumed = trainer(cfg(steps=4), train_set, run_dir=d)
+    rec = resumed.fit()
+    assert rec["privacy"]["steps"] == rec_full["privacy"]["steps"] == 4
+    assert rec["privacy"]["epsilon"] == rec_full["privacy"]["epsilon"]
+    for x, y in zip(weights(resumed), weights(full)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_corrupt_newest_checkpoint_falls_back_and_all_corrupt_refuses(train_set, tmp_path):
+    d = str(tmp_path / "run")
+    t = trainer(cfg(steps=3), train_set, run_dir=d)
+    t.fit()
+    ck = sorted(f for f in os.listdir(os.path.join(d, "checkpoints")) if f.endswith(".npz"))
+    with open(os.path.join(d, "checkpoints", ck[-1]), "r+b") as f:
+        f.truncate(100)
+    t2 = trainer(cfg(steps=3), train_set, run_dir=d)
+    assert t2.restore() == 2  # previous good checkpoint
+    with open(os.path.join(d, "checkpoints", ck[0]), "r+b") as f:
+        f.truncate(100)
+    t3 = trainer(cfg(steps=3), train_set, run_dir=d)
+    with pytest.raises(engine.TrainingError, match="Refusing to restart"):
+        t3.restore()
+
+
+def test_secure_noise_counts_redone_steps(train_set, tmp_path):
+    d = str(tmp_path / "run")
+    c = cfg(steps=3, deterministic_noise=False, checkpoint_every=100)
+    t = trainer(c, train_set, run_dir=d)
+    t.total_steps = 2
+    t.fit()  # saves a final checkpoint at step 2
+    # Simulate a crash after step 2's checkpoint but with a journal saying 3
+    # noisy steps were drawn.
+    j = json.load(open(os.path.join(d, "privacy_journal.json")))
+    j["ledger"]["steps"] = 3
+    json.dump(j, open(os.path.join(d, "privacy_journal.json"), "w"))
+    t2 = trainer(c, train_set, run_dir=d)
+    t2.restore()
+    assert t2.step == 2 and t2.ledger.steps == 3
+
+
+def test_budget_guard_stops_at_target(train_set):
+    q = 64 / len(train_set)
+    limit = accounting.calibrate_steps(target_epsilon=3.0, noise_multiplier=1.0, sampling_probability=q, delta=1e-5)
+    t = trainer(cfg(steps=limit + 5, dp=C.DPConfig(noise_multiplier=1.0, target_epsilon=3.0, delta=1e-5)), train_set)
+    rec = t.fit()
+    assert rec["privacy"]["steps"] == limit
+    assert rec["privacy"]["epsilon"] <= 3.0
+
+
+def test_target_epsilon_calibrates_sigma(train_set):
+    t = trainer(cfg(steps=5, dp=C.DPConfig(target_epsilon=2.0, delta=1e-5)), train_set)
+    rec = t.fit()
+    assert rec["privacy"]["steps"] == 5
+    assert 1.99 < rec["privacy"]["epsilon"] <= 2.0
+
+
+def test_non_private_baseline_claims_no_epsilon(train_set):
+    t = trainer(cfg(dp=C.DPConfig(enabled=False)), train_set)
+    rec = t.fit()
+    assert rec["privacy"]["private"] is False and rec["privacy"]["epsilon"] is None
+
+
+def test_digits_training_learns(train_set):
+    test = data.load_dataset(DIGITS, "test")
+    c = cfg(model="wrn_digits", steps=25, batch_size=256, physical_batch_size=128,
+            dp=C.DPConfig(noise_multiplier=1.0), optim=C.OptimConfig(learning_rate=2.0),
+            augmult=C.AugmultConfig(num_views=2, style="crop", pad=1))
+    t = trainer(c, train_set, augment_fn=data.make_augment_fn(c.augmult))
+    t.fit()
+    assert t.evaluate(test, "last")["accuracy"] > 0.5  # chance is 0.1
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(batch_size=0), "batch_size"),
+    (dict(batch_size=10**6), "batch_size"),
+    (dict(physical_batch_size=0), "physical_batch_size"),
+    (dict(dp=C.DPConfig(l2_clip=0.0, noise_multiplier=1.0)), "l2_clip"),
+    (dict(dp=C.DPConfig()), "noise_multiplier or dp.target_epsilon"),
+    (dict(steps=None), "steps or epochs"),
+])
+def test_bad_config_is_a_clear_error(train_set, bad, match):
+    with pytest.raises(ValueError, match=match):
+        trainer(cfg(**bad), train_set)
