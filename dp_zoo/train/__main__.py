@@ -1,0 +1,338 @@
+"""``python -m dp_zoo.train``: private training, fine-tuning and publishing.
+
+With no arguments it runs the embedded default: a real DP-SGD run on
+scikit-learn's digits (recipe ``wrn_digits_eps8``, about a minute on 2 CPU
+cores), prints the test accuracy and the epsilon the accountant computed, and
+publishes a loadable model with its card.
+
+Examples::
+
+    python -m dp_zoo.train                                  # embedded default
+    python -m dp_zoo.train --recipe wrn16_4_cifar10_eps8    # reproduce a recipe
+    python -m dp_zoo.train --model wrn16_4 --epsilon 4 --steps 1000
+    python -m dp_zoo.train --recipe wrn16_4_cifar10_eps8 --tan-simulate 16
+    python -m dp_zoo.train --model nfnet_f3 --init weights.keras
+
+A run directory (``--run-dir``) holds checkpoints and the privacy journal;
+re-running the same command with the same ``--run-dir`` resumes it.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from dp_zoo.train import recipes
+
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("recipe", None, "Named recipe to reproduce (see --list-recipes).")
+flags.DEFINE_string("model", None, "Architecture; uses its default recipe (see dp_zoo.list_architectures()).")
+flags.DEFINE_bool("list-recipes", False, "List recipes and exit.")
+flags.DEFINE_float("epsilon", None, "Target epsilon; sigma is calibrated for it unless --noise-multiplier is given.")
+flags.DEFINE_float("delta", None, "Delta of the guarantee.")
+flags.DEFINE_integer("batch-size", None, "Expected logical batch size B (q = B / N).")
+flags.DEFINE_integer("physical-batch-size", None, "Micro-batch size (memory); the logical batch is accumulated.")
+flags.DEFINE_integer("augmult", None, "Augmentation multiplicity K.")
+flags.DEFINE_float("ema", None, "EMA decay (0 turns EMA off).")
+flags.DEFINE_float("lr", None, "Learning rate.")
+flags.DEFINE_integer("steps", None, "Number of noisy steps.")
+flags.DEFINE_float("epochs", None, "Alternative to --steps: epochs of expected batches.")
+flags.DEFINE_float("noise-multiplier", None, "sigma; if set with --epsilon, the epsilon is a budget guard.")
+flags.DEFINE_float("l2-clip", None, "Per-example clipping norm C.")
+flags.DEFINE_integer("seed", None, "Seed for sampling, augmentation and initialisation.")
+flags.DEFINE_bool("non-private", False, "Train a non-private baseline (no clipping, no noise, no epsilon).")
+flags.DEFINE_float("tan-simulate", None, "Run the TAN simulation with batch and sigma divided by this factor.")
+flags.DEFINE_string("init", None, "Weights to fine-tune from (.keras file).")
+flags.DEFINE_string("data-dir", None, "TFDS data directory.")
+flags.DEFINE_string("manual-dir", None, "TFDS manual download directory (ImageNet).")
+flags.DEFINE_integer("validation-size", None, "Hold out this many training examples as the evaluation split.")
+flags.DEFINE_string("run-dir", None, "Run directory (checkpoints; resumes if it exists). Default runs/<name>.")
+flags.DEFINE_string("publish-dir", None, "Where to publish the model and card. Default: $DP_ZOO_HOME/<name> or ~/.cache/dp_zoo/<name>.")
+flags.DEFINE_bool("publish", True, "Publish the trained model with its card.")
+flags.DEFINE_bool("overwrite", False, "Replace an existing artifact in --publish-dir.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker", "tpu"], "tf.distribute strategy.")
+flags.DEFINE_integer("eval-every", None, "Evaluate every N steps (0: only at the end).")
+flags.DEFINE_bool("deterministic-noise", None, "Draw noise from --seed (reproducible; for tests and artifacts).")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+class UsageError(ValueError):
+    """A bad flag combination (printed as one line, exit code 2)."""
+
+
+def _flag(name):
+    return FLAGS[name].value
+
+
+def resolve(argv_flags=None):
+    """Resolves recipe + flag overrides into ``(name, TrainConfig, Recipe)``."""
+    if _flag("recipe") and _flag("model"):
+        raise UsageError("pass either --recipe or --model, not both (a recipe fixes its architecture).")
+    if _flag("recipe"):
+        recipe = recipes.get(_flag("recipe"))
+    elif _flag("model"):
+        model = _flag("model")
+        from dp_zoo.models import list_architectures
+
+        if model not in list_architectures():
+            from dp_zoo.models._registry import unknown_name_message
+
+            raise UsageError(unknown_name_message("architecture", model, list_architectures()))
+        base = recipes.DEFAULT_FOR_MODEL.get(model)
+        if base is None:
+            raise UsageError(
+                f"architecture {model!r} has no default recipe; pass --recipe, or one of: "
+                f"{', '.join(sorted(recipes.DEFAULT_FOR_MODEL))}."
+            )
+        recipe = recipes.get(base)
+        recipe = dataclasses.replace(recipe, config=recipe.config.replace(model=model))
+    else:
+        recipe = recipes.get(recipes.DEFAULT_RECIPE)
+    c = recipe.config
+    dp, aug, ema, optim, data = c.dp, c.augmult, c.ema, c.optim, c.data
+
+    def positive(name, v, integer=False):
+        if v is not None and not v > 0:
+            raise UsageError(f"--{name} must be > 0, got {v}.")
+        return v
+
+    changes = {}
+    if positive("batch-size", _flag("batch-size")) is not None:
+        changes["batch_size"] = _flag("batch-size")
+    if positive("physical-batch-size", _flag("physical-batch-size")) is not None:
+        changes["physical_batch_size"] = _flag("physical-batch-size")
+    if _flag("steps") is not None and _flag("epochs") is not None:
+        raise UsageError("pass either --steps or --epochs, not both.")
+    if positive("steps", _flag("steps")) is not None:
+        changes.update(steps=_flag("steps"), epochs=None)
+    if positive("epochs", _flag("epochs")) is not None:
+        changes.update(epochs=_flag("epochs"), steps=None)
+    if _flag("seed") is not None:
+        changes["seed"] = _flag("seed")
+    if _flag("eval-every") is not None:
+        if _flag("eval-every") < 0:
+            raise UsageError("--eval-every must be >= 0.")
+        changes["eval_every"] = _flag("eval-every")
+    if _flag("deterministic-noise") is not None:
+        changes["deterministic_noise"] = _flag("deterministic-noise")
+    if _flag("init"):
+        if not os.path.exists(_flag("init")):
+            raise UsageError(f"--init {_flag('init')}: no such file.")
+        changes["init_checkpoint"] = os.path.abspath(_flag("init"))
+
+    if _flag("non-private"):
+        if any(_flag(f) is not None for f in ("epsilon", "noise-multiplier", "tan-simulate")):
+            raise UsageError("--non-private cannot be combined with --epsilon/--noise-multiplier/--tan-simulate.")
+        dp = dataclasses.replace(dp, enabled=False, noise_multiplier=None, target_epsilon=None)
+    else:
+        if positive("epsilon", _flag("epsilon")) is not None:
+            # A new budget: sigma is recalibrated unless given explicitly.
+            dp = dataclasses.replace(dp, target_epsilon=_flag("epsilon"), noise_multiplier=None)
+        if positive("noise-multiplier", _flag("noise-multiplier")) is not None:
+            dp = dataclasses.replace(dp, noise_multiplier=_flag("noise-multiplier"))
+            if _flag("epsilon") is None:
+                dp = dataclasses.replace(dp, target_epsilon=None)
+        if _flag("delta") is not None:
+            if not 0 < _flag("delta") < 1:
+                raise UsageError(f"--delta must be in (0, 1), got {_flag('delta')}.")
+            dp = dataclasses.replace(dp, delta=_flag("delta"))
+            if _flag("noise-multiplier") is None and dp.target_epsilon is not None:
+                dp = dataclasses.replace(dp, noise_multiplier=None)  # recalibrate for the new delta
+        if positive("l2-clip", _flag("l2-clip")) is not None:
+            dp = dataclasses.replace(dp, l2_clip=_flag("l2-clip"))
+        if ("batch_size" in changes or "steps" in changes or "epochs" in changes) and _flag("noise-multiplier") is None and dp.target_epsilon is not None:
+            # sigma was calibrated for the recipe's q and steps: recalibrate.
+            dp = dataclasses.replace(dp, noise_multiplier=None)
+    if positive("augmult", _flag("augmult")) is not None:
+        aug = dataclasses.replace(aug, num_views=_flag("augmult"))
+    if _flag("ema") is not None:
+        if not 0 <= _flag("ema") < 1:
+            raise UsageError(f"--ema must be in [0, 1) (0 turns EMA off), got {_flag('ema')}.")
+        ema = dataclasses.replace(ema, decay=_flag("ema") or None)
+    if positive("lr", _flag("lr")) is not None:
+        optim = dataclasses.replace(optim, learning_rate=_flag("lr"))
+    if _flag("data-dir"):
+        data = dataclasses.replace(data, data_dir=_flag("data-dir"))
+    if _flag("manual-dir"):
+        data = dataclasses.replace(data, manual_dir=_flag("manual-dir"))
+    if _flag("validation-size") is not None:
+        if _flag("validation-size") < 0:
+            raise UsageError("--validation-size must be >= 0.")
+        data = dataclasses.replace(data, validation_size=_flag("validation-size"))
+    config = c.replace(dp=dp, augmult=aug, ema=ema, optim=optim, data=data, **changes)
+    if config.physical_batch_size > config.batch_size:
+        config = config.replace(physical_batch_size=config.batch_size)
+    name = recipe.name if not _flag("model") else f"{_flag('model')}_{recipe.name}"
+    if _flag("non-private"):
+        name = "wrn_digits_nonprivate" if name.startswith("wrn_digits_eps") else f"{name}_nonprivate"
+    return name, config, recipe
+
+
+def _strategy():
+    import tensorflow as tf
+
+    s = _flag("strategy")
+    if s == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if s == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if s == "tpu":
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    return tf.distribute.get_strategy()
+
+
+def train(name, config, recipe):
+    """Runs the whole job; returns the run record."""
+    import keras
+
+    import dp_zoo
+    from dp_zoo import tan
+    from dp_zoo.train import data as data_lib
+    from dp_zoo.train import engine
+
+    train_set = data_lib.load_dataset(config.data, "train")
+    eval_split = "validation" if config.data.validation_size else "test"
+    test_set = data_lib.load_dataset(config.data, eval_split)
+    tan_info = None
+    if _flag("tan-simulate") is not None:
+        full = config
+        if full.dp.noise_multiplier is None:
+            steps = engine.resolve_steps(full, len(train_set))
+            full = full.replace(steps=steps)
+        tan_info = tan.tan_info(full, _flag("tan-simulate"), dataset_size=len(train_set))
+        config = tan.simulate(full, _flag("tan-simulate"), dataset_size=len(train_set))
+        name = f"{name}_tan{_flag('tan-simulate'):g}"
+        print(f"TAN SIMULATION (factor {_flag('tan-simulate'):g}): NOT private at the full run's "
+              f"epsilon={tan_info['epsilon_full_run']:.4f}; batch {config.batch_size}, "
+              f"sigma {config.dp.noise_multiplier:.4f}, {config.steps} steps.")
+    strategy = _strategy()
+    with strategy.scope():
+        keras.utils.set_random_seed(config.seed)
+        model = dp_zoo.create_model(
+            config.model, num_classes=train_set.num_classes, input_shape=train_set.input_shape,
+            **dict(config.model_kwargs),
+        )
+        if config.init_checkpoint:
+            init = keras.models.load_model(config.init_checkpoint)
+            model.set_weights(init.get_weights())
+    run_dir = _flag("run-dir") or os.path.join("runs", name)
+    trainer = engine.Trainer(
+        model, config, train_set, eval_data=test_set if config.eval_every else None,
+        augment_fn=data_lib.make_augment_fn(config.augmult), run_dir=run_dir,
+        strategy=strategy, progress=_flag("progress"),
+    )
+    trainer.tan_info = tan_info
+    if trainer.private:
+        print(f"Training {config.model} on {train_set.name} (N={len(train_set)}) with DP-SGD: "
+              f"sigma={trainer.noise_multiplier:.4f}, q={trainer.q:.4g}, {trainer.total_steps} steps, "
+              f"C={config.dp.l2_clip}, delta={config.dp.delta:g}; run dir {run_dir}")
+    else:
+        print(f"Training {config.model} on {train_set.name} WITHOUT privacy (baseline); run dir {run_dir}")
+    record = trainer.fit()
+    if trainer.stopped_by_signal:
+        print("Stopped by SIGTERM; re-run the same command to resume.")
+        return record
+    metrics = {"test_accuracy_last": trainer.evaluate(test_set, "last")["accuracy"],
+               "test_accuracy_ema": None, "test_accuracy_polyak": None, "evaluated_on": eval_split}
+    if trainer.ema_vars is not None:
+        metrics["test_accuracy_ema"] = trainer.evaluate(test_set, "ema")["accuracy"]
+    if trainer.polyak_vars is not None:
+        metrics["test_accuracy_polyak"] = trainer.evaluate(test_set, "polyak")["accuracy"]
+    record["metrics"] = metrics
+    record["data"] = {
+        "dataset": train_set.name, "train_split": train_set.split, "test_split": test_set.split,
+        "train_size": len(train_set), "test_size": len(test_set),
+        "mean": list(train_set.mean), "std": list(train_set.std),
+        "public_pretraining_data": "see init_checkpoint" if config.init_checkpoint else None,
+    }
+    record["entry_name"] = name
+    record["published_weights"] = "ema" if trainer.ema_vars is not None else "last"
+    with open(os.path.join(run_dir, "run_record.json"), "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    p = record["privacy"]
+    acc = metrics["test_accuracy_ema"] if metrics["test_accuracy_ema"] is not None else metrics["test_accuracy_last"]
+    print(f"\n{eval_split} accuracy: {acc:.4f} ({record['published_weights']} weights; "
+          f"last weights {metrics['test_accuracy_last']:.4f})")
+    if p["private"]:
+        print(f"privacy: epsilon={p['epsilon']:.4f} (PLD {p['epsilon_pld']:.4f}, RDP {p['epsilon_rdp']:.4f}), "
+              f"delta={p['delta']:g}, {p['steps']} steps, sigma={p['noise_multiplier']:.4f}, q={p['sampling_probability']:.4g}, "
+              "Poisson sampling, add-or-remove-one")
+        if p.get("tan_simulation"):
+            print("TAN SIMULATION: this model is NOT private at the full run's epsilon "
+                  f"({p['tan_simulation']['epsilon_full_run']:.4f}).")
+    else:
+        print("privacy: none (non-private baseline)")
+    if _flag("publish"):
+        from dp_zoo import export
+
+        publish_dir = _flag("publish-dir")
+        overwrite = _flag("overwrite")
+        if publish_dir is None:
+            base = os.environ.get("DP_ZOO_HOME")
+            if base is None:
+                from dp_zoo.zoo import cache_dir
+
+                base = str(cache_dir())
+            publish_dir = os.path.join(base, name)
+            overwrite = True  # the user's own cache / home
+        export.export_model(trainer.model_for(record["published_weights"]), record, publish_dir,
+                            entry_name=name, overwrite=overwrite)
+        print(f"published: {publish_dir}  (load with dp_zoo.load({publish_dir!r}))")
+    return record
+
+
+def _parse(argv):
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        print(f"dp_zoo.train: error: {e}\nRun with --helpfull for all flags.", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv):
+    from absl import logging
+
+    # dp-accounting logs every excluded RDP order at WARNING through absl;
+    # the user needs the epsilon, not that noise.
+    logging.set_verbosity(logging.ERROR)
+    if len(argv) > 1:
+        print(f"dp_zoo.train: error: unexpected arguments {argv[1:]}; flags start with --.", file=sys.stderr)
+        return 2
+    if _flag("list-recipes"):
+        for n, r in sorted(recipes.RECIPES.items()):
+            pub = f"published {r.published_accuracy}%" if r.published_accuracy else ""
+            print(f"{n:40s} {r.config.model:12s} {r.config.data.dataset:13s} {pub}")
+        return 0
+    try:
+        name, config, recipe = resolve()
+    except (UsageError, ValueError) as e:
+        print(f"dp_zoo.train: error: {e}", file=sys.stderr)
+        return 2
+    from dp_zoo.train.data import DataUnavailableError
+    from dp_zoo.accounting import BudgetExceededError
+    from dp_zoo.train.engine import TrainingError
+
+    try:
+        t0 = time.time()
+        train(name, config, recipe)
+        print(f"done in {time.time() - t0:.1f} s")
+    except (DataUnavailableError, TrainingError, BudgetExceededError, FileExistsError, ValueError) as e:
+        print(f"dp_zoo.train: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ValueError) else 1
+    return 0
+
+
+def run():
+    """Console-script entry point (``dp-zoo-train``)."""
+    app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse)
+
+
+if __name__ == "__main__":
+    run()
