@@ -39,6 +39,11 @@ class _Serving(tf.Module):
     def __init__(self, model, mean, std):
         super().__init__()
         self.model = model
+        # Track the underlying tf.Variables explicitly: Keras 3 variables are
+        # not tf.Module-trackable, and without this the SavedModel's restore
+        # ops miss them (TF1-style loaders such as saved_model_cli and TF
+        # Serving would then fail with "resource does not exist").
+        self.model_variables = [v.value for v in model.variables]
         self._mean = tuple(float(m) for m in mean)
         self._std = tuple(float(s) for s in std)
         h, w, c = model.input_shape[1:]
