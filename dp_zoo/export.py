@@ -1,4 +1,4 @@
-"""Publishing a trained model: ``saved_models/<entry>/`` with its card.
+"""Exporting and publishing a trained model: ``saved_models/<entry>/`` with its card.
 
 Layout::
 
@@ -7,21 +7,42 @@ Layout::
       saved_model/1/         TF Serving layout; serving_default takes uint8
                              images [N, H, W, C] (preprocessing in the graph)
                              and returns {"probabilities", "logits"}
-      card.json README.md card.html
+      card.json README.md card.html plots/*.png
+      run_record.json        the record the card was built from
       MANIFEST.json          SHA-256 and size of every other file
 
 The SavedModel loads with ``tf.saved_model.load``, ``tensorflow_hub.load``,
-``keras.layers.TFSMLayer`` and TF Serving / ``saved_model_cli``.
+``keras.layers.TFSMLayer``, ``saved_model_cli`` and TF Serving.
 
-Publishing is atomic (written to a temporary sibling directory, then
-renamed), refuses to overwrite an existing artifact unless asked, and refuses
-a model with non-finite weights.
+Export is atomic (written to a temporary sibling directory, checked, then
+renamed), refuses to overwrite an existing artifact unless asked, refuses a
+model with non-finite weights or one that does not match its run record, and
+checks that the written ``.keras`` file and SavedModel reproduce the model's
+outputs before anything is put in place.
+
+Command line (``python -m dp_zoo.export``)::
+
+    # export a trained model with its run record
+    python -m dp_zoo.export --model run/model.keras --run_record run/run_record.json \\
+        --entry wrn_digits_eps8 --out saved_models/wrn_digits_eps8
+    # write the artifact's checksum into the zoo table (dp_zoo/zoo_entries.json)
+    python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 --register
+    # a reproducible .tar.gz for a URL-hosted release
+    python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 --package dist/wrn_digits_eps8.tar.gz
+    # Kaggle Models (needs kagglehub and Kaggle credentials; --dry_run checks and lists only)
+    python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 \\
+        --kaggle_handle OWNER/dp-zoo/keras/wrn_digits_eps8 --dry_run
 """
 
+import gzip
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
+import sys
+import tarfile
 import tempfile
 
 import numpy as np
@@ -31,6 +52,8 @@ from dp_zoo import preprocessing
 from dp_zoo.model_card import ModelCard
 
 SERVING_VERSION = "1"
+MANIFEST = "MANIFEST.json"
+MANIFEST_VERSION = 1
 
 
 class _Serving(tf.Module):
@@ -47,15 +70,18 @@ class _Serving(tf.Module):
         self._mean = tuple(float(m) for m in mean)
         self._std = tuple(float(s) for s in std)
         h, w, c = model.input_shape[1:]
-        self.serve = tf.function(
-            self._serve,
-            input_signature=[tf.TensorSpec([None, h, w, c], tf.uint8, name="images")],
-        )
+        spec = [tf.TensorSpec([None, h, w, c], tf.uint8, name="images")]
+        self.serve = tf.function(self._serve, input_signature=spec)
+        # hub.load(path)(images) calls __call__; give it the same function.
+        self.__call__ = self.serve
 
     def _serve(self, images):
         x = preprocessing.normalize(images, self._mean, self._std)
-        logits = self.model(x, training=False)
+        logits = tf.cast(self.model(x, training=False), tf.float32)
         return {"probabilities": tf.nn.softmax(logits, axis=-1), "logits": logits}
+
+
+# -- checksums -------------------------------------------------------------------
 
 
 def sha256_file(path):
@@ -67,106 +93,372 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def write_manifest(directory):
+def write_manifest(directory, entry_name=None):
     """Writes MANIFEST.json (sha256 + size of every file) and returns its sha256."""
     files = {}
-    for root, _, names in os.walk(directory):
+    for root, dirs, names in os.walk(directory):
+        dirs.sort()
         for n in sorted(names):
             p = os.path.join(root, n)
-            rel = os.path.relpath(p, directory)
-            if rel == "MANIFEST.json":
+            rel = os.path.relpath(p, directory).replace(os.sep, "/")
+            if rel == MANIFEST:
                 continue
             files[rel] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
-    path = os.path.join(directory, "MANIFEST.json")
+    path = os.path.join(directory, MANIFEST)
     with open(path, "w") as f:
-        json.dump({"files": dict(sorted(files.items()))}, f, indent=2)
+        json.dump({"manifest_version": MANIFEST_VERSION, "entry": entry_name,
+                   "files": dict(sorted(files.items()))}, f, indent=2)
     return sha256_file(path)
 
 
 def verify_manifest(directory):
-    """Checks every file against MANIFEST.json.
+    """Checks every file listed in MANIFEST.json: present, full size, same SHA-256.
+
+    Returns:
+      the SHA-256 of MANIFEST.json itself.
 
     Raises:
       ValueError: naming the first missing, truncated or modified file.
     """
-    path = os.path.join(directory, "MANIFEST.json")
+    path = os.path.join(directory, MANIFEST)
     if not os.path.exists(path):
-        raise ValueError(f"{directory} has no MANIFEST.json; re-export it with dp_zoo.export.")
-    with open(path) as f:
-        manifest = json.load(f)["files"]
+        raise ValueError(f"{directory} has no {MANIFEST}; it is not a dp_zoo artifact. Re-export it with dp_zoo.export.")
+    try:
+        with open(path) as f:
+            manifest = json.load(f)["files"]
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{path} is corrupt or truncated ({e}); re-download or re-export the model.") from None
     for rel, meta in manifest.items():
         p = os.path.join(directory, rel)
         if not os.path.exists(p):
             raise ValueError(f"Artifact file missing: {p}. Re-download or re-export the model.")
-        if os.path.getsize(p) != meta["bytes"]:
+        size = os.path.getsize(p)
+        if size != meta["bytes"]:
             raise ValueError(
-                f"Artifact file truncated or changed: {p} has {os.path.getsize(p)} bytes, "
-                f"expected {meta['bytes']}. Refusing to load it; re-download or re-export the model."
+                f"Artifact file truncated or changed: {p} has {size} bytes, expected {meta['bytes']}. "
+                "Refusing to load it; re-download or re-export the model."
             )
         if sha256_file(p) != meta["sha256"]:
             raise ValueError(
                 f"Checksum mismatch for {p}: the file was modified or corrupted. "
                 "Refusing to load it; re-download or re-export the model."
             )
+    return sha256_file(path)
 
 
-def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo_points=None):
-    """Publishes ``model`` with its card into ``out_dir``.
+# -- export ------------------------------------------------------------------------
 
-    Args:
-      model: the Keras model (normalized input -> logits) with the weights to
-        publish (e.g. EMA weights).
-      run_record: the complete run record (with "data" mean/std and
-        "metrics").
-      out_dir: target directory (e.g. ``saved_models/<entry>``).
-      entry_name: the zoo entry name written into the card.
-      overwrite: replace an existing artifact.
-      zoo_points: optional [(epsilon, accuracy)] for the card's
-        privacy-utility plot.
 
-    Returns:
-      The SHA-256 of the written MANIFEST.json.
+def check_publishable(model, run_record):
+    """Refuses a model that is broken or does not match its run record.
+
+    Raises:
+      ValueError: non-finite weights, or input shape / classes / parameter
+        count / normalization statistics that differ from the record (a
+        card describing another model would be a false statement).
     """
-    for w in model.get_weights():
-        if not np.all(np.isfinite(w)):
+    for v in model.weights:
+        if not np.all(np.isfinite(np.asarray(v))):
             raise ValueError(
-                "Refusing to publish a model with non-finite (NaN/inf) weights; "
+                f"Refusing to publish a model with non-finite (NaN/inf) weights (first in {v.path!r}); "
                 "the run diverged. Lower the learning rate and retrain."
             )
+    rec_model = run_record.get("model") or {}
     data = run_record.get("data") or {}
     if "mean" not in data or "std" not in data:
         raise ValueError("run_record['data'] needs the training mean/std for the serving preprocessing.")
+    in_shape = list(model.input_shape[1:])
+    if None in in_shape:
+        raise ValueError(f"the model's input shape {model.input_shape} must be fully defined to serve it.")
+    c = in_shape[-1]
+    problems = []
+    if rec_model.get("input_shape") is not None and list(rec_model["input_shape"]) != in_shape:
+        problems.append(f"input shape {in_shape} vs record {rec_model['input_shape']}")
+    if rec_model.get("num_classes") is not None and model.output_shape[-1] != rec_model["num_classes"]:
+        problems.append(f"{model.output_shape[-1]} outputs vs record {rec_model['num_classes']} classes")
+    if rec_model.get("num_params") is not None and model.count_params() != rec_model["num_params"]:
+        problems.append(f"{model.count_params()} parameters vs record {rec_model['num_params']}")
+    if len(data["mean"]) != c or len(data["std"]) != c:
+        problems.append(f"{c} input channels vs {len(data['mean'])} mean / {len(data['std'])} std values")
+    if problems:
+        raise ValueError("The model does not match its run record: " + "; ".join(problems) +
+                         ". Export the model that the run trained, with that run's record.")
+
+
+def _probe_images(model, n=4, seed=0):
+    h, w, c = model.input_shape[1:]
+    return np.random.default_rng(seed).integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
+
+
+def _check_roundtrip(model, directory, mean, std):
+    """The written .keras and SavedModel must give the model's own outputs."""
+    import keras
+
+    import dp_zoo.models  # noqa: F401  registers custom layers for load_model
+
+    images = _probe_images(model)
+    x = preprocessing.normalize(images, mean, std)
+    ref = np.asarray(model(x, training=False), np.float32)
+    reloaded = keras.models.load_model(os.path.join(directory, "model.keras"))
+    got_keras = np.asarray(reloaded(x, training=False), np.float32)
+    served = tf.saved_model.load(os.path.join(directory, "saved_model", SERVING_VERSION))
+    got_sm = served.signatures["serving_default"](images=tf.constant(images))["logits"].numpy()
+    for what, got in (("model.keras", got_keras), ("saved_model", got_sm)):
+        if not np.allclose(got, ref, rtol=1e-4, atol=1e-4):
+            raise ValueError(
+                f"the exported {what} does not reproduce the model's outputs (max abs diff "
+                f"{np.max(np.abs(got - ref)):.3g}); not publishing it. A custom layer may not serialize."
+            )
+
+
+def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo_points=None):
+    """Exports ``model`` with its card into ``out_dir`` (atomically).
+
+    Args:
+      model: the Keras model (normalized input -> logits) with the weights to
+        publish (e.g. the EMA weights; the record's "published_weights" says
+        which).
+      run_record: the complete run record (contract: /work/contracts.md),
+        with "data" (train mean/std) and "metrics".
+      out_dir: target directory (e.g. ``saved_models/<entry>``).
+      entry_name: the zoo entry name written into the card.
+      overwrite: replace an existing artifact.
+      zoo_points: optional points for the card's privacy-utility plot (see
+        ``ModelCard.plots``); by default the zoo's own.
+
+    Returns:
+      The path of the artifact directory (str). Its MANIFEST.json SHA-256 is
+      ``sha256_file(os.path.join(path, "MANIFEST.json"))``.
+
+    Raises:
+      FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+      ValueError: non-finite weights, a model/record mismatch, an incomplete
+        record, or an export that does not reproduce the model.
+    """
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(
             f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it, "
             "or choose another directory."
         )
-    card = ModelCard.from_run(entry_name, run_record)
+    check_publishable(model, run_record)
+    card = ModelCard.from_run_record(entry_name, run_record)
+    data = run_record["data"]
+    if zoo_points is None:
+        zoo_points = _default_zoo_points(run_record["data"]["dataset"], entry_name)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
+    # A sibling temporary directory keeps the final rename on one file system.
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
     try:
         model.save(os.path.join(tmp, "model.keras"))
         serving = _Serving(model, data["mean"], data["std"])
-        tf.saved_model.save(
-            serving,
-            os.path.join(tmp, "saved_model", SERVING_VERSION),
-            signatures={"serving_default": serving.serve},
-        )
+        tf.saved_model.save(serving, os.path.join(tmp, "saved_model", SERVING_VERSION),
+                            signatures={"serving_default": serving.serve})
         card.write(tmp, zoo_points=zoo_points)
         with open(os.path.join(tmp, "run_record.json"), "w") as f:
             json.dump(run_record, f, indent=2, sort_keys=True)
-        digest = write_manifest(tmp)
+        _check_roundtrip(model, tmp, data["mean"], data["std"])
+        write_manifest(tmp, entry_name)
         if os.path.exists(out_dir):
-            old = out_dir + ".old"
-            shutil.rmtree(old, ignore_errors=True)
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)
+            os.rmdir(old)
             os.replace(out_dir, old)
             os.replace(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out_dir)
-        return digest
+        return out_dir
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _default_zoo_points(dataset, entry_name):
+    """The zoo's points for the privacy-utility plot: measured cards + the paper's figures."""
+    try:
+        from dp_zoo import zoo
+
+        return zoo.privacy_utility_points(dataset, exclude=entry_name)
+    except Exception:  # noqa: BLE001  a plot must never block an export
+        return []
+
+
+# -- packaging and publishing -----------------------------------------------------------
+
+
+def package(artifact_dir, dest):
+    """Writes a reproducible ``.tar.gz`` of a verified artifact.
+
+    The archive holds ``<entry>/...`` with sorted names, zeroed times and
+    owners, so the same artifact always gives the same archive SHA-256 (the
+    value a URL-hosted zoo entry records as ``archive_sha256``).
+
+    Returns:
+      (path, sha256 hex) of the archive.
+    """
+    verify_manifest(artifact_dir)
+    name = os.path.basename(os.path.normpath(artifact_dir))
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    tmp = dest + ".tmp"
+    with open(tmp, "wb") as raw:
+        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                paths = []
+                for root, dirs, names in os.walk(artifact_dir):
+                    dirs.sort()
+                    paths += [os.path.join(root, n) for n in sorted(names)]
+                for p in paths:
+                    rel = os.path.relpath(p, artifact_dir).replace(os.sep, "/")
+                    info = tarfile.TarInfo(f"{name}/{rel}")
+                    info.size = os.path.getsize(p)
+                    info.mode = 0o644
+                    info.mtime = 0
+                    with open(p, "rb") as f:
+                        tar.addfile(info, f)
+    os.replace(tmp, dest)
+    return dest, sha256_file(dest)
+
+
+_KAGGLE_HANDLE = re.compile(r"^[\w-]+/[\w-]+/[\w-]+/[\w.-]+$")
+
+
+def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2.0",
+            version_notes=None, allow_simulation=False):
+    """Publishes a verified artifact to Kaggle Models with ``kagglehub``.
+
+    Args:
+      artifact_dir: an exported artifact (``saved_models/<entry>``).
+      kaggle_handle: ``<owner>/<model>/<framework>/<variation>``, e.g.
+        ``me/dp-zoo/keras/wrn_digits_eps8``.
+      dry_run: check everything and return the plan without uploading.
+      license_name: the license Kaggle shows.
+      version_notes: notes for this version; default: the card's headline.
+      allow_simulation: publish a TAN simulation (normally refused: its
+        stated epsilon is not a guarantee of the model).
+
+    Returns:
+      dict: handle, files (relative path -> bytes), total_bytes,
+      manifest_sha256, headline, version_notes, uploaded (bool).
+
+    Raises:
+      ValueError: a bad handle, an artifact failing verification, a TAN
+        simulation without ``allow_simulation``.
+      ImportError: not a dry run and ``kagglehub`` is not installed.
+    """
+    if not _KAGGLE_HANDLE.match(kaggle_handle or ""):
+        raise ValueError(
+            f"Kaggle Models handle {kaggle_handle!r} must look like <owner>/<model>/<framework>/<variation>, "
+            "e.g. me/dp-zoo/keras/wrn_digits_eps8."
+        )
+    digest = verify_manifest(artifact_dir)
+    with open(os.path.join(artifact_dir, "card.json")) as f:
+        card = json.load(f)
+    if card["privacy"].get("tan_simulation") and not allow_simulation:
+        raise ValueError(
+            f"{artifact_dir} is a TAN simulation (not private at the stated epsilon); refusing to publish it "
+            "as a zoo model. Pass allow_simulation=True (--allow_simulation) to publish it anyway."
+        )
+    with open(os.path.join(artifact_dir, MANIFEST)) as f:
+        files = {k: v["bytes"] for k, v in json.load(f)["files"].items()}
+    files[MANIFEST] = os.path.getsize(os.path.join(artifact_dir, MANIFEST))
+    plan = {
+        "handle": kaggle_handle,
+        "artifact_dir": os.path.abspath(artifact_dir),
+        "files": files,
+        "total_bytes": sum(files.values()),
+        "manifest_sha256": digest,
+        "headline": card["headline"],
+        "version_notes": version_notes or card["headline"],
+        "license_name": license_name,
+        "uploaded": False,
+    }
+    if dry_run:
+        return plan
+    try:
+        import kagglehub
+    except ImportError as e:
+        raise ImportError("publishing to Kaggle Models needs kagglehub: pip install kagglehub") from e
+    # kagglehub reads the user's own Kaggle credentials (env or ~/.kaggle);
+    # dp_zoo never handles them.
+    kagglehub.model_upload(kaggle_handle, plan["artifact_dir"], license_name=license_name,
+                           version_notes=plan["version_notes"])
+    plan["uploaded"] = True
+    return plan
+
+
+# -- command line ---------------------------------------------------------------------
+
+
+def _define_flags():
+    # Defined only when run as a program, so importing dp_zoo.export never
+    # adds flags to another program's absl FLAGS.
+    from absl import flags
+
+    flags.DEFINE_string("model", None, "Trained model (.keras) to export.")
+    flags.DEFINE_string("run_record", None, "The run's run_record.json.")
+    flags.DEFINE_string("entry", None, "Zoo entry name for the card.")
+    flags.DEFINE_string("out", None, "Artifact directory (default saved_models/<entry>).")
+    flags.DEFINE_bool("overwrite", False, "Replace an existing artifact.")
+    flags.DEFINE_string("artifact", None, "An exported artifact directory to register/package/publish.")
+    flags.DEFINE_bool("register", False, "Write the artifact's MANIFEST SHA-256 into dp_zoo/zoo_entries.json.")
+    flags.DEFINE_string("package", None, "Write a reproducible .tar.gz of the artifact here.")
+    flags.DEFINE_string("kaggle_handle", None, "Publish to Kaggle Models: <owner>/<model>/<framework>/<variation>.")
+    flags.DEFINE_bool("dry_run", False, "With --kaggle_handle: verify and print the plan, upload nothing.")
+    flags.DEFINE_bool("allow_simulation", False, "Allow publishing a TAN simulation.")
+    return flags.FLAGS
+
+
+def main(argv, FLAGS):
+    """Runs the command line; returns the exit status."""
+    if len(argv) > 1:
+        print(f"dp_zoo.export: error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    artifact = FLAGS.artifact
+    try:
+        if FLAGS.model or FLAGS.run_record:
+            if not (FLAGS.model and FLAGS.run_record and FLAGS.entry):
+                print("dp_zoo.export: error: exporting needs --model, --run_record and --entry", file=sys.stderr)
+                return 2
+            import keras
+
+            import dp_zoo.models  # noqa: F401
+
+            with open(FLAGS.run_record) as f:
+                record = json.load(f)
+            model = keras.models.load_model(FLAGS.model)
+            out = FLAGS.out or os.path.join("saved_models", FLAGS.entry)
+            artifact = export_model(model, record, out, entry_name=FLAGS.entry, overwrite=FLAGS.overwrite)
+            print(f"exported: {artifact}")
+        if artifact is None:
+            print("dp_zoo.export: error: nothing to do; give --model/--run_record/--entry or --artifact",
+                  file=sys.stderr)
+            return 2
+        digest = verify_manifest(artifact)
+        print(f"verified: {artifact} (MANIFEST sha256 {digest})")
+        if FLAGS.register:
+            from dp_zoo import zoo
+
+            name = os.path.basename(os.path.normpath(artifact))
+            zoo.register(name, artifact)
+            print(f"registered: {name} -> {digest} in {zoo.TABLE_PATH}")
+        if FLAGS.package:
+            path, sha = package(artifact, FLAGS.package)
+            print(f"packaged: {path} (sha256 {sha})")
+        if FLAGS.kaggle_handle:
+            plan = publish(artifact, kaggle_handle=FLAGS.kaggle_handle, dry_run=FLAGS.dry_run,
+                           allow_simulation=FLAGS.allow_simulation)
+            verb = "uploaded" if plan["uploaded"] else "dry run, would upload"
+            print(f"{verb}: {plan['handle']}: {len(plan['files'])} files, {plan['total_bytes']} bytes")
+            print(json.dumps(plan, indent=2))
+    except (FileExistsError, ValueError, ImportError, OSError) as e:
+        print(f"dp_zoo.export: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    _FLAGS = _define_flags()
+    app.run(lambda argv: sys.exit(main(argv, _FLAGS)))
