@@ -36,7 +36,6 @@ Command line (``python -m dp_zoo.export``)::
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import re

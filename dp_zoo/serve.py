@@ -1,0 +1,274 @@
+"""A small REST server for an exported model, speaking TF Serving's JSON API.
+
+TF Serving (``tensorflow_model_server``) is the production choice; it is not
+pip-installable, so this module offers the same REST surface for local use
+and tests, on loopback by default:
+
+- ``GET  /v1/models/<name>``: version status.
+- ``GET  /v1/models/<name>/metadata``: the serving signature.
+- ``POST /v1/models/<name>[/versions/<v>]:predict`` with
+  ``{"instances": [...]}`` (row format: one uint8 image ``[H, W, C]`` per
+  instance, or ``{"images": ...}``), answering
+  ``{"predictions": [{"probabilities": [...], "logits": [...]}, ...]}``; or
+  ``{"inputs": ...}`` (columnar), answering ``{"outputs": {...}}``.
+- Errors: ``{"error": "..."}`` with HTTP 400 / 404 / 413.
+
+Run::
+
+    python -m dp_zoo.serve --model saved_models/wrn_digits_eps8 --port 8501
+    curl -d '{"instances": [...]}' localhost:8501/v1/models/wrn_digits_eps8:predict
+
+``--model`` takes an artifact directory, its ``saved_model`` base directory
+(the newest numeric version is served, as TF Serving does) or a zoo entry.
+"""
+
+import json
+import os
+import re
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+MAX_BODY_BYTES = 32 << 20  # refuse larger requests instead of buffering them
+_ROUTE = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(/metadata|:predict)?$")
+
+
+class RequestError(Exception):
+    """A client error: HTTP status and message."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+def _resolve_base(path_or_name):
+    """(saved_model base dir, model name) for an artifact dir, a base dir or a zoo entry."""
+    p = str(path_or_name)
+    if not os.path.isdir(p):
+        from dp_zoo import zoo
+
+        directory, _ = zoo.locate(p)
+        return os.path.join(directory, "saved_model"), os.path.basename(p)
+    if os.path.isdir(os.path.join(p, "saved_model")):
+        return os.path.join(p, "saved_model"), os.path.basename(os.path.normpath(p))
+    name = os.path.basename(os.path.normpath(p))
+    if name == "saved_model":
+        name = os.path.basename(os.path.dirname(os.path.normpath(p)))
+    return p, name
+
+
+class ServedModel:
+    """The newest numeric version under a SavedModel base directory."""
+
+    def __init__(self, base_dir, name):
+        import tensorflow as tf
+
+        versions = sorted(int(v) for v in os.listdir(base_dir) if v.isdigit())
+        if not versions:
+            raise ValueError(f"{base_dir} has no numeric version directory (expected e.g. {base_dir}/1/).")
+        self.name = name
+        self.version = versions[-1]
+        self._loaded = tf.saved_model.load(os.path.join(base_dir, str(self.version)))
+        self.fn = self._loaded.signatures["serving_default"]
+        (self.input_name, spec), = self.fn.structured_input_signature[1].items()
+        self.input_shape = spec.shape.as_list()  # [None, H, W, C]
+        self.outputs = sorted(self.fn.structured_outputs)
+        # Concurrent requests share one graph; serialize them (CPU-bound anyway).
+        self._lock = threading.Lock()
+
+    def status(self):
+        return {"model_version_status": [{"version": str(self.version), "state": "AVAILABLE",
+                                          "status": {"error_code": "OK", "error_message": ""}}]}
+
+    def metadata(self):
+        def t(shape, dtype):
+            return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(-1 if d is None else d)} for d in shape]}}
+
+        n_out = self.fn.structured_outputs[self.outputs[0]].shape.as_list()
+        return {
+            "model_spec": {"name": self.name, "signature_name": "", "version": str(self.version)},
+            "metadata": {"signature_def": {"signature_def": {"serving_default": {
+                "inputs": {self.input_name: {"name": self.input_name, **t(self.input_shape, "DT_UINT8")}},
+                "outputs": {o: {"name": o, **t(n_out, "DT_FLOAT")} for o in self.outputs},
+                "method_name": "tensorflow/serving/predict",
+            }}}},
+        }
+
+    def _images(self, value):
+        """Validates nested lists of 0..255 integers into uint8 ``[N, H, W, C]``."""
+        try:
+            arr = np.asarray(value)
+        except ValueError:
+            raise RequestError(400, "instances must all have the same shape") from None
+        if arr.dtype == object or arr.size == 0:
+            raise RequestError(400, "images must be a non-empty nested list of numbers of one shape")
+        want = self.input_shape[1:]
+        if arr.ndim != 4 or list(arr.shape[1:]) != want:
+            raise RequestError(400, f"images must have shape [N, {', '.join(map(str, want))}]; got {list(arr.shape)}")
+        if not np.issubdtype(arr.dtype, np.number) or np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 255:
+            # A silent uint8 cast would wrap 256 to 0: refuse instead.
+            raise RequestError(400, "pixel values must be integers in 0..255 (uint8)")
+        return arr.astype(np.uint8)
+
+    def predict(self, body):
+        import tensorflow as tf
+
+        sig = body.get("signature_name", "serving_default")
+        if sig != "serving_default":
+            raise RequestError(400, f"unknown signature_name {sig!r}; this model serves 'serving_default'")
+        if "instances" in body:
+            inst = body["instances"]
+            if not isinstance(inst, list) or not inst:
+                raise RequestError(400, "'instances' must be a non-empty list")
+            if isinstance(inst[0], dict):
+                try:
+                    inst = [i[self.input_name] for i in inst]
+                except (KeyError, TypeError):
+                    raise RequestError(400, f"each instance object needs the key {self.input_name!r}") from None
+            row = True
+        elif "inputs" in body:
+            inst = body["inputs"]
+            if isinstance(inst, dict):
+                if self.input_name not in inst:
+                    raise RequestError(400, f"'inputs' needs the key {self.input_name!r}")
+                inst = inst[self.input_name]
+            row = False
+        else:
+            raise RequestError(400, "request body needs 'instances' (row format) or 'inputs' (columnar format)")
+        images = self._images(inst)
+        with self._lock:
+            out = self.fn(**{self.input_name: tf.constant(images)})
+        out = {k: v.numpy().tolist() for k, v in out.items()}
+        if row:
+            n = len(images)
+            return {"predictions": [{k: out[k][i] for k in self.outputs} for i in range(n)]}
+        return {"outputs": out}
+
+
+def _handler(model):
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "dp_zoo.serve"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):  # quiet by default; tests and CLIs read stdout
+            if os.environ.get("DP_ZOO_SERVE_LOG"):
+                super().log_message(fmt, *args)
+
+        def _send(self, status, obj):
+            data = json.dumps(obj).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _route(self):
+            m = _ROUTE.match(self.path.split("?", 1)[0])
+            if not m:
+                raise RequestError(404, f"no such endpoint {self.path}; try /v1/models/{model.name}")
+            name, version, action = m.groups()
+            if name != model.name:
+                raise RequestError(404, f"Servable not found for request: Latest({name}); serving {model.name!r}")
+            if version is not None and int(version) != model.version:
+                raise RequestError(404, f"version {version} of {name} not found; serving version {model.version}")
+            return action
+
+        def do_GET(self):
+            try:
+                action = self._route()
+                if action == ":predict":
+                    raise RequestError(405, "predict needs POST")
+                self._send(200, model.metadata() if action == "/metadata" else model.status())
+            except RequestError as e:
+                self._send(e.status, {"error": str(e)})
+
+        def do_POST(self):
+            try:
+                action = self._route()
+                if action != ":predict":
+                    raise RequestError(405, "only :predict accepts POST")
+                length = int(self.headers.get("Content-Length") or 0)
+                if length > MAX_BODY_BYTES:
+                    self.close_connection = True
+                    raise RequestError(413, f"request body over {MAX_BODY_BYTES} bytes")
+                try:
+                    body = json.loads(self.rfile.read(length) or b"null")
+                except ValueError as e:
+                    raise RequestError(400, f"body is not valid JSON: {e}") from None
+                if not isinstance(body, dict):
+                    raise RequestError(400, "body must be a JSON object")
+                self._send(200, model.predict(body))
+            except RequestError as e:
+                self._send(e.status, {"error": str(e)})
+            except Exception as e:  # noqa: BLE001  report, keep serving
+                self._send(500, {"error": f"{type(e).__name__}: {e}"})
+
+    return Handler
+
+
+class ModelServer:
+    """Serves one model over HTTP in a background thread.
+
+    Args:
+      model: artifact directory, SavedModel base directory or zoo entry.
+      host: interface; loopback by default (there is no authentication).
+      port: TCP port; 0 picks a free one (see ``.port``).
+      name: model name in the URL; default: the artifact's directory name.
+    """
+
+    def __init__(self, model, *, host="127.0.0.1", port=8501, name=None):
+        base, default_name = _resolve_base(model)
+        self.model = ServedModel(base, name or default_name)
+        self.httpd = ThreadingHTTPServer((host, port), _handler(self.model))
+        self.httpd.daemon_threads = True
+        self.host, self.port = self.httpd.server_address[:2]
+        self._thread = None
+
+    @property
+    def url(self):
+        return f"http://{self.host}:{self.port}/v1/models/{self.model.name}"
+
+    def start(self):
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def main(argv=None):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m dp_zoo.serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="artifact dir, SavedModel base dir, or zoo entry")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default loopback; no authentication)")
+    p.add_argument("--port", type=int, default=8501)
+    p.add_argument("--name", default=None, help="model name in the URL")
+    a = p.parse_args(argv)
+    if a.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {a.host} without authentication", file=sys.stderr)
+    server = ModelServer(a.model, host=a.host, port=a.port, name=a.name)
+    print(f"serving {server.model.name} version {server.model.version} at {server.url}", flush=True)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""``dp_zoo.make_private``: a Keras model whose ``fit()`` runs DP-SGD.
+
+For Keras users who want ``model.fit(x, y)`` rather than the engine. The
+returned model keeps the DP semantics of DESIGN.md §4:
+
+- ``fit`` draws Poisson batches itself (each example joins a step with
+  probability q = batch_size / N); the ``batch_size`` argument of Keras' own
+  shuffling is never used, since the accountant assumes Poisson sampling.
+- A logical batch is split into fixed-size micro-batches (padding rows
+  masked); clipped per-example gradients are accumulated across them and the
+  Gaussian noise is added once, when the logical batch is complete.
+- Every logical step is recorded in ``model.ledger``; ``fit`` refuses to
+  start a run that would exceed ``target_epsilon``, and the history has the
+  epsilon spent after each epoch.
+
+Example::
+
+    private = dp_zoo.make_private(model, l2_clip=1.0, target_epsilon=8.0,
+                                  dataset_size=len(x), batch_size=256, epochs=10)
+    private.compile(optimizer=keras.optimizers.SGD(1.0))
+    private.fit(x, y, epochs=10)
+    print(private.epsilon())
+"""
+
+import math
+import secrets
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dp_zoo import accounting
+from dp_zoo.train import dp_sgd, sampling
+
+
+class PrivateModel(keras.Model):
+    """Wraps a Keras model; ``fit`` trains it with DP-SGD (see module doc).
+
+    Use ``make_private`` to build one.
+    """
+
+    def __init__(self, inner, *, l2_clip, noise_multiplier, dataset_size, batch_size,
+                 delta, target_epsilon=None, physical_batch_size=None, accountant="pld",
+                 seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+        self.l2_clip = float(l2_clip)
+        self.noise_multiplier = float(noise_multiplier)
+        self.dataset_size = int(dataset_size)
+        self.expected_batch_size = float(batch_size)
+        self.physical_batch_size = int(physical_batch_size or min(batch_size, 256))
+        self.seed = seed
+        self._sample_seed = seed if seed is not None else secrets.randbits(31)
+        self.ledger = accounting.PrivacyLedger(
+            noise_multiplier, batch_size / dataset_size, delta, dataset_size,
+            target_epsilon=target_epsilon, accountant=accountant,
+        )
+        self._noise_gen = (tf.random.Generator.from_seed(seed) if seed is not None
+                           else tf.random.Generator.from_non_deterministic_state())
+        self._acc = None
+
+    def call(self, inputs, training=False):
+        return self.inner(inputs, training=training)
+
+    def _ensure_accumulators(self):
+        if self._acc is None:
+            self._acc = [tf.Variable(tf.zeros_like(v.value), trainable=False)
+                         for v in self.inner.trainable_variables]
+
+    def train_step(self, data):
+        (x, mask, last), y = data
+        grads, norms = dp_sgd.clipped_grad_sum(self.inner, x[:, None], y, l2_clip=self.l2_clip, mask=mask)
+        for a, g in zip(self._acc, grads):
+            a.assign_add(g)
+
+        def apply():
+            noisy = dp_sgd.add_noise([a.value() for a in self._acc],
+                                     stddev=self.noise_multiplier * self.l2_clip, generator=self._noise_gen)
+            update = [n / self.expected_batch_size for n in noisy]
+            self.optimizer.apply(update, self.inner.trainable_variables)
+            for a in self._acc:
+                a.assign(tf.zeros_like(a))
+            return tf.constant(1.0)
+
+        tf.cond(last > 0, apply, lambda: tf.constant(0.0))
+        m = tf.cast(mask, tf.float32)
+        return {"median_grad_norm": tf.reduce_sum(norms * m) / tf.maximum(tf.reduce_sum(m), 1.0)}
+
+    def fit(self, x, y, *, epochs=1, steps=None, verbose="auto", callbacks=None, **kwargs):
+        """Trains with Poisson-sampled DP-SGD.
+
+        Args:
+          x: float array ``[N, ...]`` (already preprocessed), N = dataset_size.
+          y: int labels ``[N]``.
+          epochs: logical steps = ceil(epochs * N / batch_size), unless
+          steps: is given.
+          verbose, callbacks: as Keras.
+
+        Returns:
+          Keras History with an "epsilon" entry per step-group.
+        """
+        if kwargs.get("batch_size") is not None or kwargs.get("shuffle") is not None:
+            raise ValueError(
+                "make_private models sample Poisson batches themselves; do not pass batch_size "
+                "or shuffle to fit() (the expected batch size was set in make_private)."
+            )
+        x = np.asarray(x)
+        y = np.asarray(y)
+        if len(x) != self.dataset_size or len(y) != self.dataset_size:
+            raise ValueError(
+                f"fit() got {len(x)} examples but make_private was told dataset_size="
+                f"{self.dataset_size}; the privacy accounting depends on N, so they must match."
+            )
+        n_steps = int(steps if steps is not None else math.ceil(epochs * self.dataset_size / self.expected_batch_size))
+        if n_steps < 1:
+            raise ValueError("fit() needs at least one step.")
+        if not self.ledger.can_step(n_steps):
+            raise accounting.BudgetExceededError(
+                f"{n_steps} more steps would spend epsilon={self.ledger.epsilon_after(n_steps):.4f} "
+                f"> target_epsilon={self.ledger.target_epsilon:g}. Train for fewer epochs "
+                "or use more noise."
+            )
+        self._ensure_accumulators()
+        start = self.ledger.steps
+        micro = []
+        for t in range(start, start + n_steps):
+            idx = sampling.poisson_sample(self.dataset_size, self.ledger.sampling_probability,
+                                          seed=self._sample_seed, step=t)
+            mbs = sampling.micro_batches(idx, self.physical_batch_size)
+            for j, (i, m) in enumerate(mbs):
+                micro.append((i, m, float(j == len(mbs) - 1)))
+        p = self.physical_batch_size
+
+        def gen():
+            for i, m, last in micro:
+                yield (x[i].astype(np.float32), m, np.float32(last)), y[i].astype(np.int32)
+
+        spec = ((tf.TensorSpec((p,) + x.shape[1:], tf.float32), tf.TensorSpec((p,), tf.float32),
+                 tf.TensorSpec((), tf.float32)), tf.TensorSpec((p,), tf.int32))
+        ds = tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(2)
+        ledger = self.ledger
+
+        class _Account(keras.callbacks.Callback):
+            def on_train_batch_end(self_cb, batch, logs=None):
+                if micro[batch][2]:
+                    ledger.record_step()
+
+            def on_epoch_end(self_cb, epoch, logs=None):
+                if logs is not None:
+                    logs["epsilon"] = ledger.epsilon()
+
+        return super().fit(ds, epochs=1, steps_per_epoch=len(micro), verbose=verbose, shuffle=False,
+                           callbacks=[_Account()] + list(callbacks or []))
+
+    def epsilon(self):
+        """Epsilon spent so far (from the accountant)."""
+        return self.ledger.epsilon()
+
+
+def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=None,
+                 target_epsilon=None, delta=1e-5, epochs=None, steps=None,
+                 physical_batch_size=None, accountant="pld", seed=None):
+    """Returns a Keras model whose ``fit()`` trains ``model`` with DP-SGD.
+
+    Args:
+      model: a Keras model producing logits, without cross-example layers
+        (no BatchNorm); its weights are trained in place.
+      l2_clip: per-example clipping norm C.
+      dataset_size: N, the number of training examples ``fit`` will get.
+      batch_size: expected logical batch size B (q = B / N).
+      noise_multiplier: sigma; or give
+      target_epsilon: and ``epochs``/``steps``: sigma is calibrated for it.
+        With both sigma and a target, the target is a budget guard.
+      delta: delta of the guarantee.
+      physical_batch_size: micro-batch size (memory bound).
+      accountant: "pld" or "rdp".
+      seed: seeds sampling and noise (reproducible; leave None for real use).
+
+    Returns:
+      A ``PrivateModel``; ``compile`` it with an optimizer, then ``fit``.
+      The loss is sparse categorical cross-entropy from logits.
+    """
+    if noise_multiplier is None:
+        if target_epsilon is None:
+            raise ValueError("make_private needs noise_multiplier or target_epsilon (e.g. target_epsilon=8.0).")
+        if steps is None and epochs is None:
+            raise ValueError("To calibrate sigma for target_epsilon, pass the planned epochs= or steps=.")
+        planned = steps if steps is not None else math.ceil(epochs * dataset_size / batch_size)
+        noise_multiplier = accounting.calibrate_noise(
+            target_epsilon=target_epsilon, sampling_probability=batch_size / dataset_size,
+            steps=planned, delta=delta, accountant=accountant,
+        )
+    if not l2_clip > 0:
+        raise ValueError(f"l2_clip must be > 0, got {l2_clip}.")
+    if not 0 < batch_size <= dataset_size:
+        raise ValueError(f"batch_size must be in (0, dataset_size={dataset_size}], got {batch_size}.")
+    return PrivateModel(model, l2_clip=l2_clip, noise_multiplier=noise_multiplier,
+                        dataset_size=dataset_size, batch_size=batch_size, delta=delta,
+                        target_epsilon=target_epsilon, physical_batch_size=physical_batch_size,
+                        accountant=accountant, seed=seed)

@@ -1,0 +1,51 @@
+"""make_private: model.fit trains with DP-SGD and tracks epsilon."""
+
+import keras
+import numpy as np
+import pytest
+
+import dp_zoo
+from dp_zoo import accounting
+from dp_zoo.preprocessing import normalize
+from dp_zoo.train import config as C, data
+
+
+@pytest.fixture(scope="module")
+def digits():
+    tr = data.load_dataset(C.DataConfig(), "train")
+    te = data.load_dataset(C.DataConfig(), "test")
+    f = lambda d: normalize(d.images, tr.mean, tr.std).numpy()
+    return f(tr), tr.labels, f(te), te.labels
+
+
+def test_fit_trains_privately_and_tracks_epsilon(digits):
+    x, y, xt, yt = digits
+    keras.utils.set_random_seed(0)
+    inner = dp_zoo.create_model("wrn_digits", num_classes=10)
+    private = dp_zoo.make_private(inner, l2_clip=1.0, target_epsilon=8.0, dataset_size=len(x),
+                                  batch_size=256, steps=30, physical_batch_size=128, seed=0)
+    private.compile(optimizer=keras.optimizers.SGD(2.0))
+    hist = private.fit(x, y, steps=30, verbose=0)
+    assert private.ledger.steps == 30
+    eps = accounting.epsilon(noise_multiplier=private.noise_multiplier, sampling_probability=256 / len(x),
+                             steps=30, delta=1e-5)
+    assert private.epsilon() == eps <= 8.0
+    assert hist.history["epsilon"][-1] == eps
+    acc = np.mean(np.argmax(inner.predict(xt, verbose=0), 1) == yt)
+    assert acc > 0.5  # chance is 0.1
+    # The budget guard refuses a fit that would overshoot.
+    with pytest.raises(accounting.BudgetExceededError, match="target_epsilon=8"):
+        private.fit(x, y, steps=1000, verbose=0)
+
+
+def test_misuse_is_a_clear_error(digits):
+    x, y, _, _ = digits
+    inner = dp_zoo.create_model("wrn_test", num_classes=10)
+    with pytest.raises(ValueError, match="noise_multiplier or target_epsilon"):
+        dp_zoo.make_private(inner, l2_clip=1.0, dataset_size=len(x), batch_size=64)
+    private = dp_zoo.make_private(inner, l2_clip=1.0, noise_multiplier=1.0, dataset_size=len(x), batch_size=64)
+    private.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="Poisson"):
+        private.fit(x, y, batch_size=32)
+    with pytest.raises(ValueError, match="dataset_size"):
+        private.fit(x[:100], y[:100])
