@@ -77,6 +77,19 @@ def fmt_eps(x):
     return f"{ceil_sig(x):g}"
 
 
+def _yaml_scalar(v):
+    """A JSON scalar that YAML 1.1 readers also parse as the same value.
+
+    YAML 1.1 (PyYAML, the Hugging Face hub) reads ``1e-05`` as a string; its
+    float syntax needs a dot in the mantissa, so ``1.0e-05`` is written.
+    """
+    s = json.dumps(v)
+    if isinstance(v, float) and "e" in s and "." not in s.split("e")[0]:
+        mant, exp = s.split("e")
+        s = f"{mant}.0e{exp}"
+    return s
+
+
 def record_sha256(record):
     """SHA-256 of the canonical JSON of a run record (ties a card to its record)."""
     blob = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
@@ -221,7 +234,7 @@ class ModelCard:
         """
         p, d = self.privacy, self.record["data"]
         acc, which = self.accuracy()
-        j = json.dumps
+        j = _yaml_scalar
         lines = [
             "---",
             "library_name: keras",

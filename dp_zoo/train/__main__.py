@@ -56,6 +56,7 @@ flags.DEFINE_bool("publish", True, "Publish the trained model with its card.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing artifact in --publish-dir.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_integer("eval-every", None, "Evaluate every N steps (0: only at the end).")
+flags.DEFINE_integer("checkpoint-every", None, "Checkpoint every N steps.")
 flags.DEFINE_bool("deterministic-noise", None, "Draw noise from --seed (reproducible; for tests and artifacts).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
@@ -117,6 +118,10 @@ def resolve(argv_flags=None):
         if _flag("eval-every") < 0:
             raise UsageError("--eval-every must be >= 0.")
         changes["eval_every"] = _flag("eval-every")
+    if _flag("checkpoint-every") is not None:
+        if _flag("checkpoint-every") < 1:
+            raise UsageError("--checkpoint-every must be >= 1.")
+        changes["checkpoint_every"] = _flag("checkpoint-every")
     if _flag("deterministic-noise") is not None:
         changes["deterministic_noise"] = _flag("deterministic-noise")
     if _flag("init"):

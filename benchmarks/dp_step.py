@@ -1,0 +1,64 @@
+"""DP-SGD step cost vs a non-private step, same model and batch, same run.
+
+    python benchmarks/dp_step.py [--model wrn_test] [--batch 64] [--augmult 1 4] [--repeats 5]
+
+Prints a table and writes benchmarks/results/dp_step.json. Timings are
+wall-clock medians after a warm-up call (tf.function tracing excluded).
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+import tensorflow as tf
+
+import dp_zoo
+from dp_zoo.train import dp_sgd
+
+
+def median_time(fn, repeats):
+    fn()  # trace + warm up
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="wrn_digits")
+    p.add_argument("--input", type=int, nargs=3, default=[8, 8, 1])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--augmult", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--repeats", type=int, default=5)
+    a = p.parse_args()
+    model = dp_zoo.create_model(a.model, num_classes=10, input_shape=tuple(a.input))
+    rows = []
+    for k in a.augmult:
+        x = tf.random.normal([a.batch, k] + a.input)
+        y = tf.random.uniform([a.batch], 0, 10, tf.int32)
+        dp = tf.function(lambda: dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0)[0])
+        plain = tf.function(lambda: dp_sgd.mean_grad(model, x, y)[0])
+        t_dp, t_plain = median_time(dp, a.repeats), median_time(plain, a.repeats)
+        rows.append({"model": a.model, "batch": a.batch, "augmult": k,
+                     "dp_step_s": t_dp, "nonprivate_step_s": t_plain,
+                     "dp_examples_per_s": a.batch / t_dp, "nonprivate_examples_per_s": a.batch / t_plain,
+                     "slowdown": t_dp / t_plain})
+    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'DP s/step':>10s} {'plain s/step':>12s} {'DP ex/s':>9s} {'slowdown':>8s}")
+    for r in rows:
+        print(f"{r['model']:12s} {r['batch']:5d} {r['augmult']:3d} {r['dp_step_s']:10.4f} "
+              f"{r['nonprivate_step_s']:12.4f} {r['dp_examples_per_s']:9.1f} {r['slowdown']:8.2f}x")
+    os.makedirs("benchmarks/results", exist_ok=True)
+    with open("benchmarks/results/dp_step.json", "w") as f:
+        json.dump({"host": platform.platform(), "cpu_count": os.cpu_count(),
+                   "tensorflow": tf.__version__, "rows": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

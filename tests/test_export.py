@@ -1,0 +1,190 @@
+"""Export: layout, the uint8 serving signature, hub/TFSMLayer/saved_model_cli loading, safety, publishing."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dp_zoo import export, preprocessing
+from tests import _zoo_helpers as H
+
+SAVED_MODEL_CLI = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    path, model, rec = H.exported(tmp_path_factory.mktemp("export"))
+    return path, model, rec
+
+
+def _reference(model, rec, images):
+    return np.asarray(model(preprocessing.normalize(images, rec["data"]["mean"], rec["data"]["std"])))
+
+
+def test_layout_and_manifest(art):
+    path, _, rec = art
+    for rel in ("model.keras", "saved_model/1/saved_model.pb", "card.json", "README.md", "card.html",
+                "run_record.json", "MANIFEST.json", "plots/epsilon_vs_step.png"):
+        assert os.path.exists(os.path.join(path, rel)), rel
+    manifest = json.load(open(os.path.join(path, "MANIFEST.json")))
+    listed = set(manifest["files"])
+    on_disk = {os.path.relpath(os.path.join(r, n), path) for r, _, ns in os.walk(path) for n in ns} - {"MANIFEST.json"}
+    assert listed == on_disk
+    for rel, meta in manifest["files"].items():
+        assert export.sha256_file(os.path.join(path, rel)) == meta["sha256"]
+    assert manifest["entry"] == "wrn_digits_eps8"
+    assert json.load(open(os.path.join(path, "run_record.json"))) == rec
+    # no temporary directories left beside the artifact
+    assert os.listdir(os.path.dirname(path)) == ["wrn_digits_eps8"]
+
+
+def test_serving_signature_takes_uint8_and_matches_keras(art):
+    path, model, rec = art
+    sm = tf.saved_model.load(os.path.join(path, "saved_model", "1"))
+    fn = sm.signatures["serving_default"]
+    (name, spec), = fn.structured_input_signature[1].items()
+    assert name == "images" and spec.dtype == tf.uint8 and spec.shape.as_list() == [None, 8, 8, 1]
+    x = H.images(5)
+    out = fn(images=tf.constant(x))
+    assert set(out) == {"probabilities", "logits"}
+    np.testing.assert_allclose(out["logits"].numpy(), _reference(model, rec, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["probabilities"].numpy(), tf.nn.softmax(out["logits"]).numpy(), rtol=1e-6)
+
+
+def test_tensorflow_hub_load(art):
+    import tensorflow_hub as hub
+
+    path, model, rec = art
+    obj = hub.load(os.path.join(path, "saved_model", "1"))
+    x = H.images(3)
+    a = obj.signatures["serving_default"](images=tf.constant(x))["logits"].numpy()
+    b = obj(tf.constant(x))["logits"].numpy()  # __call__ is the same function
+    np.testing.assert_allclose(a, _reference(model, rec, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_tfsmlayer_inside_a_keras_model(art):
+    import keras
+
+    path, model, rec = art
+    layer = keras.layers.TFSMLayer(os.path.join(path, "saved_model", "1"), call_endpoint="serving_default")
+    inp = keras.Input((8, 8, 1), dtype="uint8")
+    wrapped = keras.Model(inp, layer(inp)["probabilities"])
+    x = H.images(4)
+    np.testing.assert_allclose(wrapped(x).numpy(), tf.nn.softmax(_reference(model, rec, x)).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_saved_model_cli_show_and_run(art, tmp_path):
+    path, model, rec = art
+    d = os.path.join(path, "saved_model", "1")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    r = subprocess.run([SAVED_MODEL_CLI, "show", "--dir", d, "--all"], capture_output=True, text=True,
+                       timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    sig = r.stdout.split("signature_def['serving_default']", 1)[1]
+    assert "dtype: DT_UINT8" in sig and "shape: (-1, 8, 8, 1)" in sig
+    assert "outputs['probabilities']" in sig and "outputs['logits']" in sig
+    x = H.images(2)
+    np.save(tmp_path / "x.npy", x)
+    r = subprocess.run([SAVED_MODEL_CLI, "run", "--dir", d, "--tag_set", "serve", "--signature_def",
+                        "serving_default", "--inputs", f"images={tmp_path / 'x.npy'}", "--outdir", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    logits = np.load(tmp_path / "o" / "logits.npy")
+    np.testing.assert_allclose(logits, _reference(model, rec, x), rtol=1e-5, atol=1e-5)
+
+
+def test_rgb_model_gets_a_three_channel_signature(tmp_path):
+    path, model, rec = H.exported(tmp_path, name="rgb", channels=3)
+    fn = tf.saved_model.load(os.path.join(path, "saved_model", "1")).signatures["serving_default"]
+    assert fn.structured_input_signature[1]["images"].shape.as_list() == [None, 8, 8, 3]
+    x = H.images(2, channels=3)
+    np.testing.assert_allclose(fn(images=tf.constant(x))["logits"].numpy(), _reference(model, rec, x),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_refuses_overwrite_then_replaces_atomically(art, tmp_path):
+    path, model, rec = art
+    target = tmp_path / "a"
+    shutil.copytree(path, target)
+    before = (target / "MANIFEST.json").read_text()
+    with pytest.raises(FileExistsError, match="overwrite"):
+        export.export_model(model, rec, str(target), entry_name="wrn_digits_eps8", zoo_points=[])
+    assert (target / "MANIFEST.json").read_text() == before
+    rec2 = json.loads(json.dumps(rec))
+    rec2["metrics"]["test_accuracy_last"] = 0.5
+    export.export_model(model, rec2, str(target), entry_name="wrn_digits_eps8", overwrite=True, zoo_points=[])
+    assert json.load(open(target / "card.json"))["metrics"]["test_accuracy_last"] == 0.5
+    export.verify_manifest(str(target))
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def test_refuses_nonfinite_weights_and_mismatched_records(tmp_path):
+    model = H.tiny_model()
+    rec = H.run_record(num_params=model.count_params())
+    w = model.get_weights()
+    w[0][0, 0, 0, 0] = np.inf
+    model.set_weights(w)
+    with pytest.raises(ValueError, match="non-finite"):
+        export.export_model(model, rec, str(tmp_path / "nan"), entry_name="x", zoo_points=[])
+    assert not (tmp_path / "nan").exists()
+    model = H.tiny_model()
+    with pytest.raises(ValueError, match="parameters vs record"):
+        export.export_model(model, H.run_record(num_params=7), str(tmp_path / "m"), entry_name="x", zoo_points=[])
+    with pytest.raises(ValueError, match="input shape"):
+        export.export_model(model, H.run_record(input_shape=(8, 8, 3), num_params=model.count_params()),
+                            str(tmp_path / "m"), entry_name="x", zoo_points=[])
+    assert os.listdir(tmp_path) == []
+
+
+def test_package_is_reproducible_and_publish_dry_run(art, tmp_path):
+    path, _, _ = art
+    p1, s1 = export.package(path, str(tmp_path / "one.tar.gz"))
+    p2, s2 = export.package(path, str(tmp_path / "two.tar.gz"))
+    assert s1 == s2 and os.path.getsize(p1) > 0
+    plan = export.publish(path, kaggle_handle="someone/dp-zoo/keras/wrn_digits_eps8", dry_run=True)
+    assert plan["uploaded"] is False
+    assert plan["manifest_sha256"] == export.sha256_file(os.path.join(path, "MANIFEST.json"))
+    assert "model.keras" in plan["files"] and "saved_model/1/saved_model.pb" in plan["files"]
+    assert plan["version_notes"].startswith("(")
+    with pytest.raises(ValueError, match="owner"):
+        export.publish(path, kaggle_handle="not-a-handle", dry_run=True)
+
+
+def test_publish_refuses_tan_simulation_and_corrupt_artifacts(tmp_path):
+    path, _, _ = H.exported(tmp_path, name="sim", tan=True)
+    with pytest.raises(ValueError, match="TAN simulation"):
+        export.publish(path, kaggle_handle="me/dp-zoo/keras/sim", dry_run=True)
+    assert export.publish(path, kaggle_handle="me/dp-zoo/keras/sim", dry_run=True, allow_simulation=True)
+    with open(os.path.join(path, "README.md"), "a") as f:
+        f.write("tampered")
+    with pytest.raises(ValueError, match="README.md"):
+        export.publish(path, kaggle_handle="me/dp-zoo/keras/sim", dry_run=True, allow_simulation=True)
+
+
+@pytest.mark.slow
+def test_export_command_line(art, tmp_path):
+    path, model, rec = art
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    out = tmp_path / "cli_art"
+    r = subprocess.run(
+        [sys.executable, "-m", "dp_zoo.export", "--model", os.path.join(path, "model.keras"),
+         "--run_record", os.path.join(path, "run_record.json"), "--entry", "wrn_digits_eps8", "--out", str(out),
+         "--package", str(tmp_path / "a.tar.gz"), "--kaggle_handle", "me/dp-zoo/keras/wrn_digits_eps8",
+         "--dry_run"],
+        capture_output=True, text=True, timeout=300, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "exported:" in r.stdout and "packaged:" in r.stdout and "dry run, would upload" in r.stdout
+    export.verify_manifest(str(out))
+    r = subprocess.run([sys.executable, "-m", "dp_zoo.export", "--model", os.path.join(path, "model.keras"),
+                        "--run_record", os.path.join(path, "run_record.json"), "--entry", "wrn_digits_eps8",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300, env=env,
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 1 and "already exists" in r.stderr

@@ -1,0 +1,199 @@
+"""Model cards: every number is the run record's; TAN simulations say they are not private."""
+
+import json
+import math
+import re
+
+import pytest
+import yaml
+
+from dp_zoo import model_card
+from dp_zoo.model_card import ModelCard, ceil_sig, fmt_eps
+from tests import _zoo_helpers as H
+
+
+def numbers(obj, prefix=""):
+    """Every number in a nested structure as {path: value}."""
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(numbers(v, f"{prefix}/{k}"))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.update(numbers(v, f"{prefix}/{i}"))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out[prefix] = obj
+    return out
+
+
+def table_rows(md):
+    """{first cell: second cell} of every two-column markdown table row."""
+    rows = {}
+    for line in md.splitlines():
+        m = re.match(r"^\| (.+?) \| (.*) \|$", line)
+        if m and not set(m.group(1)) <= set("-|"):
+            rows[m.group(1)] = m.group(2)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def record():
+    return H.run_record(num_params=1234)
+
+
+@pytest.fixture(scope="module")
+def written(record, tmp_path_factory):
+    d = tmp_path_factory.mktemp("card")
+    files = ModelCard.from_run_record("wrn_digits_eps8", record).write(str(d), zoo_points=[
+        {"name": "wrn16_4_cifar10_eps8", "epsilon": 8.0, "accuracy": 0.795, "source": "paper"},
+        {"name": "wrn_digits_nonprivate", "epsilon": None, "accuracy": 0.97, "source": "measured"},
+    ])
+    return d, files
+
+
+def test_card_json_numbers_equal_the_record(record, written):
+    d, _ = written
+    card = json.loads((d / "card.json").read_text())
+    assert next(iter(card)) == "headline"  # the first thing a reader of the JSON sees
+    assert card["card_schema_version"] == model_card.CARD_SCHEMA_VERSION
+    for section in ("privacy", "history", "model", "data", "metrics", "software", "hardware", "config"):
+        assert numbers(card[section]) == numbers(record[section]), section
+    assert card["privacy"] == record["privacy"]
+    t, c, p = card["training"], record["config"], record["privacy"]
+    expected = {
+        "l2_clip": p["l2_clip"], "noise_multiplier": p["noise_multiplier"],
+        "sampling_probability": p["sampling_probability"], "logical_batch_size": c["batch_size"],
+        "physical_batch_size": c["physical_batch_size"], "augmult_k": c["augmult"]["num_views"],
+        "ema_decay": c["ema"]["decay"], "steps_planned": record["steps_planned"],
+        "steps_completed": record["steps_completed"], "seed": c["seed"],
+    }
+    for k, v in expected.items():
+        assert t[k] == v, k
+    assert card["wall_time_s"] == record["wall_time_s"]
+    assert card["run_record_sha256"] == model_card.record_sha256(record)
+
+
+def test_readme_numbers_equal_the_record(record, written):
+    d, _ = written
+    md = (d / "README.md").read_text()
+    rows = table_rows(md)
+    p, c, m, mod = record["privacy"], record["config"], record["metrics"], record["model"]
+    expected = {
+        "epsilon (reported accountant)": p["epsilon"], "epsilon (PLD)": p["epsilon_pld"],
+        "epsilon (RDP)": p["epsilon_rdp"], "delta": p["delta"],
+        "sampling probability q": p["sampling_probability"], "dataset size N": p["dataset_size"],
+        "expected batch size qN": p["expected_batch_size"], "noise multiplier sigma": p["noise_multiplier"],
+        "clipping norm C": p["l2_clip"], "steps": p["steps"],
+        "last": m["test_accuracy_last"], "EMA": m["test_accuracy_ema"],
+        "parameters": mod["num_params"], "classes": mod["num_classes"],
+        "logical batch size": c["batch_size"], "physical batch size": c["physical_batch_size"],
+        "augmentation multiplicity K": c["augmult"]["num_views"], "EMA decay": c["ema"]["decay"],
+        "learning rate": c["optim"]["learning_rate"], "steps completed": record["steps_completed"],
+        "seed": c["seed"], "wall time (s)": record["wall_time_s"],
+    }
+    for k, v in expected.items():
+        assert float(rows[k]) == v, (k, rows[k], v)  # exact: printed with repr, parsed back
+    assert f"| accountant | pld (dp-accounting {p['dp_accounting_version']}) |" in md
+    assert "add_or_remove_one / one example" in md
+    assert f"N = {record['data']['train_size']}" in md
+    for k, v in record["software"].items():
+        assert f"- {k}: {v}" in md
+    assert "every intermediate checkpoint" in md
+
+
+def test_every_epsilon_shown_comes_from_the_privacy_section(record, written):
+    d, _ = written
+    allowed = set()
+    for v in numbers(record["privacy"]).values():
+        allowed |= {float(v), float(fmt_eps(v))}
+    md = (d / "README.md").read_text()
+    for line in md.splitlines():
+        if "epsilon" in line.lower() and "|" in line:
+            for tok in re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?:e-?\d+)?", line.split("|", 2)[-1]):
+                assert float(tok) in allowed, (line, tok)
+    # The headline's epsilon is the accountant's, rounded up, never down.
+    card = json.loads((d / "card.json").read_text())
+    shown = float(re.search(r"^\(([\d.]+), ", card["headline"]).group(1))
+    assert shown >= record["privacy"]["epsilon"]
+    assert shown == ceil_sig(record["privacy"]["epsilon"])
+
+
+def test_ceil_sig_rounds_up():
+    assert ceil_sig(1.00001) == 1.001
+    assert ceil_sig(7.99949) == 7.9995 or ceil_sig(7.99949) == 8.0
+    assert ceil_sig(2.0) == 2.0
+    assert ceil_sig(0.123456) == 0.1235
+    for x in (0.3, 1.23456789, 3.77, 9.999999, 123.456):
+        assert ceil_sig(x) >= x and ceil_sig(x) - x < 10 ** (math.floor(math.log10(x)) - 2)
+
+
+def test_yaml_header_is_valid_metadata(record, written):
+    d, _ = written
+    md = (d / "README.md").read_text()
+    assert md.startswith("---\n")
+    meta = yaml.safe_load(md.split("\n---\n", 1)[0][4:])
+    assert meta["library_name"] == "keras"
+    assert meta["datasets"] == ["digits"]
+    dp = meta["differential_privacy"]
+    assert dp["epsilon"] == record["privacy"]["epsilon"] and dp["delta"] == record["privacy"]["delta"]
+    assert dp["private"] is True and dp["tan_simulation"] is False
+    res = meta["model-index"][0]["results"][0]
+    assert res["metrics"][0]["value"] == record["metrics"]["test_accuracy_ema"]
+
+
+def test_plots_and_html(written):
+    d, files = written
+    for rel in model_card.PLOT_FILES.values():
+        assert rel in files
+        assert (d / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    html = (d / "card.html").read_text()
+    assert html.count("<img") == 3 and "data:image/png;base64," in html
+    first_text = re.sub(r"<[^>]+>", "\n", html.split("<body>", 1)[1]).strip().splitlines()[0]
+    assert first_text.startswith("(") and "differentially private" in first_text
+
+
+def test_tan_simulation_says_not_private_first(tmp_path):
+    rec = H.run_record(tan=True)
+    card = ModelCard.from_run_record("wrn16_4_cifar10_eps1_tan16", rec)
+    files = card.write(str(tmp_path))
+    assert files
+    head = card.headline()
+    assert head.startswith("TAN SIMULATION: not private at the stated epsilon")
+    md = (tmp_path / "README.md").read_text()
+    body = md.split("\n---\n", 1)[1].strip().splitlines()
+    assert body[0].startswith("# ") and body[2] == f"**{head}**"
+    meta = yaml.safe_load(md.split("\n---\n", 1)[0][4:])
+    assert meta["differential_privacy"]["private"] is False and "tan-simulation-not-private" in meta["tags"]
+    html = (tmp_path / "card.html").read_text()
+    first_text = re.sub(r"<[^>]+>", "\n", html.split("<body>", 1)[1]).strip().splitlines()[0]
+    assert first_text.startswith("TAN SIMULATION: not private at the stated epsilon")
+    assert next(iter(json.loads((tmp_path / "card.json").read_text()))) == "headline"
+
+
+def test_non_private_baseline(tmp_path):
+    rec = H.run_record(private=False)
+    card = ModelCard.from_run_record("wrn_digits_nonprivate", rec)
+    card.write(str(tmp_path))
+    assert card.headline().startswith("NOT PRIVATE")
+    assert "epsilon" not in card.headline()
+
+
+def test_refuses_incomplete_or_inconsistent_records():
+    rec = H.run_record()
+    with pytest.raises(ValueError, match="metrics"):
+        ModelCard.from_run_record("x", {k: v for k, v in rec.items() if k != "metrics"})
+    bad = json.loads(json.dumps(rec))
+    bad["privacy"]["epsilon"] = None
+    with pytest.raises(ValueError, match="accountant's epsilon"):
+        ModelCard.from_run_record("x", bad)
+    bad = json.loads(json.dumps(rec))
+    del bad["privacy"]["sampling_probability"]
+    with pytest.raises(ValueError, match="sampling_probability"):
+        ModelCard.from_run_record("x", bad)
+
+
+def test_card_does_not_alias_the_record():
+    rec = H.run_record()
+    card = ModelCard.from_run_record("x", rec)
+    rec["privacy"]["epsilon"] = 123.0
+    assert card.to_json()["privacy"]["epsilon"] != 123.0
