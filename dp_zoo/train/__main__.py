@@ -57,7 +57,7 @@ flags.DEFINE_bool("overwrite", False, "Replace an existing artifact in --publish
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker", "tpu"], "tf.distribute strategy.")
 flags.DEFINE_integer("eval-every", None, "Evaluate every N steps (0: only at the end).")
 flags.DEFINE_integer("checkpoint-every", None, "Checkpoint every N steps.")
-flags.DEFINE_bool("deterministic-noise", None, "Draw noise from --seed (reproducible; for tests and artifacts).")
+flags.DEFINE_bool("deterministic-noise", None, "Draw noise from --seed (reproducible, for tests). NOT private if the seed is known.")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -234,6 +234,9 @@ def train(name, config, recipe):
         strategy=strategy, progress=_flag("progress"),
     )
     trainer.tan_info = tan_info
+    if trainer.private and config.deterministic_noise:
+        print("WARNING: --deterministic-noise draws the DP noise from --seed; anyone who knows the "
+              "seed can remove it. The model is private only if the seed is kept secret.", file=sys.stderr)
     if trainer.private:
         print(f"Training {config.model} on {train_set.name} (N={len(train_set)}) with DP-SGD: "
               f"sigma={trainer.noise_multiplier:.4f}, q={trainer.q:.4g}, {trainer.total_steps} steps, "

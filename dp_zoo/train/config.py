@@ -134,8 +134,9 @@ class TrainConfig:
       seed: seeds sampling, augmentation and init. Noise uses it only when
         ``deterministic_noise`` is set; otherwise noise is drawn from a
         non-deterministic source.
-      deterministic_noise: draw the DP noise from ``seed`` (tests,
-        reproducible artifacts). Real runs should leave it False.
+      deterministic_noise: draw the DP noise from ``seed`` (tests). Noise
+        from a known seed can be subtracted, so such a model is private only
+        while the seed is secret; real runs leave it False (OS entropy).
       eval_every: evaluate every this many steps (0 = only at the end).
       checkpoint_every: checkpoint every this many steps.
       init_checkpoint: weights to fine-tune from (a ``.keras`` file or a

@@ -592,6 +592,13 @@ class Trainer:
         privacy = self.ledger.summary(tan_simulation=tan)
         privacy["l2_clip"] = float(self.config.dp.l2_clip) if self.private else None
         privacy["nonfinite_steps_skipped"] = self.nonfinite_steps
+        # Noise drawn from a known seed can be regenerated and subtracted:
+        # such a model is private only while the seed stays secret.
+        privacy["noise_source"] = (
+            None if not self.private else
+            "seeded (deterministic_noise): private only if the seed is kept secret"
+            if self.config.deterministic_noise else "os_entropy"
+        )
         from dp_zoo import __version__ as dp_zoo_version
 
         devices = [d.name for d in tf.config.list_logical_devices()]
