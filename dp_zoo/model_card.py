@@ -281,6 +281,10 @@ class ModelCard:
         p, m, d, mod = j["privacy"], j["metrics"], j["data"], j["model"]
         t = j["training"]
         lines = self._yaml_header() + ["", f"# {self.name}", "", f"**{j['headline']}**", ""]
+        if str(p.get("noise_source") or "").startswith("seeded"):
+            # Noise regenerated from a known seed can be subtracted again.
+            lines += ["> Caveat: the DP noise was drawn from a fixed seed (deterministic_noise); the "
+                      "guarantee holds only while that seed is kept secret.", ""]
         lines += ["## Privacy guarantee", "", "| quantity | value |", "|---|---|"]
         rows = [
             ("epsilon (reported accountant)", p["epsilon"]),
@@ -297,6 +301,10 @@ class ModelCard:
             ("clipping norm C", p["l2_clip"]),
             ("steps", p["steps"]),
         ]
+        if p.get("noise_source"):
+            rows.append(("noise source", p["noise_source"]))
+        if p.get("nonfinite_steps_skipped"):
+            rows.append(("steps skipped for non-finite gradients (still accounted)", p["nonfinite_steps_skipped"]))
         if p.get("target_epsilon") is not None:
             rows.append(("target epsilon (budget the run was stopped at)", p["target_epsilon"]))
         if self.audit:
@@ -437,7 +445,7 @@ class ModelCard:
 
         points = list(zoo_points or [])
         acc, _ = self.accuracy()
-        if not any(pt.get("name") == self.name for pt in points):
+        if self.privacy["epsilon"] is not None and not any(pt.get("name") == self.name for pt in points):
             points.append({"name": self.name, "epsilon": self.privacy["epsilon"], "accuracy": acc,
                            "source": "measured"})
         fig, ax = plt.subplots(figsize=(4, 3))
@@ -450,7 +458,10 @@ class ModelCard:
         for pt in points:
             if pt["epsilon"] is None and pt["accuracy"] is not None:
                 ax.axhline(pt["accuracy"], color="gray", ls="--", label=f"non-private ({pt['name']})")
-        ax.plot([self.privacy["epsilon"] or 0], [acc], "r*", ms=12, label="this model")
+        if self.privacy["epsilon"] is not None:
+            ax.plot([self.privacy["epsilon"]], [acc], "r*", ms=12, label="this model")
+        else:  # a baseline has no epsilon: a line, not a point at epsilon 0
+            ax.axhline(acc, color="r", ls=":", label="this model (non-private)")
         ax.set_xlabel("epsilon")
         ax.set_ylabel("test accuracy")
         ax.legend(fontsize=7)

@@ -248,18 +248,30 @@ class ModelServer:
         self.stop()
 
 
-def main(argv=None):
-    import argparse
+def _define_flags():
+    # Defined only when run as a program, so importing dp_zoo.serve never adds
+    # flags to another program's absl FLAGS.
+    from absl import flags
 
-    p = argparse.ArgumentParser(prog="python -m dp_zoo.serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="artifact dir, SavedModel base dir, or zoo entry")
-    p.add_argument("--host", default="127.0.0.1", help="interface (default loopback; no authentication)")
-    p.add_argument("--port", type=int, default=8501)
-    p.add_argument("--name", default=None, help="model name in the URL")
-    a = p.parse_args(argv)
-    if a.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {a.host} without authentication", file=sys.stderr)
-    server = ModelServer(a.model, host=a.host, port=a.port, name=a.name)
+    flags.DEFINE_string("model", None, "Artifact dir, SavedModel base dir, or zoo entry.", required=True)
+    flags.DEFINE_string("host", "127.0.0.1", "Interface (default loopback; there is no authentication).")
+    flags.DEFINE_integer("port", 8501, "TCP port (TF Serving's REST default).")
+    flags.DEFINE_string("name", None, "Model name in the URL (default: the artifact's directory name).")
+    return flags.FLAGS
+
+
+def main(argv, FLAGS):
+    """Serves until interrupted; returns the exit status."""
+    if len(argv) > 1:
+        print(f"dp_zoo.serve: error: unexpected arguments {argv[1:]}", file=sys.stderr)
+        return 2
+    if FLAGS.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {FLAGS.host} without authentication", file=sys.stderr)
+    try:
+        server = ModelServer(FLAGS.model, host=FLAGS.host, port=FLAGS.port, name=FLAGS.name)
+    except (ValueError, LookupError, OSError) as e:
+        print(f"dp_zoo.serve: error: {e}", file=sys.stderr)
+        return 1
     print(f"serving {server.model.name} version {server.model.version} at {server.url}", flush=True)
     try:
         server.httpd.serve_forever()
@@ -271,4 +283,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from absl import app
+
+    _FLAGS = _define_flags()
+    app.run(lambda argv: sys.exit(main(argv, _FLAGS)))

@@ -110,7 +110,9 @@ def locate(name):
       (directory, registered): ``registered`` is True when the manifest
       matched the zoo table's checksum.
     """
-    if os.sep in str(name) or os.path.isdir(str(name)):
+    # A zoo entry name wins over a same-named directory in the working
+    # directory, so a stray ./<entry>/ never bypasses the table's checksum.
+    if str(name) not in entries() and (os.sep in str(name) or os.path.isdir(str(name))):
         d = pathlib.Path(name)
         if not d.is_dir():
             raise FileNotFoundError(f"no artifact directory at {d}")
@@ -211,7 +213,7 @@ def load(name):
     import dp_zoo.models  # noqa: F401  registers custom layers
 
     directory, registered = locate(name)
-    if not registered and not os.path.isdir(str(name)):
+    if not registered and str(name) in entries():
         warnings.warn(
             f"{directory} is not the registered zoo artifact of {name!r} (the table has no checksum "
             "for it); its files match its own manifest. Loading it as a local model.",

@@ -170,6 +170,13 @@ def test_tan_simulation_says_not_private_first(tmp_path):
     assert next(iter(json.loads((tmp_path / "card.json").read_text()))) == "headline"
 
 
+def test_seeded_noise_is_flagged():
+    rec = H.run_record()
+    rec["privacy"]["noise_source"] = "seeded (deterministic_noise): private only if the seed is kept secret"
+    md = ModelCard.from_run_record("x", rec).to_markdown()
+    assert "| noise source | seeded" in md and "kept secret" in md.split("## Privacy guarantee")[0]
+
+
 def test_non_private_baseline(tmp_path):
     rec = H.run_record(private=False)
     card = ModelCard.from_run_record("wrn_digits_nonprivate", rec)

@@ -1,0 +1,122 @@
+"""Real HTTP serving on loopback with TF Serving's REST JSON API."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dp_zoo import serve
+from tests import _zoo_helpers as H
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    path, model, rec = H.exported(tmp_path_factory.mktemp("serve"))
+    with serve.ModelServer(path, port=0) as s:
+        yield s, path
+
+
+def _http(url, body=None, raw=None):
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _expected(path, images):
+    fn = tf.saved_model.load(os.path.join(path, "saved_model", "1")).signatures["serving_default"]
+    return {k: v.numpy() for k, v in fn(images=tf.constant(images)).items()}
+
+
+def test_status_and_metadata(server):
+    s, _ = server
+    assert s.host == "127.0.0.1"
+    status, body = _http(s.url)
+    assert status == 200
+    assert body["model_version_status"][0] == {"version": "1", "state": "AVAILABLE",
+                                               "status": {"error_code": "OK", "error_message": ""}}
+    status, body = _http(s.url + "/metadata")
+    sig = body["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert sig["inputs"]["images"]["dtype"] == "DT_UINT8"
+    assert [d["size"] for d in sig["inputs"]["images"]["tensor_shape"]["dim"]] == ["-1", "8", "8", "1"]
+    assert set(sig["outputs"]) == {"probabilities", "logits"}
+
+
+def test_predict_row_and_columnar_formats(server):
+    s, path = server
+    x = H.images(3)
+    want = _expected(path, x)
+    status, body = _http(s.url + ":predict", {"instances": x.tolist()})
+    assert status == 200 and len(body["predictions"]) == 3
+    np.testing.assert_allclose([p["logits"] for p in body["predictions"]], want["logits"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose([p["probabilities"] for p in body["predictions"]], want["probabilities"],
+                               rtol=1e-5, atol=1e-7)
+    status, body = _http(s.url + "/versions/1:predict", {"instances": [{"images": im} for im in x.tolist()]})
+    assert status == 200 and len(body["predictions"]) == 3
+    status, body = _http(s.url + ":predict", {"inputs": {"images": x.tolist()}})
+    assert status == 200
+    np.testing.assert_allclose(body["outputs"]["logits"], want["logits"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("body,raw,status,match", [
+    ({"instances": [[[[0]] * 8] * 7]}, None, 400, "shape"),
+    ({"instances": [[[[256]] * 8] * 8]}, None, 400, "0..255"),
+    ({"instances": [[[[1.5]] * 8] * 8]}, None, 400, "0..255"),
+    ({"nothing": 1}, None, 400, "instances"),
+    ({"instances": [], }, None, 400, "non-empty"),
+    ({"instances": [[[[0]] * 8] * 8], "signature_name": "other"}, None, 400, "signature_name"),
+    (None, b"{not json", 400, "JSON"),
+])
+def test_bad_requests_are_refused_with_tf_serving_errors(server, body, raw, status, match):
+    s, _ = server
+    got, resp = _http(s.url + ":predict", body, raw=raw)
+    assert got == status and match in resp["error"]
+
+
+def test_unknown_model_or_version_is_404(server):
+    s, _ = server
+    base = f"http://{s.host}:{s.port}/v1/models"
+    assert _http(base + "/other:predict", {"instances": []})[0] == 404
+    assert _http(s.url + "/versions/7")[0] == 404
+    assert _http(f"http://{s.host}:{s.port}/nope")[0] == 404
+
+
+@pytest.mark.slow
+def test_command_line_server(server, tmp_path):
+    _, path = server
+    import socket
+
+    with socket.socket() as sock:  # a free port for the child process
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "dp_zoo.serve", "--model", path, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        line = proc.stdout.readline()  # printed once the model is loaded and the port bound
+        assert "serving wrn_digits_eps8 version 1" in line, proc.stderr.read() if proc.poll() is not None else line
+        url = f"http://127.0.0.1:{port}/v1/models/wrn_digits_eps8"
+        deadline = time.time() + 30
+        while True:
+            try:
+                status, body = _http(url + ":predict", {"instances": H.images(2).tolist()})
+                break
+            except urllib.error.URLError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert status == 200 and len(body["predictions"]) == 2
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -1,0 +1,215 @@
+"""The zoo: the entries table, load / card / list_models, search order, checksums, download."""
+
+import json
+import os
+import re
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+import dp_zoo
+from dp_zoo import export, preprocessing, zoo
+from dp_zoo.train import recipes
+from tests import _zoo_helpers as H
+
+PAPER_ENTRIES = (
+    [f"wrn16_4_cifar10_eps{e}" for e in (1, 2, 4, 8)]
+    + [f"wrn40_4_cifar10_eps{e}" for e in (1, 2, 4, 8)]
+    + ["nf_resnet50_imagenet_eps8", "nfnet_f3_imagenet_finetune_eps0.5", "nfnet_f3_imagenet_finetune_eps8"]
+)
+DIGITS_ENTRIES = [f"wrn_digits_eps{e}" for e in (1, 2, 4, 8)] + ["wrn_digits_nonprivate"]
+# DESIGN.md section 5 (the paper's top-1, %).
+PAPER_ACCURACY = {"wrn16_4_cifar10_eps1": 56.8, "wrn16_4_cifar10_eps8": 79.5, "wrn40_4_cifar10_eps8": 81.4,
+                  "wrn16_4_scalenorm_cifar10_eps8": 82.5, "nf_resnet50_imagenet_eps8": 32.4,
+                  "nfnet_f3_imagenet_finetune_eps0.5": 83.8, "nfnet_f3_imagenet_finetune_eps8": 86.7,
+                  "wrn28_10_cifar10_finetune_eps1": 94.7, "wrn28_10_cifar10_finetune_eps8": 96.7}
+
+
+@pytest.fixture
+def isolated(tmp_path, monkeypatch):
+    """An empty search path and a private copy of the table."""
+    home, cache, repo = tmp_path / "home", tmp_path / "xdg", tmp_path / "repo_saved_models"
+    for d in (home, cache, repo):
+        d.mkdir()
+    monkeypatch.setenv("DP_ZOO_HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.setattr(zoo, "REPO_SAVED_MODELS", repo)
+    table = tmp_path / "zoo_entries.json"
+    shutil.copy(zoo.TABLE_PATH, table)
+    monkeypatch.setattr(zoo, "TABLE_PATH", table)
+    return {"home": home, "cache": cache / "dp_zoo", "repo": repo, "tmp": tmp_path}
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    path, model, rec = H.exported(tmp_path_factory.mktemp("zoo_art"))
+    return path, model, rec
+
+
+def _copy(artifact, base, name="wrn_digits_eps8"):
+    dest = base / name
+    shutil.copytree(artifact[0], dest)
+    return dest
+
+
+def test_table_covers_the_paper_and_digits_entries():
+    table = zoo.entries()
+    for name in PAPER_ENTRIES + DIGITS_ENTRIES:
+        assert name in table, name
+    for name, e in table.items():
+        r = recipes.get(e["recipe"])  # every entry has a recipe that produces it
+        # "wrn16_4+scalenorm" names the recipe's model_kwargs too
+        assert e["architecture"].split("+")[0] == r.config.model, name
+        assert e["target_epsilon"] == r.config.dp.target_epsilon, name
+        assert e["private"] == (e["target_epsilon"] is not None)
+        if e["published_accuracy"] is not None:
+            # labelled as a paper's figure, never as measured here
+            assert re.match(r"\w+ et al\. 20\d\d", e["published_accuracy_source"]), name
+        # Nothing is published until an artifact is registered.
+        if e.get("manifest_sha256"):
+            assert re.fullmatch(r"[0-9a-f]{64}", e["manifest_sha256"])
+    for name, acc in PAPER_ACCURACY.items():
+        assert table[name]["published_accuracy"] == acc, name
+
+
+def test_unknown_name_lists_close_names(isolated):
+    with pytest.raises(ValueError, match="wrn16_4_cifar10_eps8"):
+        dp_zoo.load("wrn16_4_cifar10_eps9")
+    with pytest.raises(ValueError, match="Did you mean"):
+        dp_zoo.card("wrn_digit_eps8")
+
+
+def test_unpublished_entry_gives_the_command(isolated):
+    with pytest.raises(zoo.ArtifactNotPublishedError,
+                       match=re.escape("python -m dp_zoo.train --recipe wrn40_4_cifar10_eps8")) as e:
+        dp_zoo.load("wrn40_4_cifar10_eps8")
+    assert "not published yet" in str(e.value) and "accelerator" in str(e.value)
+    with pytest.raises(zoo.ArtifactNotPublishedError,
+                       match=re.escape("python -m dp_zoo.train --recipe wrn_digits_eps2")):
+        dp_zoo.card("wrn_digits_eps2")
+    rows = {r["name"]: r for r in dp_zoo.list_models()}
+    assert rows["wrn40_4_cifar10_eps8"]["available"] is False
+    assert rows["wrn40_4_cifar10_eps8"]["accuracy"] is None  # ours: none measured
+    assert rows["wrn40_4_cifar10_eps8"]["published_accuracy"] == 81.4  # the paper's
+    assert rows["wrn_digits_eps2"]["command"] == "python -m dp_zoo.train --recipe wrn_digits_eps2"
+
+
+def test_registered_artifact_loads_with_its_card(isolated, artifact):
+    _, model, rec = artifact
+    d = _copy(artifact, isolated["repo"])
+    digest = zoo.register("wrn_digits_eps8", d)
+    assert zoo.entries()["wrn_digits_eps8"]["manifest_sha256"] == digest
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a registered artifact loads without a warning
+        m = dp_zoo.load("wrn_digits_eps8")
+    assert m.card["artifact"] == {"path": str(d), "registered": True, "manifest_sha256": digest}
+    assert m.card["privacy"] == rec["privacy"]
+    x = preprocessing.normalize(H.images(3), rec["data"]["mean"], rec["data"]["std"])
+    np.testing.assert_allclose(np.asarray(m(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
+    assert dp_zoo.card("wrn_digits_eps8")["metrics"] == rec["metrics"]
+    rows = {r["name"]: r for r in dp_zoo.list_models()}
+    row = rows["wrn_digits_eps8"]
+    assert row["available"] and row["status"] == "available"
+    assert row["epsilon"] == rec["privacy"]["epsilon"]
+    assert row["accuracy"] == rec["metrics"]["test_accuracy_ema"]
+    assert "wrn_digits_eps8" in zoo.format_models()
+    pts = zoo.privacy_utility_points("digits")
+    assert {"name": "wrn_digits_eps8", "epsilon": rec["privacy"]["epsilon"],
+            "accuracy": rec["metrics"]["test_accuracy_ema"], "source": "measured"} in pts
+
+
+def test_register_refuses_a_card_of_another_entry(isolated, artifact):
+    d = _copy(artifact, isolated["tmp"], name="wrn_digits_eps4")
+    with pytest.raises(ValueError, match="not 'wrn_digits_eps4'"):
+        zoo.register("wrn_digits_eps4", d)
+    with pytest.raises(ValueError, match="not a zoo entry"):
+        zoo.register("no_such_entry", d)
+
+
+def test_unregistered_local_artifact_loads_with_a_warning(isolated, artifact):
+    _copy(artifact, isolated["cache"].parent / "dp_zoo")
+    with pytest.warns(UserWarning, match="not the registered zoo artifact"):
+        m = dp_zoo.load("wrn_digits_eps8")
+    assert m.card["artifact"]["registered"] is False
+    assert {r["name"]: r for r in dp_zoo.list_models()}["wrn_digits_eps8"]["status"] == "available (local, unregistered)"
+
+
+def test_search_order_home_then_repo_then_cache(isolated, artifact):
+    for base in ("cache", "repo", "home"):
+        b = isolated[base] if base != "cache" else isolated["cache"]
+        b.mkdir(parents=True, exist_ok=True)
+        _copy(artifact, b)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert dp_zoo.card("wrn_digits_eps8")["artifact"]["path"] == str(b / "wrn_digits_eps8")
+
+
+def test_truncated_or_modified_files_are_refused_by_name(isolated, artifact):
+    d = _copy(artifact, isolated["home"])
+    zoo.register("wrn_digits_eps8", d)
+    p = d / "model.keras"
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"truncated.*model\.keras"):
+        dp_zoo.load("wrn_digits_eps8")
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match=r"Checksum mismatch for .*model\.keras"):
+        dp_zoo.load("wrn_digits_eps8")
+    p.write_bytes(data)
+    dp_zoo.load("wrn_digits_eps8")
+    # A self-consistent artifact whose manifest is not the registered one is refused.
+    card = d / "card.json"
+    card.write_text(card.read_text().replace('"wall_time_s": 12.345', '"wall_time_s": 1.0'))
+    export.write_manifest(str(d), "wrn_digits_eps8")
+    with pytest.raises(ValueError, match=r"Checksum mismatch for .*MANIFEST\.json"):
+        dp_zoo.load("wrn_digits_eps8")
+    row = {r["name"]: r for r in dp_zoo.list_models()}["wrn_digits_eps8"]
+    assert row["available"] is False and "fails verification" in row["status"]
+
+
+def test_remote_artifact_is_downloaded_once_and_verified(isolated, artifact):
+    archive, sha = export.package(artifact[0], str(isolated["tmp"] / "dl" / "wrn_digits_eps8.tar.gz"))
+    url = "file://" + archive
+    d = _copy(artifact, isolated["tmp"] / "reg")
+    zoo.register("wrn_digits_eps8", d, remote=url, archive_sha256="0" * 64)
+    row = {r["name"]: r for r in dp_zoo.list_models()}["wrn_digits_eps8"]
+    assert row["status"] == "downloadable"
+    with pytest.raises(ValueError, match="Checksum mismatch for the download"):
+        dp_zoo.load("wrn_digits_eps8")
+    assert not (isolated["cache"] / "wrn_digits_eps8").exists()
+    assert os.listdir(isolated["cache"]) == []  # no partial download left behind
+    zoo.register("wrn_digits_eps8", d, remote=url, archive_sha256=sha)
+    m = dp_zoo.load("wrn_digits_eps8")
+    assert m.card["artifact"]["registered"] is True
+    assert m.card["artifact"]["path"] == str(isolated["cache"] / "wrn_digits_eps8")
+    os.remove(archive)  # the second load must not need the network
+    assert dp_zoo.load("wrn_digits_eps8").card["artifact"]["path"] == str(isolated["cache"] / "wrn_digits_eps8")
+
+
+def test_load_by_path(artifact):
+    path, _, rec = artifact
+    m = dp_zoo.load(path)
+    assert m.card["name"] == "wrn_digits_eps8" and m.card["privacy"]["epsilon"] == rec["privacy"]["epsilon"]
+
+
+def test_table_file_is_the_data(isolated):
+    raw = json.loads(zoo.TABLE_PATH.read_text())
+    assert raw["schema_version"] == zoo.TABLE_SCHEMA_VERSION
+    assert set(raw["entries"]) == set(zoo.entries())
+
+
+def test_a_same_named_directory_in_cwd_does_not_bypass_the_table(isolated, artifact, monkeypatch):
+    d = _copy(artifact, isolated["home"])
+    zoo.register("wrn_digits_eps8", d)
+    stray = isolated["tmp"] / "cwd"
+    _copy(artifact, stray)
+    card = stray / "wrn_digits_eps8" / "card.json"
+    card.write_text(card.read_text().replace('"wall_time_s": 12.345', '"wall_time_s": 2.0'))
+    export.write_manifest(str(stray / "wrn_digits_eps8"))
+    monkeypatch.chdir(stray)
+    assert dp_zoo.card("wrn_digits_eps8")["artifact"]["path"] == str(d)
+    assert dp_zoo.card("./wrn_digits_eps8")["wall_time_s"] == 2.0  # an explicit path is a path
