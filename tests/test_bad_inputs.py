@@ -1,0 +1,234 @@
+"""Bad input across the public surfaces: a clear error that names the problem
+and the fix, and nothing on disk damaged (byte-identical afterwards)."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import dp_zoo
+from dp_zoo import accounting, export, zoo
+from dp_zoo.train import config as C, data, engine
+
+
+def tree_hash(root):
+    h = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            h[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return h
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A finished run directory and a published artifact to protect."""
+    root = tmp_path_factory.mktemp("world")
+    train = data.load_dataset(C.DataConfig(), "train")
+    cfg = C.TrainConfig(model="wrn_test", batch_size=64, physical_batch_size=64, steps=2,
+                        dp=C.DPConfig(noise_multiplier=1.0), checkpoint_every=1, ema=C.EMAConfig(decay=None))
+    t = engine.Trainer(dp_zoo.create_model("wrn_test", num_classes=10), cfg, train,
+                       run_dir=str(root / "run"), progress=False)
+    rec = t.fit()
+    test = data.load_dataset(C.DataConfig(), "test")
+    rec["metrics"] = {"test_accuracy_last": t.evaluate(test, "last")["accuracy"],
+                      "test_accuracy_ema": None, "test_accuracy_polyak": None}
+    rec["data"] = {"dataset": "digits", "train_split": train.split, "test_split": test.split,
+                   "train_size": len(train), "test_size": len(test), "mean": list(train.mean),
+                   "std": list(train.std), "public_pretraining_data": None}
+    export.export_model(t.model_for("last"), rec, str(root / "home" / "wrn_digits_eps8"), entry_name="wrn_digits_eps8")
+    return {"root": root, "record": rec, "model": t.model_for("last"), "config": cfg, "train": train}
+
+
+def cli(module, *args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def case_load_unknown(w):
+    with pytest.raises(ValueError, match=r"Did you mean: .*wrn_digits_eps8"):
+        dp_zoo.load("wrn_digits_eps9")
+
+
+def case_load_unpublished(w):
+    with pytest.raises(zoo.ArtifactNotPublishedError, match="python -m dp_zoo.train --recipe wrn16_4_cifar10_eps8"):
+        dp_zoo.load("wrn16_4_cifar10_eps8")
+
+
+def case_load_bad_path(w):
+    with pytest.raises(ValueError, match="MANIFEST"):
+        dp_zoo.load(str(w["root"] / "run"))
+
+
+def case_create_unknown(w):
+    with pytest.raises(ValueError, match="wrn16_4"):
+        dp_zoo.create_model("wrn16_5", num_classes=10)
+
+
+def case_create_num_classes(w):
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        dp_zoo.create_model("wrn_test", num_classes=-3)
+
+
+def case_create_input_shape(w):
+    with pytest.raises(ValueError, match=r"input_shape must be \(height, width, channels\)"):
+        dp_zoo.create_model("wrn_test", num_classes=10, input_shape=(8, 8))
+
+
+def case_create_bad_depth(w):
+    with pytest.raises(ValueError, match="6n\\+4"):
+        dp_zoo.create_model("wrn_test", num_classes=10, depth=11)
+
+
+def case_make_private_no_noise(w):
+    with pytest.raises(ValueError, match="noise_multiplier or target_epsilon"):
+        dp_zoo.make_private(w["model"], l2_clip=1.0, dataset_size=100, batch_size=10)
+
+
+def case_make_private_no_plan(w):
+    with pytest.raises(ValueError, match="epochs= or steps="):
+        dp_zoo.make_private(w["model"], l2_clip=1.0, dataset_size=100, batch_size=10, target_epsilon=2.0)
+
+
+def case_make_private_clip(w):
+    with pytest.raises(ValueError, match="l2_clip must be > 0"):
+        dp_zoo.make_private(w["model"], l2_clip=0.0, dataset_size=100, batch_size=10, noise_multiplier=1.0)
+
+
+def case_make_private_batch(w):
+    with pytest.raises(ValueError, match="batch_size must be in"):
+        dp_zoo.make_private(w["model"], l2_clip=1.0, dataset_size=100, batch_size=1000, noise_multiplier=1.0)
+
+
+def eps(**kw):
+    base = dict(noise_multiplier=1.0, sampling_probability=0.01, steps=10, delta=1e-5)
+    base.update(kw)
+    return accounting.epsilon(**base)
+
+
+def case_eps_sigma(w):
+    with pytest.raises(ValueError, match="noise_multiplier must be a finite number > 0"):
+        eps(noise_multiplier=0)
+
+
+def case_eps_q(w):
+    with pytest.raises(ValueError, match=r"batch_size / dataset_size"):
+        eps(sampling_probability=2.0)
+
+
+def case_eps_steps(w):
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        eps(steps=0)
+
+
+def case_eps_delta(w):
+    with pytest.raises(ValueError, match="delta < 1/N"):
+        eps(delta=1.0)
+
+
+def case_eps_shuffle(w):
+    with pytest.raises(ValueError, match="Use sampling='poisson'"):
+        eps(sampling="shuffle")
+
+
+def case_calibrate_negative(w):
+    with pytest.raises(ValueError, match="target_epsilon must be a finite number > 0"):
+        accounting.calibrate_noise(target_epsilon=-1, sampling_probability=0.01, steps=10, delta=1e-5)
+
+
+def case_ledger_mismatch(w):
+    d = accounting.PrivacyLedger(1.0, 0.01, 1e-5, 1000).to_dict()
+    with pytest.raises(ValueError, match="Resume with the original settings"):
+        accounting.PrivacyLedger.from_dict(d, expect=accounting.PrivacyLedger(2.0, 0.01, 1e-5, 1000))
+
+
+def case_privacy_cli(w):
+    r = cli("dp_zoo.privacy", "--dataset-size", "100", "--batch-size", "10", "--delta", "1e-5", "--steps", "0",
+            "--noise-multiplier", "1")
+    assert r.returncode == 2 and "steps must be an integer >= 1" in r.stderr and "Traceback" not in r.stderr
+
+
+def case_train_cli_flags(w):
+    r = cli("dp_zoo.train", "--lr", "-1", "--nopublish", "--run-dir", str(w["root"] / "x"))
+    assert r.returncode == 2 and "--lr must be > 0" in r.stderr and "Traceback" not in r.stderr
+
+
+def case_train_cli_init_missing(w):
+    r = cli("dp_zoo.train", "--init", "/no/such.keras", "--nopublish")
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def case_train_cli_other_config_in_run_dir(w):
+    r = cli("dp_zoo.train", "--run-dir", str(w["root"] / "run"), "--steps", "3", "--nopublish", "--noprogress")
+    assert r.returncode != 0
+    assert "different configuration" in r.stderr and "new --run-dir" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def case_resume_mismatched_config(w):
+    cfg = w["config"].replace(batch_size=32)
+    t = engine.Trainer(dp_zoo.create_model("wrn_test", num_classes=10), cfg, w["train"],
+                       run_dir=str(w["root"] / "run"), progress=False)
+    with pytest.raises((engine.TrainingError, ValueError), match="different configuration"):
+        t.restore()
+
+
+def case_export_exists(w):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export.export_model(w["model"], w["record"], str(w["root"] / "home" / "wrn_digits_eps8"), entry_name="x")
+
+
+def case_export_no_stats(w):
+    rec = dict(w["record"], data={})
+    with pytest.raises(ValueError, match="mean/std"):
+        export.export_model(w["model"], rec, str(w["root"] / "new1"), entry_name="x")
+
+
+def case_export_bad_record(w):
+    rec = {k: v for k, v in w["record"].items() if k != "privacy"}
+    with pytest.raises(ValueError, match="privacy"):
+        export.export_model(w["model"], rec, str(w["root"] / "new2"), entry_name="x")
+
+
+def case_dataset_unknown(w):
+    with pytest.raises(ValueError, match="cifar10"):
+        data.load_dataset(C.DataConfig(dataset="cifar11"), "train")
+
+
+def case_dataset_offline(w):
+    os.environ["DP_ZOO_ALLOW_DOWNLOAD"] = "0"
+    try:
+        t0 = time.time()
+        with pytest.raises(data.DataUnavailableError, match="tfds build svhn_cropped"):
+            data.load_dataset(C.DataConfig(dataset="svhn_cropped", data_dir=str(w["root"] / "tfds")), "train")
+        assert time.time() - t0 < 10
+    finally:
+        del os.environ["DP_ZOO_ALLOW_DOWNLOAD"]
+
+
+def case_split_unknown(w):
+    with pytest.raises(ValueError, match="split must be one of"):
+        data.load_dataset(C.DataConfig(), "dev")
+
+
+CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
+
+
+def test_at_least_25_cases():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
+def test_bad_input(case, world, monkeypatch):
+    monkeypatch.setenv("DP_ZOO_HOME", str(world["root"] / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(world["root"] / "cache"))
+    before = tree_hash(world["root"])
+    case(world)
+    after = tree_hash(world["root"])
+    changed = {k for k in before if after.get(k) != before[k]}
+    assert not changed, f"files damaged: {changed}"
