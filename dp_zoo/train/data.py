@@ -123,7 +123,7 @@ def _tfds(data_config, split):
     builder = tfds.builder(name, data_dir=data_config.data_dir)
     # Checking the prepared files first fails in milliseconds; letting TFDS
     # try to download offline retries for minutes before failing.
-    if not _is_prepared(builder):
+    if not _is_prepared(builder) and not _tfds_mocked(builder):
         if os.environ.get("DP_ZOO_ALLOW_DOWNLOAD", "1") == "0" or not _network_reachable():
             raise DataUnavailableError(
                 _tfds_unavailable_message(name, data_config.data_dir, data_config.manual_dir)
@@ -131,15 +131,15 @@ def _tfds(data_config, split):
         dl = tfds.download.DownloadConfig(manual_dir=data_config.manual_dir)
         builder.download_and_prepare(download_config=dl)
     v = data_config.validation_size
-    n_train = builder.info.splits["train"].num_examples
-    if v >= n_train:
+    splits = builder.info.splits
+    n_train = splits["train"].num_examples if "train" in splits else None
+    if n_train is not None and v >= n_train:
         raise ValueError(f"validation_size={v} >= training examples ({n_train}).")
-    test_split = "test" if "test" in builder.info.splits else "validation"
-    tfds_split = {
-        "train": f"train[:{n_train - v}]",
-        "validation": f"train[{n_train - v}:]",
-        "test": test_split,
-    }[split]
+    # ImageNet has no labelled "test" split: its "validation" is the test set.
+    test_split = "validation" if ("test" not in splits and "validation" in splits) else "test"
+    # Negative slices keep the split fixed without knowing N up front.
+    train_split = f"train[:-{v}]" if v else "train"
+    tfds_split = {"train": train_split, "validation": f"train[-{v}:]", "test": test_split}[split]
     if split == "validation" and v == 0:
         raise ValueError("No validation split: set validation_size > 0.")
 
@@ -157,10 +157,16 @@ def _tfds(data_config, split):
         return np.concatenate(xs).astype(np.uint8), np.concatenate(ys).astype(np.int64)
 
     images, labels = arrays(tfds_split)
-    train_images = images if split == "train" else arrays(f"train[:{n_train - v}]")[0]
+    train_images = images if split == "train" else arrays(train_split)[0]
     mean, std = _stats(train_images)
     num_classes = builder.info.features["label"].num_classes
     return Dataset(images, labels, num_classes, name, f"{name} {tfds_split} (TFDS)", mean, std)
+
+
+def _tfds_mocked(builder):
+    """True inside ``tfds.testing.mock_data`` (tests), where nothing is downloaded."""
+    fn = type(builder).download_and_prepare
+    return getattr(fn, "__module__", "").startswith("tensorflow_datasets.testing")
 
 
 def _is_prepared(builder):
