@@ -236,10 +236,7 @@ class Trainer:
         def apply(grad_sum, step, noise_seed, ema_on, polyak_on):
             if private:
                 stddev = self.noise_multiplier * l2_clip
-                if self._noise_generator is not None:
-                    noisy = dp_sgd.add_noise(grad_sum, stddev=stddev, generator=self._noise_generator)
-                else:
-                    noisy = dp_sgd.add_noise(grad_sum, stddev=stddev, seed=noise_seed)
+                noisy = dp_sgd.add_noise(grad_sum, stddev=stddev, seed=noise_seed)
                 denom = self.q * len(self.train)
             else:
                 noisy = grad_sum
@@ -260,11 +257,27 @@ class Trainer:
             return finite
 
         self._apply = apply
-        if self.private and not cfg.deterministic_noise:
-            # Secure default: noise from OS entropy, never reproducible.
-            self._noise_generator = tf.random.Generator.from_non_deterministic_state()
-        else:
-            self._noise_generator = None
+        # Noise seed. Secure default: a 62-bit secret from OS entropy, drawn at
+        # start-up and never written anywhere; with several workers, worker 0's
+        # secret is shared by an all-reduce so that every worker adds the SAME
+        # noise (noise once per logical step, globally).
+        self._noise_key = int(cfg.seed) if cfg.deterministic_noise else self._shared_secret()
+
+    def _shared_secret(self):
+        import secrets
+
+        key = secrets.randbits(62)
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if resolver is None or not getattr(resolver, "cluster_spec", None) or not resolver.cluster_spec().as_dict():
+            return key
+        mine = key if resolver.task_id == 0 and resolver.task_type in ("chief", "worker") else 0
+        parts = tf.constant([mine >> 31, mine & 0x7FFFFFFF], tf.int64)
+        shared = self.strategy.reduce(
+            tf.distribute.ReduceOp.SUM,
+            self.strategy.run(lambda: parts if tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+                              else tf.zeros_like(parts)), axis=None)
+        hi, lo = (int(x) for x in shared.numpy())
+        return (hi << 31) | lo
 
     # -- one step ---------------------------------------------------------------
 
@@ -304,7 +317,8 @@ class Trainer:
             self.ledger.record_step()
             self._write_journal()
         finite = bool(self._apply(
-            total, tf.constant(step, tf.int64), self._seed(step, 2),
+            total, tf.constant(step, tf.int64),
+            tf.constant([self._noise_key, int(step)], tf.int64),
             tf.constant(True), tf.constant(cfg.ema.polyak_start is not None and step >= (cfg.ema.polyak_start or 0)),
         ))
         if not self.private:
