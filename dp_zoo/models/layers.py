@@ -25,14 +25,27 @@ class WSConv2D(keras.layers.Conv2D):
     computation independent of the others (no batch statistics), which
     per-example gradient clipping needs.
 
+    The formula, eps and initialisation follow jax_privacy's
+    ``experiments/image_classification/models/common.py`` (``WSConv2D``):
+    raw kernel ~ N(0, 1/fan_in) (untruncated), gain initialised to 1, bias
+    to 0, "same" padding. The raw kernel's scale still matters under WS: the
+    gradient w.r.t. the raw kernel scales like 1/std(w), so it sets how
+    large each example's gradient is before clipping.
+
     Args:
-      filters, kernel_size, strides, padding, use_bias, ...: as Conv2D.
-      eps: floor on ``fan_in * var`` (1e-4, jax_privacy's value).
+      filters: number of output channels.
+      kernel_size: int or (kh, kw).
+      eps: floor on ``fan_in * var`` (1e-4, jax_privacy's value); keeps a
+        constant kernel from dividing by zero.
+      **kwargs: as ``keras.layers.Conv2D`` (strides, padding, use_bias, ...).
     """
 
     def __init__(self, filters, kernel_size, eps=1e-4, **kwargs):
         kwargs.setdefault("padding", "same")
-        kwargs.setdefault("kernel_initializer", "he_normal")
+        kwargs.setdefault(
+            "kernel_initializer",
+            keras.initializers.VarianceScaling(1.0, "fan_in", "untruncated_normal"),
+        )
         super().__init__(filters, kernel_size, **kwargs)
         self.eps = eps
 

@@ -1,0 +1,39 @@
+"""Architecture registry: clear errors and the list of WRN variants."""
+
+import pytest
+
+import dp_zoo
+
+
+def test_unknown_name_suggests_close_names():
+    with pytest.raises(ValueError, match=r"Did you mean: .*wrn16_4"):
+        dp_zoo.create_model("wrn16_5", num_classes=10)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "10", True, None])
+def test_bad_num_classes(bad):
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        dp_zoo.create_model("wrn_test", num_classes=bad)
+
+
+@pytest.mark.parametrize("bad", [(8, 8), (8, 8, 1, 1), (0, 8, 1), (8.0, 8, 1)])
+def test_bad_input_shape(bad):
+    with pytest.raises(ValueError, match=r"input_shape must be \(height, width, channels\)"):
+        dp_zoo.create_model("wrn_test", num_classes=10, input_shape=bad)
+
+
+def test_bad_overrides_are_clear():
+    with pytest.raises(ValueError, match="6n\\+4"):
+        dp_zoo.create_model("wrn_test", num_classes=10, depth=11)
+    with pytest.raises(ValueError, match=r"Did you mean: .*scale_norm"):
+        dp_zoo.create_model("wrn_test", num_classes=10, scalenorm=True)
+    with pytest.raises(ValueError, match="groups"):
+        dp_zoo.create_model("wrn_digits", num_classes=10, groups=5)
+
+
+def test_list_architectures_has_the_wrn_variants():
+    names = dp_zoo.list_architectures()
+    expected = {"wrn16_4", "wrn16_4_scalenorm", "wrn28_10", "wrn40_4", "wrn_test", "wrn_digits"}
+    assert expected <= set(names)
+    assert names == sorted(names)
+    assert set(dp_zoo.list_architectures("wrn")) >= expected
