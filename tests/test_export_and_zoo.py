@@ -136,6 +136,10 @@ def test_zoo_load_verifies_checksums(trained, tmp_path, monkeypatch):
     home = tmp_path / "home"
     shutil.copytree(out, home / "wrn_digits_eps8")
     monkeypatch.setenv("DP_ZOO_HOME", str(home))
+    # Register this artifact in a private copy of the table.
+    table = zoo.entries()
+    table["wrn_digits_eps8"]["manifest_sha256"] = export.sha256_file(home / "wrn_digits_eps8" / "MANIFEST.json")
+    monkeypatch.setattr(zoo, "entries", lambda: table)
     m = dp_zoo.load("wrn_digits_eps8")
     assert m.card["privacy"]["epsilon"] > 0
     assert dp_zoo.card("wrn_digits_eps8")["name"] == "wrn_digits_eps8"
@@ -147,9 +151,7 @@ def test_zoo_load_verifies_checksums(trained, tmp_path, monkeypatch):
         dp_zoo.load("wrn_digits_eps8")
     p.write_bytes(data)
     # A valid artifact whose manifest differs from the table's is refused too.
-    table = zoo.entries()
     table["wrn_digits_eps8"]["manifest_sha256"] = "0" * 64
-    monkeypatch.setattr(zoo, "entries", lambda: table)
     with pytest.raises(ValueError, match="Checksum mismatch"):
         dp_zoo.load("wrn_digits_eps8")
 

@@ -121,7 +121,9 @@ def _digits(eps):
                     accountant="pld", enabled=private),
         augmult=AugmultConfig(num_views=4, style="crop", pad=1, augment_first_view=False),
         ema=EMAConfig(decay=0.99),
-        optim=OptimConfig(name="sgd", learning_rate=2.0 if private else 0.5),
+        # Chosen by benchmarks/digits_search.py on a validation split (best
+        # mean validation accuracy over eps=2 and eps=8; README "Model zoo").
+        optim=OptimConfig(name="sgd", learning_rate=1.0),
         data=DataConfig(dataset="digits"),
     )
 

@@ -1,0 +1,59 @@
+"""The digits models shipped in saved_models/: load offline, verified, and their
+cards' claims reproduced (accuracy by evaluation, epsilon by the accountant)."""
+
+import numpy as np
+import pytest
+
+import dp_zoo
+from dp_zoo import accounting, zoo
+from dp_zoo.preprocessing import normalize
+from dp_zoo.train import config as C, data
+
+SHIPPED = ["wrn_digits_eps1", "wrn_digits_eps2", "wrn_digits_eps4", "wrn_digits_eps8", "wrn_digits_nonprivate"]
+
+
+@pytest.fixture(autouse=True)
+def only_repo_artifacts(monkeypatch, tmp_path):
+    # Look only at the repository's saved_models/, never a user's cache.
+    monkeypatch.delenv("DP_ZOO_HOME", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_artifact_is_registered_and_verified(name):
+    entry = zoo.entries()[name]
+    assert entry["manifest_sha256"], f"{name} has no registered checksum"
+    assert (zoo.REPO_SAVED_MODELS / name / "MANIFEST.json").exists()
+    size = sum(p.stat().st_size for p in (zoo.REPO_SAVED_MODELS / name).rglob("*") if p.is_file())
+    assert size < 5 * 2**20
+    model = dp_zoo.load(name)  # verifies every file and the manifest checksum
+    assert model.card["artifact"]["registered"] is True
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_card_accuracy_is_reproduced_on_the_test_split(name):
+    model = dp_zoo.load(name)
+    card = model.card
+    test = data.load_dataset(C.DataConfig(), "test")
+    assert card["data"]["test_split"] == test.split
+    x = normalize(test.images, card["data"]["mean"], card["data"]["std"])
+    acc = float(np.mean(np.argmax(model.predict(x, verbose=0), 1) == test.labels))
+    m = card["metrics"]
+    claimed = m["test_accuracy_ema"] if m.get("test_accuracy_ema") is not None else m["test_accuracy_last"]
+    assert abs(acc - claimed) <= 0.005, (acc, claimed)
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if "nonprivate" not in n])
+def test_card_epsilon_is_recomputed_by_the_accountant(name):
+    p = dp_zoo.card(name)["privacy"]
+    eps = accounting.epsilon(noise_multiplier=p["noise_multiplier"], sampling_probability=p["sampling_probability"],
+                             steps=p["steps"], delta=p["delta"], accountant=p["accountant"])
+    assert eps == pytest.approx(p["epsilon"], rel=1e-9)
+    assert p["sampling"] == "poisson" and p["noise_source"] == "os_entropy"
+    target = zoo.entries()[name]["target_epsilon"]
+    assert eps <= target
+
+
+def test_nonprivate_baseline_claims_nothing():
+    p = dp_zoo.card("wrn_digits_nonprivate")["privacy"]
+    assert p["private"] is False and p["epsilon"] is None
