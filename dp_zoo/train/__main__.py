@@ -55,6 +55,7 @@ flags.DEFINE_string("publish-dir", None, "Where to publish the model and card. D
 flags.DEFINE_bool("publish", True, "Publish the trained model with its card.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing artifact in --publish-dir.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker", "tpu"], "tf.distribute strategy.")
+flags.DEFINE_integer("logical-cpus", None, "Split the CPU into N logical devices (try multi-replica runs on a CPU).")
 flags.DEFINE_integer("eval-every", None, "Evaluate every N steps (0: only at the end).")
 flags.DEFINE_integer("checkpoint-every", None, "Checkpoint every N steps.")
 flags.DEFINE_bool("deterministic-noise", None, "Draw noise from --seed (reproducible, for tests). NOT private if the seed is known.")
@@ -177,11 +178,54 @@ def resolve(argv_flags=None):
     return name, config, recipe
 
 
+def transfer_weights(source, target):
+    """Copies ``source``'s weights into ``target`` layer by layer (matched by name).
+
+    Layers whose weight shapes differ keep their fresh initialisation, which
+    is what fine-tuning to another number of classes needs; only the
+    classifier may differ, any other mismatch is an error.
+
+    Returns:
+      names of the layers left at their initialisation.
+    """
+    src = {layer.name: layer for layer in source.layers}
+    fresh = []
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        other = src.get(layer.name)
+        if other is None:
+            raise ValueError(
+                f"--init model has no layer {layer.name!r}: it is not a {target.name} checkpoint. "
+                "Pass weights of the same architecture."
+            )
+        shapes = [tuple(w.shape) for w in other.get_weights()]
+        if shapes == [tuple(w.shape) for w in layer.get_weights()]:
+            layer.set_weights(other.get_weights())
+        elif layer is target.layers[-1]:
+            fresh.append(layer.name)
+        else:
+            raise ValueError(
+                f"--init layer {layer.name!r} has weight shapes {shapes}, the model needs "
+                f"{[tuple(w.shape) for w in layer.get_weights()]}: not the same architecture."
+            )
+    return fresh
+
+
 def _strategy():
     import tensorflow as tf
 
+    n = _flag("logical-cpus")
+    if n:
+        if n < 1:
+            raise UsageError("--logical-cpus must be >= 1.")
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+
     s = _flag("strategy")
     if s == "mirrored":
+        if n:
+            return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(n)])
         return tf.distribute.MirroredStrategy()
     if s == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
@@ -225,8 +269,13 @@ def train(name, config, recipe):
             **dict(config.model_kwargs),
         )
         if config.init_checkpoint:
+            import dp_zoo.models  # noqa: F401  custom layers for loading
+
             init = keras.models.load_model(config.init_checkpoint)
-            model.set_weights(init.get_weights())
+            fresh = transfer_weights(init, model)
+            if fresh:
+                print(f"Fine-tuning from {config.init_checkpoint}: re-initialised {', '.join(fresh)} "
+                      "(shape differs, e.g. another number of classes).")
     run_dir = _flag("run-dir") or os.path.join("runs", name)
     trainer = engine.Trainer(
         model, config, train_set, eval_data=test_set if config.eval_every else None,

@@ -66,3 +66,55 @@ def test_tan_simulation_is_marked(tmp_path):
     t = rec["privacy"]["tan_simulation"]
     assert t["factor"] == 4.0 and rec["config"]["batch_size"] == 64
     assert rec["privacy"]["epsilon"] > t["epsilon_full_run"]
+
+
+def test_default_run_shortened_publishes_model_and_card(tmp_path):
+    pub = tmp_path / "pub"
+    r = cli("--steps", "2", "--run-dir", str(tmp_path / "r"), "--publish-dir", str(pub), "--noprogress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    card = json.load(open(pub / "card.json"))
+    assert card["name"] == "wrn_digits_eps8"
+    assert 0 < card["privacy"]["epsilon"] <= 8.0 and card["privacy"]["steps"] == 2
+    import dp_zoo
+    assert dp_zoo.load(str(pub)).card["privacy"]["epsilon"] == card["privacy"]["epsilon"]
+
+
+def test_fine_tune_from_keras_model_with_other_class_count(tmp_path):
+    import dp_zoo
+
+    src = dp_zoo.create_model("wrn_digits", num_classes=5)
+    src.save(tmp_path / "five.keras")
+    r = cli("--init", str(tmp_path / "five.keras"), "--steps", "2", "--run-dir", str(tmp_path / "r"),
+            "--nopublish", "--noprogress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "re-initialised logits" in r.stdout
+
+
+def test_strategy_mirrored_on_two_logical_cpus(tmp_path):
+    r = cli("--strategy", "mirrored", "--logical-cpus", "2", "--steps", "2", "--physical-batch-size", "64",
+            "--run-dir", str(tmp_path / "r"), "--nopublish", "--noprogress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.load(open(tmp_path / "r" / "run_record.json"))
+    assert rec["hardware"]["num_replicas"] == 2 and rec["privacy"]["steps"] == 2
+
+
+def test_in_process_cli_on_mock_cifar10(tmp_path):
+    import tensorflow_datasets as tfds
+    from dp_zoo.train import __main__ as train_cli
+
+    argv = ["dp_zoo.train", "--recipe", "wrn16_4_cifar10_eps8", "--steps", "2", "--batch-size", "16",
+            "--physical-batch-size", "8", "--augmult", "2", "--data-dir", str(tmp_path / "tfds"),
+            "--run-dir", str(tmp_path / "r"), "--nopublish", "--noprogress"]
+    train_cli.FLAGS.unparse_flags()
+    train_cli.FLAGS(argv)
+    try:
+        name, config, recipe = train_cli.resolve()
+        with tfds.testing.mock_data(num_examples=64):
+            rec = train_cli.train(name, config, recipe)
+    finally:
+        train_cli.FLAGS.unparse_flags()
+    assert rec["privacy"]["steps"] == 2 and rec["metrics"]["test_accuracy_ema"] is not None
+    on_disk = json.load(open(tmp_path / "r" / "run_record.json"))
+    assert on_disk["privacy"]["epsilon"] == accounting.epsilon(
+        noise_multiplier=config.dp.noise_multiplier if config.dp.noise_multiplier else rec["privacy"]["noise_multiplier"],
+        sampling_probability=16 / 64, steps=2, delta=1e-5, accountant="rdp")
