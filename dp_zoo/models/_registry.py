@@ -9,7 +9,7 @@ import difflib
 import importlib
 
 _REGISTRY = {}
-_FAMILY_MODULES = ("dp_zoo.models.wide_resnet",)
+_FAMILY_MODULES = ("dp_zoo.models.wide_resnet", "dp_zoo.models.nf_resnet", "dp_zoo.models.nfnet")
 _loaded = False
 
 

@@ -105,3 +105,235 @@ class WSConv2D(keras.layers.Conv2D):
         config = super().get_config()
         config["eps"] = self.eps
         return config
+
+
+# --- Normalizer-free networks (Brock et al. 2021) --------------------------
+
+# Gains that make each activation variance-preserving for unit Gaussian
+# inputs (Brock et al. 2021a, "Characterizing signal propagation to close the
+# performance gap in unnormalized ResNets"; DeepMind's nfnets constants).
+NONLINEARITY_GAMMA = {
+    "relu": 1.7139588594436646,
+    "gelu": 1.7015043497085571,
+    "silu": 1.7881293296813965,
+    "identity": 1.0,
+}
+
+
+def _activation(name, x):
+    if name == "relu":
+        return ops.relu(x)
+    if name == "gelu":
+        return ops.gelu(x, approximate=False)  # exact erf GELU, as nn.GELU
+    if name == "silu":
+        return ops.silu(x)
+    if name == "identity":
+        return x
+    raise ValueError(f"Unknown activation {name!r}; use one of {sorted(NONLINEARITY_GAMMA)}.")
+
+
+@keras.saving.register_keras_serializable(package="dp_zoo")
+class ScaledActivation(keras.layers.Layer):
+    """``gamma * act(x)``; ``gamma`` defaults to the activation's NF gain.
+
+    Args:
+      activation: "relu", "gelu", "silu" or "identity".
+      gamma: output scale; None uses ``NONLINEARITY_GAMMA[activation]``.
+    """
+
+    def __init__(self, activation="relu", gamma=None, **kwargs):
+        super().__init__(**kwargs)
+        if activation not in NONLINEARITY_GAMMA:
+            raise ValueError(f"Unknown activation {activation!r}; use one of {sorted(NONLINEARITY_GAMMA)}.")
+        self.activation = activation
+        self.gamma = float(NONLINEARITY_GAMMA[activation] if gamma is None else gamma)
+
+    def call(self, x):
+        y = _activation(self.activation, x)
+        return y if self.gamma == 1.0 else y * self.gamma
+
+    def get_config(self):
+        return {**super().get_config(), "activation": self.activation, "gamma": self.gamma}
+
+
+@keras.saving.register_keras_serializable(package="dp_zoo")
+class ScaledWSConv2D(keras.layers.Layer):
+    """Conv2D with scaled weight standardization (NF-ResNets, NFNets).
+
+    ``w_hat = gain * gamma * (w - mean) / sqrt(var + eps) / sqrt(fan_in)``,
+    mean and (biased) variance per output channel over its fan-in, as timm's
+    ``ScaledStdConv2d``. Standardization happens per forward pass, so there
+    are no batch statistics (per-example clipping stays exact).
+
+    Args:
+      filters: output channels.
+      kernel_size: int.
+      strides: int.
+      padding: "same" (TensorFlow SAME, as DeepMind's NFNets) or an int of
+        symmetric zero padding (PyTorch style, as timm's NF-ResNets), or
+        "valid".
+      groups: grouped convolution (input and output channels divisible).
+      use_bias: add a bias.
+      gamma: constant scale (the activation gain when it is folded into the
+        convolution).
+      eps: variance floor.
+      gain_init: initial value of the learnable per-channel gain.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, padding="same", groups=1, use_bias=True,
+                 gamma=1.0, eps=1e-5, gain_init=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
+        self.strides = int(strides)
+        self.padding = padding
+        self.groups = int(groups)
+        self.use_bias = bool(use_bias)
+        self.gamma = float(gamma)
+        self.eps = float(eps)
+        self.gain_init = float(gain_init)
+
+    def build(self, input_shape):
+        cin = int(input_shape[-1])
+        if cin % self.groups or self.filters % self.groups:
+            raise ValueError(
+                f"{self.name}: groups={self.groups} must divide input channels {cin} and filters {self.filters}."
+            )
+        k = self.kernel_size
+        self.kernel = self.add_weight(
+            name="kernel", shape=(k, k, cin // self.groups, self.filters),
+            initializer=keras.initializers.VarianceScaling(1.0, "fan_in", "untruncated_normal"),
+        )
+        self.gain = self.add_weight(
+            name="gain", shape=(self.filters,), initializer=keras.initializers.Constant(self.gain_init)
+        )
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if self.use_bias else None
+        )
+
+    def standardized_kernel(self):
+        """The kernel actually convolved with."""
+        w = self.kernel
+        fan_in = float(w.shape[0] * w.shape[1] * w.shape[2])
+        mean = ops.mean(w, axis=(0, 1, 2), keepdims=True)
+        var = ops.var(w, axis=(0, 1, 2), keepdims=True)
+        scale = self.gain * (self.gamma / fan_in**0.5)
+        return (w - mean) * ops.rsqrt(var + self.eps) * scale
+
+    def call(self, x):
+        pad = self.padding
+        if isinstance(pad, int):
+            if pad:
+                x = ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+            pad = "valid"
+        y = ops.conv(x, self.standardized_kernel(), strides=self.strides, padding=pad)
+        return y + self.bias if self.use_bias else y
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        k, s = self.kernel_size, self.strides
+
+        def size(d):
+            if d is None:
+                return None
+            if self.padding == "same":
+                return -(-d // s)
+            p = self.padding if isinstance(self.padding, int) else 0
+            return (d + 2 * p - k) // s + 1
+
+        return (n, size(h), size(w), self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides, "padding": self.padding, "groups": self.groups,
+                "use_bias": self.use_bias, "gamma": self.gamma, "eps": self.eps,
+                "gain_init": self.gain_init}
+
+
+@keras.saving.register_keras_serializable(package="dp_zoo")
+class SkipInitGain(keras.layers.Layer):
+    """Multiplies by a learnable scalar initialised to ``init`` (0: SkipInit, De & Smith 2020)."""
+
+    def __init__(self, init=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.init = float(init)
+
+    def build(self, input_shape):
+        self.gain = self.add_weight(name="gain", shape=(), initializer=keras.initializers.Constant(self.init))
+
+    def call(self, x):
+        return x * self.gain
+
+    def get_config(self):
+        return {**super().get_config(), "init": self.init}
+
+
+@keras.saving.register_keras_serializable(package="dp_zoo")
+class StochasticDepth(keras.layers.Layer):
+    """Drop-path with a per-example decision (Huang et al. 2016).
+
+    The keep/drop decision has shape ``[batch, 1, 1, 1]`` taken from the
+    input's own batch dimension, so it stays per example when the forward
+    pass is vectorized per example (a batch of one per call). Identity at
+    inference; kept paths are rescaled by ``1 / keep_prob``.
+
+    Args:
+      rate: drop probability.
+    """
+
+    def __init__(self, rate=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=False):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (ops.shape(x)[0],) + (1,) * (len(x.shape) - 1)
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            # A stateful op on purpose: under tf.vectorized_map (per-example
+            # gradients) pfor draws it independently for every example,
+            # whereas a stateless draw from one seed would repeat the same
+            # decision for the whole batch.
+            u = tf.random.uniform(shape, dtype=x.dtype)
+        else:
+            u = keras.random.uniform(shape, seed=self.seed_generator, dtype=x.dtype)
+        mask = ops.cast(u < keep, x.dtype)
+        return x * mask / keep
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="dp_zoo")
+class SqueezeExcite(keras.layers.Layer):
+    """Squeeze-and-excitation as in NFNets: ``gain * x * sigmoid(fc2(relu(fc1(mean(x)))))``.
+
+    Args:
+      reduced_channels: width of the bottleneck.
+      gain: output scale (2.0 in NFNets, which keeps the signal variance).
+    """
+
+    def __init__(self, reduced_channels, gain=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.reduced_channels = int(reduced_channels)
+        self.gain_value = float(gain)
+
+    def build(self, input_shape):
+        c = int(input_shape[-1])
+        self.fc1 = keras.layers.Conv2D(self.reduced_channels, 1, name="fc1")
+        self.fc2 = keras.layers.Conv2D(c, 1, name="fc2")
+        self.fc1.build((None, 1, 1, c))
+        self.fc2.build((None, 1, 1, self.reduced_channels))
+
+    def call(self, x):
+        s = ops.mean(x, axis=(1, 2), keepdims=True)
+        s = ops.sigmoid(self.fc2(ops.relu(self.fc1(s))))
+        return x * s * self.gain_value
+
+    def get_config(self):
+        return {**super().get_config(), "reduced_channels": self.reduced_channels, "gain": self.gain_value}
