@@ -160,9 +160,11 @@ class ScaledActivation(keras.layers.Layer):
 class ScaledWSConv2D(keras.layers.Layer):
     """Conv2D with scaled weight standardization (NF-ResNets, NFNets).
 
-    ``w_hat = gain * gamma * (w - mean) / sqrt(var + eps) / sqrt(fan_in)``,
-    mean and (biased) variance per output channel over its fan-in, as timm's
-    ``ScaledStdConv2d``. Standardization happens per forward pass, so there
+    ``w_hat = gain * gamma * (w - mean) / sqrt(fan_in * var)``, mean and
+    (biased) variance per output channel over its fan-in. Where epsilon
+    enters is a convention: ``eps_mode="deepmind"`` (DeepMind's nfnets and
+    jax_privacy) uses ``rsqrt(max(fan_in * var, eps))``; ``eps_mode="timm"``
+    (timm's ``ScaledStdConv2d``) uses ``rsqrt(var + eps) / sqrt(fan_in)``. Standardization happens per forward pass, so there
     are no batch statistics (per-example clipping stays exact).
 
     Args:
@@ -178,10 +180,11 @@ class ScaledWSConv2D(keras.layers.Layer):
         convolution).
       eps: variance floor.
       gain_init: initial value of the learnable per-channel gain.
+      eps_mode: "deepmind" or "timm" (see above).
     """
 
     def __init__(self, filters, kernel_size, strides=1, padding="same", groups=1, use_bias=True,
-                 gamma=1.0, eps=1e-5, gain_init=1.0, **kwargs):
+                 gamma=1.0, eps=1e-4, gain_init=1.0, eps_mode="deepmind", **kwargs):
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.kernel_size = int(kernel_size)
@@ -192,6 +195,9 @@ class ScaledWSConv2D(keras.layers.Layer):
         self.gamma = float(gamma)
         self.eps = float(eps)
         self.gain_init = float(gain_init)
+        if eps_mode not in ("deepmind", "timm"):
+            raise ValueError(f"eps_mode must be 'deepmind' or 'timm', got {eps_mode!r}.")
+        self.eps_mode = eps_mode
 
     def build(self, input_shape):
         cin = int(input_shape[-1])
@@ -217,8 +223,11 @@ class ScaledWSConv2D(keras.layers.Layer):
         fan_in = float(w.shape[0] * w.shape[1] * w.shape[2])
         mean = ops.mean(w, axis=(0, 1, 2), keepdims=True)
         var = ops.var(w, axis=(0, 1, 2), keepdims=True)
-        scale = self.gain * (self.gamma / fan_in**0.5)
-        return (w - mean) * ops.rsqrt(var + self.eps) * scale
+        if self.eps_mode == "timm":
+            inv = ops.rsqrt(var + self.eps) / fan_in**0.5
+        else:
+            inv = ops.rsqrt(ops.maximum(var * fan_in, self.eps))
+        return (w - mean) * inv * (self.gain * self.gamma)
 
     def call(self, x):
         pad = self.padding
@@ -247,7 +256,7 @@ class ScaledWSConv2D(keras.layers.Layer):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "strides": self.strides, "padding": self.padding, "groups": self.groups,
                 "use_bias": self.use_bias, "gamma": self.gamma, "eps": self.eps,
-                "gain_init": self.gain_init}
+                "gain_init": self.gain_init, "eps_mode": self.eps_mode}
 
 
 @keras.saving.register_keras_serializable(package="dp_zoo")

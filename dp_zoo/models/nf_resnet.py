@@ -4,14 +4,21 @@ After Brock, De, Smith 2021, "Characterizing signal propagation to close the
 performance gap in unnormalized ResNets" (arXiv 2101.08692), as timm's
 ``nf_resnet50`` (the parity reference, tests/models/test_timm_parity.py):
 
-- scaled weight-standardized convolutions (``ScaledWSConv2D``) with the
-  activation's gain folded into them, plain activations;
+- scaled weight-standardized convolutions (``ScaledWSConv2D``) and
+  activations scaled by their gains;
 - residual blocks ``h + alpha * f(act(h) * beta)`` with alpha = 0.2 and
   beta = 1 / expected_std, the expected variance growing by alpha^2 per block
   and reset to 1 after each stage's first (transition) block;
 - transition blocks project the shortcut with 2x2 average pooling and a 1x1
   convolution of the pre-activated input;
 - ImageNet stem: 7x7/2 convolution with 64 channels and 3x3/2 max pooling.
+
+Conventions are explicit ``NFConfig`` fields. Defaults follow DeepMind /
+jax_privacy (TF SAME padding, SkipInit, gains in the activations, epsilon as
+``max(fan_in * var, 1e-4)``); ``TIMM_CONVENTIONS`` are the overrides under
+which a model matches timm's ``nf_resnet50`` / ``dm_nfnet_*`` exactly
+(symmetric padding, no SkipInit for NF-ResNets, gains folded into the
+convolutions, epsilon as ``var + 1e-5``), which the parity tests use.
 
 No normalization layers at all, so every example's gradient depends on that
 example only (what DP-SGD's per-example clipping needs).
@@ -51,6 +58,12 @@ class NFConfig:
       num_features: 1x1 convolution before the head (0: none).
       alpha: residual branch scale.
       eps: weight-standardization epsilon.
+      eps_mode: where epsilon enters ("deepmind" or "timm", see
+        ``ScaledWSConv2D``).
+      ch_div: widths are rounded to multiples of this (timm's rule).
+      shortcut_pool: transition shortcuts average-pool then apply a 1x1
+        convolution (NFNets, timm); False applies a strided 1x1 convolution
+        (DeepMind's NF-ResNets), which keeps the signal variance at init.
       drop_path_rate: stochastic depth (0: off).
     """
 
@@ -62,13 +75,16 @@ class NFConfig:
     group_size: Optional[int] = None
     extra_conv: bool = False
     activation: str = "relu"
-    gamma_in_act: bool = False
-    same_padding: bool = False
-    skipinit: bool = False
+    gamma_in_act: bool = True
+    same_padding: bool = True
+    skipinit: bool = True
     se_ratio: Optional[float] = None
     num_features: int = 0
     alpha: float = 0.2
-    eps: float = 1e-5
+    eps: float = 1e-4
+    eps_mode: str = "deepmind"
+    ch_div: int = 8
+    shortcut_pool: bool = False
     drop_path_rate: float = 0.0
 
     def __post_init__(self):
@@ -78,6 +94,14 @@ class NFConfig:
             raise ValueError(f"Unknown stem {self.stem!r}; use '7x7_pool' or 'deep_quad'.")
         if self.activation not in NONLINEARITY_GAMMA:
             raise ValueError(f"Unknown activation {self.activation!r}.")
+
+
+# Overrides under which our models equal timm's (tests/models/test_timm_parity.py).
+TIMM_CONVENTIONS = {
+    "nf_resnet": dict(same_padding=False, skipinit=False, gamma_in_act=False, eps=1e-5, eps_mode="timm",
+                      shortcut_pool=True),
+    "nfnet": dict(eps=1e-5, eps_mode="timm"),
+}
 
 
 def make_divisible(v, divisor=8, round_limit=0.9):
@@ -120,14 +144,15 @@ class _Builder:
             padding = ((strides - 1) + (k - 1)) // 2  # timm's symmetric padding
         return ScaledWSConv2D(
             filters, k, strides=strides, padding=padding, groups=groups, eps=cfg.eps,
-            gamma=1.0 if cfg.gamma_in_act else self.gamma, gain_init=gain_init, name=name,
+            gamma=1.0 if cfg.gamma_in_act else self.gamma, gain_init=gain_init,
+            eps_mode=cfg.eps_mode, name=name,
         )(x)
 
 
 def _block(b, x, out_ch, stride, beta, drop_rate, name):
     cfg = b.cfg
     in_ch = x.shape[-1]
-    mid = make_divisible(out_ch * cfg.bottle_ratio)
+    mid = make_divisible(out_ch * cfg.bottle_ratio, cfg.ch_div)
     groups = 1
     if cfg.group_size:
         groups = mid // cfg.group_size
@@ -138,9 +163,10 @@ def _block(b, x, out_ch, stride, beta, drop_rate, name):
     shortcut = x
     if in_ch != out_ch or stride != 1:
         s = out
-        if stride > 1:
+        if stride > 1 and cfg.shortcut_pool:
             s = keras.layers.AveragePooling2D(2, stride, padding="same", name=f"{name}_down_pool")(s)
-        shortcut = b.conv(s, out_ch, 1, f"{name}_down_conv")
+        shortcut = b.conv(s, out_ch, 1, f"{name}_down_conv",
+                          strides=1 if cfg.shortcut_pool else stride)
     h = b.conv(out, mid, 1, f"{name}_conv1")
     h = b.conv(b.act(h, f"{name}_act2"), mid, 3, f"{name}_conv2", strides=stride, groups=groups)
     if cfg.extra_conv:
@@ -166,7 +192,10 @@ def build_nf_net(cfg, *, num_classes, input_shape, name):
     inputs = keras.Input(shape=tuple(input_shape), name="images")
     if cfg.stem == "7x7_pool":
         x = b.conv(inputs, cfg.stem_channels, 7, "stem_conv", strides=2)
-        x = MaxPoolSymmetric(name="stem_pool")(x)
+        if cfg.same_padding:
+            x = keras.layers.MaxPooling2D(3, 2, padding="same", name="stem_pool")(x)
+        else:
+            x = MaxPoolSymmetric(name="stem_pool")(x)
     else:
         c = cfg.stem_channels
         x = inputs
@@ -243,7 +272,7 @@ def param_count(cfg, *, num_classes=1000, in_channels=3):
     for si, (depth, ch) in enumerate(zip(cfg.depths, cfg.channels)):
         for bi in range(depth):
             stride = (1 if si == 0 else 2) if bi == 0 else 1
-            mid = make_divisible(ch * cfg.bottle_ratio)
+            mid = make_divisible(ch * cfg.bottle_ratio, cfg.ch_div)
             groups = 1
             if cfg.group_size:
                 groups = mid // cfg.group_size

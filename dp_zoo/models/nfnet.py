@@ -21,7 +21,8 @@ def nfnet_config(depths, **kw):
     base = dict(
         depths=depths, channels=(256, 512, 1536, 1536), stem="deep_quad", stem_channels=128,
         bottle_ratio=0.5, group_size=128, extra_conv=True, activation="gelu", gamma_in_act=True,
-        same_padding=True, skipinit=True, se_ratio=0.5, num_features=3072,
+        same_padding=True, skipinit=True, se_ratio=0.5, num_features=3072, eps=1e-4,
+        eps_mode="deepmind", shortcut_pool=True,
     )
     base.update(kw)
     return NFConfig(**base)

@@ -33,8 +33,10 @@ def test_config_count_equals_built_model(name):
     assert m.count_params() == nf_resnet.param_count(cfg_of(name), num_classes=m.output_shape[-1])
 
 
-def test_scaled_ws_conv_matches_numpy():
-    layer = ScaledWSConv2D(6, 3, strides=2, padding=1, groups=2, gamma=1.7, eps=1e-5)
+@pytest.mark.parametrize("eps_mode", ["timm", "deepmind"])
+def test_scaled_ws_conv_matches_numpy(eps_mode):
+    eps = 1e-5 if eps_mode == "timm" else 1e-4
+    layer = ScaledWSConv2D(6, 3, strides=2, padding=1, groups=2, gamma=1.7, eps=eps, eps_mode=eps_mode)
     x = np.random.default_rng(0).normal(size=(2, 9, 9, 4)).astype("float32")
     layer.build(x.shape)
     rng = np.random.default_rng(1)
@@ -42,7 +44,11 @@ def test_scaled_ws_conv_matches_numpy():
     layer.gain.assign(rng.uniform(0.5, 1.5, size=6).astype("float32"))
     w = layer.kernel.numpy()
     fan_in = 3 * 3 * 2
-    ref_w = (w - w.mean((0, 1, 2))) / np.sqrt(w.var((0, 1, 2)) + 1e-5) * layer.gain.numpy() * 1.7 / np.sqrt(fan_in)
+    if eps_mode == "timm":
+        inv = 1 / np.sqrt(w.var((0, 1, 2)) + eps) / np.sqrt(fan_in)
+    else:
+        inv = 1 / np.sqrt(np.maximum(w.var((0, 1, 2)) * fan_in, eps))
+    ref_w = (w - w.mean((0, 1, 2))) * inv * layer.gain.numpy() * 1.7
     xp = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
     ref = tf.nn.convolution(xp, ref_w.astype("float32"), strides=2, padding="VALID").numpy()
     np.testing.assert_allclose(layer(x).numpy(), ref, rtol=1e-4, atol=1e-5)
@@ -108,3 +114,26 @@ def test_nf_models_train_with_dp_sgd():
     g, norms = dp_sgd.clipped_grad_sum(m, x, np.array([0, 1, 2, 0]), l2_clip=0.1)
     assert np.sqrt(sum(float(tf.reduce_sum(t**2)) for t in g)) <= 4 * 0.1 + 1e-5
     assert norms.shape == (4,)
+
+
+@pytest.mark.parametrize("branches", ["init", "active"])
+def test_nf_resnet50_signal_propagation_at_init(branches):
+    """Mean squared activation of every stage output stays in [0.5, 2] (Brock et al. 2021a)."""
+    m = dp_zoo.create_model("nf_resnet50", num_classes=10, input_shape=(64, 64, 3))
+    if branches == "active":  # switch the SkipInit gains on: residual branches contribute
+        for layer in m.layers:
+            if isinstance(layer, SkipInitGain):
+                layer.gain.assign(1.0)
+    outs = [m.get_layer(f"stage{s}_block{d}_add").output for s, d in [(1, 3), (2, 4), (3, 6), (4, 3)]]
+    x = np.random.default_rng(0).normal(size=(8, 64, 64, 3)).astype("float32")
+    for o in keras.Model(m.input, outs)(x):
+        assert 0.5 <= float(np.mean(o.numpy() ** 2)) <= 2.0
+
+
+def test_conventions_are_explicit_fields():
+    dm = nf_resnet.VARIANTS["nf_resnet50"]
+    assert (dm.same_padding, dm.skipinit, dm.gamma_in_act, dm.eps_mode) == (True, True, True, "deepmind")
+    timm_like = dp_zoo.create_model("nf_resnet_test", num_classes=3, **nf_resnet.TIMM_CONVENTIONS["nf_resnet"])
+    conv = timm_like.get_layer("stage1_block1_conv1")
+    assert conv.padding == 0 and conv.eps_mode == "timm"
+    assert not any(isinstance(l, SkipInitGain) for l in timm_like.layers)

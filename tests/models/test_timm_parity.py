@@ -3,7 +3,8 @@
 timm's random initialisation (with every gain, bias and SkipInit scalar
 randomised so that no path is trivially zero) is transferred into our Keras
 model by ``dp_zoo.models.convert``; logits must agree to <= 1e-4 relative L2
-in eval mode.
+in eval mode. Our defaults follow DeepMind's conventions; the model under test
+is built with ``TIMM_CONVENTIONS`` (explicit config fields) to match timm.
 
 Runs in a subprocess that imports torch before TensorFlow: importing the CUDA
 build of torch (its triton) after TensorFlow is loaded crashes the process.
@@ -35,7 +36,9 @@ SCRIPT = textwrap.dedent("""
                 p.copy_(torch.rand_like(p) + 0.5)
             elif n.endswith("bias"):
                 p.copy_(torch.randn_like(p) * 0.1)
-    km = dp_zoo.create_model(ours, num_classes=1000, input_shape=(res, res, 3))
+    from dp_zoo.models.nf_resnet import TIMM_CONVENTIONS
+    family = "nfnet" if ours.startswith("nfnet") else "nf_resnet"
+    km = dp_zoo.create_model(ours, num_classes=1000, input_shape=(res, res, 3), **TIMM_CONVENTIONS[family])
     from_timm_state_dict(km, tm.state_dict())
     x = np.random.default_rng(0).normal(size=(2, 3, res, res)).astype(np.float32)
     with torch.no_grad():
