@@ -137,6 +137,45 @@ def add_noise(grad_sum, *, stddev, seed=None, generator=None):
     return out
 
 
+def noisy_normalized_sum(grad_sum, *, l2_clip, noise_multiplier, expected_batch_size,
+                         seed=None, generator=None):
+    """The privatized gradient of one logical step: ``(sum + N(0, sigma^2 C^2)) / B``.
+
+    Called ONCE per logical step, after the clipped sums of every micro-batch
+    and replica have been added up: the noise is calibrated to the
+    sensitivity C of the whole logical sum, so adding it per micro-batch or
+    per replica would add too much noise (and adding it to a partial sum that
+    is later averaged would add too little).
+
+    Args:
+      grad_sum: list of tensors, the clipped per-example gradients summed over
+        the logical batch.
+      l2_clip: clipping norm C.
+      noise_multiplier: sigma.
+      expected_batch_size: B = q * N. Dividing by the EXPECTED size, not by
+        the realised Poisson batch size, keeps the batch size (which depends
+        on the data) out of the released update.
+      seed, generator: the noise source, as in ``add_noise``.
+
+    Returns:
+      list of tensors aligned with ``grad_sum``.
+    """
+    noisy = add_noise(grad_sum, stddev=float(noise_multiplier) * float(l2_clip),
+                      seed=seed, generator=generator)
+    return [g / float(expected_batch_size) for g in noisy]
+
+
+def add_weight_decay(update, params, weight_decay):
+    """``update + weight_decay * params`` (L2 decay applied to the noisy update).
+
+    Decay depends only on the current (already private) parameters, so it is
+    added after the noise and costs no privacy.
+    """
+    if not weight_decay:
+        return list(update)
+    return [u + weight_decay * p for u, p in zip(update, params)]
+
+
 def ema_decay(step, decay):
     """Warm-up EMA decay ``min(mu, (1 + t) / (10 + t))`` (DESIGN.md §4)."""
     t = tf.cast(step, tf.float32)

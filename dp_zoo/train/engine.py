@@ -163,6 +163,7 @@ class Trainer:
         self.history = []
         self.wall_time_s = 0.0
         self.nonfinite_steps = 0
+        self._consecutive_nonfinite = 0
         self._stop_requested = False
         self._build_state()
 
@@ -219,6 +220,9 @@ class Trainer:
             def fn(images_u8, labels, mask, seed):
                 # Every replica receives the whole micro-batch and takes its
                 # contiguous share; the clipped sums are then all-reduced.
+                # Each replica augments its share with its own seed, so with
+                # augmentation the crops (not their distribution) differ from
+                # a single-device run; without it the runs are identical.
                 ctx = tf.distribute.get_replica_context()
                 r = ctx.replica_id_in_sync_group
                 per = tf.shape(images_u8)[0] // ctx.num_replicas_in_sync
@@ -235,16 +239,15 @@ class Trainer:
         @tf.function
         def apply(grad_sum, step, noise_seed, ema_on, polyak_on):
             if private:
-                stddev = self.noise_multiplier * l2_clip
-                noisy = dp_sgd.add_noise(grad_sum, stddev=stddev, seed=noise_seed)
-                denom = self.q * len(self.train)
+                # The one noise draw of this logical step (all micro-batches
+                # and replicas are already summed into grad_sum).
+                update = dp_sgd.noisy_normalized_sum(
+                    grad_sum, l2_clip=l2_clip, noise_multiplier=self.noise_multiplier,
+                    expected_batch_size=self.q * len(self.train), seed=noise_seed)
             else:
-                noisy = grad_sum
-                denom = 1.0
-            update = [g / denom for g in noisy]
+                update = list(grad_sum)  # already the mean gradient
             tv = model.trainable_variables
-            if cfg.optim.weight_decay:
-                update = [u + cfg.optim.weight_decay * v for u, v in zip(update, tv)]
+            update = dp_sgd.add_weight_decay(update, [v.value for v in tv], cfg.optim.weight_decay)
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
             if finite:
                 self.optimizer.apply(update, tv)

@@ -84,7 +84,7 @@ class PrivateModel(keras.Model):
 
         tf.cond(last > 0, apply, lambda: tf.constant(0.0))
         m = tf.cast(mask, tf.float32)
-        return {"median_grad_norm": tf.reduce_sum(norms * m) / tf.maximum(tf.reduce_sum(m), 1.0)}
+        return {"mean_grad_norm": tf.reduce_sum(norms * m) / tf.maximum(tf.reduce_sum(m), 1.0)}
 
     def fit(self, x, y, *, epochs=1, steps=None, verbose="auto", callbacks=None, **kwargs):
         """Trains with Poisson-sampled DP-SGD.

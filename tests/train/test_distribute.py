@@ -1,4 +1,5 @@
-"""tf.distribute: a MirroredStrategy run over 2 CPU replicas equals a single-device run.
+"""tf.distribute: a MirroredStrategy run over 2 CPU replicas equals a single-device run,
+and its noise is drawn once per logical step globally (std sigma*C/B).
 
 Runs in a subprocess, because logical devices must be configured before
 TensorFlow initialises.
@@ -33,6 +34,22 @@ SCRIPT = textwrap.dedent("""
     moved = max(float(np.max(np.abs(a))) for a in single)
     print("MAXDIFF", worst, moved)
     assert worst < 1e-4, worst
+    # Noise once globally, not once per replica: with sigma large the update's
+    # std is sigma*C/B (two replicas each adding noise would give sqrt(2) x).
+    sigma = 100.0
+    cfg = C.TrainConfig(model="wrn_test", batch_size=64, physical_batch_size=32, steps=1, seed=1,
+                        deterministic_noise=True, dp=C.DPConfig(noise_multiplier=sigma),
+                        ema=C.EMAConfig(decay=None), optim=C.OptimConfig(learning_rate=1.0))
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        m = dp_zoo.create_model("wrn_test", num_classes=10)
+    before = np.concatenate([v.numpy().ravel() for v in m.trainable_variables])
+    engine.Trainer(m, cfg, ds, strategy=strategy, progress=False).fit()
+    after = np.concatenate([v.numpy().ravel() for v in m.trainable_variables])
+    ratio = np.std(after - before) / (sigma * 1.0 / 64)
+    print("STDRATIO", ratio)
+    assert abs(ratio - 1) < 0.05, ratio
 """)
 
 

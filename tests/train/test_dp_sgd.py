@@ -64,13 +64,19 @@ def test_vectorized_and_loop_paths_agree():
         np.testing.assert_allclose(u.numpy(), v.numpy(), rtol=1e-4, atol=1e-6)
 
 
+def masked_sum_fn(m, x, y, c):
+    """``mask -> clipped_grad_sum`` traced once (eager calls re-trace the vectorized map)."""
+    return tf.function(lambda mask: dp_sgd.clipped_grad_sum(m, x, y, l2_clip=c, mask=mask))
+
+
 def contributions(m, x, y, c):
     """Each example's clipped contribution: the sum with only it unmasked."""
     out = []
+    fn = masked_sum_fn(m, x, y, c)
     for i in range(x.shape[0]):
         mask = np.zeros(x.shape[0], np.float32)
         mask[i] = 1
-        g, norms = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=c, mask=mask)
+        g, norms = fn(tf.constant(mask))
         out.append(np.sqrt(sum(float(tf.reduce_sum(t**2)) for t in g)))
     return np.array(out), norms.numpy()
 
@@ -92,11 +98,12 @@ def test_removing_one_example_changes_sum_by_at_most_c():
     m = tiny_model(3)
     x, y = data(b=8, seed=3)
     c = 0.1
-    full, _ = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=c)
+    fn = masked_sum_fn(m, x, y, c)
+    full, _ = fn(tf.ones([8]))
     for i in range(8):
         mask = np.ones(8, np.float32)
         mask[i] = 0
-        part, _ = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=c, mask=mask)
+        part, _ = fn(tf.constant(mask))
         diff = np.sqrt(sum(float(tf.reduce_sum((a - b) ** 2)) for a, b in zip(full, part)))
         assert diff <= c + 1e-6
 
@@ -137,3 +144,45 @@ def test_ema_decay_warmup_formula():
     for i, v in enumerate([2.0, 4.0, 6.0]):
         dp_sgd.polyak_update(p, [tf.constant([v])], i)
     np.testing.assert_allclose(p[0].numpy(), [4.0], rtol=1e-6)
+
+
+def test_noisy_normalized_sum_is_sum_plus_one_gaussian_over_expected_b():
+    sigma, c, b = 2.0, 0.5, 64.0
+    seed = tf.constant([5, 9], tf.int64)
+    zeros = [tf.zeros([300, 300]), tf.zeros([7])]
+    pure = dp_sgd.noisy_normalized_sum(zeros, l2_clip=c, noise_multiplier=sigma,
+                                       expected_batch_size=b, seed=seed)
+    # Std of the released update is sigma * C / B (DESIGN.md §4).
+    assert abs(pure[0].numpy().std() / (sigma * c / b) - 1) < 0.01
+    # Signal and noise: (sum + n) / B with the same n for the same seed.
+    g = [tf.fill([300, 300], 3.0), tf.range(7, dtype=tf.float32)]
+    got = dp_sgd.noisy_normalized_sum(g, l2_clip=c, noise_multiplier=sigma,
+                                      expected_batch_size=b, seed=seed)
+    for a, x, n in zip(got, g, pure):
+        np.testing.assert_allclose(a.numpy(), x.numpy() / b + n.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_weight_decay_is_added_to_the_noisy_update():
+    upd = [tf.constant([1.0, -2.0])]
+    params = [tf.constant([10.0, 20.0])]
+    np.testing.assert_allclose(dp_sgd.add_weight_decay(upd, params, 0.1)[0].numpy(), [2.0, 0.0])
+    assert dp_sgd.add_weight_decay(upd, params, 0.0)[0] is upd[0]
+
+
+def test_learning_rate_schedules_and_optimizers():
+    from dp_zoo.train.config import OptimConfig
+
+    assert dp_sgd.learning_rate_schedule(OptimConfig(learning_rate=2.0), 100) == 2.0
+    cos = dp_sgd.learning_rate_schedule(OptimConfig(learning_rate=2.0, schedule="cosine"), 100)
+    np.testing.assert_allclose([float(cos(0)), float(cos(50)), float(cos(100))], [2.0, 1.0, 0.0], atol=1e-5)
+    warm = dp_sgd.learning_rate_schedule(
+        OptimConfig(learning_rate=1.0, schedule="linear_warmup_cosine", warmup_steps=10), 110)
+    np.testing.assert_allclose([float(warm(0)), float(warm(5)), float(warm(10)), float(warm(110))],
+                               [0.0, 0.5, 1.0, 0.0], atol=1e-5)
+    sgd = dp_sgd.make_optimizer(OptimConfig(momentum=0.9, nesterov=True), 10)
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.9 and sgd.nesterov
+    assert isinstance(dp_sgd.make_optimizer(OptimConfig(name="adam"), 10), keras.optimizers.Adam)
+    with pytest.raises(ValueError, match="schedule"):
+        dp_sgd.learning_rate_schedule(OptimConfig(schedule="step"), 10)
+    with pytest.raises(ValueError, match="optimizer"):
+        dp_sgd.make_optimizer(OptimConfig(name="lamb"), 10)

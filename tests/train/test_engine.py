@@ -108,11 +108,55 @@ def test_secure_noise_counts_redone_steps(train_set, tmp_path):
 
 def test_budget_guard_stops_at_target(train_set):
     q = 64 / len(train_set)
-    limit = accounting.calibrate_steps(target_epsilon=3.0, noise_multiplier=1.0, sampling_probability=q, delta=1e-5)
-    t = trainer(cfg(steps=limit + 5, dp=C.DPConfig(noise_multiplier=1.0, target_epsilon=3.0, delta=1e-5)), train_set)
+    limit = accounting.calibrate_steps(target_epsilon=1.5, noise_multiplier=1.0, sampling_probability=q, delta=1e-5)
+    assert 2 <= limit <= 20  # a short run, but several steps
+    t = trainer(cfg(steps=limit + 5, dp=C.DPConfig(noise_multiplier=1.0, target_epsilon=1.5, delta=1e-5)), train_set)
     rec = t.fit()
-    assert rec["privacy"]["steps"] == limit
-    assert rec["privacy"]["epsilon"] <= 3.0
+    assert rec["privacy"]["steps"] == t.step == limit  # never a step the guard refuses
+    assert rec["privacy"]["epsilon"] <= 1.5
+    assert t.ledger.epsilon_after(1) > 1.5  # and it did not stop early
+
+
+def test_ema_and_polyak_follow_the_parameter_trajectory(train_set):
+    mu, start = 0.9, 1
+    t = trainer(cfg(steps=3, ema=C.EMAConfig(decay=mu, polyak_start=start),
+                    optim=C.OptimConfig(learning_rate=0.5, momentum=0.9)), train_set)
+    traj = [weights(t)]
+    for step in range(3):
+        t.train_step(step)
+        traj.append(weights(t))
+    ema = traj[0]
+    for step in range(3):
+        m = min(mu, (1 + step) / (10 + step))  # DESIGN.md §4 warm-up
+        ema = [m * e + (1 - m) * p for e, p in zip(ema, traj[step + 1])]
+    polyak = [np.mean([traj[s + 1][i] for s in range(start, 3)], axis=0) for i in range(len(ema))]
+    for got, want in zip(t.ema_vars, ema):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    for got, want in zip(t.polyak_vars, polyak):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
+    # Evaluation and export can use any of the three parameter sets; the
+    # live weights are left untouched.
+    clone = t.model_for("ema")
+    for v, want in zip(clone.trainable_variables, ema):
+        np.testing.assert_allclose(v.numpy(), want, rtol=1e-6)
+    for which in ("last", "ema", "polyak"):
+        assert 0.0 <= t.evaluate(train_set, which)["accuracy"] <= 1.0
+    for x, y in zip(weights(t), traj[-1]):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_nonfinite_updates_are_skipped_but_counted_then_stop(train_set):
+    import tensorflow as tf
+
+    nan_views = lambda x, seed: x[:, None] * tf.constant(np.nan, tf.float32)
+    t = trainer(cfg(steps=20, optim=C.OptimConfig(learning_rate=0.5, name="adam")), train_set, augment_fn=nan_views)
+    before = weights(t)
+    with pytest.raises(engine.TrainingError, match="non-finite"):
+        t.fit()
+    # The noise of every such step was drawn on data: privacy was spent.
+    assert t.ledger.steps == engine.MAX_CONSECUTIVE_NONFINITE == t.nonfinite_steps
+    for x, y in zip(weights(t), before):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_target_epsilon_calibrates_sigma(train_set):
@@ -128,6 +172,7 @@ def test_non_private_baseline_claims_no_epsilon(train_set):
     assert rec["privacy"]["private"] is False and rec["privacy"]["epsilon"] is None
 
 
+@pytest.mark.slow
 def test_digits_training_learns(train_set):
     test = data.load_dataset(DIGITS, "test")
     c = cfg(model="wrn_digits", steps=25, batch_size=256, physical_batch_size=128,

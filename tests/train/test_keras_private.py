@@ -18,6 +18,40 @@ def digits():
     return f(tr), tr.labels, f(te), te.labels
 
 
+def fit_tiny(x, y, **kw):
+    keras.utils.set_random_seed(0)
+    inner = dp_zoo.create_model("wrn_test", num_classes=10)
+    args = dict(l2_clip=1.0, noise_multiplier=1.0, dataset_size=len(x), batch_size=64,
+                physical_batch_size=32, seed=1)
+    args.update(kw)
+    private = dp_zoo.make_private(inner, **args)
+    private.compile(optimizer=keras.optimizers.SGD(1.0))
+    before = [v.numpy().copy() for v in inner.trainable_variables]
+    private.fit(x, y, steps=2, verbose=0)
+    after = [v.numpy() for v in inner.trainable_variables]
+    return private, before, after
+
+
+def test_noise_once_per_logical_step_whatever_the_micro_batch_size(digits):
+    x, y, _, _ = digits
+    p1, _, a = fit_tiny(x, y, physical_batch_size=16)
+    p2, _, b = fit_tiny(x, y, physical_batch_size=128)
+    assert p1.ledger.steps == p2.ledger.steps == 2
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-5)
+
+
+def test_update_noise_std_is_sigma_c_over_expected_b(digits):
+    x, y, _, _ = digits
+    sigma, c, b = 100.0, 1.0, 64
+    _, before, after = fit_tiny(x, y, noise_multiplier=sigma, l2_clip=c, batch_size=b)
+    delta = np.concatenate([(a - w).ravel() for a, w in zip(after, before)])
+    # 2 steps of lr 1: std sqrt(2) * sigma C / B; the clipped signal is negligible.
+    want = np.sqrt(2) * sigma * c / b
+    assert abs(delta.std() / want - 1) < 0.05
+
+
+@pytest.mark.slow
 def test_fit_trains_privately_and_tracks_epsilon(digits):
     x, y, xt, yt = digits
     keras.utils.set_random_seed(0)
@@ -49,3 +83,13 @@ def test_misuse_is_a_clear_error(digits):
         private.fit(x, y, batch_size=32)
     with pytest.raises(ValueError, match="dataset_size"):
         private.fit(x[:100], y[:100])
+
+
+def test_tracks_epsilon_and_refuses_a_fit_over_budget(digits):
+    x, y, _, _ = digits
+    private, _, _ = fit_tiny(x, y, target_epsilon=1.5)  # sigma=1 given: the target is a guard
+    want = accounting.epsilon(noise_multiplier=1.0, sampling_probability=64 / len(x), steps=2, delta=1e-5)
+    assert private.ledger.steps == 2 and private.epsilon() == want < 1.5
+    with pytest.raises(accounting.BudgetExceededError, match="target_epsilon=1.5"):
+        private.fit(x, y, steps=1000, verbose=0)
+    assert private.ledger.steps == 2  # nothing was taken
