@@ -52,6 +52,7 @@ setup(
         "console_scripts": [
             "dp-zoo-train=dp_zoo.train.__main__:run",
             "dp-zoo-privacy=dp_zoo.privacy:run",
+            "dp-zoo-audit=dp_zoo.audit:run",
         ]
     },
 )

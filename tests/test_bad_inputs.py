@@ -216,6 +216,49 @@ def case_split_unknown(w):
         data.load_dataset(C.DataConfig(), "dev")
 
 
+def _post(url, body):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _serving(w):
+    from dp_zoo.serve import ModelServer
+
+    return ModelServer(str(w["root"] / "home" / "wrn_digits_eps8"), port=0, name="digits")
+
+
+def case_serve_bad_json(w):
+    with _serving(w) as srv:
+        status, body = _post(srv.url + ":predict", b"{not json")
+    assert status == 400 and "not valid JSON" in body["error"]
+
+
+def case_serve_wrong_shape(w):
+    with _serving(w) as srv:
+        status, body = _post(srv.url + ":predict", json.dumps({"instances": [[[0] * 3] * 3]}).encode())
+    assert status == 400 and "images must have shape [N, 8, 8, 1]" in body["error"]
+
+
+def case_serve_pixel_range(w):
+    img = np.full((8, 8, 1), 300).tolist()
+    with _serving(w) as srv:
+        status, body = _post(srv.url + ":predict", json.dumps({"instances": [img]}).encode())
+    assert status == 400 and "0..255" in body["error"]
+
+
+def case_serve_unknown_model(w):
+    with _serving(w) as srv:
+        status, body = _post(srv.url.replace("/digits", "/nope") + ":predict", b"{}")
+    assert status == 404 and "serving 'digits'" in body["error"]
+
+
 CASES = [v for k, v in sorted(globals().items()) if k.startswith("case_")]
 
 
