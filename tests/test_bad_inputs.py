@@ -216,6 +216,18 @@ def case_split_unknown(w):
         data.load_dataset(C.DataConfig(), "dev")
 
 
+def case_export_cli_not_an_artifact(w):
+    r = cli("dp_zoo.export", "--artifact", str(w["root"] / "run"), "--register")
+    assert r.returncode != 0 and "has no MANIFEST.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def case_publish_bad_handle(w):
+    r = cli("dp_zoo.export", "--artifact", str(w["root"] / "home" / "wrn_digits_eps8"),
+            "--kaggle_handle", "bad", "--dry_run")
+    assert r.returncode != 0 and "<owner>/<model>/<framework>/<variation>" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def _post(url, body):
     import urllib.error
     import urllib.request
