@@ -7,12 +7,15 @@ DeepMind's ImageNet NFNet weights as timm distributes them. Every tensor must
 be used exactly once and have the expected shape; anything else is an error
 that names the keys, never a silent partial load.
 
+``to_timm_state_dict(model)`` is the inverse (our weights for PyTorch).
+
 Layouts: conv kernels OIHW -> HWIO, per-channel gains [O,1,1,1] -> [O],
 linear [out, in] -> [in, out].
 """
 
 import re
 
+import keras
 import numpy as np
 
 from dp_zoo.models.layers import ScaledWSConv2D, SkipInitGain, SqueezeExcite
@@ -43,30 +46,29 @@ def _np(t):
     return t.detach().cpu().numpy() if hasattr(t, "detach") else np.asarray(t)
 
 
-def from_timm_state_dict(model, state_dict):
-    """Copies a timm NF model's parameters into ``model`` in place.
+def _oihw_to_hwio(a):
+    return a.transpose(2, 3, 1, 0)
 
-    Args:
-      model: our Keras NF-ResNet / NFNet (same variant, same num_classes).
-      state_dict: mapping name -> tensor/array (``torch_model.state_dict()``).
 
-    Raises:
-      ValueError: missing, unexpected or mis-shaped parameters (named).
+def _hwio_to_oihw(a):
+    return a.transpose(3, 2, 0, 1)
+
+
+def _mapping(model):
+    """(timm key, Keras variable, timm shape, to_keras, to_timm) for every weight of ``model``.
+
+    Returns:
+      (entries, problems): ``problems`` names the layers that have no timm
+      counterpart.
     """
-    sd = {k: _np(v) for k, v in state_dict.items()}
-    used = set()
-    problems = []
+    entries, problems = [], []
 
-    def take(key, shape=None):
-        if key not in sd:
-            problems.append(f"missing {key}")
-            return None
-        used.add(key)
-        a = sd[key]
-        if shape is not None and tuple(a.shape) != tuple(shape):
-            problems.append(f"{key}: shape {tuple(a.shape)}, expected {tuple(shape)}")
-            return None
-        return a
+    def conv(prefix, kernel):
+        kh, kw, cin, cout = kernel.shape
+        entries.append((f"{prefix}.weight", kernel, (cout, cin, kh, kw), _oihw_to_hwio, _hwio_to_oihw))
+
+    def vector(key, var, timm_shape):
+        entries.append((key, var, timm_shape, lambda a: a.reshape(var.shape), lambda a: a.reshape(timm_shape)))
 
     for layer in model.layers:
         if not layer.weights:
@@ -77,40 +79,89 @@ def from_timm_state_dict(model, state_dict):
             problems.append(f"no timm name for layer {layer.name!r}")
             continue
         if isinstance(layer, ScaledWSConv2D):
-            k = layer.kernel
-            w = take(f"{prefix}.weight", (k.shape[3], k.shape[2], k.shape[0], k.shape[1]))
-            g = take(f"{prefix}.gain", (k.shape[3], 1, 1, 1))
-            vals = [None if w is None else w.transpose(2, 3, 1, 0), None if g is None else g.reshape(-1)]
+            cout = layer.kernel.shape[3]
+            conv(prefix, layer.kernel)
+            vector(f"{prefix}.gain", layer.gain, (cout, 1, 1, 1))  # timm keeps gains broadcastable
             if layer.use_bias:
-                vals.append(take(f"{prefix}.bias", (k.shape[3],)))
-            targets = [layer.kernel, layer.gain] + ([layer.bias] if layer.use_bias else [])
+                vector(f"{prefix}.bias", layer.bias, (cout,))
         elif isinstance(layer, SqueezeExcite):
-            vals, targets = [], []
             for fc in (layer.fc1, layer.fc2):
-                kk = fc.kernel
-                w = take(f"{prefix}.{fc.name}.weight", (kk.shape[3], kk.shape[2], 1, 1))
-                vals += [None if w is None else w.transpose(2, 3, 1, 0), take(f"{prefix}.{fc.name}.bias", (kk.shape[3],))]
-                targets += [fc.kernel, fc.bias]
+                conv(f"{prefix}.{fc.name}", fc.kernel)
+                vector(f"{prefix}.{fc.name}.bias", fc.bias, (fc.kernel.shape[3],))
         elif isinstance(layer, SkipInitGain):
-            vals, targets = [take(prefix, ())], [layer.gain]
+            vector(prefix, layer.gain, ())
         elif layer.name == "logits":
-            kk = layer.kernel
-            w = take(f"{prefix}.weight", (kk.shape[1], kk.shape[0]))
-            vals = [None if w is None else w.T, take(f"{prefix}.bias", (kk.shape[1],))]
-            targets = [layer.kernel, layer.bias]
+            cin, cout = layer.kernel.shape
+            entries.append((f"{prefix}.weight", layer.kernel, (cout, cin), np.transpose, np.transpose))
+            vector(f"{prefix}.bias", layer.bias, (cout,))
         else:
             problems.append(f"layer {layer.name!r} ({type(layer).__name__}) has no conversion rule")
+    return entries, problems
+
+
+def from_timm_state_dict(model, state_dict):
+    """Copies a timm NF model's parameters into ``model`` in place.
+
+    Args:
+      model: our Keras NF-ResNet / NFNet (same variant, same num_classes; for
+        timm's exact numerics built with ``nf_resnet.TIMM_CONVENTIONS``).
+      state_dict: mapping name -> tensor/array (``torch_model.state_dict()``).
+
+    Returns:
+      ``model``, its weights replaced.
+
+    Raises:
+      ValueError: missing, unexpected or mis-shaped parameters (named); the
+        model is then left unchanged.
+    """
+    sd = {k: _np(v) for k, v in state_dict.items()}
+    entries, problems = _mapping(model)
+    used = set()
+    assignments = []  # applied only once everything has been checked: no half-loaded model on error
+    for key, var, timm_shape, to_keras, _ in entries:
+        if key not in sd:
+            problems.append(f"missing {key}")
             continue
-        for t, v in zip(targets, vals):
-            if v is not None:
-                t.assign(v.astype(np.float32))
+        used.add(key)
+        a = sd[key]
+        if tuple(a.shape) != tuple(timm_shape):
+            problems.append(f"{key}: shape {tuple(a.shape)}, expected {tuple(timm_shape)}")
+            continue
+        assignments.append((var, to_keras(a)))
     unexpected = sorted(set(sd) - used)
     if unexpected:
         # First, so that it survives the truncation below.
         problems.insert(0, f"unexpected {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else ""))
     if problems:
         raise ValueError(
-            "The timm state dict does not match this model (is it the same variant and number "
-            "of classes?): " + "; ".join(problems[:20]) + (" ..." if len(problems) > 20 else "")
+            "The timm state dict does not match this model (same variant, number of classes and "
+            "conventions? e.g. timm's nf_resnet* have no SkipInit gains: build with "
+            "nf_resnet.TIMM_CONVENTIONS['nf_resnet']): "
+            + "; ".join(problems[:20]) + (" ..." if len(problems) > 20 else "")
         )
+    for var, value in assignments:
+        var.assign(value.astype(np.float32))
     return model
+
+
+def to_timm_state_dict(model):
+    """The inverse of ``from_timm_state_dict``: our weights under timm's names and layouts.
+
+    E.g. to run a model trained here in PyTorch:
+    ``timm_model.load_state_dict({k: torch.from_numpy(v) for k, v in d.items()})``.
+
+    Args:
+      model: our Keras NF-ResNet / NFNet.
+
+    Returns:
+      dict timm key -> float32 numpy array.
+
+    Raises:
+      ValueError: a layer has no timm counterpart (named).
+    """
+    entries, problems = _mapping(model)
+    if problems:
+        raise ValueError("This model has no timm equivalent: " + "; ".join(problems[:20]))
+    # np.array, not np.ascontiguousarray: that one turns timm's 0-d SkipInit scalars into shape (1,).
+    return {key: np.array(to_timm(keras.ops.convert_to_numpy(var)), dtype=np.float32, order="C")
+            for key, var, _, _, to_timm in entries}

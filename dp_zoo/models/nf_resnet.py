@@ -18,7 +18,8 @@ jax_privacy (TF SAME padding, SkipInit, gains in the activations, epsilon as
 ``max(fan_in * var, 1e-4)``); ``TIMM_CONVENTIONS`` are the overrides under
 which a model matches timm's ``nf_resnet50`` / ``dm_nfnet_*`` exactly
 (symmetric padding, no SkipInit for NF-ResNets, gains folded into the
-convolutions, epsilon as ``var + 1e-5``), which the parity tests use.
+convolutions, epsilon as ``var + 1e-5``, timm's stochastic depth schedule),
+which the parity tests use.
 
 No normalization layers at all, so every example's gradient depends on that
 example only (what DP-SGD's per-example clipping needs).
@@ -64,7 +65,11 @@ class NFConfig:
       shortcut_pool: transition shortcuts average-pool then apply a 1x1
         convolution (NFNets, timm); False applies a strided 1x1 convolution
         (DeepMind's NF-ResNets), which keeps the signal variance at init.
-      drop_path_rate: stochastic depth (0: off).
+      drop_path_rate: stochastic depth rate of the last block (0: off).
+      drop_path_schedule: how the per-block rate grows linearly with the
+        block's overall index i (0-based) out of n blocks: "deepmind"
+        (DeepMind's nfnets: ``rate * i / n``) or "timm" (``linspace(0, rate,
+        n)``, i.e. ``rate * i / (n - 1)``).
     """
 
     depths: Tuple[int, ...]
@@ -86,6 +91,7 @@ class NFConfig:
     ch_div: int = 8
     shortcut_pool: bool = False
     drop_path_rate: float = 0.0
+    drop_path_schedule: str = "deepmind"
 
     def __post_init__(self):
         if len(self.depths) != len(self.channels) or not self.depths:
@@ -94,13 +100,17 @@ class NFConfig:
             raise ValueError(f"Unknown stem {self.stem!r}; use '7x7_pool' or 'deep_quad'.")
         if self.activation not in NONLINEARITY_GAMMA:
             raise ValueError(f"Unknown activation {self.activation!r}.")
+        if self.drop_path_schedule not in ("deepmind", "timm"):
+            raise ValueError(
+                f"Unknown drop_path_schedule {self.drop_path_schedule!r}; use 'deepmind' or 'timm'."
+            )
 
 
 # Overrides under which our models equal timm's (tests/models/test_timm_parity.py).
 TIMM_CONVENTIONS = {
     "nf_resnet": dict(same_padding=False, skipinit=False, gamma_in_act=False, eps=1e-5, eps_mode="timm",
-                      shortcut_pool=True),
-    "nfnet": dict(eps=1e-5, eps_mode="timm"),
+                      shortcut_pool=True, drop_path_schedule="timm"),
+    "nfnet": dict(eps=1e-5, eps_mode="timm", drop_path_schedule="timm"),
 }
 
 
@@ -182,6 +192,22 @@ def _block(b, x, out_ch, stride, beta, drop_rate, name):
     return keras.layers.Add(name=f"{name}_add")([h, shortcut])
 
 
+def drop_path_rates(cfg):
+    """Per-block stochastic depth rates, in block order (see ``NFConfig``).
+
+    Deeper blocks are dropped more often: the rate grows linearly with the
+    block's index over the whole network, from 0 for the first block.
+
+    Returns:
+      A list of ``sum(cfg.depths)`` floats.
+    """
+    n = sum(cfg.depths)
+    if not cfg.drop_path_rate:
+        return [0.0] * n
+    denom = n if cfg.drop_path_schedule == "deepmind" else max(1, n - 1)
+    return [cfg.drop_path_rate * i / denom for i in range(n)]
+
+
 def build_nf_net(cfg, *, num_classes, input_shape, name):
     """Builds a functional Keras NF network from an ``NFConfig``.
 
@@ -203,12 +229,12 @@ def build_nf_net(cfg, *, num_classes, input_shape, name):
             x = b.conv(x, ch, 3, f"stem_conv{i + 1}", strides=s)
             if i < 3:
                 x = b.act(x, f"stem_act{i + 2}")
+    rates = drop_path_rates(cfg)
     expected_var = 1.0
     for si, (depth, ch) in enumerate(zip(cfg.depths, cfg.channels)):
         for bi in range(depth):
             stride = (1 if si == 0 else 2) if bi == 0 else 1
-            # Stage-wise linear drop-path schedule, as timm's stagewise rates.
-            rate = cfg.drop_path_rate * si / max(1, len(cfg.depths) - 1) if cfg.drop_path_rate else 0.0
+            rate = rates[sum(cfg.depths[:si]) + bi]
             x = _block(b, x, ch, stride, 1.0 / expected_var**0.5, rate, f"stage{si + 1}_block{bi + 1}")
             if bi == 0:
                 expected_var = 1.0
