@@ -12,6 +12,7 @@ Examples::
     python -m dp_zoo.train --model wrn16_4 --epsilon 4 --steps 1000
     python -m dp_zoo.train --recipe wrn16_4_cifar10_eps8 --tan-simulate 16
     python -m dp_zoo.train --model nfnet_f3 --init weights.keras
+    python -m dp_zoo.train --model nfnet_f3 --init dm_nfnet_f3.safetensors   # timm weights
 
 A run directory (``--run-dir``) holds checkpoints and the privacy journal;
 re-running the same command with the same ``--run-dir`` resumes it.
@@ -46,7 +47,9 @@ flags.DEFINE_float("l2-clip", None, "Per-example clipping norm C.")
 flags.DEFINE_integer("seed", None, "Seed for sampling, augmentation and initialisation.")
 flags.DEFINE_bool("non-private", False, "Train a non-private baseline (no clipping, no noise, no epsilon).")
 flags.DEFINE_float("tan-simulate", None, "Run the TAN simulation with batch and sigma divided by this factor.")
-flags.DEFINE_string("init", None, "Weights to fine-tune from (.keras file).")
+flags.DEFINE_string("init", None, "Weights to fine-tune from: a .keras model of the same architecture, or a timm "
+                    "state dict of an NF model (.pth/.pt/.bin/.safetensors, or .npz of numpy arrays); a classifier "
+                    "of another class count is re-initialised.")
 flags.DEFINE_string("data-dir", None, "TFDS data directory.")
 flags.DEFINE_string("manual-dir", None, "TFDS manual download directory (ImageNet).")
 flags.DEFINE_integer("validation-size", None, "Hold out this many training examples as the evaluation split.")
@@ -84,14 +87,19 @@ def resolve(argv_flags=None):
             from dp_zoo.models._registry import unknown_name_message
 
             raise UsageError(unknown_name_message("architecture", model, list_architectures()))
-        base = recipes.DEFAULT_FOR_MODEL.get(model)
+        base = recipes.default_recipe_for(model)
         if base is None:
             raise UsageError(
                 f"architecture {model!r} has no default recipe; pass --recipe, or one of: "
                 f"{', '.join(sorted(recipes.DEFAULT_FOR_MODEL))}."
             )
         recipe = recipes.get(base)
-        recipe = dataclasses.replace(recipe, config=recipe.config.replace(model=model))
+        if model != recipe.config.model:
+            # e.g. nfnet_f0 starts from the nfnet_f3 recipe: name it after the model run.
+            renamed = recipe.name.replace(recipe.config.model, model, 1)
+            if renamed == recipe.name:
+                renamed = f"{model}_{recipe.name}"
+            recipe = dataclasses.replace(recipe, name=renamed, config=recipe.config.replace(model=model))
     else:
         recipe = recipes.get(recipes.DEFAULT_RECIPE)
     c = recipe.config
@@ -128,7 +136,32 @@ def resolve(argv_flags=None):
     if _flag("init"):
         if not os.path.exists(_flag("init")):
             raise UsageError(f"--init {_flag('init')}: no such file.")
+        fmt = init_format(_flag("init"))
+        if fmt is None:
+            raise UsageError(
+                f"--init {_flag('init')}: unknown weight format; pass a .keras model, or a timm state dict "
+                f"({', '.join(TIMM_SUFFIXES)})."
+            )
         changes["init_checkpoint"] = os.path.abspath(_flag("init"))
+        if fmt == "timm":
+            family = _nf_family(c.model)
+            if family is None:
+                raise UsageError(
+                    f"--init {_flag('init')} is a timm state dict, which dp_zoo converts only for the "
+                    f"NF-ResNet/NFNet families, not {c.model!r}; pass a .keras model instead."
+                )
+            from dp_zoo.models.nf_resnet import TIMM_CONVENTIONS
+
+            # timm's weights are only right under timm's layer conventions
+            # (padding, gains, epsilon); the config records them.
+            kw = dict(c.model_kwargs)
+            kw.update(TIMM_CONVENTIONS[family])
+            changes["model_kwargs"] = tuple(sorted(kw.items()))
+    elif recipes.requires_init(recipe):
+        raise UsageError(
+            f"recipe {recipe.name} fine-tunes from {recipe.config.init_checkpoint}, which dp_zoo cannot "
+            "ship: pass --init PATH (a .keras model or a timm state dict of the same architecture)."
+        )
 
     if _flag("non-private"):
         if any(_flag(f) is not None for f in ("epsilon", "noise-multiplier", "tan-simulate")):
@@ -172,10 +205,98 @@ def resolve(argv_flags=None):
     config = c.replace(dp=dp, augmult=aug, ema=ema, optim=optim, data=data, **changes)
     if config.physical_batch_size > config.batch_size:
         config = config.replace(physical_batch_size=config.batch_size)
-    name = recipe.name if not _flag("model") else f"{_flag('model')}_{recipe.name}"
+    name = recipe.name
     if _flag("non-private"):
         name = "wrn_digits_nonprivate" if name.startswith("wrn_digits_eps") else f"{name}_nonprivate"
     return name, config, recipe
+
+
+TIMM_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz")
+
+
+def init_format(path):
+    """"keras", "timm" or None (unknown), from the file name."""
+    if path.endswith(".keras"):
+        return "keras"
+    if path.endswith(TIMM_SUFFIXES):
+        return "timm"
+    return None
+
+
+def _nf_family(model):
+    if model.startswith("nfnet"):
+        return "nfnet"
+    if model.startswith("nf_resnet"):
+        return "nf_resnet"
+    return None
+
+
+# Runs in its own process: importing torch after TensorFlow can crash the
+# process (CUDA builds), and the training process needs no torch at all.
+_TORCH_TO_NPZ = """
+import sys, numpy as np, torch
+sd = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+for key in ("state_dict_ema", "state_dict", "model"):
+    if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+        sd = sd[key]
+        break
+np.savez(sys.argv[2], **{k: v.detach().float().numpy() for k, v in sd.items() if hasattr(v, "detach")})
+"""
+
+
+def read_timm_state_dict(path):
+    """A timm checkpoint as ``{name: float32 numpy array}``.
+
+    .npz and .safetensors are read here (no PyTorch needed); .pth/.pt/.bin
+    are read by PyTorch (``weights_only=True``: tensors only, no pickled
+    code) in a subprocess.
+    """
+    import numpy as np
+
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k].astype(np.float32) for k in z.files}
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return {k: v.astype(np.float32) for k, v in load_file(path).items()}
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "sd.npz")
+        r = subprocess.run([sys.executable, "-c", _TORCH_TO_NPZ, path, out], capture_output=True, text=True)
+        if r.returncode != 0:
+            last = (r.stderr.strip().splitlines() or ["?"])[-1]
+            raise ValueError(f"--init {path}: PyTorch could not read it as a state dict ({last}). "
+                             "Install torch, or convert it to .npz/.safetensors.")
+        return read_timm_state_dict(out)
+
+
+def load_init_weights(path, model, config, input_shape):
+    """Fills ``model`` from ``--init`` (.keras or timm); returns the re-initialised layer names."""
+    import keras
+
+    import dp_zoo
+
+    if init_format(path) == "keras":
+        import dp_zoo.models  # noqa: F401  custom layers for loading
+
+        return transfer_weights(keras.models.load_model(path), model)
+    from dp_zoo.models.convert import from_timm_state_dict
+
+    sd = read_timm_state_dict(path)
+    head = sd.get("head.fc.weight")
+    if head is not None and head.shape[0] != model.output_shape[-1]:
+        # Another class count (e.g. ImageNet-1k weights, CIFAR-10 run):
+        # convert into a model with the checkpoint's head, then copy all
+        # but the classifier.
+        source = dp_zoo.create_model(config.model, num_classes=int(head.shape[0]), input_shape=input_shape,
+                                     **dict(config.model_kwargs))
+        from_timm_state_dict(source, sd)
+        return transfer_weights(source, model)
+    from_timm_state_dict(model, sd)
+    return []
 
 
 def transfer_weights(source, target):
@@ -269,10 +390,7 @@ def train(name, config, recipe):
             **dict(config.model_kwargs),
         )
         if config.init_checkpoint:
-            import dp_zoo.models  # noqa: F401  custom layers for loading
-
-            init = keras.models.load_model(config.init_checkpoint)
-            fresh = transfer_weights(init, model)
+            fresh = load_init_weights(config.init_checkpoint, model, config, train_set.input_shape)
             if fresh:
                 print(f"Fine-tuning from {config.init_checkpoint}: re-initialised {', '.join(fresh)} "
                       "(shape differs, e.g. another number of classes).")
@@ -286,6 +404,8 @@ def train(name, config, recipe):
     if trainer.private and config.deterministic_noise:
         print("WARNING: --deterministic-noise draws the DP noise from --seed; anyone who knows the "
               "seed can remove it. The model is private only if the seed is kept secret.", file=sys.stderr)
+    if recipe.published_accuracy is not None and config == recipe.config:
+        print(f"Recipe {recipe.name}: {recipe.reference} reports {recipe.published_accuracy}% top-1.")
     if trainer.private:
         print(f"Training {config.model} on {train_set.name} (N={len(train_set)}) with DP-SGD: "
               f"sigma={trainer.noise_multiplier:.4f}, q={trainer.q:.4g}, {trainer.total_steps} steps, "
@@ -365,7 +485,8 @@ def main(argv):
     if _flag("list-recipes"):
         for n, r in sorted(recipes.RECIPES.items()):
             pub = f"published {r.published_accuracy}%" if r.published_accuracy else ""
-            print(f"{n:40s} {r.config.model:12s} {r.config.data.dataset:13s} {pub}")
+            extra = " (needs --init)" if recipes.requires_init(r) else ""
+            print(f"{n:40s} {r.config.model:18s} {r.config.data.dataset:13s} {pub}{extra}")
         return 0
     try:
         name, config, recipe = resolve()

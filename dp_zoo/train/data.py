@@ -3,8 +3,23 @@
 - ``load_dataset(DataConfig, split)``: uint8 images ``[N, H, W, C]`` and
   int64 labels in memory, with the train split's per-channel mean/std.
   Sources: scikit-learn's digits (embedded, no download) and TFDS
-  (cifar10, cifar100, svhn_cropped, mnist, fashion_mnist; imagenet2012 needs
-  a manual download and does not fit this in-memory path on small hosts).
+  (cifar10, cifar100, svhn_cropped, mnist, fashion_mnist, imagenet2012).
+
+The in-memory path is built for CIFAR-scale data (CIFAR-10 train is 150 MB
+as uint8). ImageNet is loaded the same way, resized to the model's
+resolution (shorter side to ``image_size``, centre crop), which is honest
+but large: the train split at 224x224 is ~193 GB of uint8. Before reading
+anything, ``load_dataset`` estimates the array size and refuses, with the
+numbers, when it would not fit in this machine's available memory, rather
+than swapping for hours or being killed. A streaming ImageNet input
+pipeline is not part of dp_zoo.
+
+Offline behaviour: TFDS, asked for a data set that is not prepared, tries
+to download it and retries a failed download for minutes. We check whether
+the prepared files exist first and whether the download host is reachable
+(a 3 s TCP connect); if not, ``DataUnavailableError`` says how to get the
+data (``tfds build NAME``, or the manual directory for ImageNet) within a
+second. ``DP_ZOO_ALLOW_DOWNLOAD=0`` forbids downloads outright.
 - ``make_augment_fn(AugmultConfig)``: K augmented views per example,
   ``[B, H, W, C] -> [B, K, H, W, C]``, with stateless TF ops, applied by the
   engine in-graph on each sampled micro-batch (so the data set is read only
@@ -23,6 +38,18 @@ import numpy as np
 
 DIGITS_TRAIN = 1437
 TFDS_DATASETS = ("cifar10", "cifar100", "svhn_cropped", "mnist", "fashion_mnist", "imagenet2012")
+# (train N, test N, native [H, W, C]) from the TFDS catalogue: used to size
+# the in-memory arrays before anything is prepared or read. ImageNet's test
+# split is its labelled validation set; its images vary in size (None).
+_KNOWN = {
+    "cifar10": (50_000, 10_000, (32, 32, 3)),
+    "cifar100": (50_000, 10_000, (32, 32, 3)),
+    "svhn_cropped": (73_257, 26_032, (32, 32, 3)),
+    "mnist": (60_000, 10_000, (28, 28, 1)),
+    "fashion_mnist": (60_000, 10_000, (28, 28, 1)),
+    "imagenet2012": (1_281_167, 50_000, None),
+}
+IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 DATASETS = ("digits",) + TFDS_DATASETS
 SPLITS = ("train", "validation", "test")
 
@@ -61,10 +88,22 @@ class Dataset:
 
 
 def _stats(images):
-    x = images.astype(np.float64) / 255.0
-    mean = tuple(float(m) for m in x.mean(axis=(0, 1, 2)))
-    std = tuple(float(max(s, 1e-3)) for s in x.std(axis=(0, 1, 2)))
-    return mean, std
+    """Per-channel mean/std of ``images / 255``.
+
+    Accumulated in chunks: a float64 copy of a whole split (1.2 GB for
+    CIFAR-10 train) is what the naive one-liner would allocate.
+    """
+    c = images.shape[-1]
+    s1, s2, n = np.zeros(c), np.zeros(c), 0
+    for i in range(0, len(images), 4096):
+        x = images[i:i + 4096].reshape(-1, c).astype(np.float64) / 255.0
+        s1 += x.sum(0)
+        s2 += np.square(x).sum(0)
+        n += len(x)
+    mean = s1 / max(n, 1)
+    var = np.maximum(s2 / max(n, 1) - np.square(mean), 0.0)
+    # The floor keeps normalisation finite for a constant channel.
+    return tuple(float(m) for m in mean), tuple(float(max(np.sqrt(v), 1e-3)) for v in var)
 
 
 def _check(data_config, split):
@@ -104,63 +143,179 @@ def _tfds_unavailable_message(name, data_dir, manual_dir):
     where = data_dir or "~/tensorflow_datasets"
     if name == "imagenet2012":
         how = (
-            "ImageNet must be downloaded by hand from image-net.org: put ILSVRC2012_img_train.tar "
-            f"and ILSVRC2012_img_val.tar in a directory and pass --manual-dir DIR (data dir: {where})."
+            "ImageNet must be downloaded by hand (register at https://image-net.org/download-images): "
+            f"put {' and '.join(IMAGENET_MANUAL_FILES)} in a directory and pass --manual-dir DIR; "
+            f"TFDS then prepares it into the data dir ({where}, ~150 GB, hours), no network needed."
         )
     else:
         how = (
             f"Prepare it on a machine with internet: `tfds build {name} --data_dir {where}` "
             f"(or `python -c \"import tensorflow_datasets as tfds; tfds.load('{name}', data_dir='{where}')\"`), "
-            "then pass --data-dir to that directory."
+            "copy that directory here if needed, and pass --data-dir to it."
         )
-    return f"Data set {name!r} is not prepared in {where}. {how}"
+    return f"Data set {name!r} is not prepared in {where} and cannot be downloaded now. {how}"
+
+
+def _import_tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        # TFDS imports importlib_resources without declaring it as a
+        # dependency; name the missing module instead of a traceback.
+        raise DataUnavailableError(
+            f"tensorflow-datasets cannot be imported ({e}). Install it with "
+            "`pip install tensorflow-datasets importlib_resources` (or `pip install dp_zoo`)."
+        ) from None
+    return tfds
+
+
+def _available_memory_bytes():
+    """MemAvailable from /proc/meminfo (Linux), else physical memory, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits_in_memory(name, split, n, shape):
+    """Refuses, before reading, an in-memory split that this machine cannot hold."""
+    if shape is None:
+        return
+    need = n * int(np.prod(shape))
+    have = _available_memory_bytes()
+    # Half of what is free: the split is built from batches (a second copy
+    # while concatenating) and training needs memory of its own.
+    if have is not None and need > have // 2:
+        raise DataUnavailableError(
+            f"{name} {split} is {n:,} images of {'x'.join(map(str, shape))} = {need / 1e9:.1f} GB as uint8; "
+            f"this machine has {have / 1e9:.1f} GB available, and dp_zoo's in-memory input pipeline "
+            "needs about twice the array. It is built for CIFAR-scale data: use a host with more "
+            "memory, or a smaller image_size"
+            + (" (ImageNet at 64x64 is 16 GB)." if name == "imagenet2012" else ".")
+        )
+
+
+def _tfds_split_sizes(builder, name):
+    """(train N, test N, native shape or None) for sizing before reading."""
+    n_train, n_test, shape = _KNOWN.get(name, (None, None, None))
+    splits = builder.info.splits
+    if splits:  # prepared (or mocked): the exact figures
+        n_train = splits["train"].num_examples if "train" in splits else n_train
+        test = _test_split_name(name, splits)
+        n_test = splits[test].num_examples if test in splits else n_test
+    feat = builder.info.features["image"]
+    if feat.shape and None not in feat.shape:
+        shape = tuple(int(d) for d in feat.shape)
+    return n_train, n_test, shape
+
+
+def _test_split_name(name, splits):
+    """The labelled held-out split.
+
+    ImageNet's TFDS "test" split (5.x) has no labels (-1): its labelled
+    "validation" split is what papers report, so it is our test split.
+    """
+    if name == "imagenet2012" or ("test" not in splits and "validation" in splits):
+        return "validation"
+    return "test"
+
+
+_STATS_CACHE = {}
 
 
 def _tfds(data_config, split):
-    import tensorflow_datasets as tfds
+    tfds = _import_tfds()
 
     name = data_config.dataset
     builder = tfds.builder(name, data_dir=data_config.data_dir)
+    size = data_config.image_size
+    v = data_config.validation_size
+    n_train, n_test, native = _tfds_split_sizes(builder, name)
+    if native is None and not size:
+        raise ValueError(
+            f"{name} images vary in size; set DataConfig.image_size (the model's resolution, "
+            "e.g. 224) so that they can be held as one [N, H, W, C] array."
+        )
+    shape = (size, size, native[-1] if native else 3) if size else native
+    if n_train is not None and v >= n_train:
+        raise ValueError(f"validation_size={v} >= training examples ({n_train}).")
+    if split == "validation" and v == 0:
+        raise ValueError("No validation split: set validation_size > 0.")
+    n = {"train": (n_train or 0) - v, "validation": v, "test": n_test or 0}[split]
+    _check_fits_in_memory(name, split, n, shape)
+
     # Checking the prepared files first fails in milliseconds; letting TFDS
     # try to download offline retries for minutes before failing.
     if not _is_prepared(builder) and not _tfds_mocked(builder):
-        if os.environ.get("DP_ZOO_ALLOW_DOWNLOAD", "1") == "0" or not _network_reachable():
+        dl = tfds.download.DownloadConfig(manual_dir=data_config.manual_dir)
+        if name == "imagenet2012":
+            # Prepared from the manual directory alone: no network involved.
+            md = data_config.manual_dir
+            missing = [f for f in IMAGENET_MANUAL_FILES if not (md and os.path.exists(os.path.join(md, f)))]
+            if missing:
+                raise DataUnavailableError(
+                    (f"--manual-dir {md} lacks {', '.join(missing)}. " if md else "")
+                    + _tfds_unavailable_message(name, data_config.data_dir, md)
+                )
+        elif os.environ.get("DP_ZOO_ALLOW_DOWNLOAD", "1") == "0" or not _network_reachable():
             raise DataUnavailableError(
                 _tfds_unavailable_message(name, data_config.data_dir, data_config.manual_dir)
             )
-        dl = tfds.download.DownloadConfig(manual_dir=data_config.manual_dir)
         builder.download_and_prepare(download_config=dl)
-    v = data_config.validation_size
     splits = builder.info.splits
-    n_train = splits["train"].num_examples if "train" in splits else None
-    if n_train is not None and v >= n_train:
-        raise ValueError(f"validation_size={v} >= training examples ({n_train}).")
-    # ImageNet has no labelled "test" split: its "validation" is the test set.
-    test_split = "validation" if ("test" not in splits and "validation" in splits) else "test"
+    test_split = _test_split_name(name, splits)
     # Negative slices keep the split fixed without knowing N up front.
     train_split = f"train[:-{v}]" if v else "train"
     tfds_split = {"train": train_split, "validation": f"train[-{v}:]", "test": test_split}[split]
-    if split == "validation" and v == 0:
-        raise ValueError("No validation split: set validation_size > 0.")
 
     def arrays(s):
-        ds = builder.as_dataset(split=s, as_supervised=True)
-        if data_config.image_size:
-            import tensorflow as tf
+        import tensorflow as tf
 
-            size = data_config.image_size
-            ds = ds.map(lambda x, y: (tf.cast(tf.image.resize(x, [size, size]), tf.uint8), y))
+        ds = builder.as_dataset(split=s, as_supervised=True, shuffle_files=False)
+        if size:
+            ds = ds.map(lambda x, y: (_resize_center_crop(x, size), y), num_parallel_calls=tf.data.AUTOTUNE)
         xs, ys = [], []
-        for x, y in tfds.as_numpy(ds.batch(1024)):
+        for x, y in tfds.as_numpy(ds.batch(1024).prefetch(2)):
             xs.append(x)
             ys.append(y)
         return np.concatenate(xs).astype(np.uint8), np.concatenate(ys).astype(np.int64)
 
     images, labels = arrays(tfds_split)
-    train_images = images if split == "train" else arrays(train_split)[0]
-    mean, std = _stats(train_images)
+    key = (name, os.path.abspath(builder.data_dir), size, v)
+    if split == "train":
+        _STATS_CACHE[key] = _stats(images)
+    elif key not in _STATS_CACHE:
+        # mean/std come from the train split whatever split is asked for.
+        _STATS_CACHE[key] = _stats(arrays(train_split)[0])
+    mean, std = _STATS_CACHE[key]
     num_classes = builder.info.features["label"].num_classes
-    return Dataset(images, labels, num_classes, name, f"{name} {tfds_split} (TFDS)", mean, std)
+    how = f", shorter side resized to {size} + centre crop" if size else ""
+    return Dataset(images, labels, num_classes, name, f"{name} {tfds_split} (TFDS{how})", mean, std)
+
+
+def _resize_center_crop(image, size):
+    """Shorter side to ``size`` (area-weighted when shrinking), then a centre square.
+
+    Keeps the aspect ratio (ImageNet's eval convention); for square images it
+    is a plain resize.
+    """
+    import tensorflow as tf
+
+    h = tf.cast(tf.shape(image)[0], tf.float32)
+    w = tf.cast(tf.shape(image)[1], tf.float32)
+    scale = size / tf.minimum(h, w)
+    nh = tf.maximum(size, tf.cast(tf.round(h * scale), tf.int32))
+    nw = tf.maximum(size, tf.cast(tf.round(w * scale), tf.int32))
+    x = tf.image.resize(image, [nh, nw], antialias=True)
+    x = tf.image.resize_with_crop_or_pad(x, size, size)
+    return tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
 
 
 def _tfds_mocked(builder):

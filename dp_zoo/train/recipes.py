@@ -71,10 +71,9 @@ _CIFAR_PUBLISHED = {
 }
 
 
-def _cifar(arch, eps, scale_norm=False):
+def _cifar(arch, eps):
     return TrainConfig(
         model=arch,
-        model_kwargs=(("scale_norm", True),) if scale_norm else (),
         batch_size=4096,
         physical_batch_size=256,
         steps=875,
@@ -142,7 +141,7 @@ def _build():
                       "Paper's best WRN: 56.8/65.9/73.5/81.4 at eps=1/2/4/8.",
             )
     r["wrn16_4_scalenorm_cifar10_eps8"] = Recipe(
-        "wrn16_4_scalenorm_cifar10_eps8", _cifar("wrn16_4", 8, scale_norm=True), 50_000,
+        "wrn16_4_scalenorm_cifar10_eps8", _cifar("wrn16_4_scalenorm", 8), 50_000,
         published_accuracy=82.5, reference="Klause et al. 2022 (ScaleNorm)",
         sigma_source="calibrated (rdp)",
         notes="The published 82.5 is the ScaleNorm paper's best CIFAR-10 eps=8 figure.",
@@ -159,7 +158,10 @@ def _build():
             data=DataConfig(dataset="imagenet2012", image_size=224),
         ),
         _IMAGENET_N, published_accuracy=32.4, reference=PAPER, sigma_source="paper",
-        notes="Needs the NF-ResNet family and a TFDS-prepared ImageNet (manual download).",
+        notes="Needs a TFDS-prepared ImageNet (manual download) and an accelerator host with "
+              "~400 GB of memory for the in-memory 224x224 train split. sigma was calibrated by the "
+              "paper for jax_privacy's N=1,271,167 (10,000 train images held out); TFDS train has "
+              "1,281,167, so q is slightly smaller and the accountant's epsilon slightly below 8.",
     )
     for eps, sigma in _NFNET_FT_SIGMA.items():
         name = f"nfnet_f3_imagenet_finetune_eps{eps:g}"
@@ -176,7 +178,10 @@ def _build():
             ),
             _IMAGENET_N, published_accuracy=_NFNET_FT_PUBLISHED.get(eps), reference=PAPER,
             sigma_source="calibrated (rdp)",
-            notes="Fine-tuning from a JFT-4B pretrained NFNet-F3 (not public); batch/steps are dp_zoo's choice.",
+            notes="Fine-tuning from a JFT-4B pretrained NFNet-F3: those weights are not public, so "
+                  "--init is required (a .keras file or a timm state dict; timm's dm_nfnet_f3 "
+                  "ImageNet weights are the public stand-in, which does not reproduce the figure). "
+                  "batch/steps are dp_zoo's choice.",
         )
     for eps, sigma in _WRN_FT_SIGMA.items():
         name = f"wrn28_10_cifar10_finetune_eps{eps}"
@@ -193,7 +198,8 @@ def _build():
             ),
             50_000, published_accuracy=_WRN_FT_PUBLISHED[eps], reference=PAPER,
             sigma_source="calibrated (rdp)",
-            notes="Fine-tuning from the public ImageNet32 WRN-28-10 (weights not bundled).",
+            notes="Fine-tuning from the public ImageNet32 WRN-28-10 (weights not bundled: pass "
+                  "--init PATH.keras).",
         )
     for eps in (1, 2, 4, 8):
         name = f"wrn_digits_eps{eps}"
@@ -211,6 +217,17 @@ def _build():
 
 
 RECIPES = _build()
+
+
+def _table():
+    lines = ["", "Recipes (command, then published top-1 where the paper gives one):", ""]
+    for name, r in sorted(RECIPES.items()):
+        pub = f"  -> {r.published_accuracy}% ({r.reference})" if r.published_accuracy is not None else ""
+        init = " --init PATH" if requires_init(r) else ""
+        lines.append(f"    {r.command}{init}{pub}")
+    return "\n".join(lines)
+
+
 DEFAULT_RECIPE = "wrn_digits_eps8"
 # --model ARCH without --recipe: the architecture's default recipe.
 DEFAULT_FOR_MODEL = {
@@ -222,6 +239,34 @@ DEFAULT_FOR_MODEL = {
     "nfnet_f3": "nfnet_f3_imagenet_finetune_eps8",
     "wrn_digits": "wrn_digits_eps8",
 }
+# Other architectures borrow their family's recipe (with the model swapped);
+# the tiny test variants run the digits recipe, so that any architecture can
+# be tried end to end in seconds on a CPU.
+_FAMILY_DEFAULT = (
+    ("wrn_test", "wrn_digits_eps8"),
+    ("nf_resnet_test", "wrn_digits_eps8"),
+    ("nfnet_test", "wrn_digits_eps8"),
+    ("wrn40_4_", "wrn40_4_cifar10_eps8"),
+    ("wrn", "wrn16_4_cifar10_eps8"),
+    ("nf_resnet", "nf_resnet50_imagenet_eps8"),
+    ("nfnet_", "nfnet_f3_imagenet_finetune_eps8"),
+)
+
+
+def default_recipe_for(model):
+    """Name of the recipe ``--model MODEL`` starts from, or None."""
+    if model in DEFAULT_FOR_MODEL:
+        return DEFAULT_FOR_MODEL[model]
+    for prefix, recipe in _FAMILY_DEFAULT:
+        if model.startswith(prefix):
+            return recipe
+    return None
+
+
+def requires_init(recipe):
+    """True for recipes that fine-tune weights dp_zoo cannot ship (placeholder init)."""
+    init = recipe.config.init_checkpoint
+    return bool(init) and init.startswith("<")
 
 
 def get(name):
@@ -231,3 +276,7 @@ def get(name):
 
         raise ValueError(unknown_name_message("recipe", name, sorted(RECIPES)))
     return RECIPES[name]
+
+
+# help(dp_zoo.train.recipes) lists every recipe with its command and published result.
+__doc__ += _table()

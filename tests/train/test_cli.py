@@ -29,6 +29,9 @@ def cli(*args, env=None, timeout=300):
     (["--batch-size", "lots"], "batch-size"),
     (["--no-such-flag"], "no-such-flag"),
     (["--batch-size", "100000", "--steps", "2"], "batch_size=100000"),
+    (["--recipe", "nfnet_f3_imagenet_finetune_eps8"], "pass --init PATH"),
+    (["--model", "wrn28_10"], "pass --init PATH"),
+    (["--model", "resnet18"], "Unknown architecture"),
 ])
 def test_bad_flags_exit_2_with_clear_message(args, match, tmp_path):
     r = cli(*args, "--run-dir", str(tmp_path / "r"), "--nopublish")
@@ -57,6 +60,7 @@ def test_tiny_real_run_writes_record_and_publishes(tmp_path):
     assert json.load(open(run_dir / "run_record.json"))["privacy"]["steps"] == 3
 
 
+@pytest.mark.slow
 def test_tan_simulation_is_marked(tmp_path):
     r = cli("--steps", "2", "--batch-size", "256", "--tan-simulate", "4", "--run-dir", str(tmp_path / "r"),
             "--nopublish", "--noprogress")
@@ -68,6 +72,7 @@ def test_tan_simulation_is_marked(tmp_path):
     assert rec["privacy"]["epsilon"] > t["epsilon_full_run"]
 
 
+@pytest.mark.slow
 def test_default_run_shortened_publishes_model_and_card(tmp_path):
     pub = tmp_path / "pub"
     r = cli("--steps", "2", "--run-dir", str(tmp_path / "r"), "--publish-dir", str(pub), "--noprogress")
@@ -79,6 +84,7 @@ def test_default_run_shortened_publishes_model_and_card(tmp_path):
     assert dp_zoo.load(str(pub)).card["privacy"]["epsilon"] == card["privacy"]["epsilon"]
 
 
+@pytest.mark.slow
 def test_fine_tune_from_keras_model_with_other_class_count(tmp_path):
     import dp_zoo
 
@@ -90,6 +96,7 @@ def test_fine_tune_from_keras_model_with_other_class_count(tmp_path):
     assert "re-initialised logits" in r.stdout
 
 
+@pytest.mark.slow
 def test_strategy_mirrored_on_two_logical_cpus(tmp_path):
     r = cli("--strategy", "mirrored", "--logical-cpus", "2", "--steps", "2", "--physical-batch-size", "64",
             "--run-dir", str(tmp_path / "r"), "--nopublish", "--noprogress")
@@ -118,3 +125,84 @@ def test_in_process_cli_on_mock_cifar10(tmp_path):
     assert on_disk["privacy"]["epsilon"] == accounting.epsilon(
         noise_multiplier=config.dp.noise_multiplier if config.dp.noise_multiplier else rec["privacy"]["noise_multiplier"],
         sampling_probability=16 / 64, steps=2, delta=1e-5, accountant="rdp")
+
+
+def _timm_state_dict(model):
+    """Our NF model's weights in timm's names and layouts (the inverse of convert.py)."""
+    from dp_zoo.models.convert import timm_name
+    from dp_zoo.models.layers import ScaledWSConv2D, SkipInitGain, SqueezeExcite
+
+    sd = {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        p = timm_name(layer.name)
+        if isinstance(layer, ScaledWSConv2D):
+            sd[f"{p}.weight"] = layer.kernel.numpy().transpose(3, 2, 0, 1)
+            sd[f"{p}.gain"] = layer.gain.numpy().reshape(-1, 1, 1, 1)
+            if layer.use_bias:
+                sd[f"{p}.bias"] = layer.bias.numpy()
+        elif isinstance(layer, SqueezeExcite):
+            for fc in (layer.fc1, layer.fc2):
+                sd[f"{p}.{fc.name}.weight"] = fc.kernel.numpy().transpose(3, 2, 0, 1)
+                sd[f"{p}.{fc.name}.bias"] = fc.bias.numpy()
+        elif isinstance(layer, SkipInitGain):
+            sd[p] = layer.gain.numpy()
+        else:
+            sd[f"{p}.weight"] = layer.kernel.numpy().T
+            sd[f"{p}.bias"] = layer.bias.numpy()
+    return sd
+
+
+@pytest.mark.slow
+def test_init_from_a_timm_state_dict(tmp_path):
+    import numpy as np
+
+    import dp_zoo
+    from dp_zoo.models.nf_resnet import TIMM_CONVENTIONS
+    from dp_zoo.train import __main__ as train_cli
+    from dp_zoo.train.config import TrainConfig
+
+    kw = TIMM_CONVENTIONS["nf_resnet"]
+    src = dp_zoo.create_model("nf_resnet_test", num_classes=5, input_shape=(8, 8, 1), **kw)
+    for w in src.weights:  # distinct values everywhere, so a misplaced tensor shows
+        w.assign(np.random.default_rng(len(w.name)).normal(size=w.shape).astype("float32"))
+    np.savez(tmp_path / "timm.npz", **_timm_state_dict(src))
+    # In process: same class count -> every tensor lands where it came from.
+    cfg = TrainConfig(model="nf_resnet_test", model_kwargs=tuple(sorted(kw.items())))
+    dst = dp_zoo.create_model("nf_resnet_test", num_classes=5, input_shape=(8, 8, 1), **kw)
+    assert train_cli.load_init_weights(str(tmp_path / "timm.npz"), dst, cfg, (8, 8, 1)) == []
+    for a, b in zip(src.weights, dst.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # Whole CLI on digits (10 classes): the 5-class head is re-initialised,
+    # and the run records timm's conventions in its config.
+    r = cli("--model", "nf_resnet_test", "--init", str(tmp_path / "timm.npz"), "--steps", "2",
+            "--run-dir", str(tmp_path / "r"), "--nopublish", "--noprogress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "re-initialised logits" in r.stdout
+    rec = json.load(open(tmp_path / "r" / "run_record.json"))
+    assert dict(map(tuple, rec["config"]["model_kwargs"]))["eps_mode"] == "timm"
+    assert rec["model"]["init_checkpoint"].endswith("timm.npz")
+
+
+def test_timm_state_dict_for_a_wrn_is_refused(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "w.npz", x=np.zeros(3))
+    r = cli("--init", str(tmp_path / "w.npz"), "--nopublish")
+    assert r.returncode == 2 and "NF-ResNet/NFNet" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_read_a_torch_checkpoint_without_torch_in_this_process(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch not installed (the [parity] extra)")
+    from dp_zoo.train import __main__ as train_cli
+
+    # Written in a torch-only process, nested as timm training scripts save it, in bfloat16.
+    subprocess.run([sys.executable, "-c",
+                    "import torch; torch.save({'state_dict': {'head.fc.bias': torch.arange(3.).bfloat16()}}, "
+                    f"{str(tmp_path / 'w.pth')!r})"], check=True, timeout=120)
+    sd = train_cli.read_timm_state_dict(str(tmp_path / "w.pth"))
+    assert list(sd) == ["head.fc.bias"] and sd["head.fc.bias"].tolist() == [0.0, 1.0, 2.0]

@@ -44,6 +44,16 @@ def test_cifar_style_flips_and_imagenet_style_shapes():
     x = tf.random.normal([4, 32, 32, 3])
     v = data.make_augment_fn(C.AugmultConfig(num_views=16, style="cifar"))(x, tf.constant([1, 1], tf.int64))
     assert v.shape == (4, 16, 32, 32, 3)
+    assert not np.array_equal(v[:, 0].numpy(), x.numpy())  # augment_first_view=True (the paper's CIFAR)
+    # Some views are mirror images of a crop of the padded image: flips happen.
+    padded = np.pad(x.numpy(), [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect")
+    crops = [padded[0, a:a + 32, b:b + 32] for a in range(9) for b in range(9)]
+    kinds = set()
+    for k in range(16):
+        view = v[0, k].numpy()
+        kinds.add("plain" if any(np.array_equal(view, c) for c in crops) else
+                  "flipped" if any(np.array_equal(view[:, ::-1], c) for c in crops) else "other")
+    assert kinds == {"plain", "flipped"}
     v = data.make_augment_fn(C.AugmultConfig(num_views=2, style="imagenet"))(x, tf.constant([1, 1], tf.int64))
     assert v.shape == (4, 2, 32, 32, 3)
 
@@ -65,5 +75,55 @@ def test_missing_tfds_data_fails_fast_with_instructions(tmp_path, monkeypatch):
     with pytest.raises(data.DataUnavailableError, match="tfds build cifar10"):
         data.load_dataset(C.DataConfig(dataset="cifar10", data_dir=str(tmp_path)), "train")
     with pytest.raises(data.DataUnavailableError, match="--manual-dir"):
-        data.load_dataset(C.DataConfig(dataset="imagenet2012", data_dir=str(tmp_path)), "train")
+        data.load_dataset(C.DataConfig(dataset="imagenet2012", data_dir=str(tmp_path), image_size=32), "train")
     assert time.time() - t0 < 10
+
+
+def test_offline_detection_itself_is_fast(tmp_path, monkeypatch):
+    """The real reachability check (not the env switch), with the network cut."""
+    import socket
+
+    def no_network(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.delenv("DP_ZOO_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    t0 = time.time()
+    with pytest.raises(data.DataUnavailableError, match="tfds build mnist"):
+        data.load_dataset(C.DataConfig(dataset="mnist", data_dir=str(tmp_path)), "train")
+    assert time.time() - t0 < 5
+
+
+def test_imagenet_needs_manual_files_and_a_resolution(tmp_path):
+    with pytest.raises(ValueError, match="image_size"):
+        data.load_dataset(C.DataConfig(dataset="imagenet2012", data_dir=str(tmp_path)), "train")
+    (tmp_path / "manual").mkdir()
+    (tmp_path / "manual" / "ILSVRC2012_img_val.tar").write_bytes(b"")
+    with pytest.raises(data.DataUnavailableError, match="lacks ILSVRC2012_img_train.tar"):
+        data.load_dataset(C.DataConfig(dataset="imagenet2012", data_dir=str(tmp_path), image_size=32,
+                                       manual_dir=str(tmp_path / "manual")), "test")
+
+
+def test_a_split_too_big_for_memory_is_refused_before_reading(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 10**8)
+    with pytest.raises(data.DataUnavailableError, match=r"cifar10 train is 50,000 images of 32x32x3 = 0.2 GB"):
+        data.load_dataset(C.DataConfig(dataset="cifar10", data_dir=str(tmp_path)), "train")
+
+
+def test_tfds_imagenet_mock_resized_to_the_model_resolution(tmp_path):
+    import tensorflow_datasets as tfds
+
+    cfg = C.DataConfig(dataset="imagenet2012", data_dir=str(tmp_path), image_size=24)
+    with tfds.testing.mock_data(num_examples=6):
+        tr = data.load_dataset(cfg, "train")
+        te = data.load_dataset(cfg, "test")
+    assert tr.images.shape == (6, 24, 24, 3) and te.images.shape == (6, 24, 24, 3)
+    assert "validation" in te.split and "centre crop" in te.split  # ImageNet's labelled val is the test set
+    assert te.mean == tr.mean and tr.num_classes == 1000
+
+
+def test_stats_are_exact_per_channel():
+    x = np.random.default_rng(1).integers(0, 256, size=(9000, 3, 2, 2), dtype=np.uint8)
+    mean, std = data._stats(x)
+    np.testing.assert_allclose(mean, (x / 255.0).mean(axis=(0, 1, 2)), rtol=1e-10)
+    np.testing.assert_allclose(std, (x / 255.0).std(axis=(0, 1, 2)), rtol=1e-8)

@@ -52,3 +52,51 @@ def test_unknown_recipe_lists_close_names():
 
 def test_docstring_commands():
     assert recipes.get("wrn_digits_eps8").command == "python -m dp_zoo.train --recipe wrn_digits_eps8"
+
+
+@pytest.mark.parametrize("name", sorted(recipes.RECIPES))
+def test_every_recipe_config_is_valid(name):
+    from dp_zoo.models import list_architectures
+    from dp_zoo.train import data
+    from dp_zoo.train.config import TrainConfig
+
+    r = recipes.RECIPES[name]
+    c = r.config
+    assert c.model in list_architectures(), c.model
+    assert c.data.dataset in data.DATASETS
+    assert 0 < c.physical_batch_size <= c.batch_size < r.dataset_size
+    assert c.steps and c.steps > 0 and c.dp.l2_clip > 0
+    assert TrainConfig.from_dict(c.to_dict()) == c
+    data.make_augment_fn(c.augmult)  # style and K accepted
+    if c.dp.enabled:
+        # delta about 1/N or below (the paper's ImageNet 8e-7 is 1.02/N).
+        assert c.dp.noise_multiplier > 0 and c.dp.target_epsilon > 0 and 0 < c.dp.delta <= 1.02 / r.dataset_size
+        assert c.dp.accountant in ("pld", "rdp") and c.dp.sampling == "poisson"
+        assert r.sigma_source in ("paper", f"calibrated ({c.dp.accountant})")
+    if c.data.dataset == "imagenet2012":
+        assert c.data.image_size  # ImageNet is held at the model's resolution
+    assert name.startswith(c.model) or name.startswith(c.model.replace("_scalenorm", ""))
+    assert r.command == f"python -m dp_zoo.train --recipe {name}"
+    if r.published_accuracy is not None:
+        assert 0 < r.published_accuracy < 100 and r.reference
+
+
+def test_published_figures_are_the_papers():
+    p = {n: r.published_accuracy for n, r in recipes.RECIPES.items()}
+    assert (p["wrn16_4_cifar10_eps1"], p["wrn16_4_cifar10_eps8"], p["wrn40_4_cifar10_eps8"]) == (56.8, 79.5, 81.4)
+    assert p["wrn16_4_scalenorm_cifar10_eps8"] == 82.5 and p["nf_resnet50_imagenet_eps8"] == 32.4
+    assert (p["nfnet_f3_imagenet_finetune_eps0.5"], p["nfnet_f3_imagenet_finetune_eps8"]) == (83.8, 86.7)
+    assert [p[f"wrn28_10_cifar10_finetune_eps{e}"] for e in (1, 2, 4, 8)] == [94.7, 95.4, 96.1, 96.7]
+
+
+def test_every_architecture_has_a_default_recipe():
+    from dp_zoo.models import list_architectures
+
+    for arch in list_architectures():
+        base = recipes.default_recipe_for(arch)
+        assert base in recipes.RECIPES, arch
+    for arch, base in recipes.DEFAULT_FOR_MODEL.items():
+        assert recipes.RECIPES[base].config.model == arch
+    assert recipes.default_recipe_for("resnet18") is None
+    assert recipes.requires_init(recipes.get("nfnet_f3_imagenet_finetune_eps8"))
+    assert not recipes.requires_init(recipes.get("wrn_digits_eps8"))
