@@ -102,3 +102,17 @@ def exported(tmp_dir, name="wrn_digits_eps8", channels=1, **record_kw):
 
 def images(n=5, channels=1, seed=1):
     return np.random.default_rng(seed).integers(0, 256, size=(n, 8, 8, channels), dtype=np.uint8)
+
+
+def numbers(obj, prefix=""):
+    """Every number in a nested structure as {path: value}."""
+    out = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(numbers(v, f"{prefix}/{k}"))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            out.update(numbers(v, f"{prefix}/{i}"))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        out[prefix] = obj
+    return out

@@ -15,6 +15,7 @@ import dp_zoo
 from dp_zoo import export, zoo
 from dp_zoo.model_card import ModelCard
 from dp_zoo.train import config as C, data, engine
+from tests import _zoo_helpers as H
 
 
 @pytest.fixture(scope="module")
@@ -38,26 +39,12 @@ def trained(tmp_path_factory):
     return rec, out, digest, test
 
 
-def numbers(obj, prefix=""):
-    """Flattens every number in a nested structure to {path: value}."""
-    out = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(numbers(v, f"{prefix}/{k}"))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out.update(numbers(v, f"{prefix}/{i}"))
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        out[prefix] = obj
-    return out
-
-
 def test_card_numbers_equal_the_run_record(trained):
     rec, out, _, _ = trained
     card = json.load(open(out / "card.json"))
     # Every number in the privacy, metrics, model and history sections is the record's, exactly.
     for section in ("privacy", "metrics", "model", "history", "data", "config"):
-        assert numbers(card[section]) == numbers(rec[section]), section
+        assert H.numbers(card[section]) == H.numbers(rec[section]), section
     assert card["training"]["augmult_k"] == rec["config"]["augmult"]["num_views"]
     assert card["training"]["logical_batch_size"] == rec["config"]["batch_size"]
     # The epsilon on the card is the accountant's for what ran.

@@ -12,20 +12,6 @@ from dp_zoo.model_card import ModelCard, ceil_sig, fmt_eps
 from tests import _zoo_helpers as H
 
 
-def numbers(obj, prefix=""):
-    """Every number in a nested structure as {path: value}."""
-    out = {}
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            out.update(numbers(v, f"{prefix}/{k}"))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            out.update(numbers(v, f"{prefix}/{i}"))
-    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
-        out[prefix] = obj
-    return out
-
-
 def table_rows(md):
     """{first cell: second cell} of every two-column markdown table row."""
     rows = {}
@@ -57,7 +43,7 @@ def test_card_json_numbers_equal_the_record(record, written):
     assert next(iter(card)) == "headline"  # the first thing a reader of the JSON sees
     assert card["card_schema_version"] == model_card.CARD_SCHEMA_VERSION
     for section in ("privacy", "history", "model", "data", "metrics", "software", "hardware", "config"):
-        assert numbers(card[section]) == numbers(record[section]), section
+        assert H.numbers(card[section]) == H.numbers(record[section]), section
     assert card["privacy"] == record["privacy"]
     t, c, p = card["training"], record["config"], record["privacy"]
     expected = {
@@ -104,7 +90,7 @@ def test_readme_numbers_equal_the_record(record, written):
 def test_every_epsilon_shown_comes_from_the_privacy_section(record, written):
     d, _ = written
     allowed = set()
-    for v in numbers(record["privacy"]).values():
+    for v in H.numbers(record["privacy"]).values():
         allowed |= {float(v), float(fmt_eps(v))}
     md = (d / "README.md").read_text()
     for line in md.splitlines():
