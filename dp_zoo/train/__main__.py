@@ -358,6 +358,76 @@ def _strategy():
     return tf.distribute.get_strategy()
 
 
+def _is_chief(strategy):
+    """True on the one process that writes the run directory and publishes.
+
+    Single-process strategies: always. Multi-worker: the "chief" task, or
+    worker 0 when TF_CONFIG names no chief (TensorFlow's convention).
+    """
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
+
+
+def _worker_label(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return None
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+def _all_workers_agree(strategy, value):
+    """True iff every replica of ``strategy`` holds the same non-negative int ``value`` (< 2**62).
+
+    One all-reduce: each replica checks that the SUM over replicas equals
+    num_replicas * its own value, which holds on every replica only when all
+    values are equal. Runs on every worker (it is a collective).
+    """
+    import tensorflow as tf
+
+    n = strategy.num_replicas_in_sync
+    if n == 1:
+        return True
+    value = int(value) & ((1 << 62) - 1)
+    parts = tf.constant([value >> 31, value & 0x7FFFFFFF], tf.int64)
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: parts), axis=None)
+    return [int(x) for x in total.numpy()] == [n * (value >> 31), n * (value & 0x7FFFFFFF)]
+
+
+def weights_sha256(model):
+    """SHA-256 of the model's trainable weights (float32 bytes, in order)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for v in model.trainable_variables:
+        h.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return h.hexdigest()
+
+
+def _make_trainer(model, config, train_set, *, chief, **kwargs):
+    """An ``engine.Trainer``; on a non-chief worker it reads ``run_dir`` but never writes it.
+
+    Multi-worker runs share one run directory (a shared file system, as with
+    TensorFlow's BackupAndRestore): every worker resumes from the chief's
+    checkpoints and privacy journal, and only the chief writes them, so
+    workers never race on the same files. The engine has no switch for
+    this yet, so the writers are overridden here.
+    """
+    from dp_zoo.train import engine
+
+    if chief:
+        return engine.Trainer(model, config, train_set, **kwargs)
+
+    class ReadOnlyRunDirTrainer(engine.Trainer):
+        def save_checkpoint(self):
+            return None
+
+        def _write_journal(self):
+            return None
+
+    return ReadOnlyRunDirTrainer(model, config, train_set, **kwargs)
+
+
 def train(name, config, recipe):
     """Runs the whole job; returns the run record."""
     import keras
@@ -367,6 +437,11 @@ def train(name, config, recipe):
     from dp_zoo.train import data as data_lib
     from dp_zoo.train import engine
 
+    # First: MultiWorkerMirroredStrategy and --logical-cpus must configure
+    # TensorFlow before it runs any op (TFDS loading runs tf.data ops).
+    strategy = _strategy()
+    chief = _is_chief(strategy)
+    worker = _worker_label(strategy)
     train_set = data_lib.load_dataset(config.data, "train")
     eval_split = "validation" if config.data.validation_size else "test"
     test_set = data_lib.load_dataset(config.data, eval_split)
@@ -382,7 +457,6 @@ def train(name, config, recipe):
         print(f"TAN SIMULATION (factor {_flag('tan-simulate'):g}): NOT private at the full run's "
               f"epsilon={tan_info['epsilon_full_run']:.4f}; batch {config.batch_size}, "
               f"sigma {config.dp.noise_multiplier:.4f}, {config.steps} steps.")
-    strategy = _strategy()
     with strategy.scope():
         keras.utils.set_random_seed(config.seed)
         model = dp_zoo.create_model(
@@ -395,12 +469,22 @@ def train(name, config, recipe):
                 print(f"Fine-tuning from {config.init_checkpoint}: re-initialised {', '.join(fresh)} "
                       "(shape differs, e.g. another number of classes).")
     run_dir = _flag("run-dir") or os.path.join("runs", name)
-    trainer = engine.Trainer(
-        model, config, train_set, eval_data=test_set if config.eval_every else None,
+    trainer = _make_trainer(
+        model, config, train_set, chief=chief, eval_data=test_set if config.eval_every and chief else None,
         augment_fn=data_lib.make_augment_fn(config.augmult), run_dir=run_dir,
-        strategy=strategy, progress=_flag("progress"),
+        strategy=strategy, progress=_flag("progress") and chief,
     )
     trainer.tan_info = tan_info
+    if strategy.num_replicas_in_sync > 1 and worker is not None:
+        # Every worker must resume from the same step, or the collectives
+        # pair different steps (a hang, or silently wrong updates).
+        trainer.restore()
+        if not _all_workers_agree(strategy, trainer.step):
+            raise engine.TrainingError(
+                f"{worker} would resume {run_dir} at step {trainer.step}, another worker at a different "
+                "step: the workers do not see the same run directory. Put --run-dir on a file system "
+                "shared by all workers (only the chief writes it)."
+            )
     if trainer.private and config.deterministic_noise:
         print("WARNING: --deterministic-noise draws the DP noise from --seed; anyone who knows the "
               "seed can remove it. The model is private only if the seed is kept secret.", file=sys.stderr)
@@ -415,6 +499,20 @@ def train(name, config, recipe):
     record = trainer.fit()
     if trainer.stopped_by_signal:
         print("Stopped by SIGTERM; re-run the same command to resume.")
+        return record
+    record["weights_sha256"] = weights_sha256(model)
+    if worker is not None and strategy.num_replicas_in_sync > 1:
+        if not _all_workers_agree(strategy, int(record["weights_sha256"][:16], 16)):
+            raise engine.TrainingError(
+                f"{worker}: the workers finished with different weights (sha256 {record['weights_sha256']}); "
+                "the run is not one DP-SGD run. Check that every worker ran the same command and version."
+            )
+    if not chief:
+        # The chief evaluates, writes the run record and publishes.
+        p = record["privacy"]
+        eps = f"epsilon={p['epsilon']:.4f}" if p["private"] else "non-private"
+        print(f"{worker}: finished {record['steps_completed']} steps, {eps}, weights sha256 "
+              f"{record['weights_sha256']} (same on all workers); the chief writes {run_dir}.")
         return record
     metrics = {"test_accuracy_last": trainer.evaluate(test_set, "last")["accuracy"],
                "test_accuracy_ema": None, "test_accuracy_polyak": None, "evaluated_on": eval_split}
@@ -435,6 +533,8 @@ def train(name, config, recipe):
         json.dump(record, f, indent=2, sort_keys=True)
     p = record["privacy"]
     acc = metrics["test_accuracy_ema"] if metrics["test_accuracy_ema"] is not None else metrics["test_accuracy_last"]
+    if worker is not None:
+        print(f"{worker} (chief): weights sha256 {record['weights_sha256']}")
     print(f"\n{eval_split} accuracy: {acc:.4f} ({record['published_weights']} weights; "
           f"last weights {metrics['test_accuracy_last']:.4f})")
     if p["private"]:
