@@ -52,6 +52,9 @@ flags.DEFINE_string("init", None, "Weights to fine-tune from: a .keras model of 
                     "of another class count is re-initialised.")
 flags.DEFINE_string("data-dir", None, "TFDS data directory.")
 flags.DEFINE_string("manual-dir", None, "TFDS manual download directory (ImageNet).")
+flags.DEFINE_bool("streaming", None, "Stream the data set from its TFDS array_record files instead of loading "
+                  "it into memory (default: only when it would not fit). Prepare it with "
+                  "`tfds build NAME --file_format=array_record`.")
 flags.DEFINE_integer("validation-size", None, "Hold out this many training examples as the evaluation split.")
 flags.DEFINE_string("run-dir", None, "Run directory (checkpoints; resumes if it exists). Default runs/<name>.")
 flags.DEFINE_string("publish-dir", None, "Where to publish the model and card. Default: $DP_ZOO_HOME/<name> or ~/.cache/dp_zoo/<name>.")
@@ -442,9 +445,12 @@ def train(name, config, recipe):
     strategy = _strategy()
     chief = _is_chief(strategy)
     worker = _worker_label(strategy)
-    train_set = data_lib.load_dataset(config.data, "train")
+    train_set = data_lib.load_dataset(config.data, "train", streaming=_flag("streaming"))
     eval_split = "validation" if config.data.validation_size else "test"
-    test_set = data_lib.load_dataset(config.data, eval_split)
+    test_set = data_lib.load_dataset(config.data, eval_split, streaming=_flag("streaming"))
+    streaming = getattr(train_set, "streaming", False)
+    if streaming and _flag("streaming") is None:
+        print(f"{train_set.name} train does not fit in memory: streaming it from its array_record files.")
     tan_info = None
     if _flag("tan-simulate") is not None:
         full = config
@@ -496,7 +502,15 @@ def train(name, config, recipe):
               f"C={config.dp.l2_clip}, delta={config.dp.delta:g}; run dir {run_dir}")
     else:
         print(f"Training {config.model} on {train_set.name} WITHOUT privacy (baseline); run dir {run_dir}")
-    record = trainer.fit()
+    if streaming:
+        # Read the steps' sampled examples ahead of the engine (same sampler).
+        trainer.restore()
+        train_set.prefetch(config, trainer.step, trainer.total_steps)
+    try:
+        record = trainer.fit()
+    finally:
+        if streaming:
+            train_set.stop_prefetch()
     if trainer.stopped_by_signal:
         print("Stopped by SIGTERM; re-run the same command to resume.")
         return record
@@ -526,7 +540,11 @@ def train(name, config, recipe):
         "train_size": len(train_set), "test_size": len(test_set),
         "mean": list(train_set.mean), "std": list(train_set.std),
         "public_pretraining_data": "see init_checkpoint" if config.init_checkpoint else None,
+        "streaming": bool(streaming),
     }
+    if streaming:
+        record["data"]["prefetched_micro_batches"] = train_set.prefetch_hits
+        record["data"]["micro_batches_read_on_demand"] = train_set.prefetch_misses
     record["entry_name"] = name
     record["published_weights"] = "ema" if trainer.ema_vars is not None else "last"
     with open(os.path.join(run_dir, "run_record.json"), "w") as f:

@@ -9,10 +9,27 @@ The in-memory path is built for CIFAR-scale data (CIFAR-10 train is 150 MB
 as uint8). ImageNet is loaded the same way, resized to the model's
 resolution (shorter side to ``image_size``, centre crop), which is honest
 but large: the train split at 224x224 is ~193 GB of uint8. Before reading
-anything, ``load_dataset`` estimates the array size and refuses, with the
-numbers, when it would not fit in this machine's available memory, rather
-than swapping for hours or being killed. A streaming ImageNet input
-pipeline is not part of dp_zoo.
+anything, ``load_dataset`` estimates the array size; when it would not fit
+in this machine's available memory it streams the split instead (below), or
+refuses with the numbers if the data set cannot be streamed, rather than
+swapping for hours or being killed.
+
+Streaming (``load_dataset(..., streaming=True)``, ``--streaming``, or
+automatic when the split does not fit): ``StreamingDataset`` reads a TFDS
+data set prepared in the ``array_record`` format through its random-access
+data source (``builder.as_data_source``). Poisson sampling stays exact: the
+engine draws each step's index set (``sampling.poisson_sample``, each example
+independently with probability q) exactly as for an in-memory split, and
+``images[idx]``/``labels[idx]`` fetch and decode just those records (in a
+thread pool, with TFDS's own TF image decoder and the same resize/centre
+crop), so a batch is bit-identical to the in-memory one for the same
+indices. Nothing is ever shuffled or read sequentially for training.
+``StreamingDataset.prefetch`` replays the sampler ahead of the engine so
+that reading overlaps the DP step. Data prepared as TFRecord (TFDS's
+default) has no random access: prepare it with ``tfds build NAME
+--file_format=array_record`` (the error says so). The mean/std of a
+streamed train split come from up to ``STATS_SAMPLE`` train images (all of
+them when the split is that small, matching the in-memory figures).
 
 Offline behaviour: TFDS, asked for a data set that is not prepared, tries
 to download it and retries a failed download for minutes. We check whether
@@ -93,10 +110,13 @@ def _stats(images):
     Accumulated in chunks: a float64 copy of a whole split (1.2 GB for
     CIFAR-10 train) is what the naive one-liner would allocate.
     """
-    c = images.shape[-1]
+    return _stats_from_chunks(images.shape[-1], (images[i:i + 4096] for i in range(0, len(images), 4096)))
+
+
+def _stats_from_chunks(c, chunks):
     s1, s2, n = np.zeros(c), np.zeros(c), 0
-    for i in range(0, len(images), 4096):
-        x = images[i:i + 4096].reshape(-1, c).astype(np.float64) / 255.0
+    for chunk in chunks:
+        x = chunk.reshape(-1, c).astype(np.float64) / 255.0
         s1 += x.sum(0)
         s2 += np.square(x).sum(0)
         n += len(x)
@@ -184,22 +204,51 @@ def _available_memory_bytes():
         return None
 
 
-def _check_fits_in_memory(name, split, n, shape):
-    """Refuses, before reading, an in-memory split that this machine cannot hold."""
+def _memory_shortfall(name, split, n, shape):
+    """None if the in-memory split fits this machine, else a message with the numbers."""
     if shape is None:
-        return
+        return None
     need = n * int(np.prod(shape))
     have = _available_memory_bytes()
     # Half of what is free: the split is built from batches (a second copy
     # while concatenating) and training needs memory of its own.
     if have is not None and need > have // 2:
-        raise DataUnavailableError(
+        return (
             f"{name} {split} is {n:,} images of {'x'.join(map(str, shape))} = {need / 1e9:.1f} GB as uint8; "
             f"this machine has {have / 1e9:.1f} GB available, and dp_zoo's in-memory input pipeline "
-            "needs about twice the array. It is built for CIFAR-scale data: use a host with more "
-            "memory, or a smaller image_size"
-            + (" (ImageNet at 64x64 is 16 GB)." if name == "imagenet2012" else ".")
+            "needs about twice the array"
         )
+    return None
+
+
+def _check_fits_in_memory(name, split, n, shape):
+    """Refuses, before reading, an in-memory split that this machine cannot hold."""
+    short = _memory_shortfall(name, split, n, shape)
+    if short:
+        raise DataUnavailableError(
+            f"{short}. Stream it instead (--streaming; needs the data prepared as array_record: "
+            f"{_array_record_build_command(name, None, None)}), use a host with more memory, or a smaller "
+            "image_size" + (" (ImageNet at 64x64 is 16 GB)." if name == "imagenet2012" else ".")
+        )
+
+
+def _array_record_build_command(name, data_dir, manual_dir):
+    cmd = f"tfds build {name} --file_format=array_record"
+    if data_dir:
+        cmd += f" --data_dir={data_dir}"
+    if name == "imagenet2012":
+        cmd += f" --manual_dir={manual_dir or 'DIR_WITH_THE_ILSVRC2012_TARS'}"
+    return f"`{cmd}`"
+
+
+def _file_formats(builder):
+    """The file formats the prepared data set is stored in (names, e.g. {"tfrecord"})."""
+    info = builder.info
+    try:
+        formats = set(info.available_file_formats())
+    except Exception:  # older TFDS
+        formats = {info.file_format} if info.file_format is not None else set()
+    return {getattr(f, "value", str(f)) for f in formats}
 
 
 def _tfds_split_sizes(builder, name):
@@ -230,7 +279,7 @@ def _test_split_name(name, splits):
 _STATS_CACHE = {}
 
 
-def _tfds(data_config, split):
+def _tfds(data_config, split, streaming=None):
     tfds = _import_tfds()
 
     name = data_config.dataset
@@ -249,11 +298,16 @@ def _tfds(data_config, split):
     if split == "validation" and v == 0:
         raise ValueError("No validation split: set validation_size > 0.")
     n = {"train": (n_train or 0) - v, "validation": v, "test": n_test or 0}[split]
-    _check_fits_in_memory(name, split, n, shape)
+    if streaming is None:
+        # The memory guard: a split that does not fit is streamed.
+        streaming = _memory_shortfall(name, split, n, shape) is not None
+    elif not streaming:
+        _check_fits_in_memory(name, split, n, shape)
+    mocked = _tfds_mocked(builder)
 
     # Checking the prepared files first fails in milliseconds; letting TFDS
     # try to download offline retries for minutes before failing.
-    if not _is_prepared(builder) and not _tfds_mocked(builder):
+    if not _is_prepared(builder) and not mocked:
         dl = tfds.download.DownloadConfig(manual_dir=data_config.manual_dir)
         if name == "imagenet2012":
             # Prepared from the manual directory alone: no network involved.
@@ -268,12 +322,53 @@ def _tfds(data_config, split):
             raise DataUnavailableError(
                 _tfds_unavailable_message(name, data_config.data_dir, data_config.manual_dir)
             )
+        if streaming:
+            # Streaming needs random access: prepare it as array_record.
+            builder = tfds.builder(name, data_dir=data_config.data_dir, file_format="array_record")
         builder.download_and_prepare(download_config=dl)
+    formats = {"array_record"} if mocked else _file_formats(builder)
+    if streaming and "array_record" not in formats:
+        why = _memory_shortfall(name, split, n, shape)
+        raise DataUnavailableError(
+            (f"{why}, so it must be streamed. " if why else "")
+            + f"Streaming {name} needs random access, but it is prepared in {builder.data_dir} as "
+            f"{', '.join(sorted(formats)) or 'an unknown format'}, not array_record. Prepare it as "
+            f"array_record: {_array_record_build_command(name, data_config.data_dir, data_config.manual_dir)} "
+            "(ImageNet: the same manual directory, no network), or convert the prepared copy in place "
+            f"with `tfds convert_format --dataset_version_dir={builder.data_dir} --out_file_format=array_record`."
+        )
     splits = builder.info.splits
     test_split = _test_split_name(name, splits)
     # Negative slices keep the split fixed without knowing N up front.
     train_split = f"train[:-{v}]" if v else "train"
     tfds_split = {"train": train_split, "validation": f"train[-{v}:]", "test": test_split}[split]
+    num_classes = builder.info.features["label"].num_classes
+    how = f", shorter side resized to {size} + centre crop" if size else ""
+    key = (name, os.path.abspath(builder.data_dir), size, v)
+
+    # A data set prepared only as array_record has no tf.data reader in
+    # TFDS (as_dataset raises NotImplementedError): read it through its
+    # random-access source, in memory or streamed.
+    if streaming or (not mocked and "tfrecord" not in formats):
+        full_train = _RandomAccessSplit(builder, "train", 0, None, size)
+        train_src = full_train.view(0, len(full_train) - v)
+        src = {"train": lambda: train_src, "validation": lambda: full_train.view(len(full_train) - v, None),
+               "test": lambda: _RandomAccessSplit(builder, test_split, 0, None, size)}[split]()
+        if streaming:
+            skey = key + ("stream", STATS_SAMPLE)
+            if skey not in _STATS_CACHE:
+                _STATS_CACHE[skey] = train_src.sample_stats(STATS_SAMPLE)
+            mean, std = _STATS_CACHE[skey]
+            return StreamingDataset(src, num_classes, name, f"{name} {tfds_split} (TFDS array_record, streamed{how})",
+                                    mean, std)
+        images, labels = src.read_all()
+        if split == "train":
+            _STATS_CACHE[key] = _stats(images)
+        elif key not in _STATS_CACHE:
+            _STATS_CACHE[key] = _stats(train_src.read_all()[0])
+        mean, std = _STATS_CACHE[key]
+        return Dataset(images, labels, num_classes, name, f"{name} {tfds_split} (TFDS array_record{how})",
+                       mean, std)
 
     def arrays(s):
         import tensorflow as tf
@@ -288,16 +383,291 @@ def _tfds(data_config, split):
         return np.concatenate(xs).astype(np.uint8), np.concatenate(ys).astype(np.int64)
 
     images, labels = arrays(tfds_split)
-    key = (name, os.path.abspath(builder.data_dir), size, v)
     if split == "train":
         _STATS_CACHE[key] = _stats(images)
     elif key not in _STATS_CACHE:
         # mean/std come from the train split whatever split is asked for.
         _STATS_CACHE[key] = _stats(arrays(train_split)[0])
     mean, std = _STATS_CACHE[key]
-    num_classes = builder.info.features["label"].num_classes
-    how = f", shorter side resized to {size} + centre crop" if size else ""
     return Dataset(images, labels, num_classes, name, f"{name} {tfds_split} (TFDS{how})", mean, std)
+
+
+STATS_SAMPLE = 10_000
+_DECODE_THREADS = max(4, min(32, 2 * (os.cpu_count() or 1)))
+
+
+class _RandomAccessSplit:
+    """Records ``[start, stop)`` of one TFDS split, read by index and decoded like ``as_dataset``.
+
+    The image bytes are read with ``SkipDecoding`` and decoded by the
+    feature's own TF decoder (the one ``as_dataset`` uses; TFDS's numpy path
+    decodes JPEG with PIL/OpenCV, whose pixels differ), then resized/cropped
+    by ``_resize_center_crop`` as the in-memory path does. Thread-safe.
+    """
+
+    def __init__(self, builder, split, start, stop, size, threads=None):
+        import tensorflow as tf
+        import tensorflow_datasets as tfds
+
+        self.source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+        total = len(self.source)
+        self.start = int(start)
+        self.stop = total if stop is None else int(stop)
+        if not 0 <= self.start <= self.stop <= total:
+            raise ValueError(f"records [{start}, {stop}) outside {split} ({total} records).")
+        feature = builder.info.features["image"]
+        channels = feature.shape[-1] if feature.shape and feature.shape[-1] else 3
+
+        def decode(data):
+            image = feature.decode_example(data)
+            if size:
+                image = _resize_center_crop(image, size)
+            return tf.cast(image, tf.uint8)
+
+        self._decode = tf.function(decode, input_signature=[tf.TensorSpec([], tf.string)])
+        self._channels = channels
+        self.split = split
+        self.size = size
+        native = tuple(feature.shape) if feature.shape and None not in feature.shape else None
+        self.shape = (size, size, channels) if size else native
+        self._pool = None
+        self._threads = threads or _DECODE_THREADS
+
+    def view(self, start, stop):
+        """Records ``[start, stop)`` of this view (same reader and decoder)."""
+        import copy
+
+        stop = len(self) if stop is None else int(stop)
+        if not 0 <= start <= stop <= len(self):
+            raise ValueError(f"records [{start}, {stop}) outside a split of {len(self)} records.")
+        other = copy.copy(self)
+        other.start, other.stop = self.start + int(start), self.start + stop
+        other._pool = None
+        return other
+
+    def __len__(self):
+        return self.stop - self.start
+
+    def _one(self, i):
+        rec = self.source[self.start + int(i)]
+        image = self._decode(rec["image"]).numpy()
+        return image, int(np.asarray(rec["label"]))
+
+    def read(self, indices):
+        """(uint8 [n, H, W, C], int64 [n]) for split-relative ``indices`` (duplicates read once)."""
+        indices = np.asarray(indices, np.int64).reshape(-1)
+        if len(indices) and (indices.min() < 0 or indices.max() >= len(self)):
+            raise IndexError(f"index out of range for a split of {len(self)} examples.")
+        uniq, inverse = np.unique(indices, return_inverse=True)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="dp_zoo-decode")
+        got = list(self._pool.map(self._one, uniq)) if len(uniq) > 1 else [self._one(i) for i in uniq]
+        if self.shape is None and got:
+            self.shape = got[0][0].shape
+        images = np.zeros((len(uniq),) + tuple(self.shape), np.uint8)
+        labels = np.zeros(len(uniq), np.int64)
+        for j, (im, lab) in enumerate(got):
+            if im.shape != images.shape[1:]:
+                raise ValueError(f"{self.split} record {self.start + int(uniq[j])} is {im.shape}, "
+                                 f"expected {images.shape[1:]}: set image_size to stream images of varying size.")
+            images[j], labels[j] = im, lab
+        return images[inverse], labels[inverse]
+
+    def read_all(self, chunk=1024):
+        xs, ys = [], []
+        for i in range(0, len(self), chunk):
+            x, y = self.read(np.arange(i, min(i + chunk, len(self))))
+            xs.append(x)
+            ys.append(y)
+        if not xs:
+            return np.zeros((0,) + tuple(self.shape or (0, 0, self._channels)), np.uint8), np.zeros(0, np.int64)
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def sample_stats(self, limit, chunk=256):
+        """Per-channel mean/std over all records, or over ``limit`` of them drawn with a fixed seed."""
+        n = len(self)
+        idx = np.arange(n) if n <= limit else np.sort(np.random.default_rng(0).choice(n, limit, replace=False))
+        return _stats_from_chunks(
+            self.shape[-1] if self.shape else self._channels,
+            (self.read(idx[i:i + chunk])[0] for i in range(0, len(idx), chunk)))
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+class _Column:
+    """``images`` or ``labels`` of a ``StreamingDataset``: indexable like the numpy arrays."""
+
+    def __init__(self, owner, which):
+        self._owner, self._which = owner, which
+
+    def __len__(self):
+        return len(self._owner)
+
+    @property
+    def shape(self):
+        return (len(self._owner),) + (tuple(self._owner.input_shape) if self._which == 0 else ())
+
+    @property
+    def dtype(self):
+        return np.dtype(np.uint8 if self._which == 0 else np.int64)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            key = np.arange(len(self._owner))[key]
+        elif np.isscalar(key):
+            return self._owner.fetch(np.asarray([key]))[self._which][0]
+        return self._owner.fetch(np.asarray(key))[self._which]
+
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("a streamed split is not held in memory; index it (images[idx]) instead.")
+
+
+class StreamingDataset:
+    """A split read on demand from a TFDS random-access (array_record) source.
+
+    Has the attributes of ``Dataset`` that the engine uses; ``images`` and
+    ``labels`` are indexable views (``images[idx]`` with an index array or a
+    slice returns uint8 ``[n, H, W, C]``, ``labels[idx]`` int64 ``[n]``),
+    reading only the requested records. ``images[idx]`` followed by
+    ``labels[idx]`` (what the engine does per micro-batch) reads once.
+    """
+
+    streaming = True
+
+    def __init__(self, source, num_classes, name, split, mean, std):
+        import threading
+
+        self.source = source
+        self.num_classes = num_classes
+        self.name = name
+        self.split = split
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.images = _Column(self, 0)
+        self.labels = _Column(self, 1)
+        self._lock = threading.Lock()
+        self._last = (None, None)
+        self._ready = {}  # idx bytes -> [Future] (prefetched micro-batches)
+        self._prefetch = None
+        self.prefetch_hits = 0
+        self.prefetch_misses = 0
+
+    def __len__(self):
+        return len(self.source)
+
+    @property
+    def input_shape(self):
+        if self.source.shape is None:
+            self.source.read([0])
+        return tuple(int(d) for d in self.source.shape)
+
+    def fetch(self, idx):
+        """(images, labels) of split-relative indices ``idx`` (prefetched if planned)."""
+        idx = np.asarray(idx, np.int64).reshape(-1)
+        key = idx.tobytes()
+        with self._lock:
+            if self._last[0] == key:
+                return self._last[1]
+            futs = self._ready.get(key)
+            fut = None
+            if futs:
+                seq, fut = futs.pop(0)
+                # Batches planned before this one were skipped (the engine
+                # asked for something else): drop them and free their slots.
+                stale = 1
+                for k in list(self._ready):
+                    keep = [(s, f) for s, f in self._ready[k] if s > seq]
+                    stale += len(self._ready[k]) - len(keep)
+                    if keep:
+                        self._ready[k] = keep
+                    else:
+                        del self._ready[k]
+            state = self._prefetch
+        if fut is not None:
+            self.prefetch_hits += 1
+            for _ in range(stale if state is not None else 0):
+                state["slots"].release()
+            out = fut.result()
+        else:
+            if self._prefetch is not None:
+                self.prefetch_misses += 1
+            out = self.source.read(idx)
+        with self._lock:
+            self._last = (key, out)
+        return out
+
+    def prefetch(self, config, start_step, end_step, lookahead=4):
+        """Reads the micro-batches of steps ``[start_step, end_step)`` ahead of the engine.
+
+        Replays the engine's sampler (``sampling.poisson_sample`` with the
+        same N, q = batch_size / N and seed, then ``micro_batches``) in a
+        background thread and keeps up to ``lookahead`` micro-batches read
+        and decoded. Only an optimisation: ``fetch`` serves a prefetched
+        batch only when the engine asks for exactly those indices, and reads
+        anything else synchronously, so results never depend on it.
+        """
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        from dp_zoo.train import sampling
+
+        self.stop_prefetch()
+        n = len(self)
+        q = config.batch_size / n
+        state = {"slots": threading.Semaphore(max(1, int(lookahead))), "stop": threading.Event(),
+                 "pool": ThreadPoolExecutor(1, thread_name_prefix="dp_zoo-prefetch")}
+
+        def planned():
+            for step in range(int(start_step), int(end_step)):
+                idx = sampling.poisson_sample(n, q, seed=config.seed, step=step)
+                for mi, _ in sampling.micro_batches(idx, config.physical_batch_size):
+                    yield mi
+
+        def submit(seq, mi):
+            fut = state["pool"].submit(self.source.read, mi)
+            with self._lock:
+                self._ready.setdefault(mi.tobytes(), []).append((seq, fut))
+
+        batches = enumerate(planned(), start=1)
+        # The first batches are queued before returning, so that the
+        # engine's first request never races the planner thread.
+        for _ in range(max(1, int(lookahead))):
+            state["slots"].acquire()
+            nxt = next(batches, None)
+            if nxt is None:
+                break
+            submit(*nxt)
+
+        def plan():
+            for seq, mi in batches:
+                while not state["slots"].acquire(timeout=0.5):
+                    if state["stop"].is_set():
+                        return
+                if state["stop"].is_set():
+                    return
+                submit(seq, mi)
+
+        state["thread"] = threading.Thread(target=plan, name="dp_zoo-sampler", daemon=True)
+        self._prefetch = state
+        state["thread"].start()
+
+    def stop_prefetch(self):
+        state, self._prefetch = self._prefetch, None
+        if state is not None:
+            state["stop"].set()
+            state["thread"].join(timeout=5)
+            state["pool"].shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._ready.clear()
+
+    def close(self):
+        self.stop_prefetch()
+        self.source.close()
 
 
 def _resize_center_crop(image, size):
@@ -341,15 +711,18 @@ def _network_reachable(host="storage.googleapis.com", port=443, timeout=3.0):
         return False
 
 
-def load_dataset(data_config, split):
-    """Loads one split of the configured data set into memory.
+def load_dataset(data_config, split, streaming=None):
+    """Loads one split of the configured data set into memory, or streams it.
 
     Args:
       data_config: ``DataConfig``.
       split: "train", "validation" or "test".
+      streaming: True: a ``StreamingDataset`` (TFDS data prepared as
+        array_record); False: in memory (refused if it does not fit);
+        None: in memory if it fits, else streamed.
 
     Returns:
-      ``Dataset``.
+      ``Dataset`` or ``StreamingDataset``.
 
     Raises:
       ValueError: unknown data set or split.
@@ -358,8 +731,11 @@ def load_dataset(data_config, split):
     """
     _check(data_config, split)
     if data_config.dataset == "digits":
+        if streaming:
+            raise ValueError("streaming reads TFDS data sets prepared as array_record; the embedded digits "
+                             "data set is 1,797 small images and is always held in memory.")
         return _digits(data_config, split)
-    return _tfds(data_config, split)
+    return _tfds(data_config, split, streaming)
 
 
 def make_augment_fn(augmult):
