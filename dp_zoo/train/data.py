@@ -159,13 +159,19 @@ def _digits(data_config, split):
     return Dataset(images[sl[0]], labels[sl[0]], 10, "digits", sl[1] + " (scikit-learn load_digits)", mean, std)
 
 
-def _tfds_unavailable_message(name, data_dir, manual_dir):
+def _tfds_unavailable_message(name, data_dir, manual_dir, array_record=False):
     where = data_dir or "~/tensorflow_datasets"
     if name == "imagenet2012":
         how = (
             "ImageNet must be downloaded by hand (register at https://image-net.org/download-images): "
             f"put {' and '.join(IMAGENET_MANUAL_FILES)} in a directory and pass --manual-dir DIR; "
-            f"TFDS then prepares it into the data dir ({where}, ~150 GB, hours), no network needed."
+            f"TFDS then prepares it into the data dir ({where}, ~150 GB, hours"
+            + (", as array_record for streaming" if array_record else "") + "), no network needed."
+        )
+    elif array_record:
+        how = (
+            f"Prepare it on a machine with internet: `tfds build {name} --file_format=array_record "
+            f"--data_dir {where}`, copy that directory here if needed, and pass --data-dir to it."
         )
     else:
         how = (
@@ -298,12 +304,14 @@ def _tfds(data_config, split, streaming=None):
     if split == "validation" and v == 0:
         raise ValueError("No validation split: set validation_size > 0.")
     n = {"train": (n_train or 0) - v, "validation": v, "test": n_test or 0}[split]
+    why = _memory_shortfall(name, split, n, shape)
     if streaming is None:
         # The memory guard: a split that does not fit is streamed.
-        streaming = _memory_shortfall(name, split, n, shape) is not None
+        streaming = why is not None
     elif not streaming:
         _check_fits_in_memory(name, split, n, shape)
     mocked = _tfds_mocked(builder)
+    must_stream = f"{why}, so it must be streamed from array_record files. " if streaming and why else ""
 
     # Checking the prepared files first fails in milliseconds; letting TFDS
     # try to download offline retries for minutes before failing.
@@ -315,23 +323,20 @@ def _tfds(data_config, split, streaming=None):
             missing = [f for f in IMAGENET_MANUAL_FILES if not (md and os.path.exists(os.path.join(md, f)))]
             if missing:
                 raise DataUnavailableError(
-                    (f"--manual-dir {md} lacks {', '.join(missing)}. " if md else "")
-                    + _tfds_unavailable_message(name, data_config.data_dir, md)
+                    must_stream + (f"--manual-dir {md} lacks {', '.join(missing)}. " if md else "")
+                    + _tfds_unavailable_message(name, data_config.data_dir, md, array_record=streaming)
                 )
         elif os.environ.get("DP_ZOO_ALLOW_DOWNLOAD", "1") == "0" or not _network_reachable():
-            raise DataUnavailableError(
-                _tfds_unavailable_message(name, data_config.data_dir, data_config.manual_dir)
-            )
+            raise DataUnavailableError(must_stream + _tfds_unavailable_message(
+                name, data_config.data_dir, data_config.manual_dir, array_record=streaming))
         if streaming:
             # Streaming needs random access: prepare it as array_record.
             builder = tfds.builder(name, data_dir=data_config.data_dir, file_format="array_record")
         builder.download_and_prepare(download_config=dl)
     formats = {"array_record"} if mocked else _file_formats(builder)
     if streaming and "array_record" not in formats:
-        why = _memory_shortfall(name, split, n, shape)
         raise DataUnavailableError(
-            (f"{why}, so it must be streamed. " if why else "")
-            + f"Streaming {name} needs random access, but it is prepared in {builder.data_dir} as "
+            must_stream + f"Streaming {name} needs random access, but it is prepared in {builder.data_dir} as "
             f"{', '.join(sorted(formats)) or 'an unknown format'}, not array_record. Prepare it as "
             f"array_record: {_array_record_build_command(name, data_config.data_dir, data_config.manual_dir)} "
             "(ImageNet: the same manual directory, no network), or convert the prepared copy in place "

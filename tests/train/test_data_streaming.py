@@ -247,3 +247,13 @@ def test_cli_streaming_digits_is_a_one_line_error(tmp_path):
 
     r = cli("--streaming", "--steps", "1", "--run-dir", str(tmp_path / "r"), "--nopublish")
     assert r.returncode == 2 and "always held in memory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unprepared_and_too_big_says_to_prepare_array_record(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 10**8)
+    monkeypatch.setenv("DP_ZOO_ALLOW_DOWNLOAD", "0")
+    with pytest.raises(data.DataUnavailableError) as e:
+        data.load_dataset(C.DataConfig(dataset="cifar10", data_dir=str(tmp_path)), "train")
+    msg = str(e.value)
+    assert "50,000 images of 32x32x3 = 0.2 GB" in msg and "must be streamed" in msg
+    assert "tfds build cifar10 --file_format=array_record" in msg
