@@ -27,9 +27,14 @@ indices. Nothing is ever shuffled or read sequentially for training.
 ``StreamingDataset.prefetch`` replays the sampler ahead of the engine so
 that reading overlaps the DP step. Data prepared as TFRecord (TFDS's
 default) has no random access: prepare it with ``tfds build NAME
---file_format=array_record`` (the error says so). The mean/std of a
-streamed train split come from up to ``STATS_SAMPLE`` train images (all of
-them when the split is that small, matching the in-memory figures).
+--file_format=array_record`` (the error says so).
+
+Normalisation constants are never computed from the (private) training
+data: a mean/std measured at run time would be released inside the model
+(its serving signature normalises) without any privacy accounting. They are
+fixed in code (``normalization_constants``): the published per-channel
+figures for the standard data sets, and the data-independent (0.5, 0.5),
+i.e. pixels mapped to [-1, 1], for everything else, digits included.
 
 Offline behaviour: TFDS, asked for a data set that is not prepared, tries
 to download it and retries a failed download for minutes. We check whether
@@ -85,7 +90,8 @@ class Dataset:
       num_classes: number of classes.
       name: data set name.
       split: exact description of the examples in this split.
-      mean, std: per-channel statistics of ``images / 255`` on the train split.
+      mean, std: per-channel normalisation constants for ``images / 255``
+        (``normalization_constants``: fixed, not measured on the data).
     """
 
     images: np.ndarray
@@ -104,26 +110,30 @@ class Dataset:
         return tuple(int(d) for d in self.images.shape[1:])
 
 
-def _stats(images):
-    """Per-channel mean/std of ``images / 255``.
+# Published per-channel mean/std of images / 255 (torchvision / timm / the
+# data sets' common training code). Fixed constants, not computed at run
+# time: see the module docstring.
+PUBLIC_NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn_cropped": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
 
-    Accumulated in chunks: a float64 copy of a whole split (1.2 GB for
-    CIFAR-10 train) is what the naive one-liner would allocate.
+
+def normalization_constants(name, channels):
+    """``(mean, std)`` for data set ``name`` with ``channels`` channels, data-independent.
+
+    The published figures where the data set has them, else 0.5 / 0.5 per
+    channel (pixels to [-1, 1]). Never measured on the training data, which
+    is private: the constants ship inside the exported model.
     """
-    return _stats_from_chunks(images.shape[-1], (images[i:i + 4096] for i in range(0, len(images), 4096)))
-
-
-def _stats_from_chunks(c, chunks):
-    s1, s2, n = np.zeros(c), np.zeros(c), 0
-    for chunk in chunks:
-        x = chunk.reshape(-1, c).astype(np.float64) / 255.0
-        s1 += x.sum(0)
-        s2 += np.square(x).sum(0)
-        n += len(x)
-    mean = s1 / max(n, 1)
-    var = np.maximum(s2 / max(n, 1) - np.square(mean), 0.0)
-    # The floor keeps normalisation finite for a constant channel.
-    return tuple(float(m) for m in mean), tuple(float(max(np.sqrt(v), 1e-3)) for v in var)
+    if name in PUBLIC_NORMALIZATION and len(PUBLIC_NORMALIZATION[name][0]) == channels:
+        mean, std = PUBLIC_NORMALIZATION[name]
+        return tuple(mean), tuple(std)
+    return (0.5,) * channels, (0.5,) * channels
 
 
 def _check(data_config, split):
@@ -148,7 +158,7 @@ def _digits(data_config, split):
     if v >= DIGITS_TRAIN:
         raise ValueError(f"validation_size={v} leaves no digits training data (train has {DIGITS_TRAIN}).")
     train_end = DIGITS_TRAIN - v
-    mean, std = _stats(images[:train_end])
+    mean, std = normalization_constants("digits", 1)
     sl = {
         "train": (slice(0, train_end), f"digits[:{train_end}]"),
         "validation": (slice(train_end, DIGITS_TRAIN), f"digits[{train_end}:{DIGITS_TRAIN}]"),
@@ -282,7 +292,6 @@ def _test_split_name(name, splits):
     return "test"
 
 
-_STATS_CACHE = {}
 
 
 def _tfds(data_config, split, streaming=None):
@@ -349,7 +358,6 @@ def _tfds(data_config, split, streaming=None):
     tfds_split = {"train": train_split, "validation": f"train[-{v}:]", "test": test_split}[split]
     num_classes = builder.info.features["label"].num_classes
     how = f", shorter side resized to {size} + centre crop" if size else ""
-    key = (name, os.path.abspath(builder.data_dir), size, v)
 
     # A data set prepared only as array_record has no tf.data reader in
     # TFDS (as_dataset raises NotImplementedError): read it through its
@@ -359,19 +367,11 @@ def _tfds(data_config, split, streaming=None):
         train_src = full_train.view(0, len(full_train) - v)
         src = {"train": lambda: train_src, "validation": lambda: full_train.view(len(full_train) - v, None),
                "test": lambda: _RandomAccessSplit(builder, test_split, 0, None, size)}[split]()
+        mean, std = normalization_constants(name, builder.info.features["image"].shape[-1] or 3)
         if streaming:
-            skey = key + ("stream", STATS_SAMPLE)
-            if skey not in _STATS_CACHE:
-                _STATS_CACHE[skey] = train_src.sample_stats(STATS_SAMPLE)
-            mean, std = _STATS_CACHE[skey]
             return StreamingDataset(src, num_classes, name, f"{name} {tfds_split} (TFDS array_record, streamed{how})",
                                     mean, std)
         images, labels = src.read_all()
-        if split == "train":
-            _STATS_CACHE[key] = _stats(images)
-        elif key not in _STATS_CACHE:
-            _STATS_CACHE[key] = _stats(train_src.read_all()[0])
-        mean, std = _STATS_CACHE[key]
         return Dataset(images, labels, num_classes, name, f"{name} {tfds_split} (TFDS array_record{how})",
                        mean, std)
 
@@ -388,16 +388,10 @@ def _tfds(data_config, split, streaming=None):
         return np.concatenate(xs).astype(np.uint8), np.concatenate(ys).astype(np.int64)
 
     images, labels = arrays(tfds_split)
-    if split == "train":
-        _STATS_CACHE[key] = _stats(images)
-    elif key not in _STATS_CACHE:
-        # mean/std come from the train split whatever split is asked for.
-        _STATS_CACHE[key] = _stats(arrays(train_split)[0])
-    mean, std = _STATS_CACHE[key]
+    mean, std = normalization_constants(name, images.shape[-1])
     return Dataset(images, labels, num_classes, name, f"{name} {tfds_split} (TFDS{how})", mean, std)
 
 
-STATS_SAMPLE = 10_000
 _DECODE_THREADS = max(4, min(32, 2 * (os.cpu_count() or 1)))
 
 
@@ -489,14 +483,6 @@ class _RandomAccessSplit:
         if not xs:
             return np.zeros((0,) + tuple(self.shape or (0, 0, self._channels)), np.uint8), np.zeros(0, np.int64)
         return np.concatenate(xs), np.concatenate(ys)
-
-    def sample_stats(self, limit, chunk=256):
-        """Per-channel mean/std over all records, or over ``limit`` of them drawn with a fixed seed."""
-        n = len(self)
-        idx = np.arange(n) if n <= limit else np.sort(np.random.default_rng(0).choice(n, limit, replace=False))
-        return _stats_from_chunks(
-            self.shape[-1] if self.shape else self._channels,
-            (self.read(idx[i:i + chunk])[0] for i in range(0, len(idx), chunk)))
 
     def close(self):
         if self._pool is not None:

@@ -122,8 +122,19 @@ def test_tfds_imagenet_mock_resized_to_the_model_resolution(tmp_path):
     assert te.mean == tr.mean and tr.num_classes == 1000
 
 
-def test_stats_are_exact_per_channel():
-    x = np.random.default_rng(1).integers(0, 256, size=(9000, 3, 2, 2), dtype=np.uint8)
-    mean, std = data._stats(x)
-    np.testing.assert_allclose(mean, (x / 255.0).mean(axis=(0, 1, 2)), rtol=1e-10)
-    np.testing.assert_allclose(std, (x / 255.0).std(axis=(0, 1, 2)), rtol=1e-8)
+def test_normalisation_constants_are_fixed_not_measured_on_private_data(tmp_path):
+    """mean/std ship inside the exported model: they must not depend on the training data."""
+    import tensorflow_datasets as tfds
+
+    # Digits: data-independent 0.5 / 0.5, whatever part of the data is used.
+    a = data.load_dataset(C.DataConfig(dataset="digits"), "train")
+    b = data.load_dataset(C.DataConfig(dataset="digits", validation_size=300), "train")
+    assert a.mean == b.mean == (0.5,) and a.std == b.std == (0.5,)
+    # CIFAR-10: the published constants, identical for two different (mock) data sets.
+    got = []
+    for n in (20, 40):
+        with tfds.testing.mock_data(num_examples=n):
+            d = data.load_dataset(C.DataConfig(dataset="cifar10", data_dir=str(tmp_path)), "train")
+        got.append((d.mean, d.std))
+    assert got[0] == got[1] == data.PUBLIC_NORMALIZATION["cifar10"]
+    assert data.normalization_constants("unknown_set", 3) == ((0.5,) * 3, (0.5,) * 3)

@@ -79,10 +79,8 @@ def as_catalogue(monkeypatch, prepared):
             return cls(data_dir=data_dir, **kwargs)
 
         monkeypatch.setattr(tfds, "builder", builder)
-        data._STATS_CACHE.clear()
 
     yield install
-    data._STATS_CACHE.clear()
 
 
 def _imagenet_like(prepared, fmt, **kw):
