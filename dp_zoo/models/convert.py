@@ -532,9 +532,8 @@ def from_deepmind_nfnet(model, params, *, skip_head=False):
 
     Our NFNet defaults are DeepMind's conventions (TF SAME padding, scaled WS
     with ``rsqrt(max(fan_in * var, 1e-4))``, SkipInit gains, SE gain 2,
-    average-pool + 1x1 shortcuts). One difference remains: DeepMind's
-    ``jax.nn.gelu`` is the tanh approximation, ours the exact erf GELU, so
-    logits differ slightly from DeepMind's own.
+    average-pool + 1x1 shortcuts, and GELU as ``jax.nn.gelu``'s default tanh
+    approximation, activation ``"gelu_tanh"``).
 
     Args:
       model: ``dp_zoo.create_model("nfnet_f*")`` (or ``nfnet_test``) of the

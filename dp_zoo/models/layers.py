@@ -6,8 +6,167 @@ and NFNets (Brock et al. 2021), SkipInit gain, per-example StochasticDepth
 and Squeeze-Excite. All math uses ``keras.ops``.
 """
 
+import contextlib
+import threading
+
 import keras
 from keras import ops
+
+_KERNEL_OVERRIDE = threading.local()
+
+
+@contextlib.contextmanager
+def standardized_kernel_override(mapping):
+    """Within the context, WS layers convolve with given tensors.
+
+    ``mapping``: ``{layer: (unit_kernel, channel_gain)}``. Inside, such a
+    layer computes ``conv(x, unit_kernel) * channel_gain`` (+ bias) instead
+    of ``conv(x, standardized_kernel())``: the same function, as the gain is
+    per output channel. DP-SGD passes the gain-free standardized kernel,
+    computed once per step, and the gain as tensors of its own, so that its
+    per-example gradients are taken w.r.t. them rather than the raw kernel
+    (the standardization's backward then runs once, on the clipped sum) and
+    the gain's per-example gradient is an activation-sized reduction rather
+    than a kernel-sized one (``dp_zoo.train.dp_sgd``). Grouped convolutions
+    run as one convolution per group inside the context (an empty mapping
+    too), since TensorFlow's CPU kernels have no gradient for grouped
+    convolutions under ``tf.vectorized_map``.
+    Thread-local, as MirroredStrategy traces each replica in its own thread.
+    """
+    previous = getattr(_KERNEL_OVERRIDE, "mapping", None)
+    _KERNEL_OVERRIDE.mapping = {id(layer): t for layer, t in mapping.items()}
+    try:
+        yield
+    finally:
+        _KERNEL_OVERRIDE.mapping = previous
+
+
+def _overridden_kernel(layer):
+    mapping = getattr(_KERNEL_OVERRIDE, "mapping", None)
+    return mapping.get(id(layer)) if mapping else None
+
+
+def _per_example_context():
+    """True inside ``standardized_kernel_override`` (an empty mapping included)."""
+    return getattr(_KERNEL_OVERRIDE, "mapping", None) is not None
+
+
+def _grouped_conv(x, kernel, *, strides, padding, groups):
+    """``ops.conv`` with ``groups`` groups as one convolution per group."""
+    if groups == 1:
+        return ops.conv(x, kernel, strides=strides, padding=padding)
+    xs = ops.split(x, groups, axis=-1)
+    ks = ops.split(kernel, groups, axis=-1)
+    return ops.concatenate([ops.conv(a, k, strides=strides, padding=padding) for a, k in zip(xs, ks)], axis=-1)
+
+
+def _standardize_reference(w, gain, eps, eps_mode):
+    """Weight standardization written with plain ops (autodiff does the backward)."""
+    fan_in = float(w.shape[0] * w.shape[1] * w.shape[2])
+    mean = ops.mean(w, axis=(0, 1, 2), keepdims=True)
+    var = ops.var(w, axis=(0, 1, 2), keepdims=True)
+    if eps_mode == "timm":
+        inv = ops.rsqrt(var + eps) / fan_in**0.5
+    else:
+        inv = ops.rsqrt(ops.maximum(var * fan_in, eps))
+    return (w - mean) * inv * gain
+
+
+def standardize_kernel(w, gain, *, eps, eps_mode="deepmind"):
+    """``gain * (w - mean) * s(var)`` per output channel of an HWIO kernel.
+
+    ``s = rsqrt(max(fan_in * var, eps))`` ("deepmind", also jax_privacy's
+    WSConv2D) or ``rsqrt(var + eps) / sqrt(fan_in)`` ("timm"); mean and
+    biased variance over the fan-in (axes 0, 1, 2).
+
+    Under TensorFlow the backward pass is the closed form below instead of
+    autodiff's. Per-example clipping runs this backward once per example
+    (the cotangent differs per example even though the kernel does not), and
+    autodiff's version makes about ten full passes over a ``[B, *kernel]``
+    tensor (broadcasts, three partial gradients added up); the closed form
+    makes about four. With ``d = w - mean``, ``a = u * gain`` for the
+    incoming cotangent ``u``:
+
+        dL/dw    = s * (a - mean(a)) - c * s^3 * sum(a * d) * d
+        dL/dgain = s * sum(u * d)
+
+    (sums over the fan-in, per output channel), where ``c = 1`` when ``s``
+    depends on ``var`` and 0 where the deepmind eps floor is active. Tests
+    compare it with autodiff of ``_standardize_reference``.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return _standardize_reference(w, gain, eps, eps_mode)
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def ws(w, gain):
+        ds, s, c = ws_geometry(w, eps=eps, eps_mode=eps_mode)
+
+        def grad(u):
+            return ws_backward(u, ds, s, c, gain), tf.reduce_sum(u * ds, axis=(-4, -3, -2))
+
+        return ds * gain, grad
+
+    # Plain tensors in: a variable read inside would make custom_gradient
+    # ask for gradients w.r.t. variables as well.
+    return ws(tf.convert_to_tensor(w), tf.convert_to_tensor(gain))
+
+
+def ws_geometry(w, *, eps, eps_mode="deepmind"):
+    """``(d * s, s, c)`` of an HWIO kernel (see ``standardize_kernel``).
+
+    ``d * s`` is the standardized kernel before the gain; ``s`` and ``c``
+    have shape ``[1, 1, 1, cout]``.
+    """
+    import tensorflow as tf
+
+    fan_in = float(w.shape[0] * w.shape[1] * w.shape[2])
+    d = w - tf.reduce_mean(w, axis=(0, 1, 2), keepdims=True)
+    var = tf.reduce_mean(tf.square(d), axis=(0, 1, 2), keepdims=True)
+    if eps_mode == "timm":
+        s = tf.math.rsqrt(var + eps) / fan_in**0.5
+        c = tf.ones_like(s)
+    else:
+        s = tf.math.rsqrt(tf.maximum(var * fan_in, eps))
+        c = tf.cast(var * fan_in > eps, s.dtype)
+    return d * s, s, c
+
+
+def ws_backward(u, ds, s, c, gain):
+    """``dL/dw`` from ``u = dL/dw_hat`` (any leading batch axes), closed form."""
+    import tensorflow as tf
+
+    a = u * gain
+    mean_a = tf.reduce_mean(a, axis=(-4, -3, -2), keepdims=True)
+    proj = tf.reduce_sum(a * ds, axis=(-4, -3, -2), keepdims=True)
+    return s * (a - mean_a) - (c * s) * proj * ds
+
+
+def ws_kernel_sq_norms(a, pa, ds, s, c):
+    """``||ws_backward(a, ds, s, c, 1)||^2`` per leading index of ``a``, without forming it.
+
+    ``a``: ``[B, kh, kw, cin, cout]`` cotangents w.r.t. the gain-free
+    standardized kernel ``d * s`` (the gain folded in); ``pa``: ``[B, cout]``,
+    ``sum(a * d * s)`` over the fan-in. ``ws_backward`` is ``s`` times the
+    projection of ``a`` off the constant direction and (when ``c = 1``) off
+    ``d * s``, which is orthogonal to the constants. Per output channel, with
+    ``n`` the fan-in, ``S1 = sum(a)``, ``S2 = sum(a^2)``:
+
+        ||dw||^2 = s^2 (S2 - S1^2 / n - c pa^2 (2 - ||d * s||^2)).
+
+    Two single-pass reductions over ``a`` (a Euclidean-norm reduction is one
+    kernel; square-then-sum writes a temporary the size of ``a``).
+    """
+    import tensorflow as tf
+
+    n = float(a.shape[1] * a.shape[2] * a.shape[3])
+    cout = a.shape[-1]
+    s2 = tf.square(tf.math.reduce_euclidean_norm(a, axis=(1, 2, 3)))
+    s1 = tf.reduce_sum(a, axis=(1, 2, 3))
+    ds_sq = tf.reduce_sum(tf.square(tf.reshape(ds, [-1, cout])), axis=0)
+    s_, c_ = tf.reshape(s, [cout]), tf.reshape(c, [cout])
+    per_channel = tf.maximum(s2 - tf.square(s1) / n - c_ * tf.square(pa) * (2.0 - ds_sq), 0.0)
+    return tf.reduce_sum(per_channel * tf.square(s_), axis=1)
 
 
 @keras.saving.register_keras_serializable(package="dp_zoo")
@@ -57,22 +216,35 @@ class WSConv2D(keras.layers.Conv2D):
 
     def standardized_kernel(self):
         """The kernel actually convolved with (mean 0, variance 1/fan_in)."""
-        w = self.kernel
-        fan_in = float(w.shape[0] * w.shape[1] * w.shape[2])
-        mean = ops.mean(w, axis=(0, 1, 2), keepdims=True)
-        var = ops.var(w, axis=(0, 1, 2), keepdims=True)
-        scale = ops.rsqrt(ops.maximum(var * fan_in, self.eps)) * self.gain
-        return (w - mean) * scale
+        return standardize_kernel(self.kernel, self.gain, eps=self.eps, eps_mode="deepmind")
+
+    def ws_parts(self):
+        """``(kernel, gain, gain_scale, eps, eps_mode)``: w_hat = standardize(kernel, gain * gain_scale).
+
+        None when the layer cannot run under ``standardized_kernel_override``
+        (channels-first data, or groups with dilation).
+        """
+        if self.data_format != "channels_last" or (self.groups > 1 and max(self.dilation_rate) > 1):
+            return None
+        return self.kernel, self.gain, 1.0, self.eps, "deepmind"
 
     def call(self, inputs):
-        out = ops.conv(
-            inputs,
-            self.standardized_kernel(),
-            strides=self.strides,
-            padding=self.padding,
-            dilation_rate=self.dilation_rate,
-            data_format=self.data_format,
-        )
+        override = _overridden_kernel(self)
+        if override is not None and self.groups > 1:
+            out = _grouped_conv(inputs, override[0], strides=self.strides, padding=self.padding,
+                                groups=self.groups) * override[1]
+        else:
+            kernel = self.standardized_kernel() if override is None else override[0]
+            out = ops.conv(
+                inputs,
+                kernel,
+                strides=self.strides,
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format=self.data_format,
+            )
+            if override is not None:
+                out = out * override[1]
         if self.use_bias:
             out = out + self.bias
         if self.activation is not None:
@@ -115,6 +287,9 @@ class WSConv2D(keras.layers.Conv2D):
 NONLINEARITY_GAMMA = {
     "relu": 1.7139588594436646,
     "gelu": 1.7015043497085571,
+    # DeepMind's NFNets use jax.nn.gelu, whose default is the tanh
+    # approximation; their gain constant is the same to the digits given.
+    "gelu_tanh": 1.7015043497085571,
     "silu": 1.7881293296813965,
     "identity": 1.0,
 }
@@ -125,6 +300,8 @@ def _activation(name, x):
         return ops.relu(x)
     if name == "gelu":
         return ops.gelu(x, approximate=False)  # exact erf GELU, as nn.GELU
+    if name == "gelu_tanh":
+        return ops.gelu(x, approximate=True)  # as jax.nn.gelu's default
     if name == "silu":
         return ops.silu(x)
     if name == "identity":
@@ -137,7 +314,8 @@ class ScaledActivation(keras.layers.Layer):
     """``gamma * act(x)``; ``gamma`` defaults to the activation's NF gain.
 
     Args:
-      activation: "relu", "gelu", "silu" or "identity".
+      activation: "relu", "gelu" (exact), "gelu_tanh" (tanh approximation),
+        "silu" or "identity".
       gamma: output scale; None uses ``NONLINEARITY_GAMMA[activation]``.
     """
 
@@ -219,15 +397,11 @@ class ScaledWSConv2D(keras.layers.Layer):
 
     def standardized_kernel(self):
         """The kernel actually convolved with."""
-        w = self.kernel
-        fan_in = float(w.shape[0] * w.shape[1] * w.shape[2])
-        mean = ops.mean(w, axis=(0, 1, 2), keepdims=True)
-        var = ops.var(w, axis=(0, 1, 2), keepdims=True)
-        if self.eps_mode == "timm":
-            inv = ops.rsqrt(var + self.eps) / fan_in**0.5
-        else:
-            inv = ops.rsqrt(ops.maximum(var * fan_in, self.eps))
-        return (w - mean) * inv * (self.gain * self.gamma)
+        return standardize_kernel(self.kernel, self.gain * self.gamma, eps=self.eps, eps_mode=self.eps_mode)
+
+    def ws_parts(self):
+        """``(kernel, gain, gain_scale, eps, eps_mode)``: w_hat = standardize(kernel, gain * gain_scale)."""
+        return self.kernel, self.gain, self.gamma, self.eps, self.eps_mode
 
     def call(self, x):
         pad = self.padding
@@ -235,7 +409,13 @@ class ScaledWSConv2D(keras.layers.Layer):
             if pad:
                 x = ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
             pad = "valid"
-        y = ops.conv(x, self.standardized_kernel(), strides=self.strides, padding=pad)
+        override = _overridden_kernel(self)
+        if override is None and self.groups > 1 and _per_example_context():
+            y = _grouped_conv(x, self.standardized_kernel(), strides=self.strides, padding=pad, groups=self.groups)
+        elif override is None:
+            y = ops.conv(x, self.standardized_kernel(), strides=self.strides, padding=pad)
+        else:
+            y = _grouped_conv(x, override[0], strides=self.strides, padding=pad, groups=self.groups) * override[1]
         return y + self.bias if self.use_bias else y
 
     def compute_output_shape(self, input_shape):

@@ -49,7 +49,8 @@ class NFConfig:
       bottle_ratio: bottleneck width / output width.
       group_size: channels per group in the 3x3 convolutions (None: dense).
       extra_conv: a second 3x3 convolution in each block (NFNets).
-      activation: "relu" or "gelu".
+      activation: "relu", "gelu" (exact erf GELU, timm's) or "gelu_tanh"
+        (the tanh approximation: jax.nn.gelu's default, DeepMind's NFNets).
       gamma_in_act: scale activations by their gain (NFNets) instead of
         folding it into the following convolution (NF-ResNets).
       same_padding: TensorFlow SAME padding (DeepMind's NFNets) instead of
@@ -110,7 +111,7 @@ class NFConfig:
 TIMM_CONVENTIONS = {
     "nf_resnet": dict(same_padding=False, skipinit=False, gamma_in_act=False, eps=1e-5, eps_mode="timm",
                       shortcut_pool=True, drop_path_schedule="timm"),
-    "nfnet": dict(eps=1e-5, eps_mode="timm", drop_path_schedule="timm"),
+    "nfnet": dict(eps=1e-5, eps_mode="timm", drop_path_schedule="timm", activation="gelu"),
 }
 
 

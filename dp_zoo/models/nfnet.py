@@ -5,7 +5,8 @@ recognition without normalization" (arXiv 2102.06171), as DeepMind's
 released models and timm's ``dm_nfnet_f*`` (the parity reference): "deep
 quad" stem (four 3x3 convolutions, 16/32/64/128 channels), stages of widths
 256/512/1536/1536, bottleneck ratio 0.5 with group width 128 and an extra 3x3
-convolution, squeeze-excite (ratio 0.5, gain 2), scaled GELU, SkipInit,
+convolution, squeeze-excite (ratio 0.5, gain 2), scaled GELU (tanh
+approximation, as jax.nn.gelu; timm's exact GELU is a convention field), SkipInit,
 TensorFlow SAME padding, and a 1x1 convolution to 3072 features before the
 head. The residual machinery is shared with the NF-ResNets (``nf_resnet.py``).
 
@@ -20,7 +21,7 @@ def nfnet_config(depths, **kw):
     """The NFNet-F configuration for given stage depths."""
     base = dict(
         depths=depths, channels=(256, 512, 1536, 1536), stem="deep_quad", stem_channels=128,
-        bottle_ratio=0.5, group_size=128, extra_conv=True, activation="gelu", gamma_in_act=True,
+        bottle_ratio=0.5, group_size=128, extra_conv=True, activation="gelu_tanh", gamma_in_act=True,
         same_padding=True, skipinit=True, se_ratio=0.5, num_features=3072, eps=1e-4,
         eps_mode="deepmind", shortcut_pool=True,
     )

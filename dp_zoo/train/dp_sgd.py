@@ -14,6 +14,8 @@ The engine (``engine.py``) composes them; each is tested alone.
 import keras
 import tensorflow as tf
 
+from dp_zoo.models.layers import standardized_kernel_override, ws_backward, ws_geometry, ws_kernel_sq_norms
+
 
 def _loss_views(model, params, non_trainable, views, label):
     """Mean cross-entropy over the K views ``[K, H, W, C]`` of one example."""
@@ -44,7 +46,10 @@ def per_example_grads(model, images, labels, *, vectorized=True):
         views, label = args
         with tf.GradientTape() as tape:
             tape.watch(params)
-            loss = _loss_views(model, params, non_trainable, views, label)
+            # No kernels replaced; our layers just pick per-example-safe ops
+            # (grouped convolutions as one convolution per group).
+            with standardized_kernel_override({}):
+                loss = _loss_views(model, params, non_trainable, views, label)
         return tape.gradient(loss, params), loss
 
     if vectorized:
@@ -55,8 +60,14 @@ def per_example_grads(model, images, labels, *, vectorized=True):
 
 def global_norms(grads):
     """Per-example global L2 norms ``[B]`` of a list of ``[B, ...]`` grads."""
-    sq = [tf.reduce_sum(tf.reshape(tf.square(g), [tf.shape(g)[0], -1]), axis=1) for g in grads]
-    return tf.sqrt(tf.add_n(sq))
+    return tf.sqrt(tf.add_n(_sq_norms(grads)))
+
+
+def _sq_norms(grads):
+    # One Euclidean-norm reduction per tensor: a single pass, measured 5x
+    # faster on CPU than square-then-sum (which writes a temporary of the
+    # size of the per-example gradients) and 10x faster than einsum.
+    return [tf.square(tf.math.reduce_euclidean_norm(tf.reshape(g, [tf.shape(g)[0], -1]), axis=1)) for g in grads]
 
 
 def clip_factors(norms, l2_clip):
@@ -80,20 +91,125 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
       ``(grad_sum, norms)``: list aligned with ``model.trainable_variables``
       and the unclipped per-example norms ``[B]``.
     """
+    ws = _ws_kernels(model) if vectorized else []
+    if ws:
+        return _clipped_grad_sum_ws(model, images, labels, ws, l2_clip=l2_clip, mask=mask)
     grads, _ = per_example_grads(model, images, labels, vectorized=vectorized)
     norms = global_norms(grads)
+    factors = _masked_clip_factors(norms, l2_clip, mask)
+    return weighted_sum(grads, factors, mask, norms), norms
+
+
+def _masked_clip_factors(norms, l2_clip, mask):
     factors = clip_factors(norms, tf.cast(l2_clip, norms.dtype))
     if mask is not None:
-        # where(), not a product: a padding row with a non-finite gradient
-        # must still contribute exactly zero.
         factors = tf.where(tf.cast(mask, tf.bool), factors, tf.zeros_like(factors))
-    grad_sum = []
-    for g in grads:
-        f = tf.reshape(factors, [-1] + [1] * (len(g.shape) - 1))
-        if mask is not None:
-            g = tf.where(tf.reshape(tf.cast(mask, tf.bool), tf.shape(f)), g, tf.zeros_like(g))
-        grad_sum.append(tf.reduce_sum(g * f, axis=0))
-    return grad_sum, norms
+    return factors
+
+
+def _ws_kernels(model):
+    """``[(layer, kernel index, gain index, gain scale, eps, eps mode)]`` for WS layers whose kernel and gain train."""
+    index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    out = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        parts = layer.ws_parts() if hasattr(layer, "ws_parts") else None
+        if parts is None:
+            continue
+        kernel, gain, scale, eps, mode = parts
+        if id(kernel) in index and id(gain) in index:
+            out.append((layer, index[id(kernel)], index[id(gain)], scale, eps, mode))
+    return out
+
+
+def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask):
+    """``clipped_grad_sum`` with per-example gradients taken w.r.t. standardized kernels.
+
+    A WS layer computes ``conv(x, d * s) * g`` with ``d * s`` the gain-free
+    standardized kernel and ``g`` its per-channel gain (times the layer's
+    fixed scale). Neither depends on the example, so they are computed once
+    per step and passed in as tensors (``layers.standardized_kernel_override``);
+    per example we form only ``a = dL/d(d * s)`` and ``q = dL/dg`` (an
+    activation-sized reduction). The standardization's backward is linear in
+    the cotangent: the norm of each example's raw-kernel gradient comes from
+    two single-pass reductions of ``a`` (``layers.ws_kernel_sq_norms``), and
+    the backward itself runs once, on the clipped sum ``sum_b f_b a_b``.
+    Tests compare this with the generic path.
+    """
+    variables = model.trainable_variables
+    params = [v.value for v in variables]
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    geometry, units, gains = [], [], []
+    for layer, ki, gi, scale, eps, mode in ws:
+        ds, s, c = ws_geometry(params[ki], eps=eps, eps_mode=mode)
+        g = params[gi] * scale
+        geometry.append((ds, s, c, g, scale))
+        units.append(ds)
+        gains.append(g)
+    replaced = {i for _, ki, gi, *_ in ws for i in (ki, gi)}
+    others = [i for i in range(len(params)) if i not in replaced]
+    overrides = {entry[0]: (ds, g) for entry, ds, g in zip(ws, units, gains)}
+    n_other, n_ws = len(others), len(ws)
+
+    def one(args):
+        views, label = args
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            tape.watch(units)
+            tape.watch(gains)
+            with standardized_kernel_override(overrides):
+                loss = _loss_views(model, params, non_trainable, views, label)
+        return tape.gradient(loss, [params[i] for i in others] + units + gains,
+                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+
+    grads = tf.vectorized_map(one, (images, labels), fallback_to_while_loop=True)
+    other_grads, a_s, q_s = grads[:n_other], grads[n_other:n_other + n_ws], grads[n_other + n_ws:]
+    sq = _sq_norms(other_grads)
+    for a, q, (ds, s, c, g, scale) in zip(a_s, q_s, geometry):
+        # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
+        sq.append(ws_kernel_sq_norms(a, q * g, ds, s, c))
+        sq.append(tf.reduce_sum(tf.square(q), axis=1) * float(scale) ** 2)
+    norms = tf.sqrt(tf.add_n(sq))
+    factors = _masked_clip_factors(norms, l2_clip, mask)
+    summed = weighted_sum(list(other_grads) + list(a_s) + list(q_s), factors, mask, norms)
+    out = [None] * len(params)
+    for i, gsum in zip(others, summed[:n_other]):
+        out[i] = gsum
+    for (layer, ki, gi, *_), a_sum, q_sum, (ds, s, c, g, scale) in zip(
+            ws, summed[n_other:n_other + n_ws], summed[n_other + n_ws:], geometry):
+        out[ki] = ws_backward(a_sum, ds, s, c, 1.0)
+        out[gi] = tf.reshape(q_sum * scale, tf.shape(params[gi]))
+    return out, norms
+
+
+def weighted_sum(grads, factors, mask=None, norms=None):
+    """``sum_b factors[b] * grads[b]`` for each ``[B, ...]`` tensor of ``grads``.
+
+    A contraction over the batch axis (one matrix-vector product per
+    variable, a single read of the per-example gradients) rather than a
+    broadcast multiply followed by a reduction (a write and two reads).
+
+    A padding row (mask 0) with a non-finite gradient must still contribute
+    exactly zero, and ``0 * nan`` is nan: only when such a row exists (rare:
+    padding rows are zeros) are those rows replaced by zeros first. A row's
+    gradient is non-finite exactly when its norm is (``norms``, computed
+    anyway; an overflowing norm of finite values only makes us zero a
+    padding row that was zero-weighted already).
+    """
+    if mask is not None:
+        pad = tf.logical_not(tf.cast(mask, tf.bool))
+        if norms is None:
+            norms = global_norms(grads)
+        bad_padding = tf.reduce_any(tf.logical_and(pad, tf.logical_not(tf.math.is_finite(norms))))
+
+        def zero_padding_rows():
+            out = []
+            for g in grads:
+                keep = tf.reshape(tf.logical_not(pad), [-1] + [1] * (len(g.shape) - 1))
+                out.append(tf.where(keep, g, tf.zeros_like(g)))
+            return out
+
+        grads = tf.cond(bad_padding, zero_padding_rows, lambda: [tf.identity(g) for g in grads])
+    return [tf.tensordot(factors, g, axes=[[0], [0]]) for g in grads]
 
 
 def mean_grad(model, images, labels, mask=None):

@@ -139,9 +139,9 @@ def ws_conv(p, x, stride=1, groups=1):
 
 
 def dm_gelu(x):
-    # DeepMind's jax.nn.gelu defaults to the tanh approximation; our layer is the exact
-    # erf GELU (documented in from_deepmind_nfnet). Exact here, to test the wiring.
-    return tf.nn.gelu(x, approximate=False) * GELU_GAMMA
+    # DeepMind's jax.nn.gelu defaults to the tanh approximation, and so does
+    # our NFNet default ("gelu_tanh"); timm's exact GELU is TIMM_CONVENTIONS'.
+    return tf.nn.gelu(x, approximate=True) * GELU_GAMMA
 
 
 def dm_nfnet_forward(tree, x, depths, widths, alpha=0.2):
