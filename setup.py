@@ -38,6 +38,8 @@ setup(
         "numpy>=1.26",
         "matplotlib>=3.8,<4",
         "tqdm>=4.66,<5",
+        # TensorBoard scalars of a run (tf.summary needs it since TF 2.16).
+        "tensorboard>=2.21,<2.22",
     ],
     extras_require={
         "test": ["pytest>=8,<10"],

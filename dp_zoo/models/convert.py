@@ -599,6 +599,35 @@ def to_haiku_wrn(model):
     return _export_haiku(model, _haiku_wrn_mapping, "jax_privacy WideResNet")
 
 
+def load_haiku_into(model, params, family):
+    """``from_deepmind_nfnet`` / ``from_haiku_wrn`` for fine-tuning: a classifier of another class count stays fresh.
+
+    Args:
+      model: our NFNet (``family="nfnet"``) or WideResNet (``family="wrn"``).
+      params: as for ``from_deepmind_nfnet``.
+      family: "nfnet" or "wrn".
+
+    Returns:
+      The names of the layers left at their initialisation: the classifier
+      when the checkpoint's has another number of classes, else none.
+
+    Raises:
+      ValueError: an unknown family, or parameters that do not fit (named).
+    """
+    table = {"nfnet": (_deepmind_nfnet_mapping, "DeepMind NFNet", None),
+             "wrn": (_haiku_wrn_mapping, "jax_privacy WideResNet", _wrn_rename)}
+    if family not in table:
+        raise ValueError(f"Haiku checkpoints load into NFNets ('nfnet') or WideResNets ('wrn'), not {family!r}.")
+    mapping, what, rename = table[family]
+    flat = flatten_haiku_params(params, rename)
+    entries, _, head = mapping(model)
+    other_classes = any(
+        (m, n) in flat and tuple(flat[(m, n)].shape) != tuple(shape)
+        for m, n, _, shape, *_ in entries if m == head)
+    _load_haiku(model, params, mapping, what, other_classes, rename)
+    return [model.layers[-1].name] if other_classes else []
+
+
 # --- Reading the checkpoint files -------------------------------------------
 
 def _plain_mapping(*args, **kwargs):

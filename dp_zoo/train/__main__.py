@@ -47,7 +47,8 @@ flags.DEFINE_float("l2-clip", None, "Per-example clipping norm C.")
 flags.DEFINE_integer("seed", None, "Seed for sampling, augmentation and initialisation.")
 flags.DEFINE_bool("non-private", False, "Train a non-private baseline (no clipping, no noise, no epsilon).")
 flags.DEFINE_float("tan-simulate", None, "Run the TAN simulation with batch and sigma divided by this factor.")
-flags.DEFINE_string("init", None, "Weights to fine-tune from: a .keras model of the same architecture, or a timm "
+flags.DEFINE_string("init", None, "Weights to fine-tune from: a .keras model of the same architecture, a zoo "
+                    "model name, a DeepMind NFNet / jax_privacy WRN Haiku checkpoint, or a timm "
                     "state dict of an NF model (.pth/.pt/.bin/.safetensors, or .npz of numpy arrays); a classifier "
                     "of another class count is re-initialised.")
 flags.DEFINE_string("data-dir", None, "TFDS data directory.")
@@ -61,6 +62,8 @@ flags.DEFINE_string("publish-dir", None, "Where to publish the model and card. D
 flags.DEFINE_bool("publish", True, "Publish the trained model with its card.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing artifact in --publish-dir.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker", "tpu"], "tf.distribute strategy.")
+flags.DEFINE_string("tpu", None, "With --strategy tpu: the TPU's name or grpc:// address (default: the one "
+                    "the environment names, e.g. on a TPU VM).")
 flags.DEFINE_integer("logical-cpus", None, "Split the CPU into N logical devices (try multi-replica runs on a CPU).")
 flags.DEFINE_integer("eval-every", None, "Evaluate every N steps (0: only at the end).")
 flags.DEFINE_integer("checkpoint-every", None, "Checkpoint every N steps.")
@@ -78,6 +81,8 @@ def _flag(name):
 
 def resolve(argv_flags=None):
     """Resolves recipe + flag overrides into ``(name, TrainConfig, Recipe)``."""
+    if _flag("tpu") and _flag("strategy") != "tpu":
+        raise UsageError("--tpu names the TPU for --strategy tpu; add --strategy tpu.")
     if _flag("recipe") and _flag("model"):
         raise UsageError("pass either --recipe or --model, not both (a recipe fixes its architecture).")
     if _flag("recipe"):
@@ -137,20 +142,39 @@ def resolve(argv_flags=None):
     if _flag("deterministic-noise") is not None:
         changes["deterministic_noise"] = _flag("deterministic-noise")
     if _flag("init"):
-        if not os.path.exists(_flag("init")):
-            raise UsageError(f"--init {_flag('init')}: no such file.")
-        fmt = init_format(_flag("init"))
+        init = _flag("init")
+        fmt = init_format(init)
         if fmt is None:
+            if not os.path.exists(init):
+                raise UsageError(f"--init {init}: no such file, and no published zoo model of that name "
+                                 "(python -m dp_zoo.zoo lists them).")
             raise UsageError(
-                f"--init {_flag('init')}: unknown weight format; pass a .keras model, or a timm state dict "
-                f"({', '.join(TIMM_SUFFIXES)})."
+                f"--init {init}: unknown weight format; pass a .keras model, a zoo model name, a timm "
+                f"state dict ({', '.join(TIMM_SUFFIXES)}) or a Haiku checkpoint "
+                f"({', '.join(HAIKU_SUFFIXES + ('.npz',))})."
             )
-        changes["init_checkpoint"] = os.path.abspath(_flag("init"))
+        changes["init_checkpoint"] = f"zoo:{init}" if fmt == "zoo" else os.path.abspath(init)
+        if fmt == "zoo":
+            arch = zoo_architecture(init)
+            if arch != c.model:
+                raise UsageError(f"--init {init} is a {arch} model; this run trains {c.model}. "
+                                 f"Pass --model {arch}, or weights of {c.model}.")
+            from dp_zoo import zoo
+
+            try:
+                zoo.locate(init)  # published and verified, before any data is loaded
+            except Exception as e:
+                raise UsageError(f"--init {init}: {e}") from None
+        if fmt == "haiku" and _haiku_family(c.model) is None:
+            raise UsageError(
+                f"--init {init} is a Haiku checkpoint, which dp_zoo converts into NFNets (DeepMind's) and "
+                f"WideResNets (jax_privacy's), not {c.model!r}; pass a .keras model instead."
+            )
         if fmt == "timm":
             family = _nf_family(c.model)
             if family is None:
                 raise UsageError(
-                    f"--init {_flag('init')} is a timm state dict, which dp_zoo converts only for the "
+                    f"--init {init} is a timm state dict, which dp_zoo converts only for the "
                     f"NF-ResNet/NFNet families, not {c.model!r}; pass a .keras model instead."
                 )
             from dp_zoo.models.nf_resnet import TIMM_CONVENTIONS
@@ -163,7 +187,9 @@ def resolve(argv_flags=None):
     elif recipes.requires_init(recipe):
         raise UsageError(
             f"recipe {recipe.name} fine-tunes from {recipe.config.init_checkpoint}, which dp_zoo cannot "
-            "ship: pass --init PATH (a .keras model or a timm state dict of the same architecture)."
+            "ship: pass --init (a .keras model, a zoo model name, a Haiku checkpoint, or for NF models a timm "
+            f"state dict, of {c.model}). To train from scratch instead, use a from-scratch recipe: "
+            f"{_from_scratch_hint(c.model)}."
         )
 
     if _flag("non-private"):
@@ -215,14 +241,56 @@ def resolve(argv_flags=None):
 
 
 TIMM_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".npz")
+HAIKU_SUFFIXES = (".dill", ".pkl", ".pickle")
 
 
 def init_format(path):
-    """"keras", "timm" or None (unknown), from the file name."""
+    """"keras", "zoo", "timm", "haiku" or None (unknown) for an ``--init`` value.
+
+    ``.npz`` is read to tell timm from Haiku: DeepMind's ``F*_haiku.npz``
+    NFNet weights are pickles despite the suffix, and ``np.savez`` archives
+    of Haiku trees have ``module/param`` keys, where timm's have dots.
+    """
+    if not os.path.exists(path):
+        return "zoo" if zoo_architecture(path) is not None else None
     if path.endswith(".keras"):
         return "keras"
+    if path.endswith(HAIKU_SUFFIXES):
+        return "haiku"
+    if path.endswith(".npz"):
+        import zipfile
+
+        if not zipfile.is_zipfile(path):
+            return "haiku"
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+        return "haiku" if any("/" in n[:-4] for n in names if n.endswith(".npy")) else "timm"
     if path.endswith(TIMM_SUFFIXES):
         return "timm"
+    return None
+
+
+def zoo_architecture(name):
+    """The architecture of zoo entry ``name``, or None if there is no such entry."""
+    from dp_zoo import zoo
+
+    entry = zoo.entries().get(name)
+    return entry["architecture"] if entry else None
+
+
+def _from_scratch_hint(model):
+    """The from-scratch recipes to suggest for an architecture whose default recipe fine-tunes."""
+    family = "imagenet2012" if model.startswith("nf") else "cifar10"
+    names = [n for n, r in sorted(recipes.RECIPES.items())
+             if r.config.data.dataset == family and not recipes.requires_init(r) and n.endswith("eps8")]
+    return ", ".join(f"--recipe {n}" for n in names) or "python -m dp_zoo.train --list-recipes"
+
+
+def _haiku_family(model):
+    if model.startswith("nfnet"):
+        return "nfnet"
+    if model.startswith("wrn") and "scalenorm" not in model:
+        return "wrn"
     return None
 
 
@@ -277,15 +345,23 @@ def read_timm_state_dict(path):
 
 
 def load_init_weights(path, model, config, input_shape):
-    """Fills ``model`` from ``--init`` (.keras or timm); returns the re-initialised layer names."""
+    """Fills ``model`` from ``--init`` (.keras, zoo name, Haiku or timm); returns the re-initialised layer names."""
     import keras
 
     import dp_zoo
 
-    if init_format(path) == "keras":
+    fmt = "zoo" if path.startswith("zoo:") else init_format(path)
+    if fmt == "keras":
         import dp_zoo.models  # noqa: F401  custom layers for loading
 
         return transfer_weights(keras.models.load_model(path), model)
+    if fmt == "zoo":
+        # Verified against the zoo table's checksum before it is used.
+        return transfer_weights(dp_zoo.load(path[len("zoo:"):]), model)
+    if fmt == "haiku":
+        from dp_zoo.models.convert import load_haiku_checkpoint, load_haiku_into
+
+        return load_haiku_into(model, load_haiku_checkpoint(path), _haiku_family(config.model))
     from dp_zoo.models.convert import from_timm_state_dict
 
     sd = read_timm_state_dict(path)
@@ -354,9 +430,14 @@ def _strategy():
     if s == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if s == "tpu":
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=_flag("tpu") or None)
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except Exception as e:  # TF raises several types here; all mean "no such TPU"
+            where = f"TPU {_flag('tpu')!r}" if _flag("tpu") else "a TPU (none named by --tpu or the environment)"
+            raise ValueError(f"--strategy tpu: cannot connect to {where}: {(str(e).splitlines() or [type(e).__name__])[0].rstrip('.')}. "
+                             "Run on a TPU VM or pass --tpu NAME (or grpc://HOST:PORT).") from None
         return tf.distribute.TPUStrategy(resolver)
     return tf.distribute.get_strategy()
 
@@ -413,22 +494,11 @@ def _make_trainer(model, config, train_set, *, chief, **kwargs):
     Multi-worker runs share one run directory (a shared file system, as with
     TensorFlow's BackupAndRestore): every worker resumes from the chief's
     checkpoints and privacy journal, and only the chief writes them, so
-    workers never race on the same files. The engine has no switch for
-    this yet, so the writers are overridden here.
+    workers never race on the same files.
     """
     from dp_zoo.train import engine
 
-    if chief:
-        return engine.Trainer(model, config, train_set, **kwargs)
-
-    class ReadOnlyRunDirTrainer(engine.Trainer):
-        def save_checkpoint(self):
-            return None
-
-        def _write_journal(self):
-            return None
-
-    return ReadOnlyRunDirTrainer(model, config, train_set, **kwargs)
+    return engine.Trainer(model, config, train_set, write_run_dir=chief, **kwargs)
 
 
 def train(name, config, recipe):

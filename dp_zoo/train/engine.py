@@ -135,16 +135,20 @@ class Trainer:
         an existing run is resumed from it.
       strategy: a ``tf.distribute.Strategy`` (default: the current one).
       progress: show a tqdm progress bar.
+      write_run_dir: False on the non-chief workers of a multi-worker run:
+        they resume from ``run_dir`` but never write it (no checkpoints,
+        journal or TensorBoard logs), so workers never race on its files.
     """
 
     def __init__(self, model, config, train, *, eval_data=None, augment_fn=None,
-                 run_dir=None, strategy=None, progress=True):
+                 run_dir=None, strategy=None, progress=True, write_run_dir=True):
         validate(config, train)
         self.model = model
         self.config = config
         self.train = train
         self.eval_data = eval_data
         self.run_dir = run_dir
+        self.write_run_dir = bool(write_run_dir)
         self.progress = progress
         self.strategy = strategy or tf.distribute.get_strategy()
         self.augment_fn = augment_fn
@@ -165,6 +169,7 @@ class Trainer:
         self.nonfinite_steps = 0
         self._consecutive_nonfinite = 0
         self._stop_requested = False
+        self._summary_writer = None
         self._build_state()
 
     # -- state ----------------------------------------------------------------
@@ -351,7 +356,7 @@ class Trainer:
         return os.path.join(self.run_dir, "privacy_journal.json")
 
     def _write_journal(self):
-        if self.run_dir is None:
+        if self.run_dir is None or not self.write_run_dir:
             return
         os.makedirs(self.run_dir, exist_ok=True)
         _atomic_write_json(self._journal_path(), {
@@ -373,8 +378,8 @@ class Trainer:
         return arrays
 
     def save_checkpoint(self):
-        """Atomically writes a checkpoint of the current step."""
-        if self.run_dir is None:
+        """Atomically writes a checkpoint of the current step (None when this process does not write)."""
+        if self.run_dir is None or not self.write_run_dir:
             return None
         d = self._ckpt_dir()
         os.makedirs(d, exist_ok=True)
@@ -564,9 +569,11 @@ class Trainer:
                 t0 = time.time()
                 metrics = self.train_step(self.step)
                 self.wall_time_s += time.time() - t0
+                # No realised batch size here: under Poisson sampling it
+                # depends on which examples exist, so it is not covered by
+                # the accountant, and the history is published in the card.
                 entry = {"step": self.step, "epsilon": self.ledger.epsilon() if self.private else None,
-                         "loss": None, "eval_accuracy": None, "eval_accuracy_ema": None,
-                         "batch": metrics["batch"]}
+                         "loss": None, "eval_accuracy": None, "eval_accuracy_ema": None}
                 do_eval = self.eval_data is not None and cfg.eval_every and self.step % cfg.eval_every == 0
                 if do_eval:
                     ev = self.evaluate(self.eval_data, "last")
@@ -575,6 +582,7 @@ class Trainer:
                         entry["eval_accuracy_ema"] = self.evaluate(self.eval_data, "ema")["accuracy"]
                 if do_eval or self.step % max(1, cfg.checkpoint_every) == 0 or self.step == self.total_steps:
                     self.history.append(entry)
+                self._log_scalars(entry, time.time() - t0)
                 if bar is not None:
                     bar.update(1)
                     post = {"batch": metrics["batch"]}
@@ -591,11 +599,31 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
+            if self._summary_writer is not None:
+                self._summary_writer.flush()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
         if self.run_dir and not self._stop_requested:
             self.save_checkpoint()
         return self.record()
+
+    def _log_scalars(self, entry, step_seconds):
+        """TensorBoard scalars under ``run_dir/tensorboard``: epsilon spent, evaluation metrics, speed.
+
+        Only quantities that are public or covered by the accountant: the
+        epsilon, the metrics on the evaluation split, wall-clock speed.
+        """
+        if self.run_dir is None or not self.write_run_dir:
+            return
+        if self._summary_writer is None:
+            self._summary_writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard"))
+        with self._summary_writer.as_default(step=self.step):
+            if entry["epsilon"] is not None:
+                tf.summary.scalar("privacy/epsilon", entry["epsilon"])
+            for key in ("eval_accuracy", "eval_accuracy_ema", "loss"):
+                if entry[key] is not None:
+                    tf.summary.scalar("eval/" + ("loss" if key == "loss" else key[5:]), entry[key])
+            tf.summary.scalar("speed/steps_per_second", 1.0 / max(step_seconds, 1e-9))
 
     @property
     def stopped_by_signal(self):

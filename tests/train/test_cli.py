@@ -29,9 +29,14 @@ def cli(*args, env=None, timeout=300):
     (["--batch-size", "lots"], "batch-size"),
     (["--no-such-flag"], "no-such-flag"),
     (["--batch-size", "100000", "--steps", "2"], "batch_size=100000"),
-    (["--recipe", "nfnet_f3_imagenet_finetune_eps8"], "pass --init PATH"),
-    (["--model", "wrn28_10"], "pass --init PATH"),
+    (["--recipe", "nfnet_f3_imagenet_finetune_eps8"], "--recipe nf_resnet50_imagenet_eps8"),
+    (["--model", "wrn28_10"], "To train from scratch instead, use a from-scratch recipe: --recipe wrn16_4_cifar10"),
     (["--model", "resnet18"], "Unknown architecture"),
+    (["--tpu", "my-tpu"], "add --strategy tpu"),
+    (["--init", "no_such_model"], "no such file, and no published zoo model"),
+    (["--model", "wrn16_4", "--init", "wrn_digits_eps8"], "is a wrn_digits model; this run trains wrn16_4"),
+    (["--model", "wrn16_4", "--init", "wrn16_4_cifar10_eps8"], "are not published yet"),
+    (["--strategy", "tpu", "--steps", "1"], "cannot connect to a TPU"),
 ])
 def test_bad_flags_exit_2_with_clear_message(args, match, tmp_path):
     r = cli(*args, "--run-dir", str(tmp_path / "r"), "--nopublish")
@@ -51,13 +56,32 @@ def test_tiny_real_run_writes_record_and_publishes(tmp_path):
     assert rec["privacy"]["epsilon"] == eps and rec["privacy"]["steps"] == 3
     assert f"epsilon={eps:.4f}" in r.stdout
     assert rec["metrics"]["test_accuracy_last"] is not None
+    # The published history holds no realised batch sizes (data-dependent, outside the accountant).
+    assert rec["history"] and all("batch" not in h for h in rec["history"])
     card = json.load(open(pub / "card.json"))
     assert card["privacy"]["epsilon"] == eps
+    # TensorBoard scalars: the accountant's epsilon after every step.
+    assert tensorboard_scalars(run_dir / "tensorboard", "privacy/epsilon") == pytest.approx([
+        accounting.epsilon(noise_multiplier=1.5, sampling_probability=128 / 1437, steps=t, delta=1e-5)
+        for t in (1, 2, 3)], rel=1e-5)
     # Re-running the finished run resumes: no extra steps, same epsilon.
     r2 = cli("--steps", "3", "--batch-size", "128", "--physical-batch-size", "64", "--augmult", "2",
              "--noise-multiplier", "1.5", "--run-dir", str(run_dir), "--nopublish", "--noprogress")
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert json.load(open(run_dir / "run_record.json"))["privacy"]["steps"] == 3
+
+
+def tensorboard_scalars(logdir, tag):
+    """The values of scalar ``tag`` in the event files under ``logdir``, in step order."""
+    import tensorflow as tf
+
+    points = []
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                if v.tag == tag:
+                    points.append((event.step, float(tf.make_ndarray(v.tensor))))
+    return [value for _, value in sorted(points)]
 
 
 @pytest.mark.slow
@@ -206,3 +230,84 @@ def test_read_a_torch_checkpoint_without_torch_in_this_process(tmp_path):
                     f"{str(tmp_path / 'w.pth')!r})"], check=True, timeout=120)
     sd = train_cli.read_timm_state_dict(str(tmp_path / "w.pth"))
     assert list(sd) == ["head.fc.bias"] and sd["head.fc.bias"].tolist() == [0.0, 1.0, 2.0]
+
+
+def _perturbed(model, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for w in model.weights:  # distinct values everywhere, so a misplaced tensor shows
+        w.assign((w.numpy() + rng.normal(scale=0.3, size=w.shape)).astype("float32"))
+    return model
+
+
+def test_init_format_tells_timm_haiku_keras_and_zoo_apart(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from dp_zoo.models.convert import save_haiku_checkpoint
+    from dp_zoo.train import __main__ as train_cli
+
+    np.savez(tmp_path / "timm.npz", **{"stem.conv.weight": np.zeros(2)})
+    save_haiku_checkpoint({"wide_res_net/First_conv": {"w": np.zeros(2)}}, tmp_path / "hk.npz")
+    with open(tmp_path / "F0_haiku.npz", "wb") as f:  # DeepMind's suffix, a pickle inside
+        pickle.dump({"NFNet/~/linear": {"w": np.zeros(2)}}, f)
+    (tmp_path / "m.keras").write_bytes(b"")
+    (tmp_path / "w.dill").write_bytes(b"")
+    got = {n: train_cli.init_format(str(tmp_path / n)) for n in ("timm.npz", "hk.npz", "F0_haiku.npz", "m.keras", "w.dill")}
+    assert got == {"timm.npz": "timm", "hk.npz": "haiku", "F0_haiku.npz": "haiku", "m.keras": "keras", "w.dill": "haiku"}
+    assert train_cli.init_format("wrn_digits_eps8") == "zoo"
+    assert train_cli.init_format(str(tmp_path / "missing.keras")) is None
+
+
+def test_init_from_deepmind_nfnet_pickle_with_another_class_count(tmp_path):
+    """A DeepMind-style NFNet checkpoint (a pickle named .npz) fine-tunes into a 10-class model."""
+    import pickle
+
+    import numpy as np
+
+    import dp_zoo
+    from dp_zoo.models.convert import to_deepmind_nfnet
+    from dp_zoo.train import __main__ as train_cli
+    from dp_zoo.train.config import TrainConfig
+
+    src = _perturbed(dp_zoo.create_model("nfnet_test", num_classes=1000, input_shape=(16, 16, 3)))
+    with open(tmp_path / "F0_haiku.npz", "wb") as f:
+        pickle.dump(to_deepmind_nfnet(src), f)
+    dst = dp_zoo.create_model("nfnet_test", num_classes=10, input_shape=(16, 16, 3))
+    head_before = [w.numpy() for w in dst.layers[-1].weights]
+    fresh = train_cli.load_init_weights(str(tmp_path / "F0_haiku.npz"), dst, TrainConfig(model="nfnet_test"),
+                                        (16, 16, 3))
+    assert fresh == [dst.layers[-1].name]
+    for a, b in zip(src.layers[:-1], dst.layers[:-1]):
+        for wa, wb in zip(a.weights, b.weights):
+            np.testing.assert_array_equal(wa.numpy(), wb.numpy())
+    for before, after in zip(head_before, dst.layers[-1].weights):
+        np.testing.assert_array_equal(before, after.numpy())
+
+
+@pytest.mark.slow
+def test_fine_tune_from_haiku_wrn_and_from_a_zoo_name(tmp_path):
+    """--init with a jax_privacy-style WRN pickle, and with a zoo name: the run starts from those weights."""
+    import pickle
+
+    import numpy as np
+
+    import dp_zoo
+    from dp_zoo.models.convert import to_haiku_wrn
+
+    src = _perturbed(dp_zoo.create_model("wrn_digits", num_classes=10, input_shape=(8, 8, 1)))
+    with open(tmp_path / "WRN.dill", "wb") as f:
+        pickle.dump({"params": to_haiku_wrn(src), "network_state": {}}, f)
+    for init, want in ((str(tmp_path / "WRN.dill"), src), ("wrn_digits_eps8", dp_zoo.load("wrn_digits_eps8"))):
+        pub = tmp_path / f"pub{len(init)}"
+        # lr 1e-9, one step: the published (EMA) weights are the initial ones to float precision.
+        r = cli("--model", "wrn_digits", "--init", init, "--steps", "1", "--lr", "1e-9", "--run-dir",
+                str(tmp_path / f"r{len(init)}"), "--publish-dir", str(pub), "--noprogress")
+        assert r.returncode == 0, r.stderr[-3000:]
+        got = dp_zoo.load(str(pub))
+        for a, b in zip(want.trainable_variables, got.trainable_variables):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+        recorded = got.card["model"]["init_checkpoint"]
+        assert recorded == ("zoo:wrn_digits_eps8" if init == "wrn_digits_eps8" else init), recorded
