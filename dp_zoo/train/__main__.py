@@ -1,7 +1,7 @@
 """``python -m dp_zoo.train``: private training, fine-tuning and publishing.
 
 With no arguments it runs the embedded default: a real DP-SGD run on
-scikit-learn's digits (recipe ``wrn_digits_eps8``, about a minute on 2 CPU
+scikit-learn's digits (recipe ``wrn_digits_eps8``, a few minutes on 2 CPU
 cores), prints the test accuracy and the epsilon the accountant computed, and
 publishes a loadable model with its card.
 
