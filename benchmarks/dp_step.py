@@ -55,6 +55,10 @@ def main():
     a = p.parse_args()
     model = dp_zoo.create_model(a.model, num_classes=10, input_shape=tuple(a.input))
     rows = []
+    path = ("tf.vectorized_map per-example grads w.r.t. gain-free standardized kernels and gains, closed-form "
+            "WS norms, WS backward once on the clipped sum" if dp_sgd._ws_kernels(model)
+            else "tf.vectorized_map per-example grads (generic)")
+    path += "; Conv2DBackpropFilter runs as pfor's while_loop over examples"
     for k in a.augmult:
         x = tf.random.normal([a.batch, k] + a.input)
         y = tf.random.uniform([a.batch], 0, 10, tf.int32)
@@ -65,7 +69,7 @@ def main():
         c_dp = first_call_time(dp)
         t_dp = median_time(dp, a.repeats)
         rows.append({"model": a.model, "batch": a.batch, "augmult": k,
-                     "path": "tf.vectorized_map per-example grads (Conv2DBackpropFilter falls back to while_loop)",
+                     "path": path,
                      "dp_first_step_s": c_dp, "nonprivate_first_step_s": c_plain,
                      "peak_rss_mib_after": peak_rss_mib(),
                      "dp_step_s": t_dp, "nonprivate_step_s": t_plain,
