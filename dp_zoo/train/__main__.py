@@ -58,6 +58,7 @@ flags.DEFINE_bool("streaming", None, "Stream the data set from its TFDS array_re
                   "`tfds build NAME --file_format=array_record`.")
 flags.DEFINE_integer("validation-size", None, "Hold out this many training examples as the evaluation split.")
 flags.DEFINE_string("run-dir", None, "Run directory (checkpoints; resumes if it exists). Default runs/<name>.")
+flags.DEFINE_alias("workdir", "run-dir")  # big_vision / timm users' name for it
 flags.DEFINE_string("publish-dir", None, "Where to publish the model and card. Default: $DP_ZOO_HOME/<name> or ~/.cache/dp_zoo/<name>.")
 flags.DEFINE_bool("publish", True, "Publish the trained model with its card.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing artifact in --publish-dir.")

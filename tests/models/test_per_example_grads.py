@@ -5,7 +5,10 @@ Ops that pfor cannot vectorize fall back to a while_loop under
 ``tf.vectorized_map`` (correct, slower). Measured with TF 2.21 on CPU:
 Conv2DBackpropFilter (every convolution's weight gradient, WS and grouped
 convolutions included) falls back; everything else in these models
-vectorizes. Making that fast belongs to the engine (benchmarks/dp_step.py).
+vectorizes. Grouped convolutions have no CPU gradient at all under pfor
+(TF's grouped conv runs through XLA, whose call pfor inlines), so our layers
+run them as one convolution per group inside the per-example context
+(``layers.standardized_kernel_override``). Speed: benchmarks/dp_step.py.
 """
 
 import numpy as np

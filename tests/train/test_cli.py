@@ -86,7 +86,8 @@ def tensorboard_scalars(logdir, tag):
 
 @pytest.mark.slow
 def test_tan_simulation_is_marked(tmp_path):
-    r = cli("--steps", "2", "--batch-size", "256", "--tan-simulate", "4", "--run-dir", str(tmp_path / "r"),
+    # --workdir: the alias of --run-dir for big_vision / timm users.
+    r = cli("--steps", "2", "--batch-size", "256", "--tan-simulate", "4", "--workdir", str(tmp_path / "r"),
             "--nopublish", "--noprogress")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "NOT private at the full run's epsilon" in r.stdout
