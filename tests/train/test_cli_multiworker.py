@@ -65,7 +65,9 @@ def test_cli_two_workers_agree_and_only_the_chief_writes(tmp_path):
     # Checkpoints every 2 steps and at exit, from one writer (no per-worker files).
     ckpts = sorted(os.listdir(run_dir / "checkpoints"))
     assert ckpts == ["ckpt-00000002.json", "ckpt-00000002.npz", "ckpt-00000003.json", "ckpt-00000003.npz"]
-    assert sorted(os.listdir(run_dir)) == ["checkpoints", "privacy_journal.json", "run_record.json"]
+    assert sorted(os.listdir(run_dir)) == ["checkpoints", "privacy_journal.json", "run_record.json", "tensorboard"]
+    # TensorBoard events come from the chief alone: one events file, not one per worker.
+    assert len([f for f in os.listdir(run_dir / "tensorboard") if f.startswith("events.out.tfevents")]) == 1
     # One progress bar (the chief's); the other worker prints no accuracy either.
     assert "DP-SGD" in err0 and "DP-SGD" not in err1
     assert "accuracy" not in out1 and "published" not in out1
