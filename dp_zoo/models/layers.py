@@ -16,7 +16,7 @@ _KERNEL_OVERRIDE = threading.local()
 
 
 @contextlib.contextmanager
-def standardized_kernel_override(mapping):
+def standardized_kernel_override(mapping, tap=None):
     """Within the context, WS layers convolve with given tensors.
 
     ``mapping``: ``{layer: (unit_kernel, channel_gain)}``. Inside, such a
@@ -31,14 +31,23 @@ def standardized_kernel_override(mapping):
     run as one convolution per group inside the context (an empty mapping
     too), since TensorFlow's CPU kernels have no gradient for grouped
     convolutions under ``tf.vectorized_map``.
+
+    ``tap`` (optional): an object with ``wants(layer, inputs)`` and
+    ``record(layer, inputs, pre)``. A replaced ungrouped, undilated
+    ``WSConv2D`` that the tap wants convolves with the unit kernel behind a
+    stop-gradient and hands its input and its pre-gain output ``pre`` to the
+    tap: the caller then takes gradients w.r.t. ``pre`` (activation-sized)
+    instead of the kernel, and forms the kernel's per-example norms and
+    clipped sum from ``inputs`` and ``dL/dpre`` itself (ghost clipping).
     Thread-local, as MirroredStrategy traces each replica in its own thread.
     """
-    previous = getattr(_KERNEL_OVERRIDE, "mapping", None)
+    previous = getattr(_KERNEL_OVERRIDE, "mapping", None), getattr(_KERNEL_OVERRIDE, "tap", None)
     _KERNEL_OVERRIDE.mapping = {id(layer): t for layer, t in mapping.items()}
+    _KERNEL_OVERRIDE.tap = tap
     try:
         yield
     finally:
-        _KERNEL_OVERRIDE.mapping = previous
+        _KERNEL_OVERRIDE.mapping, _KERNEL_OVERRIDE.tap = previous
 
 
 def _overridden_kernel(layer):
@@ -235,14 +244,19 @@ class WSConv2D(keras.layers.Conv2D):
                                 groups=self.groups) * override[1]
         else:
             kernel = self.standardized_kernel() if override is None else override[0]
+            tap = getattr(_KERNEL_OVERRIDE, "tap", None) if override is not None else None
+            tapped = (tap is not None and self.data_format == "channels_last" and max(self.dilation_rate) == 1
+                      and tap.wants(self, inputs))
             out = ops.conv(
                 inputs,
-                kernel,
+                ops.stop_gradient(kernel) if tapped else kernel,
                 strides=self.strides,
                 padding=self.padding,
                 dilation_rate=self.dilation_rate,
                 data_format=self.data_format,
             )
+            if tapped:
+                tap.record(self, inputs, out)
             if override is not None:
                 out = out * override[1]
         if self.use_bias:

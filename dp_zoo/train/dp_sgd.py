@@ -75,7 +75,7 @@ def clip_factors(norms, l2_clip):
     return l2_clip / tf.maximum(norms, l2_clip)
 
 
-def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True):
+def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True, ghost="auto"):
     """Sum over examples of per-example gradients clipped to norm ``l2_clip``.
 
     Args:
@@ -86,14 +86,26 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
       mask: optional ``[B]``, 1 for real rows and 0 for padding rows; padding
         rows contribute exactly zero.
       vectorized: see ``per_example_grads``.
+      ghost: which weight-standardized convolutions get their per-example
+        kernel-gradient norms by ghost clipping (from the layer's input
+        patches and output gradients, never forming the per-example kernel
+        gradients; see ``ghost_ws_sq_norms``) rather than from vectorized
+        per-example kernel gradients. ``"auto"``: those where it takes fewer
+        multiply-adds (few output positions times views against a large
+        kernel: in a WRN at K=1, the 8x8 stage, where the vectorized
+        Conv2DBackpropFilter also runs as a loop over examples); ``True``:
+        every eligible one; ``False``: none. The result is the same either
+        way (tests compare them).
 
     Returns:
       ``(grad_sum, norms)``: list aligned with ``model.trainable_variables``
       and the unclipped per-example norms ``[B]``.
     """
+    if ghost not in ("auto", True, False):
+        raise ValueError(f"ghost={ghost!r}: use 'auto', True or False")
     ws = _ws_kernels(model) if vectorized else []
     if ws:
-        return _clipped_grad_sum_ws(model, images, labels, ws, l2_clip=l2_clip, mask=mask)
+        return _clipped_grad_sum_ws(model, images, labels, ws, l2_clip=l2_clip, mask=mask, ghost=ghost)
     grads, _ = per_example_grads(model, images, labels, vectorized=vectorized)
     norms = global_norms(grads)
     factors = _masked_clip_factors(norms, l2_clip, mask)
@@ -121,7 +133,83 @@ def _ws_kernels(model):
     return out
 
 
-def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask):
+class _GhostTap:
+    """Chooses the WS convolutions clipped by ghost norms and collects their inputs and outputs.
+
+    Layers call ``wants``/``record`` while ``one`` (the per-example
+    function) is traced; shapes there are per example, ``[K, H, W, C]``.
+    """
+
+    def __init__(self, policy, tape):
+        self.policy = policy
+        self.tape = tape
+        self.entries = []  # (layer, inputs, pre) in call order
+
+    def wants(self, layer, inputs):
+        if self.policy is False or any(e[0] is layer for e in self.entries):
+            return False  # a layer called twice keeps the kernel-gradient path
+        if self.policy is True:
+            return True
+        kh, kw = layer.kernel_size
+        views, h, w, cin = inputs.shape
+        sh, sw = layer.strides
+        if layer.padding == "same":
+            ho, wo = -(-h // sh), -(-w // sw)
+        else:
+            ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        positions, fan_in, cout = views * ho * wo, kh * kw * cin, layer.filters
+        # Gram matrices (T^2 (D + cout)) against the kernel gradient (T D cout).
+        return positions * (fan_in + cout) < fan_in * cout
+
+    def record(self, layer, inputs, pre):
+        # Watched explicitly: where nothing upstream is watched (the stem's
+        # input is data, its kernel is behind a stop-gradient) the tape would
+        # not connect ``pre`` and its gradient would read as zero.
+        self.tape.watch(pre)
+        self.entries.append((layer, inputs, pre))
+
+
+def conv_patches(x, layer):
+    """``[N, T, kh * kw * cin]`` input patches of a conv layer for ``x`` ``[N, H, W, cin]``.
+
+    The patch vector is ordered as the HWIO kernel flattened over its first
+    three axes, so ``conv(x, k)`` at position t is ``patches[:, t] @ k.reshape(-1, cout)``.
+    """
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    p = tf.image.extract_patches(x, sizes=[1, kh, kw, 1], strides=[1, sh, sw, 1], rates=[1, 1, 1, 1],
+                                 padding=layer.padding.upper())
+    return tf.reshape(p, [tf.shape(x)[0], -1, kh * kw * x.shape[-1]])
+
+
+def ghost_ws_sq_norms(patches, dpre, pa, ds, s, c):
+    """Per-example ``||dL/dw||^2`` of a WS conv's raw kernel from patches and output gradients.
+
+    ``patches``: ``[B, T, D]`` (T = views x output positions, D = fan-in);
+    ``dpre``: ``[B, T, cout]``, gradients w.r.t. the conv output before the
+    gain; ``pa``: ``[B, cout]``, ``sum(a * d * s)`` with ``a = patches^T dpre``
+    the gradient w.r.t. the gain-free standardized kernel (it equals gain
+    times the gain's gradient). The result is
+    ``ws_kernel_sq_norms(a, pa, ds, s, c)`` without forming ``a``: per
+    channel ``S2 = ||a_o||^2`` enters weighted by ``s_o^2``, and
+    ``sum_o s_o^2 ||a_o||^2 = sum_{t,t'} (P P^T)_{tt'} (G' G'^T)_{tt'}`` with
+    ``G' = dpre * s`` (ghost clipping, Goodfellow 2015; Li et al. 2022);
+    ``S1 = sum_k a_ko = sum_t (sum_k P_tk) dpre_to``.
+    """
+    n = float(patches.shape[-1])
+    cout = dpre.shape[-1]
+    s_, c_ = tf.reshape(s, [cout]), tf.reshape(c, [cout])
+    gram_p = tf.matmul(patches, patches, transpose_b=True)
+    g = dpre * s_
+    gram_g = tf.matmul(g, g, transpose_b=True)
+    s2 = tf.reduce_sum(gram_p * gram_g, axis=(1, 2))
+    s1 = tf.einsum("bt,bto->bo", tf.reduce_sum(patches, axis=-1), dpre)
+    ds_sq = tf.reduce_sum(tf.square(tf.reshape(ds, [-1, cout])), axis=0)
+    rest = tf.square(s1) / n + c_ * tf.square(pa) * (2.0 - ds_sq)
+    return tf.maximum(s2 - tf.reduce_sum(rest * tf.square(s_), axis=1), 0.0)
+
+
+def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto"):
     """``clipped_grad_sum`` with per-example gradients taken w.r.t. standardized kernels.
 
     A WS layer computes ``conv(x, d * s) * g`` with ``d * s`` the gain-free
@@ -133,6 +221,10 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask):
     the cotangent: the norm of each example's raw-kernel gradient comes from
     two single-pass reductions of ``a`` (``layers.ws_kernel_sq_norms``), and
     the backward itself runs once, on the clipped sum ``sum_b f_b a_b``.
+    WS layers that ``ghost`` selects (see ``clipped_grad_sum``) return, per
+    example, their input and ``dL/dpre`` instead of ``a``: norms by
+    ``ghost_ws_sq_norms``, and ``sum_b f_b a_b`` as one batched
+    patches-times-gradients product.
     Tests compare this with the generic path.
     """
     variables = model.trainable_variables
@@ -150,33 +242,69 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask):
     overrides = {entry[0]: (ds, g) for entry, ds, g in zip(ws, units, gains)}
     n_other, n_ws = len(others), len(ws)
 
+    traced = {}
+
     def one(args):
         views, label = args
         with tf.GradientTape() as tape:
+            tap = _GhostTap(ghost, tape)
             tape.watch(params)
             tape.watch(units)
             tape.watch(gains)
-            with standardized_kernel_override(overrides):
+            with standardized_kernel_override(overrides, tap=tap):
                 loss = _loss_views(model, params, non_trainable, views, label)
-        return tape.gradient(loss, [params[i] for i in others] + units + gains,
-                             unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        tapped = {id(layer): (x, pre) for layer, x, pre in tap.entries}
+        # Which WS layers went ghost is decided while tracing; the outer code reads it here.
+        traced["ghost"] = [j for j, entry in enumerate(ws) if id(entry[0]) in tapped]
+        plain = [j for j in range(n_ws) if id(ws[j][0]) not in tapped]
+        grads = tape.gradient(loss, [params[i] for i in others] + [units[j] for j in plain] + gains
+                              + [tapped[id(ws[j][0])][1] for j in traced["ghost"]],
+                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return grads + [tapped[id(ws[j][0])][0] for j in traced["ghost"]]
 
-    grads = tf.vectorized_map(one, (images, labels), fallback_to_while_loop=True)
-    other_grads, a_s, q_s = grads[:n_other], grads[n_other:n_other + n_ws], grads[n_other + n_ws:]
+    outs = tf.vectorized_map(one, (images, labels), fallback_to_while_loop=True)
+    ghost_idx = traced["ghost"]
+    plain_idx = [j for j in range(n_ws) if j not in ghost_idx]
+    n_plain, n_ghost = len(plain_idx), len(ghost_idx)
+    other_grads = outs[:n_other]
+    a_s = dict(zip(plain_idx, outs[n_other:n_other + n_plain]))
+    q_s = outs[n_other + n_plain:n_other + n_plain + n_ws]
+    dpres = outs[n_other + n_plain + n_ws:n_other + n_plain + n_ws + n_ghost]
+    xs = outs[n_other + n_plain + n_ws + n_ghost:]
+    batch = tf.shape(images)[0]
     sq = _sq_norms(other_grads)
-    for a, q, (ds, s, c, g, scale) in zip(a_s, q_s, geometry):
+    patches, flat_dpres = {}, {}
+    for j, dpre, x in zip(ghost_idx, dpres, xs):
+        layer = ws[j][0]
+        patches[j] = tf.reshape(conv_patches(tf.reshape(x, [-1, *x.shape[2:]]), layer),
+                                [batch, -1, layer.kernel_size[0] * layer.kernel_size[1] * x.shape[-1]])
+        flat_dpres[j] = tf.reshape(dpre, [batch, -1, dpre.shape[-1]])
+    for j, q, (ds, s, c, g, scale) in zip(range(n_ws), q_s, geometry):
         # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
-        sq.append(ws_kernel_sq_norms(a, q * g, ds, s, c))
-        sq.append(tf.reduce_sum(tf.square(q), axis=1) * float(scale) ** 2)
+        pa = tf.reshape(q, [batch, -1]) * tf.reshape(g, [-1])
+        if j in a_s:
+            sq.append(ws_kernel_sq_norms(a_s[j], pa, ds, s, c))
+        else:
+            sq.append(ghost_ws_sq_norms(patches[j], flat_dpres[j], pa, ds, s, c))
+        sq.append(tf.reduce_sum(tf.square(tf.reshape(q, [batch, -1])), axis=1) * float(scale) ** 2)
     norms = tf.sqrt(tf.add_n(sq))
     factors = _masked_clip_factors(norms, l2_clip, mask)
-    summed = weighted_sum(list(other_grads) + list(a_s) + list(q_s), factors, mask, norms)
+    summed = weighted_sum(list(other_grads) + [a_s[j] for j in plain_idx] + list(q_s), factors, mask, norms)
     out = [None] * len(params)
     for i, gsum in zip(others, summed[:n_other]):
         out[i] = gsum
-    for (layer, ki, gi, *_), a_sum, q_sum, (ds, s, c, g, scale) in zip(
-            ws, summed[n_other:n_other + n_ws], summed[n_other + n_ws:], geometry):
-        out[ki] = ws_backward(a_sum, ds, s, c, 1.0)
+    a_sums = dict(zip(plain_idx, summed[n_other:n_other + n_plain]))
+    for j in ghost_idx:
+        # sum_b f_b a_b = sum over all rows of patches^T (f_b dpre_b); padding
+        # rows are zeroed first (0 * nan is nan), as weighted_sum does.
+        keep = tf.ones([batch], tf.bool) if mask is None else tf.cast(mask, tf.bool)
+        weighted = tf.where(keep[:, None, None], flat_dpres[j] * factors[:, None, None], 0.0)
+        p = tf.where(keep[:, None, None], patches[j], 0.0)
+        a_sum = tf.tensordot(p, weighted, axes=[[0, 1], [0, 1]])
+        a_sums[j] = tf.reshape(a_sum, tf.shape(units[j]))
+    for j, ((layer, ki, gi, *_), q_sum, (ds, s, c, g, scale)) in enumerate(
+            zip(ws, summed[n_other + n_plain:], geometry)):
+        out[ki] = ws_backward(a_sums[j], ds, s, c, 1.0)
         out[gi] = tf.reshape(q_sum * scale, tf.shape(params[gi]))
     return out, norms
 

@@ -212,3 +212,83 @@ def test_standardized_kernel_path_equals_naive_loop(name, shape):
         flat_got = np.concatenate([g.numpy().ravel() for g in got])
         flat_want = np.concatenate([w.ravel() for w in want])
         assert np.linalg.norm(flat_got - flat_want) <= 1e-4 * np.linalg.norm(flat_want) + 1e-7
+
+
+@pytest.mark.parametrize("ghost", [True, False, "auto"])
+def test_ghost_clipping_equals_naive_loop(ghost):
+    """Ghost norms (WS conv kernels clipped from input patches and output gradients) are exact.
+
+    ``True`` puts every WSConv2D of the tiny WRN on the ghost path, ``False``
+    none, ``"auto"`` the cheaper per layer (here the 2x2 stage); K=3 views,
+    strided and 1x1 skip convolutions, one padding row, clip norms that clip
+    every example and none.
+    """
+    m = tiny_model(5)
+    x, y = data(b=5, k=3, seed=5)
+    mask = np.array([1, 1, 0, 1, 1], np.float32)
+    step = tf.function(lambda c: dp_sgd.clipped_grad_sum(m, x, y, l2_clip=c, mask=mask, ghost=ghost))
+    for c in (1e-3, 1e3):
+        got, norms = step(tf.constant(c))
+        want, want_norms = naive_clipped_sum(m, x, y, c, mask)
+        np.testing.assert_allclose(norms.numpy(), want_norms, rtol=1e-4)
+        flat_got = np.concatenate([g.numpy().ravel() for g in got])
+        flat_want = np.concatenate([w.ravel() for w in want])
+        assert np.linalg.norm(flat_got - flat_want) <= 1e-5 * np.linalg.norm(flat_want) + 1e-7
+
+
+def _ghost_layers(model, ghost, shape, k=1):
+    """Names of the WS layers that ``clipped_grad_sum`` puts on the ghost path (found while tracing)."""
+    seen = []
+    record = dp_sgd._GhostTap.record
+
+    def spy(self, layer, inputs, pre):
+        seen.append(layer.name)
+        return record(self, layer, inputs, pre)
+
+    x = tf.zeros((2, k) + shape)
+    y = tf.zeros([2], tf.int32)
+    dp_sgd._GhostTap.record = spy
+    try:
+        tf.function(lambda: dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=ghost)).get_concrete_function()
+    finally:
+        dp_sgd._GhostTap.record = record
+    return seen
+
+
+def test_ghost_auto_picks_the_small_spatial_stage():
+    """``"auto"`` picks a layer when K*positions*(fan_in + cout) < fan_in*cout: WRN-16-4's 8x8 stage at K=1."""
+    m = dp_zoo.create_model("wrn16_4", num_classes=10, input_shape=(32, 32, 3))
+    auto = _ghost_layers(m, "auto", (32, 32, 3))
+    assert auto and all(name.startswith("stage3") for name in auto), auto
+    assert len(auto) == sum(1 for e in dp_sgd._ws_kernels(m) if e[0].name.startswith("stage3"))
+    assert len(_ghost_layers(m, True, (32, 32, 3))) == len(dp_sgd._ws_kernels(m))
+    assert _ghost_layers(m, False, (32, 32, 3)) == []
+    # At K=16 the 8x8 stage has 1024 positions per example: the kernel-gradient path is cheaper.
+    assert _ghost_layers(m, "auto", (32, 32, 3), k=16) == []
+    with pytest.raises(ValueError, match="ghost"):
+        dp_sgd.clipped_grad_sum(m, np.zeros((1, 1, 32, 32, 3), np.float32), np.zeros([1], np.int32),
+                                l2_clip=1.0, ghost="yes")
+
+
+def test_ghost_sq_norms_and_patches_are_the_kernel_gradient_path():
+    """``conv_patches`` reproduces the convolution; ``ghost_ws_sq_norms`` equals ``ws_kernel_sq_norms``."""
+    from dp_zoo.models.layers import ws_backward, ws_geometry, ws_kernel_sq_norms
+
+    rng = np.random.default_rng(7)
+    layer = dp_zoo.models.layers.WSConv2D(6, 3, strides=2, padding="same")
+    layer.build((None, 7, 7, 4))
+    b, k = 3, 2
+    x = rng.normal(size=(b * k, 7, 7, 4)).astype("float32")
+    w = rng.normal(size=(3, 3, 4, 6)).astype("float32")
+    p = dp_sgd.conv_patches(tf.constant(x), layer)  # [B*K, T, D]
+    want = tf.nn.conv2d(x, w, strides=2, padding="SAME").numpy().reshape(b * k, -1, 6)
+    np.testing.assert_allclose((p.numpy() @ w.reshape(-1, 6)), want, rtol=1e-4, atol=1e-5)
+    # Per-example cotangents a = P^T dpre, then both norm formulas.
+    p = tf.reshape(p, [b, -1, p.shape[-1]])
+    dpre = tf.constant(rng.normal(size=(b, p.shape[1], 6)).astype("float32"))
+    a = tf.reshape(tf.einsum("btd,bto->bdo", p, dpre), [b, 3, 3, 4, 6])
+    ds, s, c = ws_geometry(tf.constant(w), eps=1e-4)
+    pa = tf.reduce_sum(a * ds, axis=(1, 2, 3))
+    direct = tf.reduce_sum(tf.square(ws_backward(a, ds, s, c, 1.0)), axis=(1, 2, 3, 4)).numpy()
+    np.testing.assert_allclose(ws_kernel_sq_norms(a, pa, ds, s, c).numpy(), direct, rtol=1e-4)
+    np.testing.assert_allclose(dp_sgd.ghost_ws_sq_norms(p, dpre, pa, ds, s, c).numpy(), direct, rtol=1e-4)
