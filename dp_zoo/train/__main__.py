@@ -51,6 +51,8 @@ flags.DEFINE_string("init", None, "Weights to fine-tune from: a .keras model of 
                     "model name, a DeepMind NFNet / jax_privacy WRN Haiku checkpoint, or a timm "
                     "state dict of an NF model (.pth/.pt/.bin/.safetensors, or .npz of numpy arrays); a classifier "
                     "of another class count is re-initialised.")
+flags.DEFINE_string("dataset", None, "Train on this data set instead of the recipe's (digits, cifar10, cifar100, "
+                    "svhn_cropped, mnist, fashion_mnist, imagenet2012); sigma is recalibrated for its size.")
 flags.DEFINE_string("data-dir", None, "TFDS data directory.")
 flags.DEFINE_string("manual-dir", None, "TFDS manual download directory (ImageNet).")
 flags.DEFINE_bool("streaming", None, "Stream the data set from its TFDS array_record files instead of loading "
@@ -224,6 +226,20 @@ def resolve(argv_flags=None):
         ema = dataclasses.replace(ema, decay=_flag("ema") or None)
     if positive("lr", _flag("lr")) is not None:
         optim = dataclasses.replace(optim, learning_rate=_flag("lr"))
+    if _flag("dataset") is not None and _flag("dataset") != data.dataset:
+        from dp_zoo.models._registry import unknown_name_message
+        from dp_zoo.train.data import DATASETS
+
+        if _flag("dataset") not in DATASETS:
+            raise UsageError(unknown_name_message("dataset", _flag("dataset"), list(DATASETS)))
+        if _flag("dataset") == "imagenet2012" and data.image_size is None:
+            raise UsageError("--dataset imagenet2012 needs a fixed image size, which this recipe does not set; "
+                             "use an ImageNet recipe (--recipe nf_resnet50_imagenet_eps8, or --model with an "
+                             "NF architecture).")
+        data = dataclasses.replace(data, dataset=_flag("dataset"))
+        if not _flag("non-private") and _flag("noise-multiplier") is None and dp.target_epsilon is not None:
+            # sigma was calibrated for the recipe's data set size N (q = B / N): recalibrate.
+            dp = dataclasses.replace(dp, noise_multiplier=None)
     if _flag("data-dir"):
         data = dataclasses.replace(data, data_dir=_flag("data-dir"))
     if _flag("manual-dir"):
@@ -236,6 +252,10 @@ def resolve(argv_flags=None):
     if config.physical_batch_size > config.batch_size:
         config = config.replace(physical_batch_size=config.batch_size)
     name = recipe.name
+    if config.data.dataset != c.data.dataset:
+        # The run (and what it publishes) is named after the data it trained on.
+        old = c.data.dataset if c.data.dataset in name else ("digits" if "digits" in name else None)
+        name = name.replace(old, config.data.dataset, 1) if old else f"{name}_{config.data.dataset}"
     if _flag("non-private"):
         name = "wrn_digits_nonprivate" if name.startswith("wrn_digits_eps") else f"{name}_nonprivate"
     return name, config, recipe

@@ -37,12 +37,31 @@ def cli(*args, env=None, timeout=300):
     (["--model", "wrn16_4", "--init", "wrn_digits_eps8"], "is a wrn_digits model; this run trains wrn16_4"),
     (["--model", "wrn16_4", "--init", "wrn16_4_cifar10_eps8"], "are not published yet"),
     (["--strategy", "tpu", "--steps", "1"], "cannot connect to a TPU"),
+    (["--dataset", "cifar11"], "Did you mean: cifar10"),
+    (["--dataset", "imagenet2012"], "needs a fixed image size"),
 ])
 def test_bad_flags_exit_2_with_clear_message(args, match, tmp_path):
     r = cli(*args, "--run-dir", str(tmp_path / "r"), "--nopublish")
     assert r.returncode == 2, (r.stdout[-1000:], r.stderr[-2000:])
-    assert match in r.stderr
     assert "Traceback" not in r.stderr
+    # One line that names the problem (absl reports flag-parsing errors its own way).
+    lines = [ln for ln in r.stderr.splitlines() if match in ln]
+    assert len(lines) == 1, r.stderr[-2000:]
+
+
+def test_missing_data_is_a_fast_one_line_error(tmp_path):
+    """No CIFAR-10 on disk and no download allowed: exit 1 within seconds, with the command that gets it."""
+    import time
+
+    t0 = time.time()
+    r = cli("--model", "wrn_test", "--dataset", "cifar10", "--data-dir", str(tmp_path / "tfds"),
+            "--run-dir", str(tmp_path / "r"), "--nopublish", env={"DP_ZOO_ALLOW_DOWNLOAD": "0"})
+    assert r.returncode == 1, (r.stdout[-1000:], r.stderr[-2000:])
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("dp_zoo.train: error:")]
+    assert len(errors) == 1 and "tfds build cifar10" in errors[0], r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    assert time.time() - t0 < 60  # the interpreter and TensorFlow start-up included
+    assert not (tmp_path / "r" / "checkpoints").exists()
 
 
 def test_tiny_real_run_writes_record_and_publishes(tmp_path):
@@ -130,26 +149,48 @@ def test_strategy_mirrored_on_two_logical_cpus(tmp_path):
     assert rec["hardware"]["num_replicas"] == 2 and rec["privacy"]["steps"] == 2
 
 
-def test_in_process_cli_on_mock_cifar10(tmp_path):
+def test_in_process_cli_on_mock_cifar10(tmp_path, monkeypatch):
+    """A tiny WRN through the CLI's entry point on mock CIFAR-10 (in process, so mock_data applies).
+
+    K=2 views, Poisson sampling, EMA, logical batches accumulated over
+    micro-batches of 8; the run record's epsilon is the accountant's for what
+    ran, and within the target the CLI calibrated sigma for.
+    """
     import tensorflow_datasets as tfds
     from dp_zoo.train import __main__ as train_cli
+    from dp_zoo.train import engine, sampling
 
-    argv = ["dp_zoo.train", "--recipe", "wrn16_4_cifar10_eps8", "--steps", "2", "--batch-size", "16",
+    micro = []  # micro-batches per logical step
+    real = sampling.micro_batches
+
+    def counting(idx, p):
+        batches = list(real(idx, p))
+        micro.append(len(batches))
+        return batches
+
+    monkeypatch.setattr(engine.sampling, "micro_batches", counting)
+    argv = ["dp_zoo.train", "--model", "wrn_test", "--dataset", "cifar10", "--steps", "3", "--batch-size", "16",
             "--physical-batch-size", "8", "--augmult", "2", "--data-dir", str(tmp_path / "tfds"),
             "--run-dir", str(tmp_path / "r"), "--nopublish", "--noprogress"]
     train_cli.FLAGS.unparse_flags()
     train_cli.FLAGS(argv)
     try:
-        name, config, recipe = train_cli.resolve()
         with tfds.testing.mock_data(num_examples=64):
-            rec = train_cli.train(name, config, recipe)
+            assert train_cli.main(["dp_zoo.train"]) == 0
     finally:
         train_cli.FLAGS.unparse_flags()
-    assert rec["privacy"]["steps"] == 2 and rec["metrics"]["test_accuracy_ema"] is not None
-    on_disk = json.load(open(tmp_path / "r" / "run_record.json"))
-    assert on_disk["privacy"]["epsilon"] == accounting.epsilon(
-        noise_multiplier=config.dp.noise_multiplier if config.dp.noise_multiplier else rec["privacy"]["noise_multiplier"],
-        sampling_probability=16 / 64, steps=2, delta=1e-5, accountant="rdp")
+    rec = json.load(open(tmp_path / "r" / "run_record.json"))
+    cfg, p = rec["config"], rec["privacy"]
+    assert cfg["model"] == "wrn_test" and cfg["data"]["dataset"] == "cifar10" and cfg["augmult"]["num_views"] == 2
+    assert cfg["ema"]["decay"] and rec["metrics"]["test_accuracy_ema"] is not None
+    assert rec["metrics"]["test_accuracy_last"] is not None and rec["entry_name"] == "wrn_test_eps8_cifar10"
+    assert p["sampling"] == "poisson" and p["dataset_size"] == 64 and p["steps"] == 3
+    assert len(micro) == 3 and max(micro) >= 2, micro  # expected 16 rows in micro-batches of 8
+    # sigma was recalibrated for N=64 (the digits recipe's was for N=1437).
+    assert p["epsilon"] == accounting.epsilon(
+        noise_multiplier=p["noise_multiplier"], sampling_probability=16 / 64, steps=3,
+        delta=p["delta"], accountant=p["accountant"])
+    assert p["target_epsilon"] == 8.0 and p["epsilon"] <= 8.0 + 1e-9
 
 
 def _timm_state_dict(model):
