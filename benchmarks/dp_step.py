@@ -1,10 +1,15 @@
 """DP-SGD step cost vs a non-private step, same model and batch, same run.
 
     python benchmarks/dp_step.py [--model wrn_digits] [--batch 64] [--augmult 1 4] [--repeats 5]
-                                 [--out benchmarks/results/dp_step.json]
+                                 [--ghost auto off] [--out benchmarks/results/dp_step.json]
 
 Prints a table and writes the rows as JSON to --out. Timings are
 wall-clock medians after a warm-up call (tf.function tracing excluded).
+``--ghost`` lists the ghost-clipping modes of ``clipped_grad_sum`` to time
+(``auto``: the default, ``off``: per-example kernel gradients for every WS
+layer, ``on``: ghost norms for every WS layer), each against the same
+non-private step. ``views/s vs plain K=1`` is the DP step's augmented views
+per second over the non-private step's examples per second at K=1.
 """
 
 import argparse
@@ -44,6 +49,19 @@ def median_time(fn, repeats):
     return float(np.median(ts))
 
 
+def _path(model, ws_path, mode, batch, k, input_shape):
+    """Which per-example gradient path ran, in words (traces the step once to see the ghost choices)."""
+    if not ws_path:
+        return "tf.vectorized_map per-example grads (generic); Conv2DBackpropFilter runs as pfor's while_loop"
+    ghost = {"auto": "auto", "on": True, "off": False}[mode]
+    chosen = dp_sgd.ghost_layer_names(model, [k] + list(input_shape), ghost)
+    n_ws = len(dp_sgd._ws_kernels(model))
+    return (f"tf.vectorized_map per-example grads w.r.t. gain-free standardized kernels and gains, closed-form "
+            f"WS norms, WS backward once on the clipped sum; ghost norms for {len(chosen)} of {n_ws} WS convs"
+            + (f" ({', '.join(chosen)})" if chosen and len(chosen) < n_ws else "")
+            + "; other WS convs: Conv2DBackpropFilter as pfor's while_loop over examples")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="wrn_digits")
@@ -51,37 +69,47 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--augmult", type=int, nargs="+", default=[1, 4])
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--ghost", nargs="+", default=["auto"], choices=["auto", "on", "off"])
     p.add_argument("--out", default="benchmarks/results/dp_step.json")
     a = p.parse_args()
     model = dp_zoo.create_model(a.model, num_classes=10, input_shape=tuple(a.input))
     rows = []
-    path = ("tf.vectorized_map per-example grads w.r.t. gain-free standardized kernels and gains, closed-form "
-            "WS norms, WS backward once on the clipped sum" if dp_sgd._ws_kernels(model)
-            else "tf.vectorized_map per-example grads (generic)")
-    path += "; Conv2DBackpropFilter runs as pfor's while_loop over examples"
+    ws_path = bool(dp_sgd._ws_kernels(model))
+    plain_k1 = None
     for k in a.augmult:
         x = tf.random.normal([a.batch, k] + a.input)
         y = tf.random.uniform([a.batch], 0, 10, tf.int32)
-        dp = tf.function(lambda: dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0)[0])
         plain = tf.function(lambda: dp_sgd.mean_grad(model, x, y)[0])
         c_plain = first_call_time(plain)
         t_plain = median_time(plain, a.repeats)
-        c_dp = first_call_time(dp)
-        t_dp = median_time(dp, a.repeats)
-        rows.append({"model": a.model, "batch": a.batch, "augmult": k,
-                     "path": path,
-                     "dp_first_step_s": c_dp, "nonprivate_first_step_s": c_plain,
-                     "peak_rss_mib_after": peak_rss_mib(),
-                     "dp_step_s": t_dp, "nonprivate_step_s": t_plain,
-                     "dp_examples_per_s": a.batch / t_dp, "nonprivate_examples_per_s": a.batch / t_plain,
-                     "slowdown": t_dp / t_plain})
-    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'DP s/step':>10s} {'plain s/step':>12s} {'DP ex/s':>9s} "
-          f"{'plain ex/s':>10s} {'DP/plain':>8s} {'DP 1st s':>8s} {'peak MiB':>8s}")
+        if k == 1:
+            plain_k1 = a.batch / t_plain
+        for mode in a.ghost:
+            ghost = {"auto": "auto", "on": True, "off": False}[mode]
+            dp = tf.function(lambda: dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=ghost)[0])
+            c_dp = first_call_time(dp)
+            t_dp = median_time(dp, a.repeats)
+            rows.append({"model": a.model, "batch": a.batch, "augmult": k, "ghost": mode,
+                         "path": _path(model, ws_path, mode, a.batch, k, a.input),
+                         "dp_first_step_s": c_dp, "nonprivate_first_step_s": c_plain,
+                         "peak_rss_mib_after": peak_rss_mib(),
+                         "dp_step_s": t_dp, "nonprivate_step_s": t_plain,
+                         "dp_examples_per_s": a.batch / t_dp, "nonprivate_examples_per_s": a.batch / t_plain,
+                         "dp_views_per_s": a.batch * k / t_dp,
+                         "dp_views_per_s_over_nonprivate_k1_examples_per_s":
+                             (a.batch * k / t_dp) / plain_k1 if plain_k1 else None,
+                         "slowdown": t_dp / t_plain})
+    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'ghost':>5s} {'DP s/step':>10s} {'plain s/step':>12s} "
+          f"{'DP ex/s':>9s} {'plain ex/s':>10s} {'DP/plain':>8s} {'views/s vs plain K=1':>20s} "
+          f"{'DP 1st s':>8s} {'peak MiB':>8s}")
     for r in rows:
-        print(f"{r['model']:12s} {r['batch']:5d} {r['augmult']:3d} {r['dp_step_s']:10.4f} "
+        vs = r["dp_views_per_s_over_nonprivate_k1_examples_per_s"]
+        print(f"{r['model']:12s} {r['batch']:5d} {r['augmult']:3d} {r['ghost']:>5s} {r['dp_step_s']:10.4f} "
               f"{r['nonprivate_step_s']:12.4f} {r['dp_examples_per_s']:9.1f} {r['nonprivate_examples_per_s']:10.1f} "
-              f"{1 / r['slowdown']:7.2f}x {r['dp_first_step_s']:8.1f} {r['peak_rss_mib_after']:8.0f}")
-    print("path: " + rows[0]["path"])
+              f"{1 / r['slowdown']:7.2f}x {('%.2fx' % vs) if vs else '-':>20s} "
+              f"{r['dp_first_step_s']:8.1f} {r['peak_rss_mib_after']:8.0f}")
+    for r in rows:
+        print(f"path (K={r['augmult']}, ghost {r['ghost']}): {r['path']}")
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"host": platform.platform(), "cpu_count": os.cpu_count(),

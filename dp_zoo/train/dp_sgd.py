@@ -140,6 +140,8 @@ class _GhostTap:
     function) is traced; shapes there are per example, ``[K, H, W, C]``.
     """
 
+    listeners = []  # lists that collect the names of ghost-clipped layers (``ghost_layer_names``)
+
     def __init__(self, policy, tape):
         self.policy = policy
         self.tape = tape
@@ -167,6 +169,30 @@ class _GhostTap:
         # not connect ``pre`` and its gradient would read as zero.
         self.tape.watch(pre)
         self.entries.append((layer, inputs, pre))
+        for names in _GhostTap.listeners:
+            names.append(layer.name)
+
+
+def ghost_layer_names(model, views_shape, ghost="auto"):
+    """Names of the WS convolutions that ``clipped_grad_sum`` clips by ghost norms.
+
+    Args:
+      model: the model.
+      views_shape: ``(K, H, W, C)`` of one example's views.
+      ghost: as in ``clipped_grad_sum``.
+
+    Returns:
+      A list of layer names (traces the step once; nothing is computed).
+    """
+    names = []
+    x = tf.zeros((2,) + tuple(views_shape))
+    _GhostTap.listeners.append(names)
+    try:
+        tf.function(lambda: clipped_grad_sum(model, x, tf.zeros([2], tf.int32), l2_clip=1.0,
+                                             ghost=ghost)).get_concrete_function()
+    finally:
+        _GhostTap.listeners.remove(names)
+    return names
 
 
 def conv_patches(x, layer):
