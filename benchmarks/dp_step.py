@@ -4,7 +4,8 @@
                                  [--ghost auto off] [--out benchmarks/results/dp_step.json]
 
 Prints a table and writes the rows as JSON to --out. Timings are
-wall-clock medians after a warm-up call (tf.function tracing excluded).
+wall-clock medians after a warm-up call (tf.function tracing excluded), the
+non-private and DP steps timed in turn in each round.
 ``--ghost`` lists the ghost-clipping modes of ``clipped_grad_sum`` to time
 (``auto``: the default, ``off``: per-example kernel gradients for every WS
 layer, ``on``: ghost norms for every WS layer), each against the same
@@ -39,14 +40,20 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def median_time(fn, repeats):
-    ts = []
+def interleaved_medians(fns, repeats):
+    """Median seconds per call of each function, timed in turn in every round.
+
+    Interleaving keeps slow drifts of the machine (clock, other load) from
+    favouring whichever step happens to be timed first.
+    """
+    ts = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            out = fn()
+            tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
+            ts[name].append(time.perf_counter() - t0)
+    return {name: float(np.median(v)) for name, v in ts.items()}
 
 
 def _path(model, ws_path, mode, batch, k, input_shape):
@@ -79,19 +86,20 @@ def main():
     for k in a.augmult:
         x = tf.random.normal([a.batch, k] + a.input)
         y = tf.random.uniform([a.batch], 0, 10, tf.int32)
-        plain = tf.function(lambda: dp_sgd.mean_grad(model, x, y)[0])
-        c_plain = first_call_time(plain)
-        t_plain = median_time(plain, a.repeats)
+        fns = {"plain": tf.function(lambda: dp_sgd.mean_grad(model, x, y)[0])}
+        for mode in a.ghost:
+            ghost = {"auto": "auto", "on": True, "off": False}[mode]
+            fns[mode] = tf.function(lambda g=ghost: dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g)[0])
+        first = {name: first_call_time(fn) for name, fn in fns.items()}
+        times = interleaved_medians(fns, a.repeats)
+        t_plain = times["plain"]
         if k == 1:
             plain_k1 = a.batch / t_plain
         for mode in a.ghost:
-            ghost = {"auto": "auto", "on": True, "off": False}[mode]
-            dp = tf.function(lambda: dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=ghost)[0])
-            c_dp = first_call_time(dp)
-            t_dp = median_time(dp, a.repeats)
+            t_dp = times[mode]
             rows.append({"model": a.model, "batch": a.batch, "augmult": k, "ghost": mode,
                          "path": _path(model, ws_path, mode, a.batch, k, a.input),
-                         "dp_first_step_s": c_dp, "nonprivate_first_step_s": c_plain,
+                         "dp_first_step_s": first[mode], "nonprivate_first_step_s": first["plain"],
                          "peak_rss_mib_after": peak_rss_mib(),
                          "dp_step_s": t_dp, "nonprivate_step_s": t_plain,
                          "dp_examples_per_s": a.batch / t_dp, "nonprivate_examples_per_s": a.batch / t_plain,
