@@ -28,7 +28,12 @@ def test_sigma_meets_the_target_by_the_accountant(name):
         noise_multiplier=c.dp.noise_multiplier, sampling_probability=c.batch_size / r.dataset_size,
         steps=c.steps, delta=c.dp.delta, accountant=c.dp.accountant,
     )
-    assert eps <= c.dp.target_epsilon * 1.001, (name, eps)
+    if r.sigma_source == "paper":
+        # The paper's sigma for the paper's N: its epsilon rounds to the target
+        # (NF-ResNet-50: RDP 8.00009 at N=1,271,167; below 8 at TFDS's 1,281,167).
+        assert eps <= c.dp.target_epsilon * 1.001, (name, eps)
+    else:
+        assert eps <= c.dp.target_epsilon, (name, eps)  # calibrated here, rounded up: never above
     if r.sigma_source.startswith("calibrated"):
         # Calibrated: tight to the target (within 1%).
         assert eps >= c.dp.target_epsilon * 0.99, (name, eps)
