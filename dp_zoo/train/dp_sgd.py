@@ -152,16 +152,13 @@ class _GhostTap:
             return False  # a layer called twice keeps the kernel-gradient path
         if self.policy is True:
             return True
-        kh, kw = layer.kernel_size
-        views, h, w, cin = inputs.shape
-        sh, sw = layer.strides
-        if layer.padding == "same":
-            ho, wo = -(-h // sh), -(-w // sw)
-        else:
-            ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
-        positions, fan_in, cout = views * ho * wo, kh * kw * cin, layer.filters
-        # Gram matrices (T^2 (D + cout)) against the kernel gradient (T D cout).
-        return positions * (fan_in + cout) < fan_in * cout
+        geom = conv_geometry(layer, inputs.shape[1], inputs.shape[2])
+        ghost_cost, direct_cost = ghost_costs(geom, inputs.shape[0], inputs.shape[-1], layer.filters)
+        # The per-example kernel gradients run as a loop over examples, 1-2x
+        # the time of the batched kernel gradient that the ghost path computes
+        # once for the clipped sum; the Gram matrices must cost well under the
+        # kernel gradients' multiply-adds to pay (see GHOST_COST_RATIO).
+        return ghost_cost < GHOST_COST_RATIO * direct_cost
 
     def record(self, layer, inputs, pre):
         # Watched explicitly: where nothing upstream is watched (the stem's
@@ -195,6 +192,48 @@ def ghost_layer_names(model, views_shape, ghost="auto"):
     return names
 
 
+# Ghost norms for a layer when (Gram multiply-adds) < GHOST_COST_RATIO x
+# (per-example kernel-gradient multiply-adds). Measured per layer (norms and
+# clipped sum, batch 64, 2 CPU cores, WRN-16-4's stage-2/3 shapes at K=1, 2, 4):
+# ghost was faster at cost ratios 0.10, 0.19 and 0.31 (0.54x, 0.77x, 0.81x of
+# the loop's time) and slower from 0.38 on (1.23x at 0.38, 1.36x at 0.61).
+GHOST_COST_RATIO = 0.35
+
+
+def conv_geometry(layer, h, w):
+    """``dict`` of a conv layer's kernel, strides, output size and (TF "SAME"/"VALID") padding for ``h x w`` input."""
+    kh, kw = layer.kernel_size
+    sh, sw = layer.strides
+    if layer.padding == "same":
+        ho, wo = -(-h // sh), -(-w // sw)
+        ph, pw = max((ho - 1) * sh + kh - h, 0), max((wo - 1) * sw + kw - w, 0)
+        pads = (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2)
+    else:
+        ho, wo = (h - kh) // sh + 1, (w - kw) // sw + 1
+        pads = (0, 0, 0, 0)
+    return {"kernel": (kh, kw), "strides": (sh, sw), "out": (ho, wo), "pads": pads, "in": (h, w),
+            "padding": layer.padding.upper()}
+
+
+def _gram_method(geom, views, cin):
+    """``("patches" | "pixels", multiply-adds)`` of the cheaper way to form ``P P^T`` per example."""
+    (kh, kw), (ho, wo), (h, w), pads = geom["kernel"], geom["out"], geom["in"], geom["pads"]
+    t = views * ho * wo
+    by_patches = t * t * kh * kw * cin
+    n_pix = views * (h + pads[0] + pads[1]) * (w + pads[2] + pads[3])
+    by_pixels = n_pix * n_pix * cin
+    if kh * kw == 1 or by_patches <= by_pixels:
+        return "patches", by_patches
+    return "pixels", by_pixels
+
+
+def ghost_costs(geom, views, cin, cout):
+    """Per-example multiply-adds ``(ghost norms, per-example kernel gradient)`` of a conv layer."""
+    (kh, kw), (ho, wo) = geom["kernel"], geom["out"]
+    t = views * ho * wo
+    return _gram_method(geom, views, cin)[1] + t * t * cout, t * kh * kw * cin * cout
+
+
 def conv_patches(x, layer):
     """``[N, T, kh * kw * cin]`` input patches of a conv layer for ``x`` ``[N, H, W, cin]``.
 
@@ -208,28 +247,77 @@ def conv_patches(x, layer):
     return tf.reshape(p, [tf.shape(x)[0], -1, kh * kw * x.shape[-1]])
 
 
-def ghost_ws_sq_norms(patches, dpre, pa, ds, s, c):
-    """Per-example ``||dL/dw||^2`` of a WS conv's raw kernel from patches and output gradients.
+def _tap_sum(t, geom, h_axes):
+    """Sum over the kernel's taps of the strided windows of ``t`` that the conv's outputs read.
 
-    ``patches``: ``[B, T, D]`` (T = views x output positions, D = fan-in);
-    ``dpre``: ``[B, T, cout]``, gradients w.r.t. the conv output before the
-    gain; ``pa``: ``[B, cout]``, ``sum(a * d * s)`` with ``a = patches^T dpre``
-    the gradient w.r.t. the gain-free standardized kernel (it equals gain
-    times the gain's gradient). The result is
+    ``h_axes``: the axes of ``t`` holding a padded height, each followed by
+    its width axis; every such pair is sliced with the same tap offset (two
+    pairs in a pixel Gram, whose rows and columns are both positions).
+    """
+    (kh, kw), (sh, sw), (ho, wo) = geom["kernel"], geom["strides"], geom["out"]
+    total = None
+    for di in range(kh):
+        for dj in range(kw):
+            idx = [slice(None)] * len(t.shape)
+            for i in h_axes:
+                idx[i] = slice(di, di + sh * (ho - 1) + 1, sh)
+                idx[i + 1] = slice(dj, dj + sw * (wo - 1) + 1, sw)
+            part = t[tuple(idx)]
+            total = part if total is None else total + part
+    return total
+
+
+def patch_gram(x, layer, method=None):
+    """Per-example Gram ``P P^T`` ``[B, T, T]`` and row sums ``P 1`` ``[B, T]`` of a conv's input patches.
+
+    ``x``: ``[B, K, H, W, cin]`` (K views of each example); ``P`` stacks the
+    patches of all K views (T = K x output positions). Formed the cheaper way
+    (``_gram_method``): from the patches themselves, or from the Gram of the
+    padded input's pixels, ``(P P^T)_{tt'} = sum_taps (X X^T)_{p(t)+tap, p(t')+tap}``,
+    which for a 3x3 kernel costs about (positions x cin) where the patches
+    cost (positions x 9 cin) per pair. ``method`` ("patches" or "pixels")
+    overrides the choice (tests).
+    """
+    k, h, w, cin = x.shape[1:]
+    geom = conv_geometry(layer, h, w)
+    (ho, wo), pads = geom["out"], geom["pads"]
+    t = k * ho * wo
+    method = method or _gram_method(geom, k, cin)[0]
+    if method == "patches":
+        kh, kw = geom["kernel"]
+        p = tf.reshape(conv_patches(tf.reshape(x, [-1, h, w, cin]), layer), [-1, t, kh * kw * cin])
+        return tf.matmul(p, p, transpose_b=True), tf.reduce_sum(p, axis=-1)
+    xp = tf.pad(x, [[0, 0], [0, 0], [pads[0], pads[1]], [pads[2], pads[3]], [0, 0]])
+    hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    flat = tf.reshape(xp, [-1, k * hp * wp, cin])
+    gx = tf.reshape(tf.matmul(flat, flat, transpose_b=True), [-1, k, hp, wp, k, hp, wp])
+    gram = tf.reshape(_tap_sum(gx, geom, (2, 5)), [-1, t, t])
+    rows = tf.reshape(_tap_sum(tf.reduce_sum(xp, axis=-1), geom, (2,)), [-1, t])
+    return gram, rows
+
+
+def ghost_ws_sq_norms(gram_p, row_sums, dpre, pa, ds, s, c):
+    """Per-example ``||dL/dw||^2`` of a WS conv's raw kernel from patch Grams and output gradients.
+
+    ``gram_p``: ``[B, T, T]`` Gram ``P P^T`` of each example's input patches
+    and ``row_sums``: ``[B, T]``, ``P 1`` (``patch_gram``; T = views x output
+    positions); ``dpre``: ``[B, T, cout]``, gradients w.r.t. the conv output
+    before the gain; ``pa``: ``[B, cout]``, ``sum(a * d * s)`` with
+    ``a = P^T dpre`` the gradient w.r.t. the gain-free standardized kernel (it
+    equals gain times the gain's gradient). The result is
     ``ws_kernel_sq_norms(a, pa, ds, s, c)`` without forming ``a``: per
     channel ``S2 = ||a_o||^2`` enters weighted by ``s_o^2``, and
     ``sum_o s_o^2 ||a_o||^2 = sum_{t,t'} (P P^T)_{tt'} (G' G'^T)_{tt'}`` with
     ``G' = dpre * s`` (ghost clipping, Goodfellow 2015; Li et al. 2022);
-    ``S1 = sum_k a_ko = sum_t (sum_k P_tk) dpre_to``.
+    ``S1 = sum_k a_ko = sum_t (P 1)_t dpre_to``.
     """
-    n = float(patches.shape[-1])
     cout = dpre.shape[-1]
+    n = float(ds.shape[0] * ds.shape[1] * ds.shape[2])
     s_, c_ = tf.reshape(s, [cout]), tf.reshape(c, [cout])
-    gram_p = tf.matmul(patches, patches, transpose_b=True)
     g = dpre * s_
     gram_g = tf.matmul(g, g, transpose_b=True)
     s2 = tf.reduce_sum(gram_p * gram_g, axis=(1, 2))
-    s1 = tf.einsum("bt,bto->bo", tf.reduce_sum(patches, axis=-1), dpre)
+    s1 = tf.einsum("bt,bto->bo", row_sums, dpre)
     ds_sq = tf.reduce_sum(tf.square(tf.reshape(ds, [-1, cout])), axis=0)
     rest = tf.square(s1) / n + c_ * tf.square(pa) * (2.0 - ds_sq)
     return tf.maximum(s2 - tf.reduce_sum(rest * tf.square(s_), axis=1), 0.0)
@@ -299,11 +387,9 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
     xs = outs[n_other + n_plain + n_ws + n_ghost:]
     batch = tf.shape(images)[0]
     sq = _sq_norms(other_grads)
-    patches, flat_dpres = {}, {}
+    grams, flat_dpres = {}, {}
     for j, dpre, x in zip(ghost_idx, dpres, xs):
-        layer = ws[j][0]
-        patches[j] = tf.reshape(conv_patches(tf.reshape(x, [-1, *x.shape[2:]]), layer),
-                                [batch, -1, layer.kernel_size[0] * layer.kernel_size[1] * x.shape[-1]])
+        grams[j] = patch_gram(x, ws[j][0])
         flat_dpres[j] = tf.reshape(dpre, [batch, -1, dpre.shape[-1]])
     for j, q, (ds, s, c, g, scale) in zip(range(n_ws), q_s, geometry):
         # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
@@ -311,7 +397,7 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
         if j in a_s:
             sq.append(ws_kernel_sq_norms(a_s[j], pa, ds, s, c))
         else:
-            sq.append(ghost_ws_sq_norms(patches[j], flat_dpres[j], pa, ds, s, c))
+            sq.append(ghost_ws_sq_norms(*grams[j], flat_dpres[j], pa, ds, s, c))
         sq.append(tf.reduce_sum(tf.square(tf.reshape(q, [batch, -1])), axis=1) * float(scale) ** 2)
     norms = tf.sqrt(tf.add_n(sq))
     factors = _masked_clip_factors(norms, l2_clip, mask)
@@ -320,14 +406,20 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
     for i, gsum in zip(others, summed[:n_other]):
         out[i] = gsum
     a_sums = dict(zip(plain_idx, summed[n_other:n_other + n_plain]))
-    for j in ghost_idx:
-        # sum_b f_b a_b = sum over all rows of patches^T (f_b dpre_b); padding
-        # rows are zeroed first (0 * nan is nan), as weighted_sum does.
+    for j, dpre, x in zip(ghost_idx, dpres, xs):
+        # sum_b f_b a_b is the batched kernel gradient of the conv for the
+        # output gradients f_b dpre_b: one Conv2DBackpropFilter, as in a
+        # non-private step. Padding rows are zeroed first (0 * nan is nan).
+        layer = ws[j][0]
         keep = tf.ones([batch], tf.bool) if mask is None else tf.cast(mask, tf.bool)
-        weighted = tf.where(keep[:, None, None], flat_dpres[j] * factors[:, None, None], 0.0)
-        p = tf.where(keep[:, None, None], patches[j], 0.0)
-        a_sum = tf.tensordot(p, weighted, axes=[[0, 1], [0, 1]])
-        a_sums[j] = tf.reshape(a_sum, tf.shape(units[j]))
+        keep5 = keep[:, None, None, None, None]
+        weighted = tf.where(keep5, dpre * tf.reshape(factors, [-1, 1, 1, 1, 1]), 0.0)
+        x = tf.where(keep5, x, 0.0)
+        geom = conv_geometry(layer, x.shape[2], x.shape[3])
+        a_sums[j] = tf.raw_ops.Conv2DBackpropFilter(
+            input=tf.reshape(x, [-1, *x.shape[2:]]), filter_sizes=tf.shape(units[j]),
+            out_backprop=tf.reshape(weighted, [-1, *weighted.shape[2:]]),
+            strides=[1, *geom["strides"], 1], padding=geom["padding"])
     for j, ((layer, ki, gi, *_), q_sum, (ds, s, c, g, scale)) in enumerate(
             zip(ws, summed[n_other + n_plain:], geometry)):
         out[ki] = ws_backward(a_sums[j], ds, s, c, 1.0)

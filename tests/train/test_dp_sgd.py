@@ -241,39 +241,52 @@ def _ghost_layers(model, ghost, shape, k=1):
 
 
 def test_ghost_auto_picks_the_small_spatial_stage():
-    """``"auto"`` picks a layer when K*positions*(fan_in + cout) < fan_in*cout: WRN-16-4's 8x8 stage at K=1."""
+    """``"auto"``: ghost norms where the Gram matrices cost well under the kernel gradients.
+
+    WRN-16-4 at 32x32: at K=1 the 3x3 convolutions of the 8x8 stage (the 1x1
+    skip convolution's kernel gradient is cheap anyway); at K=2 the three
+    stride-1 ones; at K=4 and K=16 (more positions per example) none.
+    """
     m = dp_zoo.create_model("wrn16_4", num_classes=10, input_shape=(32, 32, 3))
-    auto = _ghost_layers(m, "auto", (32, 32, 3))
-    assert auto and all(name.startswith("stage3") for name in auto), auto
-    assert len(auto) == sum(1 for e in dp_sgd._ws_kernels(m) if e[0].name.startswith("stage3"))
+    stage3 = ["stage3_block1_conv1", "stage3_block1_conv2", "stage3_block2_conv1", "stage3_block2_conv2"]
+    assert _ghost_layers(m, "auto", (32, 32, 3)) == stage3
+    assert _ghost_layers(m, "auto", (32, 32, 3), k=2) == stage3[1:]
+    assert _ghost_layers(m, "auto", (32, 32, 3), k=4) == []
+    assert _ghost_layers(m, "auto", (32, 32, 3), k=16) == []
     assert len(_ghost_layers(m, True, (32, 32, 3))) == len(dp_sgd._ws_kernels(m))
     assert _ghost_layers(m, False, (32, 32, 3)) == []
-    # At K=16 the 8x8 stage has 1024 positions per example: the kernel-gradient path is cheaper.
-    assert _ghost_layers(m, "auto", (32, 32, 3), k=16) == []
     with pytest.raises(ValueError, match="ghost"):
         dp_sgd.clipped_grad_sum(m, np.zeros((1, 1, 32, 32, 3), np.float32), np.zeros([1], np.int32),
                                 l2_clip=1.0, ghost="yes")
 
 
-def test_ghost_sq_norms_and_patches_are_the_kernel_gradient_path():
-    """``conv_patches`` reproduces the convolution; ``ghost_ws_sq_norms`` equals ``ws_kernel_sq_norms``."""
+@pytest.mark.parametrize("kernel,strides,padding,hw", [
+    (3, 1, "same", 7), (3, 2, "same", 8), (3, 2, "same", 7), (1, 2, "same", 8), (3, 1, "valid", 6)])
+def test_patch_gram_both_ways_and_ghost_norms_equal_the_kernel_gradient_path(kernel, strides, padding, hw):
+    """``patch_gram`` from patches and from the pixel Gram agree with the patches' own Gram;
+    ``ghost_ws_sq_norms`` equals the norm of the WS backward of the per-example kernel gradient."""
     from dp_zoo.models.layers import ws_backward, ws_geometry, ws_kernel_sq_norms
 
     rng = np.random.default_rng(7)
-    layer = dp_zoo.models.layers.WSConv2D(6, 3, strides=2, padding="same")
-    layer.build((None, 7, 7, 4))
-    b, k = 3, 2
-    x = rng.normal(size=(b * k, 7, 7, 4)).astype("float32")
-    w = rng.normal(size=(3, 3, 4, 6)).astype("float32")
-    p = dp_sgd.conv_patches(tf.constant(x), layer)  # [B*K, T, D]
-    want = tf.nn.conv2d(x, w, strides=2, padding="SAME").numpy().reshape(b * k, -1, 6)
-    np.testing.assert_allclose((p.numpy() @ w.reshape(-1, 6)), want, rtol=1e-4, atol=1e-5)
-    # Per-example cotangents a = P^T dpre, then both norm formulas.
-    p = tf.reshape(p, [b, -1, p.shape[-1]])
-    dpre = tf.constant(rng.normal(size=(b, p.shape[1], 6)).astype("float32"))
-    a = tf.reshape(tf.einsum("btd,bto->bdo", p, dpre), [b, 3, 3, 4, 6])
+    b, k, cin, cout = 3, 2, 4, 6
+    layer = dp_zoo.models.layers.WSConv2D(cout, kernel, strides=strides, padding=padding)
+    layer.build((None, hw, hw, cin))
+    x = rng.normal(size=(b, k, hw, hw, cin)).astype("float32")
+    w = rng.normal(size=(kernel, kernel, cin, cout)).astype("float32")
+    flat = x.reshape(b * k, hw, hw, cin)
+    p = dp_sgd.conv_patches(tf.constant(flat), layer).numpy()  # [B*K, positions, D]
+    want = tf.nn.conv2d(flat, w, strides=strides, padding=padding.upper()).numpy().reshape(b * k, -1, cout)
+    np.testing.assert_allclose(p @ w.reshape(-1, cout), want, rtol=1e-4, atol=1e-4)
+    p = p.reshape(b, -1, p.shape[-1])  # all views of an example: T = K x positions
+    for method in ("patches", "pixels"):
+        gram, rows = dp_sgd.patch_gram(tf.constant(x), layer, method=method)
+        np.testing.assert_allclose(gram.numpy(), p @ p.transpose(0, 2, 1), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(rows.numpy(), p.sum(-1), rtol=1e-4, atol=1e-4)
+    dpre = tf.constant(rng.normal(size=(b, p.shape[1], cout)).astype("float32"))
+    a = tf.reshape(tf.einsum("btd,bto->bdo", p, dpre), [b, kernel, kernel, cin, cout])
     ds, s, c = ws_geometry(tf.constant(w), eps=1e-4)
     pa = tf.reduce_sum(a * ds, axis=(1, 2, 3))
     direct = tf.reduce_sum(tf.square(ws_backward(a, ds, s, c, 1.0)), axis=(1, 2, 3, 4)).numpy()
     np.testing.assert_allclose(ws_kernel_sq_norms(a, pa, ds, s, c).numpy(), direct, rtol=1e-4)
-    np.testing.assert_allclose(dp_sgd.ghost_ws_sq_norms(p, dpre, pa, ds, s, c).numpy(), direct, rtol=1e-4)
+    gram, rows = dp_sgd.patch_gram(tf.constant(x), layer)
+    np.testing.assert_allclose(dp_sgd.ghost_ws_sq_norms(gram, rows, dpre, pa, ds, s, c).numpy(), direct, rtol=1e-4)
