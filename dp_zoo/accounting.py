@@ -239,7 +239,16 @@ def calibrate_noise(
     _check_delta(delta)
     _check_accountant(accountant)
     _check_sampling(sampling)
+    # Cached: a run calibrates the same configuration several times (the CLI,
+    # the TAN record, the simulation), and one PLD calibration takes seconds
+    # to a minute.
+    return _calibrate_noise_cached(float(target_epsilon), float(sampling_probability), int(steps),
+                                   float(delta), accountant, float(tol), float(pld_discretization))
 
+
+@functools.lru_cache(maxsize=256)
+def _calibrate_noise_cached(target_epsilon, sampling_probability, steps, delta, accountant, tol,
+                            pld_discretization):
     # Below sigma=0.2 the PLD of one step needs gigabytes and DP-SGD is not
     # meaningfully private anyway; refuse budgets that would need it.
     eps_min_sigma = epsilon(
