@@ -56,12 +56,14 @@ def interleaved_medians(fns, repeats):
     return {name: float(np.median(v)) for name, v in ts.items()}
 
 
-def _path(model, ws_path, mode, batch, k, input_shape):
+GHOST_MODES = {"auto": "auto", "on": True, "off": False}  # --ghost value -> clipped_grad_sum(ghost=...)
+
+
+def _path(model, ws_path, mode, k, input_shape):
     """Which per-example gradient path ran, in words (traces the step once to see the ghost choices)."""
     if not ws_path:
         return "tf.vectorized_map per-example grads (generic); Conv2DBackpropFilter runs as pfor's while_loop"
-    ghost = {"auto": "auto", "on": True, "off": False}[mode]
-    chosen = dp_sgd.ghost_layer_names(model, [k] + list(input_shape), ghost)
+    chosen = dp_sgd.ghost_layer_names(model, [k] + list(input_shape), GHOST_MODES[mode])
     n_ws = len(dp_sgd._ws_kernels(model))
     return (f"tf.vectorized_map per-example grads w.r.t. gain-free standardized kernels and gains, closed-form "
             f"WS norms, WS backward once on the clipped sum; ghost norms for {len(chosen)} of {n_ws} WS convs"
@@ -76,22 +78,20 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--augmult", type=int, nargs="+", default=[1, 4])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--ghost", nargs="+", default=["auto"], choices=["auto", "on", "off"])
+    p.add_argument("--ghost", nargs="+", default=["auto"], choices=list(GHOST_MODES))
     p.add_argument("--out", default="benchmarks/results/dp_step.json")
     a = p.parse_args()
     model = dp_zoo.create_model(a.model, num_classes=10, input_shape=tuple(a.input))
     rows = []
     ws_path = bool(dp_sgd._ws_kernels(model))
-    fns, data = {}, {}
+    fns = {}
     for k in a.augmult:
         x = tf.random.normal([a.batch, k] + a.input)
         y = tf.random.uniform([a.batch], 0, 10, tf.int32)
-        data[k] = (x, y)
         fns[(k, "plain")] = tf.function(lambda x=x, y=y: dp_sgd.mean_grad(model, x, y)[0])
         for mode in a.ghost:
-            ghost = {"auto": "auto", "on": True, "off": False}[mode]
             fns[(k, mode)] = tf.function(
-                lambda x=x, y=y, g=ghost: dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g)[0])
+                lambda x=x, y=y, g=GHOST_MODES[mode]: dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g)[0])
     first = {key: first_call_time(fn) for key, fn in fns.items()}
     # Every step of every K in each round: the ratios across K (views/s at K
     # against examples/s at K=1) compare steps timed minutes apart otherwise.
@@ -102,7 +102,7 @@ def main():
         for mode in a.ghost:
             t_dp = times[(k, mode)]
             rows.append({"model": a.model, "batch": a.batch, "augmult": k, "ghost": mode,
-                         "path": _path(model, ws_path, mode, a.batch, k, a.input),
+                         "path": _path(model, ws_path, mode, k, a.input),
                          "dp_first_step_s": first[(k, mode)], "nonprivate_first_step_s": first[(k, "plain")],
                          "peak_rss_mib_after": peak_rss_mib(),
                          "dp_step_s": t_dp, "nonprivate_step_s": t_plain,

@@ -254,8 +254,8 @@ def resolve(argv_flags=None):
     name = recipe.name
     if config.data.dataset != c.data.dataset:
         # The run (and what it publishes) is named after the data it trained on.
-        old = c.data.dataset if c.data.dataset in name else ("digits" if "digits" in name else None)
-        name = name.replace(old, config.data.dataset, 1) if old else f"{name}_{config.data.dataset}"
+        old = c.data.dataset
+        name = name.replace(old, config.data.dataset, 1) if old in name else f"{name}_{config.data.dataset}"
     if _flag("non-private"):
         name = "wrn_digits_nonprivate" if name.startswith("wrn_digits_eps") else f"{name}_nonprivate"
     return name, config, recipe

@@ -90,12 +90,12 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
         kernel-gradient norms by ghost clipping (from the layer's input
         patches and output gradients, never forming the per-example kernel
         gradients; see ``ghost_ws_sq_norms``) rather than from vectorized
-        per-example kernel gradients. ``"auto"``: those where it takes fewer
-        multiply-adds (few output positions times views against a large
-        kernel: in a WRN at K=1, the 8x8 stage, where the vectorized
-        Conv2DBackpropFilter also runs as a loop over examples); ``True``:
-        every eligible one; ``False``: none. The result is the same either
-        way (tests compare them).
+        per-example kernel gradients. ``"auto"``: those whose Gram matrices
+        cost under ``GHOST_COST_RATIO`` times the multiply-adds of their
+        per-example kernel gradients (few output positions times views
+        against a large kernel: in WRN-16-4 at K=1, the 3x3 convolutions of
+        the 8x8 stage); ``True``: every eligible one; ``False``: none. The
+        result is the same either way (tests compare them).
 
     Returns:
       ``(grad_sum, norms)``: list aligned with ``model.trainable_variables``
@@ -338,7 +338,7 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
     WS layers that ``ghost`` selects (see ``clipped_grad_sum``) return, per
     example, their input and ``dL/dpre`` instead of ``a``: norms by
     ``ghost_ws_sq_norms``, and ``sum_b f_b a_b`` as one batched
-    patches-times-gradients product.
+    Conv2DBackpropFilter.
     Tests compare this with the generic path.
     """
     variables = model.trainable_variables
@@ -386,18 +386,17 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
     dpres = outs[n_other + n_plain + n_ws:n_other + n_plain + n_ws + n_ghost]
     xs = outs[n_other + n_plain + n_ws + n_ghost:]
     batch = tf.shape(images)[0]
+    ghost_io = dict(zip(ghost_idx, zip(xs, dpres)))  # j -> (input, dL/dpre), per example
     sq = _sq_norms(other_grads)
-    grams, flat_dpres = {}, {}
-    for j, dpre, x in zip(ghost_idx, dpres, xs):
-        grams[j] = patch_gram(x, ws[j][0])
-        flat_dpres[j] = tf.reshape(dpre, [batch, -1, dpre.shape[-1]])
     for j, q, (ds, s, c, g, scale) in zip(range(n_ws), q_s, geometry):
         # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
         pa = tf.reshape(q, [batch, -1]) * tf.reshape(g, [-1])
         if j in a_s:
             sq.append(ws_kernel_sq_norms(a_s[j], pa, ds, s, c))
         else:
-            sq.append(ghost_ws_sq_norms(*grams[j], flat_dpres[j], pa, ds, s, c))
+            x, dpre = ghost_io[j]
+            sq.append(ghost_ws_sq_norms(*patch_gram(x, ws[j][0]), tf.reshape(dpre, [batch, -1, dpre.shape[-1]]),
+                                        pa, ds, s, c))
         sq.append(tf.reduce_sum(tf.square(tf.reshape(q, [batch, -1])), axis=1) * float(scale) ** 2)
     norms = tf.sqrt(tf.add_n(sq))
     factors = _masked_clip_factors(norms, l2_clip, mask)
@@ -406,13 +405,13 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
     for i, gsum in zip(others, summed[:n_other]):
         out[i] = gsum
     a_sums = dict(zip(plain_idx, summed[n_other:n_other + n_plain]))
-    for j, dpre, x in zip(ghost_idx, dpres, xs):
+    keep = tf.ones([batch], tf.bool) if mask is None else tf.cast(mask, tf.bool)
+    keep5 = keep[:, None, None, None, None]
+    for j, (x, dpre) in ghost_io.items():
         # sum_b f_b a_b is the batched kernel gradient of the conv for the
         # output gradients f_b dpre_b: one Conv2DBackpropFilter, as in a
         # non-private step. Padding rows are zeroed first (0 * nan is nan).
         layer = ws[j][0]
-        keep = tf.ones([batch], tf.bool) if mask is None else tf.cast(mask, tf.bool)
-        keep5 = keep[:, None, None, None, None]
         weighted = tf.where(keep5, dpre * tf.reshape(factors, [-1, 1, 1, 1, 1]), 0.0)
         x = tf.where(keep5, x, 0.0)
         geom = conv_geometry(layer, x.shape[2], x.shape[3])
