@@ -1,15 +1,16 @@
 """DP-SGD step cost vs a non-private step, same model and batch, same run.
 
     python benchmarks/dp_step.py [--model wrn_digits] [--batch 64] [--augmult 1 4] [--repeats 5]
-                                 [--ghost auto off] [--out benchmarks/results/dp_step.json]
+                                 [--ghost auto off] [--fold auto off] [--out benchmarks/results/dp_step.json]
 
 Prints a table and writes the rows as JSON to --out. Timings are
 wall-clock medians after a warm-up call (tf.function tracing excluded), all
 steps (non-private and DP, every K) timed in turn in each round.
 ``--ghost`` lists the ghost-clipping modes of ``clipped_grad_sum`` to time
 (``auto``: the default, ``off``: per-example kernel gradients for every WS
-layer, ``on``: ghost norms for every WS layer), each against the same
-non-private step. ``views/s vs plain K=1`` is the DP step's augmented views
+layer, ``on``: ghost norms for every WS layer) and ``--fold`` its
+gain-folding modes (``fold_gain``: ``auto``, ``off``, ``on``); every
+combination is timed against the same non-private step. ``views/s vs plain K=1`` is the DP step's augmented views
 per second over the non-private step's examples per second at K=1.
 """
 
@@ -56,19 +57,21 @@ def interleaved_medians(fns, repeats):
     return {name: float(np.median(v)) for name, v in ts.items()}
 
 
-GHOST_MODES = {"auto": "auto", "on": True, "off": False}  # --ghost value -> clipped_grad_sum(ghost=...)
+MODES = {"auto": "auto", "on": True, "off": False}  # --ghost / --fold value -> clipped_grad_sum(ghost=/fold_gain=)
 
 
-def _path(model, ws_path, mode, k, input_shape):
-    """Which per-example gradient path ran, in words (traces the step once to see the ghost choices)."""
+def _path(model, ws_path, ghost, fold, k, input_shape):
+    """Which per-example gradient path ran, in words (traces the step once to see the per-layer choices)."""
     if not ws_path:
         return "tf.vectorized_map per-example grads (generic); Conv2DBackpropFilter runs as pfor's while_loop"
-    chosen = dp_sgd.ghost_layer_names(model, [k] + list(input_shape), GHOST_MODES[mode])
-    n_ws = len(dp_sgd._ws_kernels(model))
-    return (f"tf.vectorized_map per-example grads w.r.t. gain-free standardized kernels and gains, closed-form "
-            f"WS norms, WS backward once on the clipped sum; ghost norms for {len(chosen)} of {n_ws} WS convs"
-            + (f" ({', '.join(chosen)})" if chosen and len(chosen) < n_ws else "")
-            + "; other WS convs: Conv2DBackpropFilter as pfor's while_loop over examples")
+    paths = dp_sgd.ws_gradient_paths(model, [k] + list(input_shape), MODES[ghost], MODES[fold])
+    ghost = [n for n, p in paths.items() if p == "ghost"]
+    fold = [n for n, p in paths.items() if p == "fold"]
+    return (f"tf.vectorized_map per-example grads w.r.t. standardized kernels and gains, closed-form WS norms, "
+            f"WS backward once on the clipped sum; of {len(paths)} WS convs: ghost norms for {len(ghost)}"
+            + (f" ({', '.join(ghost)})" if ghost and len(ghost) < len(paths) else "")
+            + f", gain folded into the kernel for {len(fold)}, gain apart for the other {len(paths) - len(ghost) - len(fold)}"
+            + "; non-ghost kernel gradients: Conv2DBackpropFilter as pfor's while_loop over examples")
 
 
 def main():
@@ -78,20 +81,23 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--augmult", type=int, nargs="+", default=[1, 4])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--ghost", nargs="+", default=["auto"], choices=list(GHOST_MODES))
+    p.add_argument("--ghost", nargs="+", default=["auto"], choices=list(MODES))
+    p.add_argument("--fold", nargs="+", default=["auto"], choices=list(MODES))
     p.add_argument("--out", default="benchmarks/results/dp_step.json")
     a = p.parse_args()
     model = dp_zoo.create_model(a.model, num_classes=10, input_shape=tuple(a.input))
     rows = []
     ws_path = bool(dp_sgd._ws_kernels(model))
     fns = {}
+    modes = [(g, f) for g in a.ghost for f in a.fold]
     for k in a.augmult:
         x = tf.random.normal([a.batch, k] + a.input)
         y = tf.random.uniform([a.batch], 0, 10, tf.int32)
         fns[(k, "plain")] = tf.function(lambda x=x, y=y: dp_sgd.mean_grad(model, x, y)[0])
-        for mode in a.ghost:
+        for mode in modes:
             fns[(k, mode)] = tf.function(
-                lambda x=x, y=y, g=GHOST_MODES[mode]: dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g)[0])
+                lambda x=x, y=y, g=MODES[mode[0]], f=MODES[mode[1]]:
+                dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g, fold_gain=f)[0])
     first = {key: first_call_time(fn) for key, fn in fns.items()}
     # Every step of every K in each round: the ratios across K (views/s at K
     # against examples/s at K=1) compare steps timed minutes apart otherwise.
@@ -99,10 +105,10 @@ def main():
     plain_k1 = a.batch / times[(1, "plain")] if (1, "plain") in times else None
     for k in a.augmult:
         t_plain = times[(k, "plain")]
-        for mode in a.ghost:
+        for mode in modes:
             t_dp = times[(k, mode)]
-            rows.append({"model": a.model, "batch": a.batch, "augmult": k, "ghost": mode,
-                         "path": _path(model, ws_path, mode, k, a.input),
+            rows.append({"model": a.model, "batch": a.batch, "augmult": k, "ghost": mode[0], "fold_gain": mode[1],
+                         "path": _path(model, ws_path, *mode, k, a.input),
                          "dp_first_step_s": first[(k, mode)], "nonprivate_first_step_s": first[(k, "plain")],
                          "peak_rss_mib_after": peak_rss_mib(),
                          "dp_step_s": t_dp, "nonprivate_step_s": t_plain,
@@ -111,17 +117,18 @@ def main():
                          "dp_views_per_s_over_nonprivate_k1_examples_per_s":
                              (a.batch * k / t_dp) / plain_k1 if plain_k1 else None,
                          "slowdown": t_dp / t_plain})
-    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'ghost':>5s} {'DP s/step':>10s} {'plain s/step':>12s} "
+    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'ghost':>5s} {'fold':>5s} {'DP s/step':>10s} {'plain s/step':>12s} "
           f"{'DP ex/s':>9s} {'plain ex/s':>10s} {'DP/plain':>8s} {'views/s vs plain K=1':>20s} "
           f"{'DP 1st s':>8s} {'peak MiB':>8s}")
     for r in rows:
         vs = r["dp_views_per_s_over_nonprivate_k1_examples_per_s"]
-        print(f"{r['model']:12s} {r['batch']:5d} {r['augmult']:3d} {r['ghost']:>5s} {r['dp_step_s']:10.4f} "
+        print(f"{r['model']:12s} {r['batch']:5d} {r['augmult']:3d} {r['ghost']:>5s} {r['fold_gain']:>5s} "
+              f"{r['dp_step_s']:10.4f} "
               f"{r['nonprivate_step_s']:12.4f} {r['dp_examples_per_s']:9.1f} {r['nonprivate_examples_per_s']:10.1f} "
               f"{1 / r['slowdown']:7.2f}x {('%.2fx' % vs) if vs else '-':>20s} "
               f"{r['dp_first_step_s']:8.1f} {r['peak_rss_mib_after']:8.0f}")
     for r in rows:
-        print(f"path (K={r['augmult']}, ghost {r['ghost']}): {r['path']}")
+        print(f"path (K={r['augmult']}, ghost {r['ghost']}, fold {r['fold_gain']}): {r['path']}")
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"host": platform.platform(), "cpu_count": os.cpu_count(),

@@ -19,26 +19,33 @@ _KERNEL_OVERRIDE = threading.local()
 def standardized_kernel_override(mapping, tap=None):
     """Within the context, WS layers convolve with given tensors.
 
-    ``mapping``: ``{layer: (unit_kernel, channel_gain)}``. Inside, such a
-    layer computes ``conv(x, unit_kernel) * channel_gain`` (+ bias) instead
-    of ``conv(x, standardized_kernel())``: the same function, as the gain is
-    per output channel. DP-SGD passes the gain-free standardized kernel,
-    computed once per step, and the gain as tensors of its own, so that its
-    per-example gradients are taken w.r.t. them rather than the raw kernel
-    (the standardization's backward then runs once, on the clipped sum) and
-    the gain's per-example gradient is an activation-sized reduction rather
-    than a kernel-sized one (``dp_zoo.train.dp_sgd``). Grouped convolutions
-    run as one convolution per group inside the context (an empty mapping
-    too), since TensorFlow's CPU kernels have no gradient for grouped
-    convolutions under ``tf.vectorized_map``.
+    ``mapping``: ``{layer: (unit_kernel, channel_gain, gained_kernel)}``.
+    Inside, such a layer computes ``conv(x, unit_kernel) * channel_gain``
+    (+ bias) instead of ``conv(x, standardized_kernel())``: the same
+    function, as the gain is per output channel. DP-SGD passes the gain-free
+    standardized kernel, computed once per step, and the gain as tensors of
+    their own, so that its per-example gradients are taken w.r.t. them
+    rather than the raw kernel (the standardization's backward then runs
+    once, on the clipped sum) and the gain's per-example gradient is an
+    activation-sized reduction rather than a kernel-sized one
+    (``dp_zoo.train.dp_sgd``). ``gained_kernel`` (``unit_kernel *
+    channel_gain``, or None) is convolved with instead, and the gain not
+    applied, where the tap chooses ``"fold"``. Grouped convolutions run as
+    one convolution per group inside the context (an empty mapping too),
+    since TensorFlow's CPU kernels have no gradient for grouped convolutions
+    under ``tf.vectorized_map``.
 
-    ``tap`` (optional): an object with ``wants(layer, inputs)`` and
-    ``record(layer, inputs, pre)``. A replaced ungrouped, undilated
-    ``WSConv2D`` that the tap wants convolves with the unit kernel behind a
-    stop-gradient and hands its input and its pre-gain output ``pre`` to the
-    tap: the caller then takes gradients w.r.t. ``pre`` (activation-sized)
-    instead of the kernel, and forms the kernel's per-example norms and
-    clipped sum from ``inputs`` and ``dL/dpre`` itself (ghost clipping).
+    ``tap`` (optional): an object with ``choose(layer, inputs, ghost_ok)``,
+    returning ``"plain"``, ``"fold"`` or (only where ``ghost_ok``)
+    ``"ghost"``, and ``record(layer, inputs, pre)``. ``"fold"``: the layer
+    convolves with ``gained_kernel`` (one activation-sized multiply fewer
+    forward and backward; the caller derives the gain's gradient from the
+    kernel's). ``"ghost"`` (ungrouped, undilated ``WSConv2D`` only): the
+    layer convolves with the unit kernel behind a stop-gradient and hands
+    its input and its pre-gain output ``pre`` to the tap: the caller then
+    takes gradients w.r.t. ``pre`` (activation-sized) instead of the kernel,
+    and forms the kernel's per-example norms and clipped sum from ``inputs``
+    and ``dL/dpre`` itself (ghost clipping).
     Thread-local, as MirroredStrategy traces each replica in its own thread.
     """
     previous = getattr(_KERNEL_OVERRIDE, "mapping", None), getattr(_KERNEL_OVERRIDE, "tap", None)
@@ -53,6 +60,19 @@ def standardized_kernel_override(mapping, tap=None):
 def _overridden_kernel(layer):
     mapping = getattr(_KERNEL_OVERRIDE, "mapping", None)
     return mapping.get(id(layer)) if mapping else None
+
+
+def _override_choice(layer, inputs, override, ghost_ok):
+    """``(kernel, gain or None, choice)`` for a layer under ``standardized_kernel_override``."""
+    tap = getattr(_KERNEL_OVERRIDE, "tap", None)
+    choice = tap.choose(layer, inputs, ghost_ok) if tap is not None else "plain"
+    if choice == "fold" and override[2] is not None:
+        return override[2], None, choice
+    return override[0], override[1], "plain" if choice == "fold" else choice
+
+
+def _times_gain(y, gain):
+    return y if gain is None else y * gain
 
 
 def _per_example_context():
@@ -151,15 +171,17 @@ def ws_backward(u, ds, s, c, gain):
     return s * (a - mean_a) - (c * s) * proj * ds
 
 
-def ws_kernel_sq_norms(a, pa, ds, s, c):
-    """``||ws_backward(a, ds, s, c, 1)||^2`` per leading index of ``a``, without forming it.
+def ws_kernel_sq_norms(a, pa, ds, s, c, gain=None):
+    """``||ws_backward(a, ds, s, c, gain or 1)||^2`` per leading index of ``a``, without forming it.
 
     ``a``: ``[B, kh, kw, cin, cout]`` cotangents w.r.t. the gain-free
-    standardized kernel ``d * s`` (the gain folded in); ``pa``: ``[B, cout]``,
-    ``sum(a * d * s)`` over the fan-in. ``ws_backward`` is ``s`` times the
-    projection of ``a`` off the constant direction and (when ``c = 1``) off
-    ``d * s``, which is orthogonal to the constants. Per output channel, with
-    ``n`` the fan-in, ``S1 = sum(a)``, ``S2 = sum(a^2)``:
+    standardized kernel ``d * s`` (the gain folded in), or, with ``gain``
+    (``[cout]``), w.r.t. ``d * s * gain`` (then ``a * gain`` is meant);
+    ``pa``: ``[B, cout]``, ``sum(a * gain * d * s)`` over the fan-in.
+    ``ws_backward`` is ``s`` times the projection of ``a`` off the constant
+    direction and (when ``c = 1``) off ``d * s``, which is orthogonal to the
+    constants. Per output channel, with ``n`` the fan-in, ``S1 = sum(a)``,
+    ``S2 = sum(a^2)`` (times ``gain`` and ``gain^2``):
 
         ||dw||^2 = s^2 (S2 - S1^2 / n - c pa^2 (2 - ||d * s||^2)).
 
@@ -172,6 +194,9 @@ def ws_kernel_sq_norms(a, pa, ds, s, c):
     cout = a.shape[-1]
     s2 = tf.square(tf.math.reduce_euclidean_norm(a, axis=(1, 2, 3)))
     s1 = tf.reduce_sum(a, axis=(1, 2, 3))
+    if gain is not None:
+        g = tf.reshape(gain, [cout])
+        s2, s1 = s2 * tf.square(g), s1 * g
     ds_sq = tf.reduce_sum(tf.square(tf.reshape(ds, [-1, cout])), axis=0)
     s_, c_ = tf.reshape(s, [cout]), tf.reshape(c, [cout])
     per_channel = tf.maximum(s2 - tf.square(s1) / n - c_ * tf.square(pa) * (2.0 - ds_sq), 0.0)
@@ -239,26 +264,21 @@ class WSConv2D(keras.layers.Conv2D):
 
     def call(self, inputs):
         override = _overridden_kernel(self)
-        if override is not None and self.groups > 1:
-            out = _grouped_conv(inputs, override[0], strides=self.strides, padding=self.padding,
-                                groups=self.groups) * override[1]
+        if override is None:
+            out = ops.conv(inputs, self.standardized_kernel(), strides=self.strides, padding=self.padding,
+                           dilation_rate=self.dilation_rate, data_format=self.data_format)
         else:
-            kernel = self.standardized_kernel() if override is None else override[0]
-            tap = getattr(_KERNEL_OVERRIDE, "tap", None) if override is not None else None
-            tapped = (tap is not None and self.data_format == "channels_last" and max(self.dilation_rate) == 1
-                      and tap.wants(self, inputs))
-            out = ops.conv(
-                inputs,
-                ops.stop_gradient(kernel) if tapped else kernel,
-                strides=self.strides,
-                padding=self.padding,
-                dilation_rate=self.dilation_rate,
-                data_format=self.data_format,
-            )
-            if tapped:
-                tap.record(self, inputs, out)
-            if override is not None:
-                out = out * override[1]
+            ghost_ok = self.groups == 1 and self.data_format == "channels_last" and max(self.dilation_rate) == 1
+            kernel, gain, choice = _override_choice(self, inputs, override, ghost_ok)
+            if self.groups > 1:
+                out = _grouped_conv(inputs, kernel, strides=self.strides, padding=self.padding, groups=self.groups)
+            else:
+                out = ops.conv(inputs, ops.stop_gradient(kernel) if choice == "ghost" else kernel,
+                               strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
+                               data_format=self.data_format)
+            if choice == "ghost":
+                getattr(_KERNEL_OVERRIDE, "tap").record(self, inputs, out)
+            out = _times_gain(out, gain)
         if self.use_bias:
             out = out + self.bias
         if self.activation is not None:
@@ -429,7 +449,8 @@ class ScaledWSConv2D(keras.layers.Layer):
         elif override is None:
             y = ops.conv(x, self.standardized_kernel(), strides=self.strides, padding=pad)
         else:
-            y = _grouped_conv(x, override[0], strides=self.strides, padding=pad, groups=self.groups) * override[1]
+            kernel, gain, _ = _override_choice(self, x, override, ghost_ok=False)
+            y = _times_gain(_grouped_conv(x, kernel, strides=self.strides, padding=pad, groups=self.groups), gain)
         return y + self.bias if self.use_bias else y
 
     def compute_output_shape(self, input_shape):

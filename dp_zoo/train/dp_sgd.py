@@ -75,7 +75,8 @@ def clip_factors(norms, l2_clip):
     return l2_clip / tf.maximum(norms, l2_clip)
 
 
-def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True, ghost="auto"):
+def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True, ghost="auto",
+                     fold_gain="auto"):
     """Sum over examples of per-example gradients clipped to norm ``l2_clip``.
 
     Args:
@@ -96,6 +97,14 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
         against a large kernel: in WRN-16-4 at K=1, the 3x3 convolutions of
         the 8x8 stage); ``True``: every eligible one; ``False``: none. The
         result is the same either way (tests compare them).
+      fold_gain: which of the other WS layers take per-example gradients
+        w.r.t. the standardized kernel with their gain multiplied in (the
+        gain's gradient then comes from the kernel's, sparing output-sized
+        work) rather than w.r.t. the gain-free kernel and the gain.
+        ``"auto"``: those whose fan-in is small against the output positions
+        per example (``FOLD_COST_RATIO``; in WRN-16-4 at 32x32, the 32x32
+        stage, and at K=4 the 16x16 one too); ``True``: all; ``False``:
+        none. The result is the same either way.
 
     Returns:
       ``(grad_sum, norms)``: list aligned with ``model.trainable_variables``
@@ -103,9 +112,12 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
     """
     if ghost not in ("auto", True, False):
         raise ValueError(f"ghost={ghost!r}: use 'auto', True or False")
+    if fold_gain not in ("auto", True, False):
+        raise ValueError(f"fold_gain={fold_gain!r}: use 'auto', True or False")
     ws = _ws_kernels(model) if vectorized else []
     if ws:
-        return _clipped_grad_sum_ws(model, images, labels, ws, l2_clip=l2_clip, mask=mask, ghost=ghost)
+        return _clipped_grad_sum_ws(model, images, labels, ws, l2_clip=l2_clip, mask=mask, ghost=ghost,
+                                    fold_gain=fold_gain)
     grads, _ = per_example_grads(model, images, labels, vectorized=vectorized)
     norms = global_norms(grads)
     factors = _masked_clip_factors(norms, l2_clip, mask)
@@ -133,25 +145,47 @@ def _ws_kernels(model):
     return out
 
 
-class _GhostTap:
-    """Chooses the WS convolutions clipped by ghost norms and collects their inputs and outputs.
+class _WSTap:
+    """Chooses, per WS layer, how its per-example gradients are formed; collects ghost layers' inputs and outputs.
 
-    Layers call ``wants``/``record`` while ``one`` (the per-example
+    Layers call ``choose``/``record`` while ``one`` (the per-example
     function) is traced; shapes there are per example, ``[K, H, W, C]``.
+    ``choices`` maps ``id(layer)`` to ``"plain"`` (per-example gradients
+    w.r.t. the gain-free standardized kernel and the gain), ``"fold"`` (w.r.t.
+    the standardized kernel with the gain in it) or ``"ghost"``.
     """
 
-    listeners = []  # lists that collect the names of ghost-clipped layers (``ghost_layer_names``)
+    listeners = []  # dicts that collect {layer name: choice} (``ws_gradient_paths``)
 
-    def __init__(self, policy, tape):
-        self.policy = policy
+    def __init__(self, ghost, fold_gain, tape):
+        self.ghost = ghost
+        self.fold_gain = fold_gain
         self.tape = tape
-        self.entries = []  # (layer, inputs, pre) in call order
+        self.choices = {}
+        self.entries = []  # (layer, inputs, pre) of ghost layers, in call order
 
-    def wants(self, layer, inputs):
-        if self.policy is False or any(e[0] is layer for e in self.entries):
-            return False  # a layer called twice keeps the kernel-gradient path
-        if self.policy is True:
-            return True
+    def choose(self, layer, inputs, ghost_ok):
+        key = id(layer)
+        if key in self.choices:
+            if self.choices[key] == "ghost":
+                raise NotImplementedError(
+                    f"WS layer {layer.name!r} is called more than once per example; ghost clipping covers one "
+                    "call. Pass ghost=False to clipped_grad_sum for this model.")
+            return self.choices[key]
+        if ghost_ok and self._wants_ghost(layer, inputs):
+            choice = "ghost"
+        elif self._wants_fold(layer, inputs):
+            choice = "fold"
+        else:
+            choice = "plain"
+        self.choices[key] = choice
+        for paths in _WSTap.listeners:
+            paths[layer.name] = choice
+        return choice
+
+    def _wants_ghost(self, layer, inputs):
+        if self.ghost != "auto":
+            return self.ghost
         geom = conv_geometry(layer, inputs.shape[1], inputs.shape[2])
         ghost_cost, direct_cost = ghost_costs(geom, inputs.shape[0], inputs.shape[-1], layer.filters)
         # The per-example kernel gradients run as a loop over examples, 1-2x
@@ -160,36 +194,65 @@ class _GhostTap:
         # kernel gradients' multiply-adds to pay (see GHOST_COST_RATIO).
         return ghost_cost < GHOST_COST_RATIO * direct_cost
 
+    def _wants_fold(self, layer, inputs):
+        if self.fold_gain != "auto":
+            return self.fold_gain
+        # Unfolded, each example pays three passes over the layer's output
+        # (the gain's multiply forward and backward, and the gain's gradient
+        # as a product summed over positions); folded, one multiply-and-sum
+        # over the kernel's fan-in for the gain's gradient
+        # (``_gain_grads``). Output positions as for "same" padding (a
+        # cost estimate only).
+        sh, sw = layer.strides if isinstance(layer.strides, tuple) else (layer.strides,) * 2
+        positions = inputs.shape[0] * -(-inputs.shape[1] // sh) * -(-inputs.shape[2] // sw)
+        kh, kw = layer.kernel_size if isinstance(layer.kernel_size, tuple) else (layer.kernel_size,) * 2
+        fan_in = kh * kw * inputs.shape[-1] // layer.groups
+        return fan_in < FOLD_COST_RATIO * positions
+
     def record(self, layer, inputs, pre):
         # Watched explicitly: where nothing upstream is watched (the stem's
         # input is data, its kernel is behind a stop-gradient) the tape would
         # not connect ``pre`` and its gradient would read as zero.
         self.tape.watch(pre)
         self.entries.append((layer, inputs, pre))
-        for names in _GhostTap.listeners:
-            names.append(layer.name)
 
 
-def ghost_layer_names(model, views_shape, ghost="auto"):
-    """Names of the WS convolutions that ``clipped_grad_sum`` clips by ghost norms.
+# Fold the gain into the kernel (``fold_gain="auto"``) when the kernel's
+# fan-in is under FOLD_COST_RATIO x the output positions per example: three
+# output-sized passes against about two fan-in-sized ones (see
+# ``_WSTap._wants_fold``).
+FOLD_COST_RATIO = 1.5
+
+
+def ws_gradient_paths(model, views_shape, ghost="auto", fold_gain="auto"):
+    """How ``clipped_grad_sum`` forms each WS layer's per-example gradients.
 
     Args:
       model: the model.
       views_shape: ``(K, H, W, C)`` of one example's views.
-      ghost: as in ``clipped_grad_sum``.
+      ghost, fold_gain: as in ``clipped_grad_sum``.
 
     Returns:
-      A list of layer names (traces the step once; nothing is computed).
+      ``{layer name: "plain" | "fold" | "ghost"}`` in call order (traces the
+      step once; nothing is computed). ``"plain"``: per-example gradients
+      w.r.t. the gain-free standardized kernel and the gain; ``"fold"``:
+      w.r.t. the standardized kernel with the gain in it; ``"ghost"``: norms
+      from input patches and output gradients.
     """
-    names = []
+    paths = {}
     x = tf.zeros((2,) + tuple(views_shape))
-    _GhostTap.listeners.append(names)
+    _WSTap.listeners.append(paths)
     try:
-        tf.function(lambda: clipped_grad_sum(model, x, tf.zeros([2], tf.int32), l2_clip=1.0,
-                                             ghost=ghost)).get_concrete_function()
+        tf.function(lambda: clipped_grad_sum(model, x, tf.zeros([2], tf.int32), l2_clip=1.0, ghost=ghost,
+                                             fold_gain=fold_gain)).get_concrete_function()
     finally:
-        _GhostTap.listeners.remove(names)
-    return names
+        _WSTap.listeners.remove(paths)
+    return paths
+
+
+def ghost_layer_names(model, views_shape, ghost="auto"):
+    """Names of the WS convolutions that ``clipped_grad_sum`` clips by ghost norms (see ``ws_gradient_paths``)."""
+    return [name for name, path in ws_gradient_paths(model, views_shape, ghost).items() if path == "ghost"]
 
 
 # Ghost norms for a layer when (Gram multiply-adds) < GHOST_COST_RATIO x
@@ -323,7 +386,7 @@ def ghost_ws_sq_norms(gram_p, row_sums, dpre, pa, ds, s, c):
     return tf.maximum(s2 - tf.reduce_sum(rest * tf.square(s_), axis=1), 0.0)
 
 
-def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto"):
+def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto", fold_gain="auto"):
     """``clipped_grad_sum`` with per-example gradients taken w.r.t. standardized kernels.
 
     A WS layer computes ``conv(x, d * s) * g`` with ``d * s`` the gain-free
@@ -335,95 +398,113 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
     the cotangent: the norm of each example's raw-kernel gradient comes from
     two single-pass reductions of ``a`` (``layers.ws_kernel_sq_norms``), and
     the backward itself runs once, on the clipped sum ``sum_b f_b a_b``.
-    WS layers that ``ghost`` selects (see ``clipped_grad_sum``) return, per
-    example, their input and ``dL/dpre`` instead of ``a``: norms by
-    ``ghost_ws_sq_norms``, and ``sum_b f_b a_b`` as one batched
-    Conv2DBackpropFilter.
+    Layers that ``fold_gain`` selects convolve with ``d * s * g`` instead:
+    per example we form ``a' = dL/d(d * s * g)`` (so ``a = a' g``) and get
+    ``q = sum(a' * d * s)`` from it (``_gain_grads``), sparing the
+    output-sized work of the gain. WS layers that ``ghost`` selects (see
+    ``clipped_grad_sum``) return, per example, their input and ``dL/dpre``
+    instead of ``a``: norms by ``ghost_ws_sq_norms``, and ``sum_b f_b a_b``
+    as one batched Conv2DBackpropFilter.
     Tests compare this with the generic path.
     """
-    variables = model.trainable_variables
-    params = [v.value for v in variables]
+    params = [v.value for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
-    geometry, units, gains = [], [], []
+    geometry, units, gains, gained = [], [], [], []
     for layer, ki, gi, scale, eps, mode in ws:
         ds, s, c = ws_geometry(params[ki], eps=eps, eps_mode=mode)
         g = params[gi] * scale
         geometry.append((ds, s, c, g, scale))
         units.append(ds)
         gains.append(g)
+        gained.append(ds * g)
     replaced = {i for _, ki, gi, *_ in ws for i in (ki, gi)}
     others = [i for i in range(len(params)) if i not in replaced]
-    overrides = {entry[0]: (ds, g) for entry, ds, g in zip(ws, units, gains)}
-    n_other, n_ws = len(others), len(ws)
+    overrides = {entry[0]: (ds, g, dsg) for entry, ds, g, dsg in zip(ws, units, gains, gained)}
+    n_other = len(others)
 
-    traced = {}
+    kinds = {}  # j -> "plain" | "fold" | "ghost", decided while ``one`` is traced
 
     def one(args):
         views, label = args
         with tf.GradientTape() as tape:
-            tap = _GhostTap(ghost, tape)
+            tap = _WSTap(ghost, fold_gain, tape)
             tape.watch(params)
             tape.watch(units)
             tape.watch(gains)
+            tape.watch(gained)
             with standardized_kernel_override(overrides, tap=tap):
                 loss = _loss_views(model, params, non_trainable, views, label)
         tapped = {id(layer): (x, pre) for layer, x, pre in tap.entries}
-        # Which WS layers went ghost is decided while tracing; the outer code reads it here.
-        traced["ghost"] = [j for j, entry in enumerate(ws) if id(entry[0]) in tapped]
-        plain = [j for j in range(n_ws) if id(ws[j][0]) not in tapped]
-        grads = tape.gradient(loss, [params[i] for i in others] + [units[j] for j in plain] + gains
-                              + [tapped[id(ws[j][0])][1] for j in traced["ghost"]],
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return grads + [tapped[id(ws[j][0])][0] for j in traced["ghost"]]
+        kinds.update({j: tap.choices.get(id(entry[0]), "plain") for j, entry in enumerate(ws)})
+        wrt = [params[i] for i in others]
+        wrt += [{"plain": units[j], "fold": gained[j], "ghost": tapped.get(id(ws[j][0]), (None, None))[1]}[kinds[j]]
+                for j in range(len(ws))]
+        wrt += [gains[j] for j in range(len(ws)) if kinds[j] != "fold"]
+        grads = tape.gradient(loss, wrt, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return grads + [tapped[id(ws[j][0])][0] for j in range(len(ws)) if kinds[j] == "ghost"]
 
     outs = tf.vectorized_map(one, (images, labels), fallback_to_while_loop=True)
-    ghost_idx = traced["ghost"]
-    plain_idx = [j for j in range(n_ws) if j not in ghost_idx]
-    n_plain, n_ghost = len(plain_idx), len(ghost_idx)
-    other_grads = outs[:n_other]
-    a_s = dict(zip(plain_idx, outs[n_other:n_other + n_plain]))
-    q_s = outs[n_other + n_plain:n_other + n_plain + n_ws]
-    dpres = outs[n_other + n_plain + n_ws:n_other + n_plain + n_ws + n_ghost]
-    xs = outs[n_other + n_plain + n_ws + n_ghost:]
     batch = tf.shape(images)[0]
-    ghost_io = dict(zip(ghost_idx, zip(xs, dpres)))  # j -> (input, dL/dpre), per example
+    other_grads, per_layer = outs[:n_other], outs[n_other:n_other + len(ws)]
+    rest = iter(outs[n_other + len(ws):])
+    q_s = {j: next(rest) for j in range(len(ws)) if kinds[j] != "fold"}
+    xs = {j: next(rest) for j in range(len(ws)) if kinds[j] == "ghost"}
     sq = _sq_norms(other_grads)
-    for j, q, (ds, s, c, g, scale) in zip(range(n_ws), q_s, geometry):
-        # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
-        pa = tf.reshape(q, [batch, -1]) * tf.reshape(g, [-1])
-        if j in a_s:
-            sq.append(ws_kernel_sq_norms(a_s[j], pa, ds, s, c))
+    kernel_rows, q_rows = {}, {}  # per-example tensors whose clipped sums are needed
+    for j, (ds, s, c, g, scale) in enumerate(geometry):
+        if kinds[j] == "fold":
+            q = _gain_grads(per_layer[j], ds)
+            sq.append(ws_kernel_sq_norms(per_layer[j], q * tf.reshape(g, [-1]), ds, s, c, gain=g))
+            kernel_rows[j] = per_layer[j]
         else:
-            x, dpre = ghost_io[j]
-            sq.append(ghost_ws_sq_norms(*patch_gram(x, ws[j][0]), tf.reshape(dpre, [batch, -1, dpre.shape[-1]]),
-                                        pa, ds, s, c))
-        sq.append(tf.reduce_sum(tf.square(tf.reshape(q, [batch, -1])), axis=1) * float(scale) ** 2)
+            q = tf.reshape(q_s[j], [batch, -1])
+            # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
+            pa = q * tf.reshape(g, [-1])
+            if kinds[j] == "plain":
+                sq.append(ws_kernel_sq_norms(per_layer[j], pa, ds, s, c))
+                kernel_rows[j] = per_layer[j]
+            else:
+                dpre = per_layer[j]
+                sq.append(ghost_ws_sq_norms(*patch_gram(xs[j], ws[j][0]),
+                                            tf.reshape(dpre, [batch, -1, dpre.shape[-1]]), pa, ds, s, c))
+        q_rows[j] = q
+        sq.append(tf.reduce_sum(tf.square(q), axis=1) * float(scale) ** 2)
     norms = tf.sqrt(tf.add_n(sq))
     factors = _masked_clip_factors(norms, l2_clip, mask)
-    summed = weighted_sum(list(other_grads) + [a_s[j] for j in plain_idx] + list(q_s), factors, mask, norms)
+    k_idx, q_idx = sorted(kernel_rows), sorted(q_rows)
+    summed = weighted_sum(list(other_grads) + [kernel_rows[j] for j in k_idx] + [q_rows[j] for j in q_idx],
+                          factors, mask, norms)
     out = [None] * len(params)
     for i, gsum in zip(others, summed[:n_other]):
         out[i] = gsum
-    a_sums = dict(zip(plain_idx, summed[n_other:n_other + n_plain]))
+    kernel_sums = dict(zip(k_idx, summed[n_other:n_other + len(k_idx)]))
+    q_sums = dict(zip(q_idx, summed[n_other + len(k_idx):]))
     keep = tf.ones([batch], tf.bool) if mask is None else tf.cast(mask, tf.bool)
     keep5 = keep[:, None, None, None, None]
-    for j, (x, dpre) in ghost_io.items():
+    for j, x in xs.items():
         # sum_b f_b a_b is the batched kernel gradient of the conv for the
         # output gradients f_b dpre_b: one Conv2DBackpropFilter, as in a
         # non-private step. Padding rows are zeroed first (0 * nan is nan).
-        layer = ws[j][0]
+        layer, dpre = ws[j][0], per_layer[j]
         weighted = tf.where(keep5, dpre * tf.reshape(factors, [-1, 1, 1, 1, 1]), 0.0)
         x = tf.where(keep5, x, 0.0)
         geom = conv_geometry(layer, x.shape[2], x.shape[3])
-        a_sums[j] = tf.raw_ops.Conv2DBackpropFilter(
+        kernel_sums[j] = tf.raw_ops.Conv2DBackpropFilter(
             input=tf.reshape(x, [-1, *x.shape[2:]]), filter_sizes=tf.shape(units[j]),
             out_backprop=tf.reshape(weighted, [-1, *weighted.shape[2:]]),
             strides=[1, *geom["strides"], 1], padding=geom["padding"])
-    for j, ((layer, ki, gi, *_), q_sum, (ds, s, c, g, scale)) in enumerate(
-            zip(ws, summed[n_other + n_plain:], geometry)):
-        out[ki] = ws_backward(a_sums[j], ds, s, c, 1.0)
-        out[gi] = tf.reshape(q_sum * scale, tf.shape(params[gi]))
+    for j, ((layer, ki, gi, *_), (ds, s, c, g, scale)) in enumerate(zip(ws, geometry)):
+        # A folded layer's sum is w.r.t. d * s * g: its WS backward takes the gain.
+        out[ki] = ws_backward(kernel_sums[j], ds, s, c, g if kinds[j] == "fold" else 1.0)
+        out[gi] = tf.reshape(q_sums[j] * scale, tf.shape(params[gi]))
     return out, norms
+
+
+def _gain_grads(a_gained, ds):
+    """Per-example ``dL/dg = sum(a' * d * s)`` over the fan-in, ``[B, cout]``, from ``a' = dL/d(d * s * g)``."""
+    cout = ds.shape[-1]
+    b = tf.shape(a_gained)[0]
+    return tf.reduce_sum(tf.reshape(a_gained, [b, -1, cout]) * tf.reshape(ds, [1, -1, cout]), axis=1)
 
 
 def weighted_sum(grads, factors, mask=None, norms=None):

@@ -200,13 +200,15 @@ def assert_equals_naive_loop(m, x, y, mask, *, rel, **kwargs):
         assert np.linalg.norm(flat_got - flat_want) <= rel * np.linalg.norm(flat_want) + 1e-7
 
 
+@pytest.mark.parametrize("fold_gain", [True, False])
 @pytest.mark.parametrize("name,shape", [("wrn_test", (8, 8, 1)), ("nf_resnet_test", (16, 16, 3)),
                                         ("nfnet_test", (16, 16, 3))])
-def test_standardized_kernel_path_equals_naive_loop(name, shape):
+def test_standardized_kernel_path_equals_naive_loop(name, shape, fold_gain):
     """The fast path (per-example grads w.r.t. standardized kernels, closed-form norms) is exact.
 
     Random gains so the gain terms show; one padding row; clip norms that
-    clip every example and none.
+    clip every example and none; every WS layer with its gain folded into
+    the kernel (grouped convolutions of the NFNet included) and none.
     """
     keras.utils.set_random_seed(2)
     m = dp_zoo.create_model(name, num_classes=5, input_shape=shape)
@@ -216,7 +218,30 @@ def test_standardized_kernel_path_equals_naive_loop(name, shape):
     x = rng.normal(size=(4, 2) + shape).astype("float32")
     y = rng.integers(0, 5, size=4).astype("int32")
     mask = np.array([1, 0, 1, 1], np.float32)
-    assert_equals_naive_loop(m, x, y, mask, rel=1e-4)
+    paths = dp_sgd.ws_gradient_paths(m, (2,) + shape, ghost=False, fold_gain=fold_gain)
+    assert set(paths.values()) == {"fold" if fold_gain else "plain"}
+    assert_equals_naive_loop(m, x, y, mask, rel=1e-4, ghost=False, fold_gain=fold_gain)
+
+
+def test_a_ws_layer_called_twice():
+    """Folded: both calls' gradients count (exact). Ghost clipping covers one call: a clear error."""
+    keras.utils.set_random_seed(3)
+    from dp_zoo.models.layers import WSConv2D
+
+    inp = keras.Input((6, 6, 2))
+    conv = WSConv2D(2, 3, name="shared")
+    h = keras.layers.Activation("tanh")(conv(inp))
+    out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(conv(h)))
+    m = keras.Model(inp, out)
+    rng = np.random.default_rng(3)
+    m.set_weights([w + rng.normal(scale=0.3, size=w.shape).astype("float32") for w in m.get_weights()])
+    x = rng.normal(size=(3, 2, 6, 6, 2)).astype("float32")
+    y = np.array([0, 2, 1], np.int32)
+    mask = np.ones([3], np.float32)
+    for fold_gain in (True, False):
+        assert_equals_naive_loop(m, x, y, mask, rel=1e-5, ghost=False, fold_gain=fold_gain)
+    with pytest.raises(NotImplementedError, match="'shared' is called more than once.*ghost=False"):
+        dp_sgd.clipped_grad_sum(m, x, y, l2_clip=1.0, ghost=True)
 
 
 @pytest.mark.parametrize("ghost", [True, False, "auto"])
@@ -258,6 +283,26 @@ def test_ghost_auto_picks_the_small_spatial_stage():
                                 l2_clip=1.0, ghost="yes")
 
 
+def test_fold_gain_auto_picks_layers_with_many_positions_per_fan_in():
+    """``fold_gain="auto"``: the gain goes into the kernel where the output is large against the fan-in.
+
+    WRN-16-4 at 32x32: at K=1 the stem, the 32x32 stage and the 1x1 skip
+    convolution into the 16x16 stage (the 8x8 stage's 3x3 convolutions go
+    ghost); at K=4 every convolution but the 8x8 stage's 3x3 ones.
+    """
+    m = dp_zoo.create_model("wrn16_4", num_classes=10, input_shape=(32, 32, 3))
+    k1 = dp_sgd.ws_gradient_paths(m, (1, 32, 32, 3))
+    assert sorted(n for n, p in k1.items() if p == "fold") == sorted(
+        ["stem_conv", "stage2_block1_skip_conv"] + [f"stage1_block{b}_conv{c}" for b in (1, 2) for c in (1, 2)]
+        + ["stage1_block1_skip_conv"])
+    k4 = dp_sgd.ws_gradient_paths(m, (4, 32, 32, 3))
+    assert sorted(n for n, p in k4.items() if p != "fold") == [f"stage3_block{b}_conv{c}" for b in (1, 2) for c in (1, 2)]
+    assert set(dp_sgd.ws_gradient_paths(m, (4, 32, 32, 3), fold_gain=False).values()) == {"plain"}
+    with pytest.raises(ValueError, match="fold_gain"):
+        dp_sgd.clipped_grad_sum(m, np.zeros((1, 1, 32, 32, 3), np.float32), np.zeros([1], np.int32),
+                                l2_clip=1.0, fold_gain="yes")
+
+
 @pytest.mark.parametrize("kernel,strides,padding,hw", [
     (3, 1, "same", 7), (3, 2, "same", 8), (3, 2, "same", 7), (1, 2, "same", 8), (3, 1, "valid", 6)])
 def test_patch_gram_both_ways_and_ghost_norms_equal_the_kernel_gradient_path(kernel, strides, padding, hw):
@@ -286,5 +331,10 @@ def test_patch_gram_both_ways_and_ghost_norms_equal_the_kernel_gradient_path(ker
     pa = tf.reduce_sum(a * ds, axis=(1, 2, 3))
     direct = tf.reduce_sum(tf.square(ws_backward(a, ds, s, c, 1.0)), axis=(1, 2, 3, 4)).numpy()
     np.testing.assert_allclose(ws_kernel_sq_norms(a, pa, ds, s, c).numpy(), direct, rtol=1e-4)
+    # With the gain folded in: ``a`` is w.r.t. d * s * gain, the norm is of ws_backward(a, ..., gain).
+    gain = tf.constant(rng.normal(size=[cout]).astype("float32"))
+    folded = tf.reduce_sum(tf.square(ws_backward(a, ds, s, c, gain)), axis=(1, 2, 3, 4)).numpy()
+    np.testing.assert_allclose(ws_kernel_sq_norms(a, tf.reduce_sum(a * gain * ds, axis=(1, 2, 3)), ds, s, c,
+                                                  gain=gain).numpy(), folded, rtol=1e-4)
     gram, rows = dp_sgd.patch_gram(tf.constant(x), layer)
     np.testing.assert_allclose(dp_sgd.ghost_ws_sq_norms(gram, rows, dpre, pa, ds, s, c).numpy(), direct, rtol=1e-4)
