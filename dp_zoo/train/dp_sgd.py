@@ -14,7 +14,8 @@ The engine (``engine.py``) composes them; each is tested alone.
 import keras
 import tensorflow as tf
 
-from dp_zoo.models.layers import standardized_kernel_override, ws_backward, ws_geometry, ws_kernel_sq_norms
+from dp_zoo.models.layers import (standardized_kernel_override, sum_of_squares, ws_backward, ws_geometry,
+                                  ws_kernel_sq_norms)
 
 
 def _loss_views(model, params, non_trainable, views, label):
@@ -67,7 +68,7 @@ def _sq_norms(grads):
     # One Euclidean-norm reduction per tensor: a single pass, measured 5x
     # faster on CPU than square-then-sum (which writes a temporary of the
     # size of the per-example gradients) and 10x faster than einsum.
-    return [tf.square(tf.math.reduce_euclidean_norm(tf.reshape(g, [tf.shape(g)[0], -1]), axis=1)) for g in grads]
+    return [sum_of_squares(tf.reshape(g, [tf.shape(g)[0], -1]), axis=1) for g in grads]
 
 
 def clip_factors(norms, l2_clip):
