@@ -16,10 +16,11 @@ One logical step t (DESIGN.md §4):
 Privacy bookkeeping survives crashes. Before a step's noise is drawn the
 ledger's spent count is written ahead to ``privacy_journal.json``; on resume
 the spent count is the larger of the journal's and the checkpoint's. With
-``deterministic_noise`` a step redone after a crash reproduces exactly the
-same batch, noise and update as the lost one (the same random output
-released again costs nothing more), so only then does the redo reuse the
-lost step's budget; with secure noise every drawn noise is counted.
+``deterministic_noise`` a step redone after a crash on the same kind of
+device (the journal records it) reproduces exactly the same batch, noise and
+update as the lost one (the same random output released again costs nothing
+more), so only then does the redo reuse the lost step's budget; with secure
+noise, or on another kind of device, every drawn noise is counted.
 
 Checkpoints (``run_dir/checkpoints/ckpt-<step>.npz`` + ``.json`` with the
 SHA-256 of the npz) are written to a temporary name and renamed, so a kill
@@ -362,8 +363,23 @@ class Trainer:
         _atomic_write_json(self._journal_path(), {
             "ledger": self.ledger.to_dict(),
             "deterministic_noise": bool(self.config.deterministic_noise),
+            "noise_device": self._noise_device(),
             "step_in_progress": self.step,
         })
+
+    def _noise_device(self):
+        """Where the seeded noise is drawn: ``"<strategy>:<device type>"``.
+
+        A seeded stateless normal gives the same numbers for the same seed
+        only on the same kind of device: XLA (TPUs) draws other numbers than
+        the CPU kernel (tests/train/test_xla.py). A step redone on another
+        kind of device releases new noise, so it is counted again.
+        """
+        if isinstance(self.strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
+            kind = "TPU"
+        else:
+            kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+        return f"{type(self.strategy).__name__}:{kind}"
 
     def _state_arrays(self):
         arrays = {}
@@ -463,8 +479,11 @@ class Trainer:
         with open(self._journal_path()) as f:
             j = json.load(f)
         accounting.PrivacyLedger.from_dict(j["ledger"], expect=self.ledger)
-        if j.get("deterministic_noise") and self.config.deterministic_noise:
+        if (j.get("deterministic_noise") and self.config.deterministic_noise
+                and j.get("noise_device") == self._noise_device()):
             # Redone steps replay identical noise: no extra budget (see module doc).
+            # On another kind of device (or a journal that does not say) the
+            # same seed draws other noise, so the lost steps stay counted.
             return 0
         return int(j["ledger"]["steps"])
 

@@ -106,6 +106,29 @@ def test_secure_noise_counts_redone_steps(train_set, tmp_path):
     assert t2.step == 2 and t2.ledger.steps == 3
 
 
+def test_seeded_noise_reuses_a_redone_step_only_on_the_same_kind_of_device(train_set, tmp_path):
+    """Seeded noise replays identically only where it was drawn: a journal from another device kind counts."""
+    d = str(tmp_path / "run")
+    c = cfg(steps=3, deterministic_noise=True, checkpoint_every=100)
+    t = trainer(c, train_set, run_dir=d)
+    t.total_steps = 2
+    t.fit()
+    path = os.path.join(d, "privacy_journal.json")
+    j = json.load(open(path))
+    assert j["noise_device"] == "_DefaultDistributionStrategy:CPU"
+    j["ledger"]["steps"] = 3  # a crash after drawing step 3's noise
+    json.dump(j, open(path, "w"))
+    same = trainer(c, train_set, run_dir=d)
+    same.restore()
+    assert same.step == 2 and same.ledger.steps == 2  # the redo replays the same noise
+    for other in ("TPUStrategyV2:TPU", None):  # drawn on a TPU; a journal that does not say
+        j["noise_device"] = other
+        json.dump(j, open(path, "w"))
+        moved = trainer(c, train_set, run_dir=d)
+        moved.restore()
+        assert moved.step == 2 and moved.ledger.steps == 3
+
+
 def test_budget_guard_stops_at_target(train_set):
     q = 64 / len(train_set)
     limit = accounting.calibrate_steps(target_epsilon=1.5, noise_multiplier=1.0, sampling_probability=q, delta=1e-5)
