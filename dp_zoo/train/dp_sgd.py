@@ -65,9 +65,7 @@ def global_norms(grads):
 
 
 def _sq_norms(grads):
-    # One single-pass reduction per tensor (``sum_of_squares``: on CPU a
-    # Euclidean-norm reduction, measured 3-5x faster than square-then-sum
-    # and einsum on per-example gradients; square-then-sum under XLA).
+    # One single-pass reduction per tensor (see ``sum_of_squares``).
     return [sum_of_squares(tf.reshape(g, [tf.shape(g)[0], -1]), axis=1) for g in grads]
 
 
@@ -438,8 +436,12 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
         tapped = {id(layer): (x, pre) for layer, x, pre in tap.entries}
         kinds.update({j: tap.choices.get(id(entry[0]), "plain") for j, entry in enumerate(ws)})
         wrt = [params[i] for i in others]
-        wrt += [{"plain": units[j], "fold": gained[j], "ghost": tapped.get(id(ws[j][0]), (None, None))[1]}[kinds[j]]
-                for j in range(len(ws))]
+        for j, entry in enumerate(ws):
+            # Per WS layer, the per-example gradient that goes on from here.
+            if kinds[j] == "ghost":
+                wrt.append(tapped[id(entry[0])][1])  # dL/dpre
+            else:
+                wrt.append(gained[j] if kinds[j] == "fold" else units[j])
         wrt += [gains[j] for j in range(len(ws)) if kinds[j] != "fold"]
         grads = tape.gradient(loss, wrt, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return grads + [tapped[id(ws[j][0])][0] for j in range(len(ws)) if kinds[j] == "ghost"]

@@ -29,6 +29,7 @@ checkpoint falls back to the previous good one, and a run directory whose
 checkpoints are all corrupt is an error, never a silent restart.
 """
 
+import functools
 import hashlib
 import json
 import math
@@ -363,10 +364,11 @@ class Trainer:
         _atomic_write_json(self._journal_path(), {
             "ledger": self.ledger.to_dict(),
             "deterministic_noise": bool(self.config.deterministic_noise),
-            "noise_device": self._noise_device(),
+            "noise_device": self._noise_device,
             "step_in_progress": self.step,
         })
 
+    @functools.cached_property
     def _noise_device(self):
         """Where the seeded noise is drawn: ``"<strategy>:<device type>"``.
 
@@ -480,7 +482,7 @@ class Trainer:
             j = json.load(f)
         accounting.PrivacyLedger.from_dict(j["ledger"], expect=self.ledger)
         if (j.get("deterministic_noise") and self.config.deterministic_noise
-                and j.get("noise_device") == self._noise_device()):
+                and j.get("noise_device") == self._noise_device):
             # Redone steps replay identical noise: no extra budget (see module doc).
             # On another kind of device (or a journal that does not say) the
             # same seed draws other noise, so the lost steps stay counted.
