@@ -17,6 +17,14 @@ Two accountants are offered:
   dp-accounting's default orders. Looser (a larger, more conservative
   epsilon); what De et al. 2022 reported.
 
+Cost. One exact PLD epsilon takes from a fraction of a second to minutes,
+growing fast as sigma shrinks (measurements in ``dp_zoo.accounting_curve``).
+So ``epsilon(accountant="pld")`` refuses sigma < ``PLD_MIN_NOISE_MULTIPLIER``
+(use "rdp"), the ledger accounts such runs with RDP and says so in its
+summary, its per-step answers (``can_step``, ``epsilon_upper``) come from a
+few cached exact values, and ``run_interruptibly`` keeps the main thread
+responsive to a stop request while an accounting call runs.
+
 Sampling. The guarantee assumes Poisson sampling: every example joins a step
 independently with probability q. Fixed-size batches drawn by shuffling are
 *not* covered by this analysis (its amplification by subsampling differs, and
@@ -35,6 +43,16 @@ from dp_accounting import mechanism_calibration
 from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
+from dp_zoo.accounting_curve import (  # noqa: F401 - AccountingInterrupted, run_interruptibly re-exported
+    PLD_MIN_NOISE_MULTIPLIER,
+    AccountingInterrupted,
+    BudgetGuard,
+    StepCurve,
+    pld_fallback,
+    pld_refusal,
+    run_interruptibly,
+)
+
 ACCOUNTANTS = ("pld", "rdp")
 SAMPLINGS = ("poisson",)
 ADJACENCY = "add_or_remove_one"
@@ -42,7 +60,8 @@ PRIVACY_UNIT = "example"
 # PLD discretisation: 1e-4 is dp-accounting's default; the error it adds to
 # epsilon is far below the 1e-3 relative accuracy we report.
 DEFAULT_PLD_DISCRETIZATION = 1e-4
-_MIN_SIGMA = 0.2
+# calibrate_noise never goes below the sigma where PLD becomes impractical.
+_MIN_SIGMA = PLD_MIN_NOISE_MULTIPLIER
 
 
 class BudgetExceededError(RuntimeError):
@@ -98,6 +117,12 @@ def _check_accountant(accountant):
             f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}; "
             "'pld' is tighter, 'rdp' is what De et al. 2022 reported."
         )
+
+
+def _check_pld_sigma(noise_multiplier, accountant):
+    error = pld_refusal(noise_multiplier, accountant)
+    if error:
+        raise ValueError(error)
 
 
 def _check_sampling(sampling):
@@ -193,6 +218,12 @@ def epsilon(
 
     Returns:
       The epsilon at ``delta`` (a float; ``inf`` if unbounded).
+
+    Raises:
+      ValueError: an invalid argument; also ``accountant="pld"`` with
+        ``noise_multiplier < PLD_MIN_NOISE_MULTIPLIER``, refused at once
+        rather than computed for minutes (pass ``accountant="rdp"``; RDP's
+        epsilon there is honest, if huge or inf).
     """
     _check_positive(
         "noise_multiplier", noise_multiplier,
@@ -204,6 +235,7 @@ def epsilon(
     _check_delta(delta)
     _check_accountant(accountant)
     _check_sampling(sampling)
+    _check_pld_sigma(noise_multiplier, accountant)
     return _epsilon_cached(
         float(noise_multiplier), float(sampling_probability), int(steps),
         float(delta), accountant, float(pld_discretization),
@@ -347,16 +379,28 @@ class PrivacyLedger:
     also the budget guard: ``record_step`` refuses a step that would exceed
     it, before the step is taken (the engine asks ``can_step`` first).
 
+    Per-step questions are cheap (see ``dp_zoo.accounting_curve``):
+    ``can_step`` is exact and O(1) once the budget boundary, or that the
+    planned steps fit, is known; ``epsilon_upper`` is a cached upper bound for
+    displays. ``epsilon`` and ``epsilon_after`` are exact (one accountant call
+    each, cached by configuration): use them at log points and at the end.
+
     Args:
       noise_multiplier: sigma.
       sampling_probability: q.
       delta: the delta at which epsilon is reported.
       dataset_size: N (recorded; used for the delta >= 1/N warning).
       target_epsilon: optional budget.
-      accountant: "pld" or "rdp"; the reported epsilon uses this one.
+      accountant: "pld" or "rdp"; the reported epsilon uses this one, except
+        that "pld" below ``PLD_MIN_NOISE_MULTIPLIER`` is accounted with RDP
+        (``effective_accountant``; ``summary`` says so).
       sampling: "poisson".
       private: False for a non-private baseline: then no epsilon is ever
         reported.
+      steps: steps already spent.
+      planned_steps: optional, the number of steps the run plans; enables
+        ``epsilon_upper``'s grid and makes it the first thing ``can_step``
+        checks. Not part of the ledger's identity or checkpoint.
     """
 
     def __init__(
@@ -370,6 +414,7 @@ class PrivacyLedger:
         sampling="poisson",
         private=True,
         steps=0,
+        planned_steps=None,
     ):
         self.private = bool(private)
         if self.private:
@@ -381,6 +426,8 @@ class PrivacyLedger:
             if target_epsilon is not None:
                 _check_positive("target_epsilon", target_epsilon, "pass e.g. target_epsilon=8.0.")
             check_delta_for_dataset(delta, dataset_size)
+        if planned_steps is not None:
+            _check_steps(planned_steps)
         self.noise_multiplier = None if noise_multiplier is None else float(noise_multiplier)
         self.sampling_probability = float(sampling_probability)
         self.delta = float(delta)
@@ -389,33 +436,105 @@ class PrivacyLedger:
         self.accountant = accountant
         self.sampling = sampling
         self.steps = int(steps)
+        self.planned_steps = None if planned_steps is None else int(planned_steps)
+        self._cache_key = self._curve = self._guard = None
+
+    @property
+    def effective_accountant(self):
+        """The accountant epsilon comes from: ``accountant``, or "rdp" for a PLD fallback."""
+        return pld_fallback(self.noise_multiplier, self.accountant)[0] if self.private else self.accountant
+
+    @property
+    def accountant_note(self):
+        """Why ``effective_accountant`` differs from ``accountant`` (None if it does not)."""
+        return pld_fallback(self.noise_multiplier, self.accountant)[1] if self.private else None
+
+    def _caches(self):
+        """The curve and budget guard, rebuilt if the configuration changed."""
+        key = (self.noise_multiplier, self.sampling_probability, self.delta, self.target_epsilon,
+               self.effective_accountant, self.planned_steps)
+        if key != self._cache_key:
+            self._curve = None if self.planned_steps is None else StepCurve(self.planned_steps, self._exact)
+            target = self.target_epsilon
+            self._guard = BudgetGuard(lambda n: self._exact(n) <= target, planned_steps=self.planned_steps)
+            self._cache_key = key
+        return self._curve, self._guard
 
     # -- spending ---------------------------------------------------------
 
+    def _exact(self, n, accountant=None):
+        return epsilon(
+            noise_multiplier=self.noise_multiplier,
+            sampling_probability=self.sampling_probability,
+            steps=int(n),
+            delta=self.delta,
+            accountant=accountant or self.effective_accountant,
+        )
+
     def epsilon_after(self, extra_steps=0, accountant=None):
-        """Epsilon after ``steps + extra_steps`` steps (None if non-private)."""
+        """Exact epsilon after ``steps + extra_steps`` steps (None if non-private).
+
+        ``accountant`` defaults to ``effective_accountant``; asking for "pld"
+        explicitly below ``PLD_MIN_NOISE_MULTIPLIER`` raises ValueError.
+        """
         if not self.private:
             return None
         n = self.steps + int(extra_steps)
         if n == 0:
             return 0.0
-        return epsilon(
-            noise_multiplier=self.noise_multiplier,
-            sampling_probability=self.sampling_probability,
-            steps=n,
-            delta=self.delta,
-            accountant=accountant or self.accountant,
-        )
+        return self._exact(n, accountant)
 
     def epsilon(self, accountant=None):
-        """Epsilon spent so far (None for a non-private run)."""
+        """Exact epsilon spent so far (None for a non-private run)."""
         return self.epsilon_after(0, accountant)
 
+    def epsilon_upper(self, steps=None):
+        """An upper bound of the epsilon after ``steps`` steps, cheap per step.
+
+        With ``planned_steps``: the exact epsilon (``effective_accountant``)
+        at the smallest point >= ``steps`` of a grid (``curve_steps()``: 1, 2,
+        4, ... then 24 points evenly spaced in sqrt(steps) up to
+        ``planned_steps``); each grid point is computed once, when first
+        needed, so a run pays about 30 exact computations in all. Since
+        epsilon is monotone in the number of steps, the result is >= the
+        exact epsilon at ``steps`` and overstates it by at most the increase
+        to the next grid point (about epsilon(planned_steps)/24 late in the
+        run). Beyond ``planned_steps``, or without it: the exact epsilon.
+        For displays and histories labelled as bounds; report ``epsilon()``.
+
+        Args:
+          steps: step count; default the steps spent.
+
+        Returns:
+          float (0.0 at zero steps), or None for a non-private run.
+        """
+        if not self.private:
+            return None
+        n = self.steps if steps is None else int(steps)
+        if n <= 0:
+            return 0.0
+        curve = self._caches()[0]
+        if curve is not None and curve.covers(n):
+            return curve.upper(n)
+        return self._exact(n)
+
+    def curve_steps(self):
+        """The step counts where ``epsilon_upper`` is exact (() without a plan)."""
+        curve = self._caches()[0]
+        return () if curve is None else curve.steps
+
     def can_step(self, n=1):
-        """Whether ``n`` more steps stay within the target epsilon."""
+        """Whether ``n`` more steps stay within the target epsilon (exact).
+
+        O(1) once settled: the first question computes whether the planned
+        steps fit (one exact epsilon) and, if they do not, bisects to the
+        largest step count that does (~log2(planned_steps) exact epsilons);
+        a question beyond everything known probes twice the known-good count
+        first. Each answer agrees with ``epsilon_after(n) <= target_epsilon``.
+        """
         if not self.private or self.target_epsilon is None:
             return True
-        return self.epsilon_after(n) <= self.target_epsilon
+        return self._caches()[1].fits(self.steps + int(n))
 
     def record_step(self, n=1):
         """Records ``n`` steps taken; refuses steps beyond the budget.
@@ -484,7 +603,8 @@ class PrivacyLedger:
         d = {
             "private": self.private,
             "delta": self.delta,
-            "accountant": self.accountant if self.private else None,
+            "accountant": self.effective_accountant if self.private else None,
+            "accountant_requested": self.accountant if self.private else None,
             "dp_accounting_version": dp_accounting_version(),
             "noise_multiplier": self.noise_multiplier if self.private else 0.0,
             "sampling": self.sampling,
@@ -497,12 +617,14 @@ class PrivacyLedger:
             "privacy_unit": PRIVACY_UNIT,
             "tan_simulation": tan_simulation,
         }
-        if self.private and self.steps > 0:
-            d["epsilon_pld"] = self.epsilon("pld")
+        if self.private and self.accountant_note:
+            d["accountant_note"] = self.accountant_note
+        if self.private:
+            # No PLD below PLD_MIN_NOISE_MULTIPLIER (minutes and gigabytes).
+            with_pld = self.noise_multiplier >= PLD_MIN_NOISE_MULTIPLIER
+            d["epsilon_pld"] = self.epsilon("pld") if with_pld else None
             d["epsilon_rdp"] = self.epsilon("rdp")
-            d["epsilon"] = d["epsilon_" + self.accountant]
-        elif self.private:
-            d["epsilon_pld"] = d["epsilon_rdp"] = d["epsilon"] = 0.0
+            d["epsilon"] = d["epsilon_" + self.effective_accountant]
         else:
             d["epsilon_pld"] = d["epsilon_rdp"] = d["epsilon"] = None
         return d
