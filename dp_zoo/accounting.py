@@ -188,10 +188,29 @@ def make_accountant(accountant="pld", *, pld_discretization=DEFAULT_PLD_DISCRETI
     return rdp_privacy_accountant.RdpAccountant(neighboring_relation=rel)
 
 
+def dp_sgd_runs_event(runs):
+    """One event for several DP-SGD runs ``((sigma, q, steps), ...)`` on the same data set (composed)."""
+    events = [dp_sgd_event(*r) for r in runs]
+    return events[0] if len(events) == 1 else dp_event.ComposedDpEvent(events)
+
+
+def _check_prior_runs(prior_runs, accountant):
+    """``prior_runs`` as a tuple of ``(sigma, q, steps)`` float/float/int triples, validated."""
+    out = []
+    for run in prior_runs or ():
+        sigma, q, steps = run
+        _check_positive("a prior run's noise_multiplier", sigma, "prior runs come from a private model card.")
+        _check_q(q)
+        _check_steps(steps)
+        _check_pld_sigma(sigma, accountant)
+        out.append((float(sigma), float(q), int(steps)))
+    return tuple(out)
+
+
 @functools.lru_cache(maxsize=4096)
-def _epsilon_cached(noise_multiplier, q, steps, delta, accountant, pld_discretization):
+def _epsilon_cached(runs, delta, accountant, pld_discretization):
     acc = make_accountant(accountant, pld_discretization=pld_discretization)
-    acc.compose(dp_sgd_event(noise_multiplier, q, steps))
+    acc.compose(dp_sgd_runs_event(runs))
     return float(acc.get_epsilon(delta))
 
 
@@ -204,6 +223,7 @@ def epsilon(
     accountant="pld",
     sampling="poisson",
     pld_discretization=DEFAULT_PLD_DISCRETIZATION,
+    prior_runs=(),
 ):
     """Epsilon of DP-SGD with Poisson sampling.
 
@@ -215,6 +235,9 @@ def epsilon(
       accountant: "pld" (default, tight) or "rdp" (conservative).
       sampling: must be "poisson" (see module docstring).
       pld_discretization: PLD value discretisation interval.
+      prior_runs: earlier DP-SGD runs on the same data set, ``((sigma, q,
+        steps), ...)`` (a private initial checkpoint's), composed with this
+        one in a single accountant.
 
     Returns:
       The epsilon at ``delta`` (a float; ``inf`` if unbounded).
@@ -236,10 +259,9 @@ def epsilon(
     _check_accountant(accountant)
     _check_sampling(sampling)
     _check_pld_sigma(noise_multiplier, accountant)
-    return _epsilon_cached(
-        float(noise_multiplier), float(sampling_probability), int(steps),
-        float(delta), accountant, float(pld_discretization),
-    )
+    runs = _check_prior_runs(prior_runs, accountant) + (
+        (float(noise_multiplier), float(sampling_probability), int(steps)),)
+    return _epsilon_cached(runs, float(delta), accountant, float(pld_discretization))
 
 
 def calibrate_noise(
@@ -252,13 +274,14 @@ def calibrate_noise(
     sampling="poisson",
     tol=1e-4,
     pld_discretization=DEFAULT_PLD_DISCRETIZATION,
+    prior_runs=(),
 ):
     """The smallest noise multiplier whose epsilon is <= ``target_epsilon``.
 
     Args:
-      target_epsilon: the budget, > 0.
-      sampling_probability, steps, delta, accountant, sampling: as in
-        ``epsilon``.
+      target_epsilon: the budget, > 0 (with ``prior_runs``: the total).
+      sampling_probability, steps, delta, accountant, sampling, prior_runs:
+        as in ``epsilon``.
       tol: absolute tolerance on sigma. The returned sigma is rounded *up*
         within it, so its epsilon never exceeds the target.
 
@@ -274,19 +297,27 @@ def calibrate_noise(
     # Cached: a run calibrates the same configuration several times (the CLI,
     # the TAN record, the simulation), and one PLD calibration takes seconds
     # to a minute.
+    prior = _check_prior_runs(prior_runs, accountant)
+    if prior:
+        spent = _epsilon_cached(prior, float(delta), accountant, float(pld_discretization))
+        if spent >= target_epsilon:
+            raise ValueError(
+                f"the earlier runs on this data set already spent epsilon={spent:.4f} >= "
+                f"target_epsilon={target_epsilon:g}; the target is the total over all of them. Pass a "
+                "larger target (e.g. --epsilon), or start from weights not trained on this data set.")
     return _calibrate_noise_cached(float(target_epsilon), float(sampling_probability), int(steps),
-                                   float(delta), accountant, float(tol), float(pld_discretization))
+                                   float(delta), accountant, float(tol), float(pld_discretization), prior)
 
 
 @functools.lru_cache(maxsize=256)
 def _calibrate_noise_cached(target_epsilon, sampling_probability, steps, delta, accountant, tol,
-                            pld_discretization):
+                            pld_discretization, prior_runs=()):
     # Below sigma=0.2 the PLD of one step needs gigabytes and DP-SGD is not
     # meaningfully private anyway; refuse budgets that would need it.
     eps_min_sigma = epsilon(
         noise_multiplier=_MIN_SIGMA, sampling_probability=sampling_probability,
         steps=steps, delta=delta, accountant=accountant,
-        pld_discretization=pld_discretization,
+        pld_discretization=pld_discretization, prior_runs=prior_runs,
     )
     if eps_min_sigma <= target_epsilon:
         raise ValueError(
@@ -297,7 +328,7 @@ def _calibrate_noise_cached(target_epsilon, sampling_probability, steps, delta, 
         )
     sigma = mechanism_calibration.calibrate_dp_mechanism(
         lambda: make_accountant(accountant, pld_discretization=pld_discretization),
-        lambda s: dp_sgd_event(s, sampling_probability, steps),
+        lambda s: dp_sgd_runs_event(prior_runs + ((s, sampling_probability, steps),)),
         target_epsilon,
         delta,
         bracket_interval=mechanism_calibration.LowerEndpointAndGuess(_MIN_SIGMA, 1.0),
@@ -311,7 +342,7 @@ def _calibrate_noise_cached(target_epsilon, sampling_probability, steps, delta, 
         if epsilon(
             noise_multiplier=sigma, sampling_probability=sampling_probability,
             steps=steps, delta=delta, accountant=accountant,
-            pld_discretization=pld_discretization,
+            pld_discretization=pld_discretization, prior_runs=prior_runs,
         ) <= target_epsilon:
             return sigma
         sigma += tol
@@ -401,6 +432,9 @@ class PrivacyLedger:
       planned_steps: optional, the number of steps the run plans; enables
         ``epsilon_upper``'s grid and makes it the first thing ``can_step``
         checks. Not part of the ledger's identity or checkpoint.
+      prior_runs: DP-SGD runs ``((sigma, q, steps), ...)`` that produced the
+        initial checkpoint on the same data set; every epsilon (and the
+        budget) is the composition of those and this run's steps.
     """
 
     def __init__(
@@ -415,6 +449,7 @@ class PrivacyLedger:
         private=True,
         steps=0,
         planned_steps=None,
+        prior_runs=(),
     ):
         self.private = bool(private)
         if self.private:
@@ -437,22 +472,26 @@ class PrivacyLedger:
         self.sampling = sampling
         self.steps = int(steps)
         self.planned_steps = None if planned_steps is None else int(planned_steps)
+        self.prior_runs = tuple((float(a), float(b), int(c)) for a, b, c in (prior_runs or ()))
         self._cache_key = self._curve = self._guard = None
+
+    def _min_sigma(self):
+        return min([self.noise_multiplier] + [r[0] for r in self.prior_runs])
 
     @property
     def effective_accountant(self):
         """The accountant epsilon comes from: ``accountant``, or "rdp" for a PLD fallback."""
-        return pld_fallback(self.noise_multiplier, self.accountant)[0] if self.private else self.accountant
+        return pld_fallback(self._min_sigma(), self.accountant)[0] if self.private else self.accountant
 
     @property
     def accountant_note(self):
         """Why ``effective_accountant`` differs from ``accountant`` (None if it does not)."""
-        return pld_fallback(self.noise_multiplier, self.accountant)[1] if self.private else None
+        return pld_fallback(self._min_sigma(), self.accountant)[1] if self.private else None
 
     def _caches(self):
         """The curve and budget guard, rebuilt if the configuration changed."""
         key = (self.noise_multiplier, self.sampling_probability, self.delta, self.target_epsilon,
-               self.effective_accountant, self.planned_steps)
+               self.effective_accountant, self.planned_steps, self.prior_runs)
         if key != self._cache_key:
             self._curve = None if self.planned_steps is None else StepCurve(self.planned_steps, self._exact)
             target = self.target_epsilon
@@ -463,12 +502,19 @@ class PrivacyLedger:
     # -- spending ---------------------------------------------------------
 
     def _exact(self, n, accountant=None):
+        accountant = accountant or self.effective_accountant
+        if int(n) == 0:
+            if not self.prior_runs:
+                return 0.0
+            return _epsilon_cached(_check_prior_runs(self.prior_runs, accountant), self.delta, accountant,
+                                   DEFAULT_PLD_DISCRETIZATION)
         return epsilon(
             noise_multiplier=self.noise_multiplier,
             sampling_probability=self.sampling_probability,
             steps=int(n),
             delta=self.delta,
-            accountant=accountant or self.effective_accountant,
+            accountant=accountant,
+            prior_runs=self.prior_runs,
         )
 
     def epsilon_after(self, extra_steps=0, accountant=None):
@@ -479,10 +525,7 @@ class PrivacyLedger:
         """
         if not self.private:
             return None
-        n = self.steps + int(extra_steps)
-        if n == 0:
-            return 0.0
-        return self._exact(n, accountant)
+        return self._exact(self.steps + int(extra_steps), accountant)
 
     def epsilon(self, accountant=None):
         """Exact epsilon spent so far (None for a non-private run)."""
@@ -512,7 +555,7 @@ class PrivacyLedger:
             return None
         n = self.steps if steps is None else int(steps)
         if n <= 0:
-            return 0.0
+            return self._exact(0)
         curve = self._caches()[0]
         if curve is not None and curve.covers(n):
             return curve.upper(n)
@@ -564,6 +607,7 @@ class PrivacyLedger:
             "accountant": self.accountant,
             "sampling": self.sampling,
             "private": self.private,
+            "prior_runs": [list(r) for r in self.prior_runs],
         }
 
     def to_dict(self):
@@ -580,6 +624,8 @@ class PrivacyLedger:
         under another: the steps already spent were accounted for with the
         stored parameters.
         """
+        d = dict(d)
+        d.setdefault("prior_runs", [])  # checkpoints written before prior runs were recorded
         ledger = cls(**d)
         if expect is not None and ledger._identity() != expect._identity():
             diff = {
@@ -617,11 +663,14 @@ class PrivacyLedger:
             "privacy_unit": PRIVACY_UNIT,
             "tan_simulation": tan_simulation,
         }
+        if self.prior_runs:
+            d["prior_runs"] = [{"noise_multiplier": a, "sampling_probability": b, "steps": c}
+                               for a, b, c in self.prior_runs]
         if self.private and self.accountant_note:
             d["accountant_note"] = self.accountant_note
         if self.private:
             # No PLD below PLD_MIN_NOISE_MULTIPLIER (minutes and gigabytes).
-            with_pld = self.noise_multiplier >= PLD_MIN_NOISE_MULTIPLIER
+            with_pld = self._min_sigma() >= PLD_MIN_NOISE_MULTIPLIER
             d["epsilon_pld"] = self.epsilon("pld") if with_pld else None
             d["epsilon_rdp"] = self.epsilon("rdp")
             d["epsilon"] = d["epsilon_" + self.effective_accountant]

@@ -433,7 +433,7 @@ def audit_small_config(epsilon=2.0, steps=300, seed=0):
     return C.TrainConfig(
         model="wrn_test", batch_size=64, physical_batch_size=64, steps=steps, seed=seed,
         # The auditor never reads the noise seed; fixing it makes the audit reproducible.
-        deterministic_noise=True, eval_every=0, checkpoint_every=10**9,
+        deterministic=True, eval_every=0, checkpoint_every=10**9,
         dp=C.DPConfig(l2_clip=1.0, noise_multiplier=None, target_epsilon=float(epsilon), delta=1e-5,
                       accountant="pld"),
         augmult=C.AugmultConfig(num_views=1, style="none"),

@@ -6,8 +6,7 @@ page with plots: epsilon spent vs step, accuracy vs step, and the zoo's
 privacy-utility curve) and the plots as PNG files under ``plots/``.
 
 Every number in a card is copied from the run record (``run_record.json``,
-contract in /work/contracts.md), whose privacy section the accountant
-computed. The card never computes an epsilon. The one rounding it does is
+schema in docs/design.md), whose privacy section the accountant computed. The card never computes an epsilon. The one rounding it does is
 for the headline, and it rounds epsilon *up* (a mechanism that is
 (eps, delta)-DP is also (eps', delta)-DP for every eps' >= eps, so the
 rounded statement is still true); tables and ``card.json`` keep the
@@ -40,15 +39,25 @@ REQUIRED_PRIVACY = (
     "adjacency", "privacy_unit", "tan_simulation",
 )
 
+THREAT_MODEL = "docs/privacy.md of dp_zoo (the threat model and what the guarantee assumes)"
+
 SCOPE = (
-    "The guarantee covers everything the training run released: the final "
-    "weights, the EMA/Polyak averages and every intermediate checkpoint "
-    "(DP-SGD is private for the whole sequence of iterates, and the "
-    "accountant composed every step that was taken). It protects each single "
-    "training example (add-or-remove-one adjacency); it does not protect a "
-    "person who contributed several examples beyond what group privacy "
-    "gives, nor any public pretraining data, nor the choice of "
-    "hyper-parameters if they were tuned on the private data."
+    "Covered: everything this training run released, i.e. the final weights, "
+    "the EMA/Polyak averages, every intermediate checkpoint and the card's "
+    "history (DP-SGD is private for the whole sequence of iterates, and the "
+    "accountant composed every step that was taken, including the steps of a "
+    "private initial checkpoint trained on the same data set, if any). The "
+    "adversary may know the code, the configuration, everything published "
+    "and every training example but one; batch selection and noise were "
+    "secret. Each single training example is protected (add-or-remove-one "
+    "adjacency). "
+    "NOT covered: the choice of hyper-parameters, if they were searched on "
+    "this data set (the search's own runs are not counted); other models "
+    "released from the same data set (their epsilons add up); any privacy "
+    "audit or other analysis run on the same data; a person who contributed "
+    "several examples, beyond what group privacy gives; public pretraining "
+    "data; wall-clock timings, which are operational. Threat model: "
+    + THREAT_MODEL + "."
 )
 
 PLOT_FILES = {
@@ -170,6 +179,9 @@ class ModelCard:
                 f"(sigma {t['noise_multiplier_full_run']}, batch {t['batch_size_full_run']}); the "
                 f"simulation itself is only ({fmt_eps(p['epsilon'])}, {p['delta']:g})-DP."
             )
+        if not p["private"] and p.get("not_private"):
+            np_ = p["not_private"]
+            return f"NOT differentially private ({np_['reason']}): {np_['detail']}."
         if not p["private"]:
             return "NOT PRIVATE: a non-private baseline trained without clipping or noise; no privacy guarantee."
         return (
@@ -218,8 +230,9 @@ class ModelCard:
             "metrics": r["metrics"],
             "software": r["software"],
             "hardware": r["hardware"],
-            "wall_time_s": r.get("wall_time_s"),
+            "operational": r.get("operational"),
             "scope": SCOPE,
+            "threat_model": THREAT_MODEL,
             "config": c,
             "history": r["history"],
         }
@@ -281,10 +294,10 @@ class ModelCard:
         p, m, d, mod = j["privacy"], j["metrics"], j["data"], j["model"]
         t = j["training"]
         lines = self._yaml_header() + ["", f"# {self.name}", "", f"**{j['headline']}**", ""]
-        if str(p.get("noise_source") or "").startswith("seeded"):
-            # Noise regenerated from a known seed can be subtracted again.
-            lines += ["> Caveat: the DP noise was drawn from a fixed seed (deterministic_noise); the "
-                      "guarantee holds only while that seed is kept secret.", ""]
+        if p.get("nominal_epsilon"):
+            n = p["nominal_epsilon"]
+            lines += [f"> Not a guarantee: had this run been private, the accountant's epsilon for its "
+                      f"configuration would be {n.get('pld')} (PLD) / {n.get('rdp')} (RDP).", ""]
         lines += ["## Privacy guarantee", "", "| quantity | value |", "|---|---|"]
         rows = [
             ("epsilon (reported accountant)", p["epsilon"]),
@@ -301,8 +314,14 @@ class ModelCard:
             ("clipping norm C", p["l2_clip"]),
             ("steps", p["steps"]),
         ]
-        if p.get("noise_source"):
-            rows.append(("noise source", p["noise_source"]))
+        if p.get("randomness"):
+            rows.append(("batch selection and noise", p["randomness"]))
+        if p.get("accountant_note"):
+            rows.append(("accountant note", p["accountant_note"]))
+        if p.get("prior_runs"):
+            rows.append(("composed with the initial checkpoint's DP-SGD runs on this data set", "; ".join(
+                f"sigma={r['noise_multiplier']}, q={r['sampling_probability']}, {r['steps']} steps"
+                for r in p["prior_runs"])))
         if p.get("nonfinite_steps_skipped"):
             rows.append(("steps skipped for non-finite gradients (still accounted)", p["nonfinite_steps_skipped"]))
         if p.get("target_epsilon") is not None:
@@ -351,7 +370,7 @@ class ModelCard:
             f"| steps completed | {t['steps_completed']} |",
             f"| steps planned | {t['steps_planned']} |",
             f"| seed | {t['seed']} |",
-            f"| wall time (s) | {j['wall_time_s']} |",
+            f"| wall time (s; operational, not covered by the guarantee) | {(j['operational'] or {}).get('wall_time_s')} |",
             "",
             "## Data",
             "",
@@ -359,7 +378,8 @@ class ModelCard:
             f"- training split: `{d['train_split']}`, N = {d['train_size']}",
             f"- test split: `{d['test_split']}`, {d['test_size']} examples",
             f"- public pretraining data: {d.get('public_pretraining_data') or 'none'}",
-            f"- initial checkpoint: {mod.get('init_checkpoint') or 'none (trained from scratch)'}",
+            f"- initial checkpoint: {mod.get('init_checkpoint') or 'none (trained from scratch)'}"
+            + (f" ({mod['init']['detail']})" if mod.get("init") else ""),
             f"- input normalization: mean {d['mean']}, std {d['std']} (of x/255; inside the SavedModel)",
             "",
             "## Software and hardware",

@@ -1,7 +1,7 @@
 """Shared pieces for the zoo / card / export / serve tests.
 
 A synthetic but complete run record that follows the run record contract
-(/work/contracts.md) exactly, with its privacy numbers computed by the real
+(docs/design.md) exactly, with its privacy numbers computed by the real
 accountant, and tiny Keras models to export.
 """
 
@@ -37,13 +37,14 @@ def run_record(*, input_shape=(8, 8, 1), num_params=0, num_classes=10, tan=False
         "dataset_size": N, "expected_batch_size": q * N, "steps": STEPS, "l2_clip": CLIP if private else None,
         "target_epsilon": None, "adjacency": "add_or_remove_one", "privacy_unit": "example",
         "tan_simulation": None, "nonfinite_steps_skipped": 0,
+        "randomness": "secret: test record" if private else None,
     }
     if tan:
         privacy["tan_simulation"] = {"factor": 16.0, "epsilon_full_run": 1.0, "noise_multiplier_full_run": 10.0,
                                      "batch_size_full_run": 4096.0}
     config = {
         "model": architecture, "model_kwargs": [], "num_classes": num_classes, "batch_size": B,
-        "physical_batch_size": 64, "steps": STEPS, "epochs": None, "seed": 7, "deterministic_noise": True,
+        "physical_batch_size": 64, "steps": STEPS, "epochs": None, "seed": 7, "deterministic": False,
         "eval_every": 2, "checkpoint_every": 0, "init_checkpoint": None, "tan_simulation_factor": None,
         "dp": {"l2_clip": CLIP, "noise_multiplier": SIGMA, "target_epsilon": None, "delta": DELTA,
                "accountant": "pld", "sampling": "poisson", "enabled": private},
@@ -69,7 +70,7 @@ def run_record(*, input_shape=(8, 8, 1), num_params=0, num_classes=10, tan=False
         "software": {"dp_zoo": "0.1.0", "tensorflow": "2.21.0", "keras": "3.15.0",
                      "dp_accounting": accounting.dp_accounting_version(), "python": "3.11.7"},
         "hardware": {"platform": "Linux-x86_64", "devices": ["/device:CPU:0"], "num_replicas": 1},
-        "wall_time_s": 12.345,
+        "operational": {"wall_time_s": 12.345, "note": "operational"},
         "steps_planned": STEPS,
         "steps_completed": STEPS,
         "published_weights": "ema",

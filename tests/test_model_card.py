@@ -55,7 +55,7 @@ def test_card_json_numbers_equal_the_record(record, written):
     }
     for k, v in expected.items():
         assert t[k] == v, k
-    assert card["wall_time_s"] == record["wall_time_s"]
+    assert card["operational"] == record["operational"]
     assert card["run_record_sha256"] == model_card.record_sha256(record)
 
 
@@ -75,7 +75,7 @@ def test_readme_numbers_equal_the_record(record, written):
         "logical batch size": c["batch_size"], "physical batch size": c["physical_batch_size"],
         "augmentation multiplicity K": c["augmult"]["num_views"], "EMA decay": c["ema"]["decay"],
         "learning rate": c["optim"]["learning_rate"], "steps completed": record["steps_completed"],
-        "seed": c["seed"], "wall time (s)": record["wall_time_s"],
+        "seed": c["seed"], "wall time (s; operational, not covered by the guarantee)": record["operational"]["wall_time_s"],
     }
     for k, v in expected.items():
         assert float(rows[k]) == v, (k, rows[k], v)  # exact: printed with repr, parsed back
@@ -156,11 +156,17 @@ def test_tan_simulation_says_not_private_first(tmp_path):
     assert next(iter(json.loads((tmp_path / "card.json").read_text()))) == "headline"
 
 
-def test_seeded_noise_is_flagged():
+def test_reproducible_run_is_flagged_not_private():
+    from dp_zoo.train.engine import mark_not_private
+
     rec = H.run_record()
-    rec["privacy"]["noise_source"] = "seeded (deterministic_noise): private only if the seed is kept secret"
-    md = ModelCard.from_run_record("x", rec).to_markdown()
-    assert "| noise source | seeded" in md and "kept secret" in md.split("## Privacy guarantee")[0]
+    eps = rec["privacy"]["epsilon_pld"]
+    mark_not_private(rec["privacy"], "reproducible run", "derived from the public seed 7")
+    card = ModelCard.from_run_record("x", rec)
+    md = card.to_markdown()
+    assert card.headline() == "NOT differentially private (reproducible run): derived from the public seed 7."
+    assert "private: false" in md and "epsilon: null" in md
+    assert f"would be {eps} (PLD)" in md.split("## Privacy guarantee")[0]
 
 
 def test_non_private_baseline(tmp_path):

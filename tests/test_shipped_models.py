@@ -49,7 +49,7 @@ def test_card_epsilon_is_recomputed_by_the_accountant(name):
     eps = accounting.epsilon(noise_multiplier=p["noise_multiplier"], sampling_probability=p["sampling_probability"],
                              steps=p["steps"], delta=p["delta"], accountant=p["accountant"])
     assert eps == pytest.approx(p["epsilon"], rel=1e-9)
-    assert p["sampling"] == "poisson" and p["noise_source"] == "os_entropy"
+    assert p["sampling"] == "poisson" and p["randomness"].startswith("secret")
     target = zoo.entries()[name]["target_epsilon"]
     assert eps <= target
 

@@ -217,4 +217,4 @@ def test_a_same_named_directory_in_cwd_does_not_bypass_the_table(isolated, artif
     export.write_manifest(str(stray / "wrn_digits_eps8"))
     monkeypatch.chdir(stray)
     assert dp_zoo.card("wrn_digits_eps8")["artifact"]["path"] == str(d)
-    assert dp_zoo.card("./wrn_digits_eps8")["wall_time_s"] == 2.0  # an explicit path is a path
+    assert dp_zoo.card("./wrn_digits_eps8")["operational"]["wall_time_s"] == 2.0  # an explicit path is a path

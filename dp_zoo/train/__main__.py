@@ -26,7 +26,7 @@ import time
 
 from absl import app, flags
 
-from dp_zoo.train import recipes
+from dp_zoo.train import init_privacy, recipes
 
 FLAGS = flags.FLAGS
 
@@ -51,6 +51,8 @@ flags.DEFINE_string("init", None, "Weights to fine-tune from: a .keras model of 
                     "model name, a DeepMind NFNet / jax_privacy WRN Haiku checkpoint, or a timm "
                     "state dict of an NF model (.pth/.pt/.bin/.safetensors, or .npz of numpy arrays); a classifier "
                     "of another class count is re-initialised.")
+flags.DEFINE_bool("allow-nonprivate-init", False, "Allow an --init checkpoint trained on the same data set without "
+                  "privacy; the result is then published as NOT differentially private (docs/privacy.md).")
 flags.DEFINE_string("dataset", None, "Train on this data set instead of the recipe's (digits, cifar10, cifar100, "
                     "svhn_cropped, mnist, fashion_mnist, imagenet2012); sigma is recalibrated for its size.")
 flags.DEFINE_string("data-dir", None, "TFDS data directory.")
@@ -70,7 +72,10 @@ flags.DEFINE_string("tpu", None, "With --strategy tpu: the TPU's name or grpc://
 flags.DEFINE_integer("logical-cpus", None, "Split the CPU into N logical devices (try multi-replica runs on a CPU).")
 flags.DEFINE_integer("eval-every", None, "Evaluate every N steps (0: only at the end).")
 flags.DEFINE_integer("checkpoint-every", None, "Checkpoint every N steps.")
-flags.DEFINE_bool("deterministic-noise", None, "Draw noise from --seed (reproducible, for tests). NOT private if the seed is known.")
+flags.DEFINE_bool("deterministic", None, "A reproducible run (tests, experiments): batch selection and noise are "
+                  "derived from --seed and TensorFlow's op determinism is on. Published as NOT differentially "
+                  "private: anyone who reads the seed can recompute the batches and subtract the noise.")
+flags.DEFINE_bool("deterministic-noise", None, "Removed: use --deterministic (see docs/privacy.md).")
 flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
@@ -143,7 +148,10 @@ def resolve(argv_flags=None):
             raise UsageError("--checkpoint-every must be >= 1.")
         changes["checkpoint_every"] = _flag("checkpoint-every")
     if _flag("deterministic-noise") is not None:
-        changes["deterministic_noise"] = _flag("deterministic-noise")
+        raise UsageError("--deterministic-noise was replaced by --deterministic, which seeds batch selection and "
+                         "noise from --seed and publishes the run as NOT differentially private.")
+    if _flag("deterministic") is not None:
+        changes["deterministic"] = _flag("deterministic")
     if _flag("init"):
         init = _flag("init")
         fmt = init_format(init)
@@ -258,6 +266,8 @@ def resolve(argv_flags=None):
         name = name.replace(old, config.data.dataset, 1) if old in name else f"{name}_{config.data.dataset}"
     if _flag("non-private"):
         name = "wrn_digits_nonprivate" if name.startswith("wrn_digits_eps") else f"{name}_nonprivate"
+    if config.init_checkpoint:
+        init_provenance(config)  # a non-private init of the same data is refused before any data loads
     return name, config, recipe
 
 
@@ -509,6 +519,14 @@ def weights_sha256(model):
     return h.hexdigest()
 
 
+def init_provenance(config):
+    """The ``init_privacy.InitProvenance`` of the run's ``--init`` (None from scratch); refuses a
+    non-private one trained on the same data unless --allow-nonprivate-init."""
+    prov = init_privacy.provenance(config.init_checkpoint, config.data.dataset)
+    init_privacy.check_allowed(prov, allow_nonprivate=_flag("allow-nonprivate-init"))
+    return prov
+
+
 def _make_trainer(model, config, train_set, *, chief, **kwargs):
     """An ``engine.Trainer``; on a non-chief worker it reads ``run_dir`` but never writes it.
 
@@ -534,6 +552,11 @@ def train(name, config, recipe):
     # First: MultiWorkerMirroredStrategy and --logical-cpus must configure
     # TensorFlow before it runs any op (TFDS loading runs tf.data ops).
     strategy = _strategy()
+    if config.deterministic:
+        import tensorflow as tf
+
+        # Bit-identical reruns (and crash replays that reuse a lost step's budget).
+        tf.config.experimental.enable_op_determinism()
     chief = _is_chief(strategy)
     worker = _worker_label(strategy)
     train_set = data_lib.load_dataset(config.data, "train", streaming=_flag("streaming"))
@@ -566,10 +589,12 @@ def train(name, config, recipe):
                 print(f"Fine-tuning from {config.init_checkpoint}: re-initialised {', '.join(fresh)} "
                       "(shape differs, e.g. another number of classes).")
     run_dir = _flag("run-dir") or os.path.join("runs", name)
+    prov = init_provenance(config)
     trainer = _make_trainer(
         model, config, train_set, chief=chief, eval_data=test_set if config.eval_every and chief else None,
         augment_fn=data_lib.make_augment_fn(config.augmult), run_dir=run_dir,
         strategy=strategy, progress=_flag("progress") and chief,
+        prior_runs=prov.prior_runs if prov is not None else (),
     )
     trainer.tan_info = tan_info
     if strategy.num_replicas_in_sync > 1 and worker is not None:
@@ -582,9 +607,9 @@ def train(name, config, recipe):
                 "step: the workers do not see the same run directory. Put --run-dir on a file system "
                 "shared by all workers (only the chief writes it)."
             )
-    if trainer.private and config.deterministic_noise:
-        print("WARNING: --deterministic-noise draws the DP noise from --seed; anyone who knows the "
-              "seed can remove it. The model is private only if the seed is kept secret.", file=sys.stderr)
+    if trainer.private and config.deterministic:
+        print("WARNING: --deterministic derives batch selection and noise from --seed, which is published: "
+              "this run is NOT differentially private (its card says so).", file=sys.stderr)
     if recipe.published_accuracy is not None and config == recipe.config:
         print(f"Recipe {recipe.name}: {recipe.reference} reports {recipe.published_accuracy}% top-1.")
     if trainer.private:
@@ -596,7 +621,7 @@ def train(name, config, recipe):
     if streaming:
         # Read the steps' sampled examples ahead of the engine (same sampler).
         trainer.restore()
-        train_set.prefetch(config, trainer.step, trainer.total_steps)
+        train_set.prefetch(trainer.sampler, trainer.step, trainer.total_steps)
     try:
         record = trainer.fit()
     finally:
@@ -615,7 +640,7 @@ def train(name, config, recipe):
     if not chief:
         # The chief evaluates, writes the run record and publishes.
         p = record["privacy"]
-        eps = f"epsilon={p['epsilon']:.4f}" if p["private"] else "non-private"
+        eps = f"epsilon={p['epsilon']:.4f}" if p["private"] else "NOT private"
         print(f"{worker}: finished {record['steps_completed']} steps, {eps}, weights sha256 "
               f"{record['weights_sha256']} (same on all workers); the chief writes {run_dir}.")
         return record
@@ -630,12 +655,14 @@ def train(name, config, recipe):
         "dataset": train_set.name, "train_split": train_set.split, "test_split": test_set.split,
         "train_size": len(train_set), "test_size": len(test_set),
         "mean": list(train_set.mean), "std": list(train_set.std),
-        "public_pretraining_data": "see init_checkpoint" if config.init_checkpoint else None,
+        "public_pretraining_data": prov.detail if prov is not None and prov.kind in (
+            init_privacy.PUBLIC_PRETRAINING, init_privacy.DECLARED_PUBLIC) else None,
         "streaming": bool(streaming),
     }
-    if streaming:
-        record["data"]["prefetched_micro_batches"] = train_set.prefetch_hits
-        record["data"]["micro_batches_read_on_demand"] = train_set.prefetch_misses
+    record["model"]["init"] = prov.to_dict() if prov is not None else None
+    if prov is not None and prov.kind == init_privacy.NONPRIVATE_SAME_DATA and record["privacy"]["private"]:
+        engine.mark_not_private(record["privacy"], "non-private initial checkpoint",
+                                init_privacy.not_private_detail(prov))
     record["entry_name"] = name
     record["published_weights"] = "ema" if trainer.ema_vars is not None else "last"
     with open(os.path.join(run_dir, "run_record.json"), "w") as f:
@@ -646,8 +673,13 @@ def train(name, config, recipe):
         print(f"{worker} (chief): weights sha256 {record['weights_sha256']}")
     print(f"\n{eval_split} accuracy: {acc:.4f} ({record['published_weights']} weights; "
           f"last weights {metrics['test_accuracy_last']:.4f})")
-    if p["private"]:
-        print(f"privacy: epsilon={p['epsilon']:.4f} (PLD {p['epsilon_pld']:.4f}, RDP {p['epsilon_rdp']:.4f}), "
+    if p.get("not_private"):
+        nominal = p.get("nominal_epsilon") or {}
+        print(f"privacy: NOT differentially private ({p['not_private']['reason']}): {p['not_private']['detail']}; "
+              f"nominal epsilon had it been private: PLD {nominal.get('pld')}, RDP {nominal.get('rdp')}")
+    elif p["private"]:
+        pld = "n/a" if p["epsilon_pld"] is None else f"{p['epsilon_pld']:.4f}"
+        print(f"privacy: epsilon={p['epsilon']:.4f} (PLD {pld}, RDP {p['epsilon_rdp']:.4f}), "
               f"delta={p['delta']:g}, {p['steps']} steps, sigma={p['noise_multiplier']:.4f}, q={p['sampling_probability']:.4g}, "
               "Poisson sampling, add-or-remove-one")
         if p.get("tan_simulation"):

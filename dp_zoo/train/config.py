@@ -5,7 +5,7 @@ named ``TrainConfig`` values and the CLI only overrides their fields. Every
 config round-trips through ``to_dict``/``from_dict`` so that checkpoints and
 model cards record exactly what ran.
 
-The DP semantics these fields control are in DESIGN.md §4.
+The DP semantics these fields control are in docs/design.md and docs/privacy.md.
 """
 
 import dataclasses
@@ -131,12 +131,13 @@ class TrainConfig:
         batch is accumulated over micro-batches.
       steps: number of noisy updates (None: derived from ``epochs``).
       epochs: alternative to ``steps``: steps = ceil(epochs * N / B).
-      seed: seeds sampling, augmentation and init. Noise uses it only when
-        ``deterministic_noise`` is set; otherwise noise is drawn from a
-        non-deterministic source.
-      deterministic_noise: draw the DP noise from ``seed`` (tests). Noise
-        from a known seed can be subtracted, so such a model is private only
-        while the seed is secret; real runs leave it False (OS entropy).
+      seed: seeds initialisation and augmentation (public: it is on the
+        card). Batch selection and noise never use it, except in a
+        ``deterministic`` run.
+      deterministic: a reproducible run (tests, experiments): batch
+        selection and noise are derived from ``seed`` instead of a secret,
+        so anyone can recompute them and the run is published as NOT
+        differentially private (docs/privacy.md).
       eval_every: evaluate every this many steps (0 = only at the end).
       checkpoint_every: checkpoint every this many steps.
       init_checkpoint: weights to fine-tune from (a ``.keras`` file or a
@@ -153,7 +154,7 @@ class TrainConfig:
     steps: Optional[int] = None
     epochs: Optional[float] = None
     seed: int = 0
-    deterministic_noise: bool = False
+    deterministic: bool = False
     eval_every: int = 0
     checkpoint_every: int = 50
     init_checkpoint: Optional[str] = None
@@ -178,6 +179,10 @@ class TrainConfig:
     def from_dict(cls, d):
         """Inverse of ``to_dict``; unknown keys are an error."""
         d = dict(d)
+        if "deterministic_noise" in d:
+            # Records written before the reproducible mode seeded sampling too:
+            # a seeded-noise run was never private, so it maps to deterministic.
+            d["deterministic"] = bool(d.pop("deterministic_noise")) or bool(d.get("deterministic"))
         nested = {
             "dp": DPConfig,
             "augmult": AugmultConfig,

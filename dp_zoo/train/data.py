@@ -18,7 +18,7 @@ Streaming (``load_dataset(..., streaming=True)``, ``--streaming``, or
 automatic when the split does not fit): ``StreamingDataset`` reads a TFDS
 data set prepared in the ``array_record`` format through its random-access
 data source (``builder.as_data_source``). Poisson sampling stays exact: the
-engine draws each step's index set (``sampling.poisson_sample``, each example
+engine draws each step's index set (``sampling.PoissonSampler``, each example
 independently with probability q) exactly as for an in-memory split, and
 ``images[idx]``/``labels[idx]`` fetch and decode just those records (in a
 thread pool, with TFDS's own TF image decoder and the same resize/centre
@@ -592,31 +592,27 @@ class StreamingDataset:
             self._last = (key, out)
         return out
 
-    def prefetch(self, config, start_step, end_step, lookahead=4):
+    def prefetch(self, sampler, start_step, end_step, lookahead=4):
         """Reads the micro-batches of steps ``[start_step, end_step)`` ahead of the engine.
 
-        Replays the engine's sampler (``sampling.poisson_sample`` with the
-        same N, q = batch_size / N and seed, then ``micro_batches``) in a
-        background thread and keeps up to ``lookahead`` micro-batches read
-        and decoded. Only an optimisation: ``fetch`` serves a prefetched
-        batch only when the engine asks for exactly those indices, and reads
-        anything else synchronously, so results never depend on it.
+        Replays the engine's own ``sampling.PoissonSampler`` (same secret,
+        so the same batches) in a background thread and keeps up to
+        ``lookahead`` micro-batches read and decoded. Only an optimisation:
+        ``fetch`` serves a prefetched batch only when the engine asks for
+        exactly those indices, and reads anything else synchronously, so
+        results never depend on it. Its hit counters are internal: they
+        add up realised batch sizes and are never published.
         """
         import threading
         from concurrent.futures import ThreadPoolExecutor
 
-        from dp_zoo.train import sampling
-
         self.stop_prefetch()
-        n = len(self)
-        q = config.batch_size / n
         state = {"slots": threading.Semaphore(max(1, int(lookahead))), "stop": threading.Event(),
                  "pool": ThreadPoolExecutor(1, thread_name_prefix="dp_zoo-prefetch")}
 
         def planned():
             for step in range(int(start_step), int(end_step)):
-                idx = sampling.poisson_sample(n, q, seed=config.seed, step=step)
-                for mi, _ in sampling.micro_batches(idx, config.physical_batch_size):
+                for mi, _ in sampler.micro_batches(step):
                     yield mi
 
         def submit(seq, mi):

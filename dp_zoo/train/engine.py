@@ -1,26 +1,34 @@
 """The DP-SGD training loop: virtual batches, noise once per step, EMA, checkpoints.
 
-One logical step t (DESIGN.md §4):
+One logical step t (docs/design.md, docs/privacy.md):
 
-1. Poisson-sample the examples of step t (``sampling.poisson_sample``; a
-   function of (seed, t) only, so a resumed run sees the same batches).
+1. Poisson-sample the examples of step t (``sampling.PoissonSampler``, keyed
+   by the run's secret: never by the published seed, so nobody can recompute
+   which steps an example joined; the secret is kept in the run directory, so
+   a resumed run draws the same batches).
 2. Split them into fixed-size micro-batches (padding rows masked out); for
    each, normalize, augment to K views and add the clipped per-example
    gradients to the logical sum (``dp_sgd.clipped_grad_sum``). Under a
    ``tf.distribute`` strategy each replica sums its share of the rows and
    the per-replica sums are all-reduced (SUM).
-3. Add N(0, sigma^2 C^2) ONCE to the logical sum, divide by the expected
-   batch size B = q N, add weight decay, apply the optimizer, update EMA and
-   Polyak averages, and record the step in the privacy ledger.
+3. Add N(0, sigma^2 C^2) ONCE to the logical sum (Philox stateless normals
+   seeded from the run secret and t), divide by the expected batch size
+   B = q N, add weight decay, apply the optimizer, update EMA and Polyak
+   averages, and record the step in the privacy ledger.
+
+Nothing that depends on the private data leaves the run except through the
+noisy updates: no realised batch sizes, per-example norms or per-step
+timings in the history, the progress bar or TensorBoard.
 
 Privacy bookkeeping survives crashes. Before a step's noise is drawn the
 ledger's spent count is written ahead to ``privacy_journal.json``; on resume
-the spent count is the larger of the journal's and the checkpoint's. With
-``deterministic_noise`` a step redone after a crash on the same kind of
-device (the journal records it) reproduces exactly the same batch, noise and
-update as the lost one (the same random output released again costs nothing
-more), so only then does the redo reuse the lost step's budget; with secure
-noise, or on another kind of device, every drawn noise is counted.
+the spent count is the larger of the journal's and the checkpoint's. A step
+lost in a crash and redone releases its output a second time, which costs
+nothing more only if the redone step is provably bit-identical to the lost
+one: same configuration, secret, replica count and device kind, with
+TensorFlow's op determinism on. Only then does the redo reuse the lost step's
+budget; otherwise, and always when no checkpoint is left (a journal-only
+resume), every journalled step is counted.
 
 Checkpoints (``run_dir/checkpoints/ckpt-<step>.npz`` + ``.json`` with the
 SHA-256 of the npz) are written to a temporary name and renamed, so a kill
@@ -50,6 +58,35 @@ CHECKPOINT_KEEP = 2
 MAX_CONSECUTIVE_NONFINITE = 5
 
 
+RANDOMNESS_SECRET = ("secret: Poisson sampling (PCG64) and Philox stateless Gaussian noise keyed by a "
+                     "256-bit secret from OS entropy, kept only in the run directory")
+RANDOMNESS_REPRODUCIBLE = "reproducible: sampling and noise derived from the public seed"
+REPRODUCIBLE_DETAIL = ("batch selection and noise were derived from the public seed {seed}, so anyone can "
+                       "recompute them; DP-SGD ran, but the model has no privacy guarantee")
+OPERATIONAL_NOTE = ("operational, not covered by the privacy guarantee: wall-clock totals grow with the "
+                    "realised Poisson batch sizes")
+
+
+def operational(wall_time_s):
+    """The run record's "operational" section (wall-clock totals, labelled as such)."""
+    return {"wall_time_s": round(float(wall_time_s), 3), "note": OPERATIONAL_NOTE}
+
+
+def mark_not_private(privacy, reason, detail):
+    """Turns a privacy section into a NOT-private one, keeping the accountant's figures as nominal.
+
+    The epsilons the accountant computed for the configuration move to
+    ``nominal_epsilon`` (what the configuration would give had the run been
+    private); ``epsilon`` becomes None, so nothing reads them as a guarantee.
+    """
+    nominal = {k: privacy.get("epsilon_" + k) for k in ("pld", "rdp")}
+    if any(v is not None for v in nominal.values()):
+        privacy["nominal_epsilon"] = nominal
+    privacy.update(private=False, epsilon=None, epsilon_pld=None, epsilon_rdp=None,
+                   not_private={"reason": reason, "detail": detail})
+    return privacy
+
+
 class TrainingError(RuntimeError):
     """Training cannot continue (the message says why and what to do)."""
 
@@ -67,6 +104,16 @@ def _atomic_write_json(path, obj):
     _atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
+def _op_determinism_enabled():
+    """Whether ``tf.config.experimental.enable_op_determinism()`` is on (False if unknown)."""
+    try:
+        from tensorflow.python.framework import config as tf_config
+
+        return bool(tf_config.is_op_determinism_enabled())
+    except (ImportError, AttributeError):  # conservative: replays then count
+        return False
+
+
 def resolve_steps(config, dataset_size):
     """Number of logical steps: ``steps`` or ``ceil(epochs * N / B)``."""
     if config.steps is not None:
@@ -80,8 +127,8 @@ def resolve_steps(config, dataset_size):
     return int(steps)
 
 
-def resolve_noise_multiplier(config, dataset_size, steps):
-    """sigma from the config, or calibrated from its target epsilon."""
+def resolve_noise_multiplier(config, dataset_size, steps, prior_runs=()):
+    """sigma from the config, or calibrated from its target epsilon (the total, with ``prior_runs``)."""
     dp = config.dp
     if not dp.enabled:
         return None
@@ -98,6 +145,7 @@ def resolve_noise_multiplier(config, dataset_size, steps):
         steps=steps,
         delta=dp.delta,
         accountant=dp.accountant,
+        prior_runs=prior_runs,
     )
 
 
@@ -123,7 +171,7 @@ def validate(config, train):
 
 
 class Trainer:
-    """Trains a Keras model with DP-SGD exactly as DESIGN.md §4 defines.
+    """Trains a Keras model with DP-SGD as docs/design.md defines it.
 
     Args:
       model: a Keras model mapping normalized images to logits. It must not
@@ -140,10 +188,14 @@ class Trainer:
       write_run_dir: False on the non-chief workers of a multi-worker run:
         they resume from ``run_dir`` but never write it (no checkpoints,
         journal or TensorBoard logs), so workers never race on its files.
+      prior_runs: the DP-SGD runs ``((sigma, q, steps), ...)`` behind a
+        private initial checkpoint trained on the same data set: composed
+        with this run's steps in every epsilon and in the budget
+        (docs/privacy.md, "Initial checkpoints").
     """
 
     def __init__(self, model, config, train, *, eval_data=None, augment_fn=None,
-                 run_dir=None, strategy=None, progress=True, write_run_dir=True):
+                 run_dir=None, strategy=None, progress=True, write_run_dir=True, prior_runs=()):
         validate(config, train)
         self.model = model
         self.config = config
@@ -158,12 +210,13 @@ class Trainer:
         self.total_steps = resolve_steps(config, n)
         self.q = config.batch_size / n
         self.private = bool(config.dp.enabled)
-        self.noise_multiplier = resolve_noise_multiplier(config, n, self.total_steps)
+        prior_runs = tuple(prior_runs) if self.private else ()
+        self.noise_multiplier = resolve_noise_multiplier(config, n, self.total_steps, prior_runs)
         self.ledger = accounting.PrivacyLedger(
             self.noise_multiplier, self.q, config.dp.delta, n,
             target_epsilon=config.dp.target_epsilon if self.private else None,
             accountant=config.dp.accountant, sampling=config.dp.sampling,
-            private=self.private,
+            private=self.private, planned_steps=self.total_steps, prior_runs=prior_runs,
         )
         self.step = 0
         self.history = []
@@ -172,6 +225,7 @@ class Trainer:
         self._consecutive_nonfinite = 0
         self._stop_requested = False
         self._summary_writer = None
+        self._setup_randomness()
         self._build_state()
 
     # -- state ----------------------------------------------------------------
@@ -267,27 +321,50 @@ class Trainer:
             return finite
 
         self._apply = apply
-        # Noise seed. Secure default: a 62-bit secret from OS entropy, drawn at
-        # start-up and never written anywhere; with several workers, worker 0's
-        # secret is shared by an all-reduce so that every worker adds the SAME
-        # noise (noise once per logical step, globally).
-        self._noise_key = int(cfg.seed) if cfg.deterministic_noise else self._shared_secret()
 
-    def _shared_secret(self):
-        import secrets
+    # -- secret randomness ----------------------------------------------------
 
-        key = secrets.randbits(62)
+    def _setup_randomness(self):
+        """The run's secret and its sampler (docs/privacy.md).
+
+        A private run keys batch selection and noise with a 256-bit secret
+        from OS entropy, kept in ``run_dir`` (so a resumed run replays its
+        batches) and nowhere else; with several workers the chief's secret
+        is shared by an all-reduce, so every worker draws the same batches
+        and adds the SAME noise (noise once per logical step, globally). A
+        ``deterministic`` run derives it from the public seed instead.
+        """
+        cfg = self.config
+        if cfg.deterministic:
+            self.secret = sampling.RunSecret.from_seed(cfg.seed)
+        elif self._multi_worker():
+            own = sampling.load_or_create_secret(self.run_dir) if self.write_run_dir else None
+            self.secret = self._share_from_chief(own)
+        else:
+            self.secret = sampling.load_or_create_secret(self.run_dir if self.write_run_dir else None)
+        self.sampler = sampling.PoissonSampler(len(self.train), self.q, self.secret, cfg.physical_batch_size)
+
+    def _multi_worker(self):
         resolver = getattr(self.strategy, "cluster_resolver", None)
-        if resolver is None or not getattr(resolver, "cluster_spec", None) or not resolver.cluster_spec().as_dict():
-            return key
-        mine = key if resolver.task_id == 0 and resolver.task_type in ("chief", "worker") else 0
-        parts = tf.constant([mine >> 31, mine & 0x7FFFFFFF], tf.int64)
+        spec = getattr(resolver, "cluster_spec", None) if resolver is not None else None
+        return bool(spec and spec().as_dict())
+
+    def _share_from_chief(self, own):
+        """The chief's secret on every worker (one all-reduce SUM; only global replica 0 contributes)."""
+        words = np.zeros(sampling.SECRET_BYTES // 4, np.int64)
+        if own is not None:
+            words = np.frombuffer(own.to_bytes(), "<u4").astype(np.int64)
+        parts = tf.constant(words)
         shared = self.strategy.reduce(
             tf.distribute.ReduceOp.SUM,
             self.strategy.run(lambda: parts if tf.distribute.get_replica_context().replica_id_in_sync_group == 0
                               else tf.zeros_like(parts)), axis=None)
-        hi, lo = (int(x) for x in shared.numpy())
-        return (hi << 31) | lo
+        shared = shared.numpy()
+        if not shared.any() or shared.max() >= 2 ** 32:
+            raise TrainingError(
+                "The workers could not agree on the run secret (global replica 0 is not on the chief). "
+                "Name the chief in TF_CONFIG (task type 'chief', or 'worker' 0).")
+        return sampling.RunSecret(shared.astype("<u4").tobytes())
 
     # -- one step ---------------------------------------------------------------
 
@@ -300,11 +377,17 @@ class Trainer:
         mask_t = tf.constant(mask)
         seed = self._seed(step * 4096 + m, 1)
         if self.strategy.num_replicas_in_sync == 1:
-            return self._local_sum(images, labels, mask_t, seed)
-        return self._distributed_sum(images, labels, mask_t, seed)
+            grads, _ = self._local_sum(images, labels, mask_t, seed)
+        else:
+            grads, _ = self._distributed_sum(images, labels, mask_t, seed)
+        return grads
 
     def train_step(self, step):
-        """Runs logical step ``step``; returns a metrics dict."""
+        """Runs logical step ``step``; returns ``{"finite": bool}``.
+
+        Nothing data-dependent is returned (no realised batch size, no
+        per-example norms): callers log what this returns.
+        """
         cfg = self.config
         p = cfg.physical_batch_size
         n_rep = self.strategy.num_replicas_in_sync
@@ -312,15 +395,13 @@ class Trainer:
             raise ValueError(
                 f"physical_batch_size={p} must be divisible by the {n_rep} replicas."
             )
-        idx = sampling.poisson_sample(len(self.train), self.q, seed=cfg.seed, step=step)
+        batches = self.sampler.micro_batches(step)
         total = None
-        norms = []
-        for m, (mi, mm) in enumerate(sampling.micro_batches(idx, p)):
-            g, nrm = self._micro_sum(mi, mm, step, m)
+        for m, (mi, mm) in enumerate(batches):
+            g = self._micro_sum(mi, mm, step, m)
             total = g if total is None else [a + b for a, b in zip(total, g)]
-            norms.append(nrm.numpy()[mm > 0] if nrm.shape[0] == len(mm) else nrm.numpy())
         if not self.private:
-            count = max(len(idx), 1)
+            count = max(int(sum(mm.sum() for _, mm in batches)), 1)
             total = [t * (1.0 / count) for t in total]
         # Write-ahead: the noise about to be drawn is counted before it exists.
         if self.private:
@@ -328,7 +409,7 @@ class Trainer:
             self._write_journal()
         finite = bool(self._apply(
             total, tf.constant(step, tf.int64),
-            tf.constant([self._noise_key, int(step)], tf.int64),
+            tf.constant(self.secret.noise_seed(step), tf.int64),
             tf.constant(True), tf.constant(cfg.ema.polyak_start is not None and step >= (cfg.ema.polyak_start or 0)),
         ))
         if not self.private:
@@ -345,9 +426,7 @@ class Trainer:
                 )
         else:
             self._consecutive_nonfinite = 0
-        allnorms = np.concatenate(norms) if norms else np.zeros(0)
-        return {"batch": int(len(idx)), "finite": finite,
-                "grad_norm_median": float(np.median(allnorms)) if len(allnorms) else 0.0}
+        return {"finite": finite}
 
     # -- checkpoints ------------------------------------------------------------
 
@@ -363,20 +442,31 @@ class Trainer:
         os.makedirs(self.run_dir, exist_ok=True)
         _atomic_write_json(self._journal_path(), {
             "ledger": self.ledger.to_dict(),
-            "deterministic_noise": bool(self.config.deterministic_noise),
-            "noise_device": self._noise_device,
+            "replay": self._replay_identity(),
             "step_in_progress": self.step,
         })
 
+    def _replay_identity(self):
+        """What must match for a redone step to be bit-identical to a lost one.
+
+        The same configuration and secret give the same batches and noise
+        seeds; the same replica count and device kind the same reductions
+        and the same normals (XLA draws other stateless normals than the CPU
+        kernel for one seed, tests/train/test_xla.py); op determinism rules
+        out run-to-run differences in the kernels themselves.
+        """
+        return {
+            "config_sha256": hashlib.sha256(
+                json.dumps(self.config.to_dict(), sort_keys=True).encode()).hexdigest(),
+            "secret": self.secret.fingerprint(),
+            "num_replicas": int(self.strategy.num_replicas_in_sync),
+            "device": self._noise_device,
+            "op_determinism": _op_determinism_enabled(),
+        }
+
     @functools.cached_property
     def _noise_device(self):
-        """Where the seeded noise is drawn: ``"<strategy>:<device type>"``.
-
-        A seeded stateless normal gives the same numbers for the same seed
-        only on the same kind of device: XLA (TPUs) draws other numbers than
-        the CPU kernel (tests/train/test_xla.py). A step redone on another
-        kind of device releases new noise, so it is counted again.
-        """
+        """Where the noise is drawn: ``"<strategy>:<device type>"`` (see ``_replay_identity``)."""
         if isinstance(self.strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
             kind = "TPU"
         else:
@@ -470,22 +560,24 @@ class Trainer:
         return self._restore_journal_only()
 
     def _restore_journal_only(self):
-        spent = self._journal_spent()
+        # No checkpoint: the run restarts from step 0, and every journalled
+        # step stays counted (their outputs were released and are not replayed
+        # from a saved state).
+        spent = self._journal_spent(replayable=False)
         if spent:
             self.ledger.steps = max(self.ledger.steps, spent)
         return None
 
-    def _journal_spent(self):
+    def _journal_spent(self, replayable=True):
+        """Steps the journal says were spent, or 0 when the lost ones are replayed bit-identically."""
         if self.run_dir is None or not os.path.exists(self._journal_path()):
             return 0
         with open(self._journal_path()) as f:
             j = json.load(f)
         accounting.PrivacyLedger.from_dict(j["ledger"], expect=self.ledger)
-        if (j.get("deterministic_noise") and self.config.deterministic_noise
-                and j.get("noise_device") == self._noise_device):
-            # Redone steps replay identical noise: no extra budget (see module doc).
-            # On another kind of device (or a journal that does not say) the
-            # same seed draws other noise, so the lost steps stay counted.
+        replay = j.get("replay")
+        if replayable and replay is not None and replay.get("op_determinism") and replay == self._replay_identity():
+            # The redone steps release exactly the lost steps' outputs again.
             return 0
         return int(j["ledger"]["steps"])
 
@@ -568,55 +660,27 @@ class Trainer:
     def fit(self):
         """Trains to the configured number of steps (resuming if possible).
 
+        SIGTERM is honoured within seconds, also in the middle of an
+        accounting computation: the step in hand finishes, a checkpoint is
+        saved and ``fit`` returns None (``stopped_by_signal`` is True).
+
         Returns:
-          The run record (see ``record``).
+          The run record (see ``record``), or None when stopped by SIGTERM.
         """
         self._consecutive_nonfinite = 0
         self.restore()
         previous = self._install_sigterm()
-        cfg = self.config
-        bar = None
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=self.total_steps, initial=self.step, desc="DP-SGD" if self.private else "SGD",
-                       unit="step", dynamic_ncols=True)
+        bar = self._progress_bar()
         try:
-            while self.step < self.total_steps:
-                if self.private and not self.ledger.can_step():
-                    print(f"Privacy budget reached at step {self.step}: stopping "
-                          f"(epsilon={self.ledger.epsilon():.4f}).", file=sys.stderr)
+            while self.step < self.total_steps and not self._stop_requested:
+                if not self._within_budget():
                     break
                 t0 = time.time()
-                metrics = self.train_step(self.step)
+                self.train_step(self.step)
                 self.wall_time_s += time.time() - t0
-                # No realised batch size here: under Poisson sampling it
-                # depends on which examples exist, so it is not covered by
-                # the accountant, and the history is published in the card.
-                entry = {"step": self.step, "epsilon": self.ledger.epsilon() if self.private else None,
-                         "loss": None, "eval_accuracy": None, "eval_accuracy_ema": None}
-                do_eval = self.eval_data is not None and cfg.eval_every and self.step % cfg.eval_every == 0
-                if do_eval:
-                    ev = self.evaluate(self.eval_data, "last")
-                    entry["eval_accuracy"], entry["loss"] = ev["accuracy"], ev["loss"]
-                    if self.ema_vars is not None:
-                        entry["eval_accuracy_ema"] = self.evaluate(self.eval_data, "ema")["accuracy"]
-                if do_eval or self.step % max(1, cfg.checkpoint_every) == 0 or self.step == self.total_steps:
-                    self.history.append(entry)
-                self._log_scalars(entry, time.time() - t0)
-                if bar is not None:
-                    bar.update(1)
-                    post = {"batch": metrics["batch"]}
-                    if self.private:
-                        post["eps"] = f"{entry['epsilon']:.3f}"
-                    if entry["eval_accuracy"] is not None:
-                        post["acc"] = f"{entry['eval_accuracy']:.3f}"
-                    bar.set_postfix(post)
-                if self.run_dir and (self.step % max(1, cfg.checkpoint_every) == 0 or self._stop_requested):
-                    self.save_checkpoint()
-                if self._stop_requested:
-                    print(f"SIGTERM: checkpoint saved at step {self.step}; exiting.", file=sys.stderr)
-                    break
+                self._after_step(bar)
+        except accounting.AccountingInterrupted:
+            pass  # SIGTERM arrived during accounting; the state is that of self.step
         finally:
             if bar is not None:
                 bar.close()
@@ -624,15 +688,73 @@ class Trainer:
                 self._summary_writer.flush()
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
-        if self.run_dir and not self._stop_requested:
+        if self.run_dir:
             self.save_checkpoint()
+        if self._stop_requested:
+            print(f"SIGTERM: checkpoint saved at step {self.step}; exiting.", file=sys.stderr)
+            return None
         return self.record()
 
-    def _log_scalars(self, entry, step_seconds):
-        """TensorBoard scalars under ``run_dir/tensorboard``: epsilon spent, evaluation metrics, speed.
+    def _progress_bar(self):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
 
-        Only quantities that are public or covered by the accountant: the
-        epsilon, the metrics on the evaluation split, wall-clock speed.
+        # No rate, elapsed or remaining time: a step's duration grows with its
+        # realised Poisson batch size, which depends on the private data.
+        return tqdm(total=self.total_steps, initial=self.step, desc="DP-SGD" if self.private else "SGD",
+                    unit="step", dynamic_ncols=True,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps{postfix}")
+
+    def _accounting(self, fn):
+        """``fn()`` (an accountant call), abandoned with AccountingInterrupted if SIGTERM arrives."""
+        return accounting.run_interruptibly(fn, lambda: self._stop_requested)
+
+    def _within_budget(self):
+        if not self.private or self._accounting(self.ledger.can_step):
+            return True
+        print(f"Privacy budget reached at step {self.step}: stopping "
+              f"(epsilon={self._accounting(self.ledger.epsilon):.4f}).", file=sys.stderr)
+        return False
+
+    def _after_step(self, bar):
+        """History, TensorBoard, progress bar and checkpoint after a step (``self.step`` is the count done)."""
+        cfg = self.config
+        # Only public quantities and evaluation-split metrics: the history is
+        # published in the card (no realised batch sizes, norms or per-step
+        # timings). Its epsilon is the accountant's bound from the precomputed
+        # curve (exact at the last step); the record's is always exact.
+        eps = None
+        if self.private:
+            eps = self._accounting(self.ledger.epsilon if self.step == self.total_steps
+                                   else self.ledger.epsilon_upper)
+        entry = {"step": self.step, "epsilon": eps, "loss": None, "eval_accuracy": None,
+                 "eval_accuracy_ema": None}
+        do_eval = self.eval_data is not None and cfg.eval_every and self.step % cfg.eval_every == 0
+        if do_eval:
+            ev = self.evaluate(self.eval_data, "last")
+            entry["eval_accuracy"], entry["loss"] = ev["accuracy"], ev["loss"]
+            if self.ema_vars is not None:
+                entry["eval_accuracy_ema"] = self.evaluate(self.eval_data, "ema")["accuracy"]
+        if do_eval or self.step % max(1, cfg.checkpoint_every) == 0 or self.step == self.total_steps:
+            self.history.append(entry)
+            self._log_scalars(entry)
+        if bar is not None:
+            bar.update(1)
+            post = {} if eps is None else {"eps<=": f"{eps:.3f}"}
+            if entry["eval_accuracy"] is not None:
+                post["acc"] = f"{entry['eval_accuracy']:.3f}"
+            bar.set_postfix(post)
+        if self.run_dir and self.step % max(1, cfg.checkpoint_every) == 0:
+            self.save_checkpoint()
+
+    def _log_scalars(self, entry):
+        """TensorBoard scalars under ``run_dir/tensorboard`` at the history's log points.
+
+        Only the epsilon and the metrics on the evaluation split, on the
+        public log schedule. No speed: a step's duration depends on its
+        realised batch size. (Event files carry their write times: totals
+        over the log interval, operational like the run's wall time.)
         """
         if self.run_dir is None or not self.write_run_dir:
             return
@@ -644,7 +766,6 @@ class Trainer:
             for key in ("eval_accuracy", "eval_accuracy_ema", "loss"):
                 if entry[key] is not None:
                     tf.summary.scalar("eval/" + ("loss" if key == "loss" else key[5:]), entry[key])
-            tf.summary.scalar("speed/steps_per_second", 1.0 / max(step_seconds, 1e-9))
 
     @property
     def stopped_by_signal(self):
@@ -657,14 +778,12 @@ class Trainer:
             tan = getattr(self, "tan_info", None)
         privacy = self.ledger.summary(tan_simulation=tan)
         privacy["l2_clip"] = float(self.config.dp.l2_clip) if self.private else None
+        # Decided on the noisy update alone (post-processing): covered by the guarantee.
         privacy["nonfinite_steps_skipped"] = self.nonfinite_steps
-        # Noise drawn from a known seed can be regenerated and subtracted:
-        # such a model is private only while the seed stays secret.
-        privacy["noise_source"] = (
-            None if not self.private else
-            "seeded (deterministic_noise): private only if the seed is kept secret"
-            if self.config.deterministic_noise else "os_entropy"
-        )
+        privacy["randomness"] = None if not self.private else (
+            RANDOMNESS_REPRODUCIBLE if self.config.deterministic else RANDOMNESS_SECRET)
+        if self.private and self.config.deterministic:
+            mark_not_private(privacy, "reproducible run", REPRODUCIBLE_DETAIL.format(seed=self.config.seed))
         from dp_zoo import __version__ as dp_zoo_version
 
         devices = [d.name for d in tf.config.list_logical_devices()]
@@ -694,7 +813,7 @@ class Trainer:
                 "devices": devices,
                 "num_replicas": int(self.strategy.num_replicas_in_sync),
             },
-            "wall_time_s": round(self.wall_time_s, 3),
+            "operational": operational(self.wall_time_s),
             "steps_planned": self.total_steps,
             "steps_completed": self.step,
         }

@@ -1,17 +1,24 @@
 """``dp_zoo.make_private``: a Keras model whose ``fit()`` runs DP-SGD.
 
 For Keras users who want ``model.fit(x, y)`` rather than the engine. The
-returned model keeps the DP semantics of DESIGN.md §4:
+returned model keeps the DP semantics of docs/design.md and the threat model
+of docs/privacy.md:
 
 - ``fit`` draws Poisson batches itself (each example joins a step with
-  probability q = batch_size / N); the ``batch_size`` argument of Keras' own
+  probability q = batch_size / N), keyed by a 256-bit secret from OS entropy
+  (``sampling.RunSecret``); the ``batch_size`` argument of Keras' own
   shuffling is never used, since the accountant assumes Poisson sampling.
 - A logical batch is split into fixed-size micro-batches (padding rows
   masked); clipped per-example gradients are accumulated across them and the
-  Gaussian noise is added once, when the logical batch is complete.
-- Every logical step is recorded in ``model.ledger``; ``fit`` refuses to
-  start a run that would exceed ``target_epsilon``, and the history has the
-  epsilon spent after each epoch.
+  Gaussian noise (Philox, seeded from the secret and the step) is added once,
+  when the logical batch is complete. Every ``fit`` starts from empty
+  accumulators, so an interrupted ``fit`` never carries a partial sum over.
+- Every logical step is recorded in ``model.ledger`` when its noisy update
+  is applied; ``fit`` refuses to start a run that would exceed
+  ``target_epsilon``, and the history has only the epsilon spent (no
+  training loss or gradient norms: they depend on the private data).
+- ``seed=`` makes sampling and noise reproducible, and therefore NOT
+  private: ``is_private`` is False and a warning says so.
 
 Example::
 
@@ -23,7 +30,7 @@ Example::
 """
 
 import math
-import secrets
+import warnings
 
 import keras
 import numpy as np
@@ -50,14 +57,22 @@ class PrivateModel(keras.Model):
         self.expected_batch_size = float(batch_size)
         self.physical_batch_size = int(physical_batch_size or min(batch_size, 256))
         self.seed = seed
-        self._sample_seed = seed if seed is not None else secrets.randbits(31)
+        if seed is not None:
+            warnings.warn(
+                f"make_private(seed={seed}) derives batch selection and noise from the seed: the run is "
+                "reproducible and NOT differentially private (is_private is False). Leave seed=None for a "
+                "private run.", UserWarning, stacklevel=3)
+        self.secret = sampling.RunSecret.from_seed(seed) if seed is not None else sampling.RunSecret.generate()
         self.ledger = accounting.PrivacyLedger(
             noise_multiplier, batch_size / dataset_size, delta, dataset_size,
             target_epsilon=target_epsilon, accountant=accountant,
         )
-        self._noise_gen = (tf.random.Generator.from_seed(seed) if seed is not None
-                           else tf.random.Generator.from_non_deterministic_state())
         self._acc = None
+
+    @property
+    def is_private(self):
+        """False for a ``seed=`` run: anyone with the seed can recompute its batches and noise."""
+        return not self.secret.reproducible
 
     def call(self, inputs, training=False):
         return self.inner(inputs, training=training)
@@ -67,24 +82,28 @@ class PrivateModel(keras.Model):
             self._acc = [tf.Variable(tf.zeros_like(v.value), trainable=False)
                          for v in self.inner.trainable_variables]
 
+    def _zero_accumulators(self):
+        for a in self._acc:
+            a.assign(tf.zeros_like(a))
+
     def train_step(self, data):
-        (x, mask, last), y = data
-        grads, norms = dp_sgd.clipped_grad_sum(self.inner, x[:, None], y, l2_clip=self.l2_clip, mask=mask)
+        (x, mask, last, noise_seed), y = data
+        grads, _ = dp_sgd.clipped_grad_sum(self.inner, x[:, None], y, l2_clip=self.l2_clip, mask=mask)
         for a, g in zip(self._acc, grads):
             a.assign_add(g)
 
         def apply():
-            noisy = dp_sgd.add_noise([a.value() for a in self._acc],
-                                     stddev=self.noise_multiplier * self.l2_clip, generator=self._noise_gen)
-            update = [n / self.expected_batch_size for n in noisy]
+            update = dp_sgd.noisy_normalized_sum(
+                [a.value() for a in self._acc], l2_clip=self.l2_clip, noise_multiplier=self.noise_multiplier,
+                expected_batch_size=self.expected_batch_size, seed=noise_seed)
             self.optimizer.apply(update, self.inner.trainable_variables)
-            for a in self._acc:
-                a.assign(tf.zeros_like(a))
+            self._zero_accumulators()
             return tf.constant(1.0)
 
         tf.cond(last > 0, apply, lambda: tf.constant(0.0))
-        m = tf.cast(mask, tf.float32)
-        return {"mean_grad_norm": tf.reduce_sum(norms * m) / tf.maximum(tf.reduce_sum(m), 1.0)}
+        # Nothing computed from the private data is logged (no loss, no norms);
+        # Keras needs some log, so it gets the public clipping norm.
+        return {"l2_clip": tf.constant(self.l2_clip)}
 
     def fit(self, x, y, *, epochs=1, steps=None, verbose="auto", callbacks=None, **kwargs):
         """Trains with Poisson-sampled DP-SGD.
@@ -104,6 +123,13 @@ class PrivateModel(keras.Model):
                 "make_private models sample Poisson batches themselves; do not pass batch_size "
                 "or shuffle to fit() (the expected batch size was set in make_private)."
             )
+        if getattr(self, "steps_per_execution", 1) != 1:
+            # Keras then runs several micro-batches per callback, and the
+            # ledger would miss noisy updates.
+            raise ValueError(
+                f"make_private models need compile(steps_per_execution=1), got {self.steps_per_execution}: "
+                "each logical step is counted by the privacy ledger as it is applied. Recompile without "
+                "steps_per_execution.")
         x = np.asarray(x)
         y = np.asarray(y)
         if len(x) != self.dataset_size or len(y) != self.dataset_size:
@@ -121,32 +147,40 @@ class PrivateModel(keras.Model):
                 "or use more noise."
             )
         self._ensure_accumulators()
+        # A previous fit stopped mid-step (an exception, a callback) left a
+        # partial, noiseless sum: adding to it would let an example count twice.
+        self._zero_accumulators()
         start = self.ledger.steps
-        micro = []
+        sampler = sampling.PoissonSampler(self.dataset_size, self.ledger.sampling_probability, self.secret,
+                                          self.physical_batch_size)
+        micro, first = [], []
         for t in range(start, start + n_steps):
-            idx = sampling.poisson_sample(self.dataset_size, self.ledger.sampling_probability,
-                                          seed=self._sample_seed, step=t)
-            mbs = sampling.micro_batches(idx, self.physical_batch_size)
+            mbs = sampler.micro_batches(t)
+            seed = np.asarray(self.secret.noise_seed(t), np.int64)
             for j, (i, m) in enumerate(mbs):
-                micro.append((i, m, float(j == len(mbs) - 1)))
+                micro.append((i, m, float(j == len(mbs) - 1), seed))
+                first.append(j == 0)
         p = self.physical_batch_size
 
         def gen():
-            for i, m, last in micro:
-                yield (x[i].astype(np.float32), m, np.float32(last)), y[i].astype(np.int32)
+            for i, m, last, seed in micro:
+                yield (x[i].astype(np.float32), m, np.float32(last), seed), y[i].astype(np.int32)
 
         spec = ((tf.TensorSpec((p,) + x.shape[1:], tf.float32), tf.TensorSpec((p,), tf.float32),
-                 tf.TensorSpec((), tf.float32)), tf.TensorSpec((p,), tf.int32))
+                 tf.TensorSpec((), tf.float32), tf.TensorSpec((2,), tf.int64)), tf.TensorSpec((p,), tf.int32))
         ds = tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(2)
         ledger = self.ledger
 
         class _Account(keras.callbacks.Callback):
-            def on_train_batch_end(self_cb, batch, logs=None):
-                if micro[batch][2]:
+            def on_train_batch_begin(self_cb, batch, logs=None):
+                # Write-ahead, as the engine: a step is counted before its
+                # noise is drawn (an interrupted step is counted, never lost).
+                if first[batch]:
                     ledger.record_step()
 
             def on_epoch_end(self_cb, epoch, logs=None):
                 if logs is not None:
+                    logs.pop("l2_clip", None)
                     logs["epsilon"] = ledger.epsilon()
 
         return super().fit(ds, epochs=1, steps_per_epoch=len(micro), verbose=verbose, shuffle=False,
@@ -174,7 +208,8 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
       delta: delta of the guarantee.
       physical_batch_size: micro-batch size (memory bound).
       accountant: "pld" or "rdp".
-      seed: seeds sampling and noise (reproducible; leave None for real use).
+      seed: derives sampling and noise from this seed: reproducible and NOT
+        private (``is_private`` is False). Leave None for a private run.
 
     Returns:
       A ``PrivateModel``; ``compile`` it with an optimizer, then ``fit``.

@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent("""
     from dp_zoo.train import config as C, data, engine
     ds = data.load_dataset(C.DataConfig(), "train")
     cfg = C.TrainConfig(model="wrn_test", batch_size=64, physical_batch_size=32, steps=3, seed=1,
-                        deterministic_noise=True, dp=C.DPConfig(noise_multiplier=1.0),
+                        deterministic=True, dp=C.DPConfig(noise_multiplier=1.0),
                         optim=C.OptimConfig(learning_rate=0.5))
     def run(strategy):
         with strategy.scope():
@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     single, r1 = run(tf.distribute.get_strategy())
     mirrored, r2 = run(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     assert r2["hardware"]["num_replicas"] == 2, r2["hardware"]
-    assert r1["privacy"]["epsilon"] == r2["privacy"]["epsilon"]
+    assert r1["privacy"]["nominal_epsilon"] == r2["privacy"]["nominal_epsilon"]
     worst = max(float(np.max(np.abs(a - b))) for a, b in zip(single, mirrored))
     moved = max(float(np.max(np.abs(a))) for a in single)
     print("MAXDIFF", worst, moved)
@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent("""
     # std is sigma*C/B (two replicas each adding noise would give sqrt(2) x).
     sigma = 100.0
     cfg = C.TrainConfig(model="wrn_test", batch_size=64, physical_batch_size=32, steps=1, seed=1,
-                        deterministic_noise=True, dp=C.DPConfig(noise_multiplier=sigma),
+                        deterministic=True, dp=C.DPConfig(noise_multiplier=sigma),
                         ema=C.EMAConfig(decay=None), optim=C.OptimConfig(learning_rate=1.0))
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():

@@ -57,7 +57,7 @@ def test_engine_replica_step_and_update_compile_with_xla():
     """The engine's per-replica clipped sum (augmentation, K=2 views, padding rows) and its update."""
     ds = data.load_dataset(C.DataConfig(), "train")
     c = C.TrainConfig(model="wrn_test", batch_size=64, physical_batch_size=16, steps=1, seed=3,
-                      deterministic_noise=True, dp=C.DPConfig(noise_multiplier=1.0, l2_clip=1.0, delta=1e-5),
+                      deterministic=True, dp=C.DPConfig(noise_multiplier=1.0, l2_clip=1.0, delta=1e-5),
                       augmult=C.AugmultConfig(num_views=2), ema=C.EMAConfig(decay=0.9),
                       optim=C.OptimConfig(learning_rate=0.5))
     keras.utils.set_random_seed(0)
