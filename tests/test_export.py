@@ -16,10 +16,10 @@ from tests import _zoo_helpers as H
 SAVED_MODEL_CLI = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    path, model, rec = H.exported(tmp_path_factory.mktemp("export"))
-    return path, model, rec
+@pytest.fixture
+def art(tiny_artifact):
+    """The session's tiny exported artifact (read-only; tests that change it copy it)."""
+    return tiny_artifact
 
 
 def _reference(model, rec, images):
@@ -169,8 +169,11 @@ def test_publish_refuses_tan_simulation_and_corrupt_artifacts(tmp_path):
         export.publish(path, kaggle_handle="me/dp-zoo/keras/sim", dry_run=True, allow_simulation=True)
 
 
-@pytest.mark.slow
-def test_export_command_line(art, tmp_path):
+def test_export_command_line(art, tmp_path, capsys):
+    """``python -m dp_zoo.export`` in a real process: export, package and a publishing dry run;
+    then (in process, the CLI's main with the same flags) a second export onto it: exit 1, one line."""
+    import types
+
     path, model, rec = art
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = tmp_path / "cli_art"
@@ -179,12 +182,68 @@ def test_export_command_line(art, tmp_path):
          "--run_record", os.path.join(path, "run_record.json"), "--entry", "wrn_digits_eps8", "--out", str(out),
          "--package", str(tmp_path / "a.tar.gz"), "--kaggle_handle", "me/dp-zoo/keras/wrn_digits_eps8",
          "--dry_run"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "exported:" in r.stdout and "packaged:" in r.stdout and "dry run, would upload" in r.stdout
     export.verify_manifest(str(out))
-    r = subprocess.run([sys.executable, "-m", "dp_zoo.export", "--model", os.path.join(path, "model.keras"),
-                        "--run_record", os.path.join(path, "run_record.json"), "--entry", "wrn_digits_eps8",
-                        "--out", str(out)], capture_output=True, text=True, timeout=300, env=env,
-                       cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert r.returncode == 1 and "already exists" in r.stderr
+    assert json.load(open(out / "card.json"))["privacy"] == rec["privacy"]
+    flags = types.SimpleNamespace(model=os.path.join(path, "model.keras"),
+                                  run_record=os.path.join(path, "run_record.json"), entry="wrn_digits_eps8",
+                                  out=str(out), overwrite=False, artifact=None, register=False, package=None,
+                                  kaggle_handle=None, dry_run=False, allow_simulation=False)
+    assert export.main(["dp_zoo.export"], flags) == 1
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if ln.startswith("dp_zoo.export: error:")] == [
+        ln for ln in err.splitlines() if "already exists" in ln] != []
+
+
+def test_a_real_runs_record_exports_with_card_numbers_equal_to_it(trained_run):
+    """A record written by the engine (3 real DP-SGD steps on digits) exports as is: every number on the
+    card is the record's, the epsilon is the accountant's, and the served model is the trained one."""
+    from dp_zoo import accounting
+
+    rec, out, test = trained_run["record"], trained_run["artifact"], trained_run["test"]
+    card = json.load(open(os.path.join(out, "card.json")))
+    for section in ("privacy", "metrics", "model", "history", "data", "config"):
+        assert H.numbers(card[section]) == H.numbers(rec[section]), section
+    assert card["training"]["augmult_k"] == rec["config"]["augmult"]["num_views"] == 2
+    assert card["training"]["logical_batch_size"] == rec["config"]["batch_size"] == 128
+    eps = accounting.epsilon(noise_multiplier=1.0, sampling_probability=128 / 1437, steps=3, delta=1e-5)
+    assert card["privacy"]["epsilon"] == eps
+    assert f"| epsilon (reported accountant) | {eps} |" in open(os.path.join(out, "README.md")).read()
+    html = open(os.path.join(out, "card.html")).read()
+    assert html.count("<img") == 3 and "data:image/png;base64," in html
+    # The uint8 serving signature is the trained (EMA) model on normalized images.
+    sm = tf.saved_model.load(os.path.join(out, "saved_model", "1"))
+    res = sm.signatures["serving_default"](images=tf.constant(test.images[:7]))
+    np.testing.assert_allclose(res["probabilities"].numpy().sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(res["logits"].numpy(), _reference(trained_run["model"], rec, test.images[:7]),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_refuses_an_export_that_does_not_reproduce_the_model(tmp_path):
+    """A custom layer whose config loses a constructor argument reloads as another function: refused."""
+    import keras
+
+    @keras.saving.register_keras_serializable(package="dp_zoo_tests")
+    class Scale(keras.layers.Layer):
+        def __init__(self, factor=1.0, **kw):
+            super().__init__(**kw)
+            self.factor = factor
+
+        def call(self, x):
+            return x * self.factor
+
+        def get_config(self):  # forgets "factor": the reload has factor=1
+            config = super().get_config()
+            config.pop("factor", None)
+            return config
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(inp))
+    model = keras.Model(inp, Scale(3.0)(keras.layers.Dense(10)(x)))
+    rec = H.run_record(num_params=model.count_params())
+    with pytest.raises(ValueError, match="exported model.keras does not reproduce the model's outputs"):
+        export.export_model(model, rec, str(tmp_path / "m"), entry_name="x", zoo_points=[])
+    assert os.listdir(tmp_path) == []  # neither the artifact nor its temporary directory is left

@@ -106,11 +106,14 @@ def test_every_epsilon_shown_comes_from_the_privacy_section(record, written):
 
 def test_ceil_sig_rounds_up():
     assert ceil_sig(1.00001) == 1.001
-    assert ceil_sig(7.99949) == 7.9995 or ceil_sig(7.99949) == 8.0
+    assert ceil_sig(7.99949) == 8.0  # 4 significant digits: 7.999|49 rounds up to 8.000
+    assert ceil_sig(7.999) == 7.999 and ceil_sig(7.9991) == 8.0
     assert ceil_sig(2.0) == 2.0
-    assert ceil_sig(0.123456) == 0.1235
-    for x in (0.3, 1.23456789, 3.77, 9.999999, 123.456):
-        assert ceil_sig(x) >= x and ceil_sig(x) - x < 10 ** (math.floor(math.log10(x)) - 2)
+    assert ceil_sig(0.123456) == 0.1235 and ceil_sig(0.00012341) == 0.0001235
+    assert ceil_sig(1234.01) == 1235.0
+    for x in (0.3, 1.23456789, 3.77, 9.999999, 123.456, 0.0123401):
+        # Up, by less than one unit in the 4th significant digit.
+        assert x <= ceil_sig(x) < x + 10 ** (math.floor(math.log10(x)) - 3), x
 
 
 def test_yaml_header_is_valid_metadata(record, written):

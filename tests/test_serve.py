@@ -17,8 +17,8 @@ from tests import _zoo_helpers as H
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    path, model, rec = H.exported(tmp_path_factory.mktemp("serve"))
+def server(tiny_artifact):
+    path, model, rec = tiny_artifact
     with serve.ModelServer(path, port=0) as s:
         yield s, path
 
@@ -101,8 +101,7 @@ def test_command_line_server(server, tmp_path):
         port = sock.getsockname()[1]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.Popen([sys.executable, "-m", "dp_zoo.serve", "--model", path, "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=os.path.dirname(os.path.dirname(__file__)))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()  # printed once the model is loaded and the port bound
         assert "serving wrn_digits_eps8 version 1" in line, proc.stderr.read() if proc.poll() is not None else line

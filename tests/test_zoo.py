@@ -47,10 +47,10 @@ def isolated(tmp_path, monkeypatch):
     return {"home": home, "cache": cache / "dp_zoo", "repo": repo, "tmp": tmp_path}
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    path, model, rec = H.exported(tmp_path_factory.mktemp("zoo_art"))
-    return path, model, rec
+@pytest.fixture
+def artifact(tiny_artifact):
+    """The session's tiny exported artifact: read-only, tests copy it where they need one."""
+    return tiny_artifact
 
 
 def _copy(artifact, base, name="wrn_digits_eps8"):
@@ -202,9 +202,26 @@ def test_load_by_path(artifact):
 
 
 def test_table_file_is_the_data(isolated):
+    """What list_models / card / load say about an entry is read from the table file, nothing else.
+
+    Edits to the (private copy of the) file show up in the API at once; a file
+    of another schema version is refused by name.
+    """
     raw = json.loads(zoo.TABLE_PATH.read_text())
-    assert raw["schema_version"] == zoo.TABLE_SCHEMA_VERSION
-    assert set(raw["entries"]) == set(zoo.entries())
+    raw["entries"]["wrn40_4_cifar10_eps8"]["published_accuracy"] = 12.5
+    raw["entries"]["wrn_digits_eps2"]["recipe"] = "wrn_digits_eps4"
+    del raw["entries"]["wrn_digits_eps1"]
+    zoo.TABLE_PATH.write_text(json.dumps(raw))
+    rows = {r["name"]: r for r in dp_zoo.list_models()}
+    assert rows["wrn40_4_cifar10_eps8"]["published_accuracy"] == 12.5
+    assert rows["wrn_digits_eps2"]["command"] == "python -m dp_zoo.train --recipe wrn_digits_eps4"
+    assert "wrn_digits_eps1" not in rows and set(rows) == set(raw["entries"])
+    with pytest.raises(ValueError, match="Did you mean"):
+        dp_zoo.card("wrn_digits_eps1")
+    raw["schema_version"] = zoo.TABLE_SCHEMA_VERSION + 1
+    zoo.TABLE_PATH.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=f"has schema {zoo.TABLE_SCHEMA_VERSION + 1}, expected"):
+        dp_zoo.list_models()
 
 
 def test_a_same_named_directory_in_cwd_does_not_bypass_the_table(isolated, artifact, monkeypatch):
