@@ -53,3 +53,63 @@ def free_ports(n):
     for s in socks:
         s.close()
     return ports
+
+
+def naive_per_example_grads(model, images, labels):
+    """Per example, a GradientTape over its K views (mean loss): ``[B]`` lists of float64 gradients."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    out = []
+    for i in range(images.shape[0]):
+        with tf.GradientTape() as tape:
+            logits = model(images[i], training=True)
+            loss = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+                np.repeat(labels[i], images.shape[1]), logits, from_logits=True))
+        out.append([x.numpy().astype(np.float64) for x in tape.gradient(loss, model.trainable_variables)])
+    return out
+
+
+def clip_and_sum(grads, l2_clip, mask):
+    """The reference DP-SGD sum of per-example gradients: clip each to ``l2_clip``, mask, add up.
+
+    Returns ``(sum as float64 arrays, per-example norms)``.
+    """
+    import numpy as np
+
+    total = [np.zeros_like(x) for x in grads[0]]
+    norms = []
+    for g, m in zip(grads, mask):
+        n = np.sqrt(sum(np.sum(x**2) for x in g))
+        norms.append(n)
+        f = min(1.0, l2_clip / n) * m
+        total = [t + f * x for t, x in zip(total, g)]
+    return total, np.array(norms)
+
+
+def naive_clipped_sum(model, images, labels, l2_clip, mask):
+    """The reference DP-SGD sum: per example a GradientTape over its K views (mean loss), clip, sum.
+
+    Returns ``(sum as float64 arrays, per-example norms)``.
+    """
+    return clip_and_sum(naive_per_example_grads(model, images, labels), l2_clip, mask)
+
+
+def assert_equals_naive_loop(m, x, y, mask, *, rel, **kwargs):
+    """``dp_sgd.clipped_grad_sum`` (in a tf.function) equals the naive loop, at clip norms that clip
+    every example (1e-3) and none (1e3)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from dp_zoo.train import dp_sgd
+
+    step = tf.function(lambda c: dp_sgd.clipped_grad_sum(m, x, y, l2_clip=c, mask=mask, **kwargs))
+    per_example = naive_per_example_grads(m, x, y)
+    for c in (1e-3, 1e3):
+        got, norms = step(tf.constant(c))
+        want, want_norms = clip_and_sum(per_example, c, mask)
+        np.testing.assert_allclose(norms.numpy(), want_norms, rtol=1e-4)
+        flat_got = np.concatenate([g.numpy().ravel() for g in got])
+        flat_want = np.concatenate([w.ravel() for w in want])
+        assert np.linalg.norm(flat_got - flat_want) <= rel * np.linalg.norm(flat_want) + 1e-7
