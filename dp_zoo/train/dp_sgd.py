@@ -14,8 +14,9 @@ The engine (``engine.py``) composes them; each is tested alone.
 import keras
 import tensorflow as tf
 
-from dp_zoo.models.layers import (standardized_kernel_override, sum_of_squares, ws_backward, ws_geometry,
-                                  ws_kernel_sq_norms)
+from dp_zoo.models.layers import (F32_UNIT_ROUNDOFF, fan_in_sum, standardized_kernel_override, sum_of_squares,
+                                  ws_backward, ws_geometry, ws_kernel_moments, ws_projection_terms,
+                                  ws_sq_norms_from_moments)
 
 
 def _loss_views(model, params, non_trainable, views, label):
@@ -199,9 +200,9 @@ class _WSTap:
         # Unfolded, each example pays three passes over the layer's output
         # (the gain's multiply forward and backward, and the gain's gradient
         # as a product summed over positions); folded, one multiply-and-sum
-        # over the kernel's fan-in for the gain's gradient
-        # (``_gain_grads``). Output positions as for "same" padding (a
-        # cost estimate only).
+        # over the kernel's fan-in for the gain's gradient (from the centred
+        # moments that its norm needs anyway, ``layers.ws_kernel_moments``).
+        # Output positions as for "same" padding (a cost estimate only).
         sh, sw = layer.strides if isinstance(layer.strides, tuple) else (layer.strides,) * 2
         positions = inputs.shape[0] * -(-inputs.shape[1] // sh) * -(-inputs.shape[2] // sw)
         kh, kw = layer.kernel_size if isinstance(layer.kernel_size, tuple) else (layer.kernel_size,) * 2
@@ -309,27 +310,35 @@ def conv_patches(x, layer):
     return tf.reshape(p, [tf.shape(x)[0], -1, kh * kw * x.shape[-1]])
 
 
-def _tap_sum(t, geom, h_axes):
-    """Sum over the kernel's taps of the strided windows of ``t`` that the conv's outputs read.
+def _tap_windows(t, geom, h_axes):
+    """Per kernel tap, the strided window of ``t`` that the conv's outputs read there.
 
     ``h_axes``: the axes of ``t`` holding a padded height, each followed by
     its width axis; every such pair is sliced with the same tap offset (two
     pairs in a pixel Gram, whose rows and columns are both positions).
     """
     (kh, kw), (sh, sw), (ho, wo) = geom["kernel"], geom["strides"], geom["out"]
-    total = None
+    parts = []
     for di in range(kh):
         for dj in range(kw):
             idx = [slice(None)] * len(t.shape)
             for i in h_axes:
                 idx[i] = slice(di, di + sh * (ho - 1) + 1, sh)
                 idx[i + 1] = slice(dj, dj + sw * (wo - 1) + 1, sw)
-            part = t[tuple(idx)]
-            total = part if total is None else total + part
+            parts.append(t[tuple(idx)])
+    return parts
+
+
+def _tap_sum(t, geom, h_axes):
+    """Sum over the kernel's taps of the strided windows of ``t`` that the conv's outputs read (``_tap_windows``)."""
+    parts = _tap_windows(t, geom, h_axes)
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
     return total
 
 
-def patch_gram(x, layer, method=None):
+def patch_gram(x, layer, method=None, centred=False):
     """Per-example Gram ``P P^T`` ``[B, T, T]`` and row sums ``P 1`` ``[B, T]`` of a conv's input patches.
 
     ``x``: ``[B, K, H, W, cin]`` (K views of each example); ``P`` stacks the
@@ -339,50 +348,108 @@ def patch_gram(x, layer, method=None):
     which for a 3x3 kernel costs about (positions x cin) where the patches
     cost (positions x 9 cin) per pair. ``method`` ("patches" or "pixels")
     overrides the choice (tests).
+
+    ``centred``: the Gram of the patches centred over the fan-in instead,
+    ``P_c = P - (P 1 / n) 1^T``, formed without cancellation (what
+    ``ghost_ws_sq_norms`` needs; ``P P^T - (P 1)(P 1)^T / n`` loses every
+    digit when the patches are nearly constant, as in images with a large
+    offset or near-constant windows). From the patches: they are centred
+    before the product. From the pixels: with ``y`` each padded pixel's mean
+    over channels and ``X' = X - y``, ``P = P' + Z + zeta 1^T``, where ``P'``
+    are the patches of ``X'`` and ``Z`` (``[T, taps]``, the same for every
+    channel) the windows of ``y`` less their means ``zeta`` over the taps.
+    The rows of ``P'`` sum over channels to the windows ``E`` of
+    ``e = sum_channels X'`` (zero but for rounding), those of ``Z`` over the
+    taps to 0, so
+
+        P_c P_c^T = P' P'^T + E Z^T + Z E^T + cin Z Z^T - A A^T / n,  A = E 1 + cin Z 1,
+
+    none of them carrying the offsets (``P' P'^T`` is the pixel Gram of
+    ``X'``, the rest ``[T, taps]`` products).
     """
     k, h, w, cin = x.shape[1:]
     geom = conv_geometry(layer, h, w)
     (ho, wo), pads = geom["out"], geom["pads"]
     t = k * ho * wo
+    kh, kw = geom["kernel"]
     method = method or _gram_method(geom, k, cin)[0]
     if method == "patches":
-        kh, kw = geom["kernel"]
         p = tf.reshape(conv_patches(tf.reshape(x, [-1, h, w, cin]), layer), [-1, t, kh * kw * cin])
-        return tf.matmul(p, p, transpose_b=True), tf.reduce_sum(p, axis=-1)
+        rows = tf.reduce_sum(p, axis=-1)
+        if centred:
+            p = p - tf.reduce_mean(p, axis=-1, keepdims=True)
+        return tf.matmul(p, p, transpose_b=True), rows
     xp = tf.pad(x, [[0, 0], [0, 0], [pads[0], pads[1]], [pads[2], pads[3]], [0, 0]])
     hp, wp = h + pads[0] + pads[1], w + pads[2] + pads[3]
+    rows = tf.reshape(_tap_sum(tf.reduce_sum(xp, axis=-1), geom, (2,)), [-1, t])
+    if centred:
+        y = tf.reduce_mean(xp, axis=-1)
+        xp = xp - y[..., None]
     flat = tf.reshape(xp, [-1, k * hp * wp, cin])
     gx = tf.reshape(tf.matmul(flat, flat, transpose_b=True), [-1, k, hp, wp, k, hp, wp])
     gram = tf.reshape(_tap_sum(gx, geom, (2, 5)), [-1, t, t])
-    rows = tf.reshape(_tap_sum(tf.reduce_sum(xp, axis=-1), geom, (2,)), [-1, t])
+    if not centred:
+        return gram, rows
+
+    def windows(v):  # [B, K, hp, wp] -> [B, T, taps]
+        return tf.reshape(tf.stack(_tap_windows(v, geom, (2,)), axis=-1), [-1, t, kh * kw])
+
+    z = windows(y)
+    z = z - tf.reduce_mean(z, axis=-1, keepdims=True)
+    e = windows(tf.reduce_sum(xp, axis=-1))
+    cross = tf.matmul(e, z, transpose_b=True)
+    ones = tf.reduce_sum(e, axis=-1) + cin * tf.reduce_sum(z, axis=-1)
+    gram = (gram + cross + tf.transpose(cross, [0, 2, 1]) + cin * tf.matmul(z, z, transpose_b=True)
+            - ones[:, :, None] * ones[:, None, :] / float(kh * kw * cin))
     return gram, rows
 
 
-def ghost_ws_sq_norms(gram_p, row_sums, dpre, pa, ds, s, c):
-    """Per-example ``||dL/dw||^2`` of a WS conv's raw kernel from patch Grams and output gradients.
+def ghost_ws_sq_norms(gram_p, row_sums, dpre, pa, ds, s, c, centred=False, sigma=None):
+    """Per-example ``||dL/dw||^2`` of a WS conv's raw kernel from patch Grams and output gradients; never below it.
 
-    ``gram_p``: ``[B, T, T]`` Gram ``P P^T`` of each example's input patches
-    and ``row_sums``: ``[B, T]``, ``P 1`` (``patch_gram``; T = views x output
+    ``gram_p``: ``[B, T, T]`` Gram ``P P^T`` of each example's input patches,
+    or with ``centred`` that of the patches centred over the fan-in, and
+    ``row_sums``: ``[B, T]``, ``P 1`` (``patch_gram``; T = views x output
     positions); ``dpre``: ``[B, T, cout]``, gradients w.r.t. the conv output
     before the gain; ``pa``: ``[B, cout]``, ``sum(a * d * s)`` with
     ``a = P^T dpre`` the gradient w.r.t. the gain-free standardized kernel (it
-    equals gain times the gain's gradient). The result is
-    ``ws_kernel_sq_norms(a, pa, ds, s, c)`` without forming ``a``: per
-    channel ``S2 = ||a_o||^2`` enters weighted by ``s_o^2``, and
-    ``sum_o s_o^2 ||a_o||^2 = sum_{t,t'} (P P^T)_{tt'} (G' G'^T)_{tt'}`` with
-    ``G' = dpre * s`` (ghost clipping, Goodfellow 2015; Li et al. 2022);
-    ``S1 = sum_k a_ko = sum_t (P 1)_t dpre_to``.
+    equals gain times the gain's gradient); ``sigma``:
+    ``layers.fan_in_sum(ds)`` if the caller has it. The result is the norm
+    that ``ws_kernel_sq_norms`` gives for ``a``, without forming ``a``: the
+    mean of ``a_o`` over the fan-in is ``m_o = sum_t mu_t dpre_to``
+    (``mu = P 1 / n``, the patch means), ``a_o - m_o = P_c^T dpre_o`` with
+    ``P_c`` the centred patches, and
+    ``sum_o s_o^2 ||a_o - m_o||^2 = sum_{t,t'} (P_c P_c^T)_{tt'} (G G^T)_{tt'}``
+    with ``G = dpre * s`` (ghost clipping, Goodfellow 2015; Li et al. 2022);
+    ``layers.ws_projection_terms`` takes off the projection onto ``d * s``.
+
+    DP-SGD clips by this norm, so it must not fall below the exact one. The
+    DP step passes the centred Gram (``patch_gram(..., centred=True)``);
+    an uncentred one is centred here as ``P P^T - (P 1)(P 1)^T / n``, which
+    cancels when the patches are nearly constant. ``pa`` comes from the
+    forward pass, whose float32 convolution rounds each output by up to
+    ``n u sum_i |P_ti| |(d s)_i|``; the part of that due to the patch means,
+    ``n u |mu_t| ||d s||_1`` per position (large exactly where the input
+    carries a large offset), bounds the error of ``pa`` passed on to
+    ``ws_projection_terms``; the rest, and the rounding of the Gram
+    contraction, are float32 rounding of the centred quantities themselves.
     """
     cout = dpre.shape[-1]
-    n = float(ds.shape[0] * ds.shape[1] * ds.shape[2])
-    s_, c_ = tf.reshape(s, [cout]), tf.reshape(c, [cout])
+    n = ds.shape[0] * ds.shape[1] * ds.shape[2]
+    s_ = tf.reshape(s, [cout])
+    mu = row_sums / float(n)
+    if not centred:
+        gram_p = gram_p - row_sums[:, :, None] * mu[:, None, :]
+    if sigma is None:
+        sigma = fan_in_sum(ds)
     g = dpre * s_
     gram_g = tf.matmul(g, g, transpose_b=True)
-    s2 = tf.reduce_sum(gram_p * gram_g, axis=(1, 2))
-    s1 = tf.einsum("bt,bto->bo", row_sums, dpre)
-    ds_sq = tf.reduce_sum(tf.square(tf.reshape(ds, [-1, cout])), axis=0)
-    rest = tf.square(s1) / n + c_ * tf.square(pa) * (2.0 - ds_sq)
-    return tf.maximum(s2 - tf.reduce_sum(rest * tf.square(s_), axis=1), 0.0)
+    t_sq = tf.reduce_sum(gram_p * gram_g, axis=(1, 2))
+    mean = tf.einsum("bt,bto->bo", mu, dpre)
+    l1 = tf.reduce_sum(tf.abs(tf.reshape(ds, [-1, cout])), axis=0)
+    pa_error = (n * F32_UNIT_ROUNDOFF) * l1 * tf.einsum("bt,bto->bo", tf.abs(mu), tf.abs(dpre))
+    removed = ws_projection_terms(mean, pa, sigma, ds, c, n + dpre.shape[1], proj_error=pa_error)
+    return tf.maximum(t_sq - tf.reduce_sum(removed * tf.square(s_), axis=1), 0.0)
 
 
 def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto", fold_gain="auto"):
@@ -395,12 +462,14 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
     per example we form only ``a = dL/d(d * s)`` and ``q = dL/dg`` (an
     activation-sized reduction). The standardization's backward is linear in
     the cotangent: the norm of each example's raw-kernel gradient comes from
-    two single-pass reductions of ``a`` (``layers.ws_kernel_sq_norms``), and
-    the backward itself runs once, on the clipped sum ``sum_b f_b a_b``.
+    the centred moments of ``a`` (``layers.ws_kernel_moments``: centred
+    sums, so that an ``a`` dominated by its mean, as large input offsets make
+    it, cannot cancel into an under-estimate; ``layers.ws_kernel_sq_norms``),
+    and the backward itself runs once, on the clipped sum ``sum_b f_b a_b``.
     Layers that ``fold_gain`` selects convolve with ``d * s * g`` instead:
     per example we form ``a' = dL/d(d * s * g)`` (so ``a = a' g``) and get
-    ``q = sum(a' * d * s)`` from it (``_gain_grads``), sparing the
-    output-sized work of the gain. WS layers that ``ghost`` selects (see
+    ``q = sum(a' * d * s)`` from the same moments, sparing the output-sized
+    work of the gain. WS layers that ``ghost`` selects (see
     ``clipped_grad_sum``) return, per example, their input and ``dL/dpre``
     instead of ``a``: norms by ``ghost_ws_sq_norms``, and ``sum_b f_b a_b``
     as one batched Conv2DBackpropFilter.
@@ -455,21 +524,26 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
     sq = _sq_norms(other_grads)
     kernel_rows, q_rows = {}, {}  # per-example tensors whose clipped sums are needed
     for j, (ds, s, c, g, scale) in enumerate(geometry):
+        sigma = fan_in_sum(ds)
         if kinds[j] == "fold":
-            q = _gain_grads(per_layer[j], ds)
-            sq.append(ws_kernel_sq_norms(per_layer[j], q * tf.reshape(g, [-1]), ds, s, c, gain=g))
+            moments = ws_kernel_moments(per_layer[j], ds, sigma)
+            # dL/dg = sum(a' * d * s), from the centred moments: (a' - m) . (d * s) + m sigma.
+            q = moments[1] + moments[2] * sigma
+            sq.append(ws_sq_norms_from_moments(*moments, ds, s, c, gain=g, sigma=sigma))
             kernel_rows[j] = per_layer[j]
         else:
             q = tf.reshape(q_s[j], [batch, -1])
-            # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
-            pa = q * tf.reshape(g, [-1])
             if kinds[j] == "plain":
-                sq.append(ws_kernel_sq_norms(per_layer[j], pa, ds, s, c))
+                moments = ws_kernel_moments(per_layer[j], ds, sigma)
+                sq.append(ws_sq_norms_from_moments(*moments, ds, s, c, sigma=sigma))
                 kernel_rows[j] = per_layer[j]
             else:
+                # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
+                pa = q * tf.reshape(g, [-1])
                 dpre = per_layer[j]
-                sq.append(ghost_ws_sq_norms(*patch_gram(xs[j], ws[j][0]),
-                                            tf.reshape(dpre, [batch, -1, dpre.shape[-1]]), pa, ds, s, c))
+                sq.append(ghost_ws_sq_norms(*patch_gram(xs[j], ws[j][0], centred=True),
+                                            tf.reshape(dpre, [batch, -1, dpre.shape[-1]]), pa, ds, s, c,
+                                            centred=True, sigma=sigma))
         q_rows[j] = q
         sq.append(tf.reduce_sum(tf.square(q), axis=1) * float(scale) ** 2)
     norms = tf.sqrt(tf.add_n(sq))
@@ -501,13 +575,6 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
         out[ki] = ws_backward(kernel_sums[j], ds, s, c, g if kinds[j] == "fold" else 1.0)
         out[gi] = tf.reshape(q_sums[j] * scale, tf.shape(params[gi]))
     return out, norms
-
-
-def _gain_grads(a_gained, ds):
-    """Per-example ``dL/dg = sum(a' * d * s)`` over the fan-in, ``[B, cout]``, from ``a' = dL/d(d * s * g)``."""
-    cout = ds.shape[-1]
-    b = tf.shape(a_gained)[0]
-    return tf.reduce_sum(tf.reshape(a_gained, [b, -1, cout]) * tf.reshape(ds, [1, -1, cout]), axis=1)
 
 
 def weighted_sum(grads, factors, mask=None, norms=None):
