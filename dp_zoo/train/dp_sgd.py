@@ -120,8 +120,23 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
                                     fold_gain=fold_gain)
     grads, _ = per_example_grads(model, images, labels, vectorized=vectorized)
     norms = global_norms(grads)
+    mask = finite_rows(norms, mask)
     factors = _masked_clip_factors(norms, l2_clip, mask)
     return weighted_sum(grads, factors, mask, norms), norms
+
+
+def finite_rows(norms, mask=None):
+    """``mask`` with every row whose gradient norm is not finite set to 0.
+
+    Such a row (a NaN or an overflow in one example's gradient) is then
+    dropped exactly as a padding row is, and the step happens with its
+    noise: one example can never turn a whole step non-finite and skipped,
+    which would change what is released (docs/privacy.md). Dropping a row
+    is a per-example function with sensitivity 0 <= C, so the guarantee
+    is unchanged.
+    """
+    ok = tf.cast(tf.math.is_finite(norms), norms.dtype)
+    return ok if mask is None else tf.cast(mask, norms.dtype) * ok
 
 
 def _masked_clip_factors(norms, l2_clip, mask):
@@ -547,6 +562,7 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
         q_rows[j] = q
         sq.append(tf.reduce_sum(tf.square(q), axis=1) * float(scale) ** 2)
     norms = tf.sqrt(tf.add_n(sq))
+    mask = finite_rows(norms, mask)
     factors = _masked_clip_factors(norms, l2_clip, mask)
     k_idx, q_idx = sorted(kernel_rows), sorted(q_rows)
     summed = weighted_sum(list(other_grads) + [kernel_rows[j] for j in k_idx] + [q_rows[j] for j in q_idx],
@@ -556,7 +572,7 @@ def _clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="aut
         out[i] = gsum
     kernel_sums = dict(zip(k_idx, summed[n_other:n_other + len(k_idx)]))
     q_sums = dict(zip(q_idx, summed[n_other + len(k_idx):]))
-    keep = tf.ones([batch], tf.bool) if mask is None else tf.cast(mask, tf.bool)
+    keep = tf.cast(mask, tf.bool)
     keep5 = keep[:, None, None, None, None]
     for j, x in xs.items():
         # sum_b f_b a_b is the batched kernel gradient of the conv for the
