@@ -17,7 +17,7 @@ import sys
 import pytest
 
 from dp_zoo import accounting
-from tests.train.test_multiworker import free_ports
+from tests.helpers import free_ports
 
 ARGS = ["--strategy", "multiworker", "--model", "wrn_test", "--steps", "3", "--batch-size", "64",
         "--physical-batch-size", "32", "--noise-multiplier", "1.0", "--checkpoint-every", "2"]
@@ -65,7 +65,10 @@ def test_cli_two_workers_agree_and_only_the_chief_writes(tmp_path):
     # Checkpoints every 2 steps and at exit, from one writer (no per-worker files).
     ckpts = sorted(os.listdir(run_dir / "checkpoints"))
     assert ckpts == ["ckpt-00000002.json", "ckpt-00000002.npz", "ckpt-00000003.json", "ckpt-00000003.npz"]
-    assert sorted(os.listdir(run_dir)) == ["checkpoints", "privacy_journal.json", "run_record.json", "tensorboard"]
+    from dp_zoo.train import sampling
+
+    assert sorted(os.listdir(run_dir)) == sorted(["checkpoints", "privacy_journal.json", "run_record.json",
+                                                  sampling.SECRET_FILE, "tensorboard"])
     # TensorBoard events come from the chief alone: one events file, not one per worker.
     assert len([f for f in os.listdir(run_dir / "tensorboard") if f.startswith("events.out.tfevents")]) == 1
     # One progress bar (the chief's); the other worker prints no accuracy either.

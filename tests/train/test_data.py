@@ -8,6 +8,11 @@ import tensorflow as tf
 
 from dp_zoo.train import config as C, data
 
+# Published normalisation constants, typed here (not read from dp_zoo): CIFAR-10's per-channel
+# mean/std of x/255 over its training set, and torchvision's ImageNet figures.
+CIFAR10_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
 
 def test_digits_split_is_fixed_and_documented():
     tr = data.load_dataset(C.DataConfig(), "train")
@@ -119,7 +124,7 @@ def test_tfds_imagenet_mock_resized_to_the_model_resolution(tmp_path):
         te = data.load_dataset(cfg, "test")
     assert tr.images.shape == (6, 24, 24, 3) and te.images.shape == (6, 24, 24, 3)
     assert "validation" in te.split and "centre crop" in te.split  # ImageNet's labelled val is the test set
-    assert te.mean == tr.mean and tr.num_classes == 1000
+    assert (tr.mean, tr.std) == (te.mean, te.std) == IMAGENET_MEAN_STD and tr.num_classes == 1000
 
 
 def test_normalisation_constants_are_fixed_not_measured_on_private_data(tmp_path):
@@ -136,5 +141,59 @@ def test_normalisation_constants_are_fixed_not_measured_on_private_data(tmp_path
         with tfds.testing.mock_data(num_examples=n):
             d = data.load_dataset(C.DataConfig(dataset="cifar10", data_dir=str(tmp_path)), "train")
         got.append((d.mean, d.std))
-    assert got[0] == got[1] == data.PUBLIC_NORMALIZATION["cifar10"]
+    assert got[0] == got[1] == CIFAR10_MEAN_STD
     assert data.normalization_constants("unknown_set", 3) == ((0.5,) * 3, (0.5,) * 3)
+    assert data.normalization_constants("imagenet2012", 3) == IMAGENET_MEAN_STD
+    assert data.normalization_constants("mnist", 1) == ((0.1307,), (0.3081,))
+
+
+def test_normalize_maps_pixels_to_standardised_values():
+    """The exact map every consumer (training, evaluation, serving) applies: (x / 255 - mean) / std."""
+    from dp_zoo.preprocessing import normalize
+
+    x = np.array([[[[0, 128, 255], [51, 102, 204]]]], np.uint8)  # [1, 1, 2, 3]
+    mean, std = IMAGENET_MEAN_STD
+    want = [[[[(0 - 0.485) / 0.229, (128 / 255 - 0.456) / 0.224, (1 - 0.406) / 0.225],
+              [(0.2 - 0.485) / 0.229, (0.4 - 0.456) / 0.224, (0.8 - 0.406) / 0.225]]]]
+    got = normalize(x, mean, std).numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_imagenet_resize_keeps_aspect_and_crops_the_centre():
+    """Shorter side to the model's resolution, then the centre square (ImageNet's eval convention)."""
+    rng = np.random.default_rng(0)
+    # Shorter side already at the size: no resampling, the crop is columns 8..31 of 40.
+    x = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    got = data._resize_center_crop(tf.constant(x), 24).numpy()
+    assert got.dtype == np.uint8 and got.shape == (24, 24, 3)
+    np.testing.assert_array_equal(got, x[:, 8:32])
+    np.testing.assert_array_equal(data._resize_center_crop(tf.constant(x.transpose(1, 0, 2)), 24).numpy(),
+                                  x.transpose(1, 0, 2)[8:32])  # portrait: rows 8..31
+    # Shrinking 30x60 -> 24x48: a flat colour stays that colour, channel by channel.
+    flat = np.broadcast_to(np.array([10, 128, 250], np.uint8), (30, 60, 3)).copy()
+    np.testing.assert_array_equal(data._resize_center_crop(tf.constant(flat), 24).numpy(),
+                                  np.broadcast_to(flat[0, 0], (24, 24, 3)))
+    # Left half black, right half white: the centre square holds both halves, split in its middle
+    # (a corner crop would be one colour; a plain squash to 24x24 would keep the halves at 12 too, but
+    # the first test above rules that out).
+    halves = np.zeros((30, 60, 3), np.uint8)
+    halves[:, 30:] = 255
+    got = data._resize_center_crop(tf.constant(halves), 24).numpy()
+    assert (got[:, :10] == 0).all() and (got[:, -10:] == 255).all()
+
+
+def test_imagenet_augmentation_is_a_seven_eighths_crop_resized_back_and_flipped():
+    """On a horizontal ramp (pixel value = column), every "imagenet" view is a ramp again: slope +-7/8
+    (a crop of 87.5% of the side stretched back to full width; negative when flipped), inside 0..31."""
+    x = np.broadcast_to(np.arange(32, dtype=np.float32)[None, None, :, None], (6, 32, 32, 1)).copy()
+    views = data.make_augment_fn(C.AugmultConfig(num_views=8, style="imagenet"))(
+        tf.constant(x), tf.constant([4, 2], tf.int64)).numpy()
+    assert views.shape == (6, 8, 32, 32, 1)
+    rows = views[..., 0].reshape(-1, 32)
+    slopes = np.diff(rows, axis=1)
+    np.testing.assert_allclose(np.abs(slopes), 28 / 32, atol=1e-4)
+    assert (rows >= -1e-4).all() and (rows <= 31 + 1e-4).all()
+    signs = np.sign(slopes[:, 0])
+    assert {-1.0, 1.0} <= set(signs)  # some views flipped, some not
+    assert len({round(float(r[0]), 3) for r in rows}) > 2  # crops at different offsets

@@ -83,6 +83,10 @@ def as_catalogue(monkeypatch, prepared):
     yield install
 
 
+# torchvision's ImageNet constants (the published figures, typed here, not read from dp_zoo).
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
 def _imagenet_like(prepared, fmt, **kw):
     return C.DataConfig(dataset="imagenet2012", data_dir=str(prepared / fmt), image_size=24, **kw)
 
@@ -99,9 +103,8 @@ def test_streamed_batches_equal_the_in_memory_ones_for_the_sampled_indices(prepa
         assert isinstance(mem, data.Dataset) and isinstance(st, data.StreamingDataset)
         assert len(st) == len(mem) and st.input_shape == mem.input_shape == (24, 24, 3)
         assert st.num_classes == 10 and "streamed" in st.split
-        # Small split: the stats use every train image, as in memory.
-        np.testing.assert_allclose(st.mean, mem.mean, rtol=1e-12)
-        np.testing.assert_allclose(st.std, mem.std, rtol=1e-12)
+        # Both paths normalise with ImageNet's published constants, never statistics of the data.
+        assert (st.mean, st.std) == (mem.mean, mem.std) == IMAGENET_MEAN_STD
         # Exactly what the engine does per step: Poisson sample, fixed-size
         # micro-batches padded with index 0 / mask 0, then images[idx], labels[idx].
         q = min(1.0, 9 / len(mem))
@@ -187,7 +190,7 @@ def test_array_record_only_data_loads_in_memory_too(prepared, as_catalogue):
     assert isinstance(a, data.Dataset)
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
-    assert a.mean == pytest.approx(b.mean, rel=1e-12)
+    assert (a.mean, a.std) == (b.mean, b.std) == IMAGENET_MEAN_STD
 
 
 def test_digits_cannot_be_streamed():
@@ -241,13 +244,6 @@ def test_cli_streaming_run_equals_the_in_memory_run(tmp_path, prepared, as_catal
     # Same seed, same batches, same (seeded) noise: the same weights, bit for bit.
     assert streamed["weights_sha256"] == in_memory["weights_sha256"]
     assert streamed["metrics"]["test_accuracy_last"] == in_memory["metrics"]["test_accuracy_last"]
-
-
-def test_cli_streaming_digits_is_a_one_line_error(tmp_path):
-    from tests.train.test_cli import cli
-
-    r = cli("--streaming", "--steps", "1", "--run-dir", str(tmp_path / "r"), "--nopublish")
-    assert r.returncode == 2 and "always held in memory" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unprepared_and_too_big_says_to_prepare_array_record(tmp_path, monkeypatch):

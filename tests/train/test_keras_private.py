@@ -56,13 +56,15 @@ def test_fit_trains_privately_and_tracks_epsilon(digits):
     x, y, xt, yt = digits
     keras.utils.set_random_seed(0)
     inner = dp_zoo.create_model("wrn_digits", num_classes=10)
+    # RDP: calibrating sigma with PLD takes 30-50 s here, and calibration is not the subject.
     private = dp_zoo.make_private(inner, l2_clip=1.0, target_epsilon=8.0, dataset_size=len(x),
-                                  batch_size=256, steps=30, physical_batch_size=128, seed=0)
+                                  batch_size=256, steps=30, physical_batch_size=128, accountant="rdp")
     private.compile(optimizer=keras.optimizers.SGD(2.0))
     hist = private.fit(x, y, steps=30, verbose=0)
     assert private.ledger.steps == 30
     eps = accounting.epsilon(noise_multiplier=private.noise_multiplier, sampling_probability=256 / len(x),
-                             steps=30, delta=1e-5)
+                             steps=30, delta=1e-5, accountant="rdp")
+    assert eps >= 8.0 * 0.99  # sigma calibrated for the planned 30 steps, not for fewer or more
     assert private.epsilon() == eps <= 8.0
     assert hist.history["epsilon"][-1] == eps
     acc = np.mean(np.argmax(inner.predict(xt, verbose=0), 1) == yt)
@@ -93,3 +95,74 @@ def test_tracks_epsilon_and_refuses_a_fit_over_budget(digits):
     with pytest.raises(accounting.BudgetExceededError, match="target_epsilon=1.5"):
         private.fit(x, y, steps=1000, verbose=0)
     assert private.ledger.steps == 2  # nothing was taken
+
+
+def _dense_private(n, **kw):
+    """A private linear classifier on 8x8 inputs: the cheapest model make_private accepts."""
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10)])
+    args = dict(l2_clip=1.0, noise_multiplier=1.0, dataset_size=n, batch_size=40, physical_batch_size=16)
+    args.update(kw)
+    p = dp_zoo.make_private(inner, **args)
+    p.compile(optimizer=keras.optimizers.SGD(0.5))
+    return p
+
+
+def _toy(n=120):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 8, 8, 1)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def test_epochs_are_converted_to_ceil_epochs_n_over_b_steps():
+    """epochs=E means ceil(E * N / B) logical steps: in fit, and in make_private's calibration."""
+    from dp_zoo.train import engine
+
+    x, y = _toy()
+    p = _dense_private(len(x))
+    p.fit(x, y, epochs=1.5, verbose=0)
+    assert p.ledger.steps == 5  # ceil(1.5 * 120 / 40) = ceil(4.5)
+    p.fit(x, y, verbose=0)  # epochs=1 by default
+    assert p.ledger.steps == 8
+    # make_private(epochs=) calibrates sigma for ceil(E * N / B) steps (RDP: fast, and exact to check).
+    q = 40 / 120
+    cal = _dense_private(len(x), noise_multiplier=None, target_epsilon=4.0, epochs=2.1, accountant="rdp")
+    kw = dict(noise_multiplier=cal.noise_multiplier, sampling_probability=q, delta=1e-5, accountant="rdp")
+    assert accounting.epsilon(steps=7, **kw) <= 4.0 < accounting.epsilon(steps=8, **kw)  # ceil(6.3) = 7
+    assert accounting.epsilon(steps=7, **kw) >= 4.0 * 0.999
+    # The engine's conversion is the same.
+    assert engine.resolve_steps(C.TrainConfig(steps=None, epochs=2.1, batch_size=40), 120) == 7
+    assert engine.resolve_steps(C.TrainConfig(steps=None, epochs=2.0, batch_size=40), 120) == 6
+    assert engine.resolve_steps(C.TrainConfig(steps=9, epochs=None, batch_size=40), 120) == 9
+    with pytest.raises(ValueError, match="steps or epochs"):
+        engine.resolve_steps(C.TrainConfig(steps=None, epochs=None, batch_size=40), 120)
+
+
+def test_a_second_fit_continues_the_poisson_schedule(monkeypatch):
+    """fit(2 steps) then fit(3 steps) draws steps 0..4 of one Poisson schedule (never step 0 again) and
+    ends where one fit(5 steps) ends (seeded, so both are reproducible)."""
+    import warnings
+
+    from dp_zoo.train import sampling
+
+    x, y = _toy()
+    drawn = []
+    real = sampling.PoissonSampler.micro_batches
+
+    def spy(self, step):
+        drawn.append(int(step))
+        return real(self, step)
+
+    monkeypatch.setattr(sampling.PoissonSampler, "micro_batches", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a seeded run warns that it is not private
+        two = _dense_private(len(x), seed=7)
+        one = _dense_private(len(x), seed=7)
+    two.fit(x, y, steps=2, verbose=0)
+    assert drawn == [0, 1]
+    two.fit(x, y, steps=3, verbose=0)
+    assert drawn == [0, 1, 2, 3, 4] and two.ledger.steps == 5
+    one.fit(x, y, steps=5, verbose=0)
+    assert drawn[5:] == [0, 1, 2, 3, 4]
+    for a, b in zip(two.inner.get_weights(), one.inner.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert two.epsilon() == one.epsilon()

@@ -8,13 +8,14 @@ and noise (the chief's run secret, shared by an all-reduce), and both must repor
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
 import pytest
+
+from tests.helpers import free_ports
 
 WORKER = textwrap.dedent("""
     import json, sys, numpy as np, tensorflow as tf, keras
@@ -35,16 +36,6 @@ WORKER = textwrap.dedent("""
     print(json.dumps({"epsilon": rec["privacy"]["epsilon"], "nominal": rec["privacy"].get("nominal_epsilon"),
                       "replicas": rec["hardware"]["num_replicas"]}))
 """)
-
-
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def run_workers(tmp_path, noise):
