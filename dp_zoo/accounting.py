@@ -387,7 +387,9 @@ def calibrate_steps(
     while eps(hi) <= target_epsilon:
         lo, hi = hi, hi * 2
         if hi > max_steps:
-            return max_steps
+            if eps(max_steps) <= target_epsilon:
+                return max_steps
+            hi = max_steps  # the boundary lies in (lo, max_steps): bisect there
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if eps(mid) <= target_epsilon:

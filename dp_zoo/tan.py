@@ -87,13 +87,16 @@ def simulate(config, factor, *, dataset_size):
             f"(batch_size={config.batch_size}); use a smaller factor."
         )
     new_batch = max(1, int(round(batch)))
+    # sigma is scaled by the batch actually simulated (B/k rounded to an
+    # integer), so that sigma / B, and the total amount of noise, stay exactly
+    # the full run's.
     return dataclasses.replace(
         config,
         batch_size=new_batch,
         physical_batch_size=min(config.physical_batch_size, new_batch),
         tan_simulation_factor=float(factor),
         dp=dataclasses.replace(
-            config.dp, noise_multiplier=sigma / factor, target_epsilon=None
+            config.dp, noise_multiplier=sigma * new_batch / config.batch_size, target_epsilon=None
         ),
     )
 

@@ -173,10 +173,6 @@ def test_calibrate_steps_stops_at_max_steps_for_a_budget_that_never_runs_out():
     assert acc.calibrate_steps(target_epsilon=1e6, max_steps=64, **STEPS_KW) == 64
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug, reported in #17: accounting.calibrate_steps returns max_steps as soon as its doubling bracket "
-    "passes max_steps (here 64 -> 128 > 100) without checking epsilon(max_steps) <= target: it answers "
-    "100 steps for a budget that allows 80"))
 def test_calibrate_steps_never_exceeds_the_budget_below_max_steps():
     e80 = acc.epsilon(steps=80, **STEPS_KW)
     steps = acc.calibrate_steps(target_epsilon=e80, max_steps=100, **STEPS_KW)

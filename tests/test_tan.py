@@ -62,10 +62,7 @@ def _eta(config):
 
 @pytest.mark.parametrize("factor", [
     2, 4, 16, 64,
-    pytest.param(3, marks=pytest.mark.xfail(strict=True, reason=(
-        "bug, reported in #17: tan.simulate rounds B/k to an integer batch but divides sigma by k "
-        "exactly, so for a factor that does not divide B (4096/3 -> 1365) sigma/B and the total amount "
-        "of noise move by the rounding (here 2.4e-4 relative); sigma should be scaled by B_sim/B"))),
+    3,  # does not divide B=4096: sigma follows the rounded batch
 ])
 def test_simulation_keeps_the_total_amount_of_noise(factor):
     """TAN's invariant (Sander et al. 2023): the simulation has the full run's total amount of noise

@@ -255,7 +255,11 @@ def resolve(argv_flags=None):
     if _flag("validation-size") is not None:
         if _flag("validation-size") < 0:
             raise UsageError("--validation-size must be >= 0.")
-        data = dataclasses.replace(data, validation_size=_flag("validation-size"))
+        if _flag("validation-size") != data.validation_size:
+            data = dataclasses.replace(data, validation_size=_flag("validation-size"))
+            if not _flag("non-private") and _flag("noise-multiplier") is None and dp.target_epsilon is not None:
+                # The held-out examples shrink N, so q = B/N grows: recalibrate.
+                dp = dataclasses.replace(dp, noise_multiplier=None)
     config = c.replace(dp=dp, augmult=aug, ema=ema, optim=optim, data=data, **changes)
     if config.physical_batch_size > config.batch_size:
         config = config.replace(physical_batch_size=config.batch_size)

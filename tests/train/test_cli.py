@@ -187,10 +187,7 @@ def _asked(eps=8.0, b=RECIPE_B, n=DIGITS_N, steps=RECIPE_STEPS, delta=RECIPE_DEL
     (["--steps", "60"], _asked(steps=60)),
     (["--epochs", "2"], _asked(steps=math.ceil(2 * DIGITS_N / RECIPE_B))),  # epochs -> steps: 12
     (["--epsilon", "2", "--batch-size", "512", "--steps", "30"], _asked(eps=2.0, b=512, steps=30)),
-    pytest.param(["--validation-size", "300"], _asked(n=DIGITS_N - 300), marks=pytest.mark.xfail(
-        strict=True, reason="bug, reported in #17: --validation-size shrinks N (so q = B/N grows) but "
-        "dp_zoo.train.__main__.resolve keeps the recipe's sigma, calibrated for N=1437; the budget guard then "
-        "stops the run before its planned steps")),
+    (["--validation-size", "300"], _asked(n=DIGITS_N - 300)),  # N shrinks, so q = B/N grows
 ], ids=["epsilon", "delta", "batch-size", "steps", "epochs", "all", "validation-size"])
 def test_sigma_is_recalibrated_when_the_guarantee_changes(args, asked, monkeypatch):
     """The recipe's sigma is for its (epsilon, delta, q = B/N, steps): a flag changing any of them recalibrates."""
