@@ -15,11 +15,13 @@ and tests, on loopback by default:
 
 Run::
 
+    python -m dp_zoo.serve wrn_digits_eps8 --port 8501
     python -m dp_zoo.serve --model saved_models/wrn_digits_eps8 --port 8501
     curl -d '{"instances": [...]}' localhost:8501/v1/models/wrn_digits_eps8:predict
 
-``--model`` takes an artifact directory, its ``saved_model`` base directory
-(the newest numeric version is served, as TF Serving does) or a zoo entry.
+The model (the argument, or ``--model``) is an artifact directory, its
+``saved_model`` base directory (the newest numeric version is served, as TF
+Serving does) or a zoo entry.
 """
 
 import json
@@ -30,6 +32,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+
+from dp_zoo import cli
 
 MAX_BODY_BYTES = 32 << 20  # refuse larger requests instead of buffering them
 _ROUTE = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(/metadata|:predict)?$")
@@ -248,27 +252,29 @@ class ModelServer:
         self.stop()
 
 
-def _define_flags():
-    # Defined only when run as a program, so importing dp_zoo.serve never adds
-    # flags to another program's absl FLAGS.
-    from absl import flags
+def _parser():
+    p = cli.Parser("dp_zoo.serve", description="Serve an exported model over TF Serving's REST API.")
+    p.add_argument("entry", nargs="?", metavar="MODEL",
+                   help="the model to serve: an artifact dir, a SavedModel base dir, or a zoo entry.")
+    p.option("model", default=None, help="the model to serve, as a flag (instead of the argument MODEL).")
+    p.option("host", default="127.0.0.1", help="Interface (default loopback; there is no authentication).")
+    p.option("port", type=int, default=8501, help="TCP port (TF Serving's REST default).")
+    p.option("name", default=None, help="Model name in the URL (default: the artifact's directory name).")
+    return p
 
-    flags.DEFINE_string("model", None, "Artifact dir, SavedModel base dir, or zoo entry.", required=True)
-    flags.DEFINE_string("host", "127.0.0.1", "Interface (default loopback; there is no authentication).")
-    flags.DEFINE_integer("port", 8501, "TCP port (TF Serving's REST default).")
-    flags.DEFINE_string("name", None, "Model name in the URL (default: the artifact's directory name).")
-    return flags.FLAGS
 
-
-def main(argv, FLAGS):
+def main(argv=None):
     """Serves until interrupted; returns the exit status."""
-    if len(argv) > 1:
-        print(f"dp_zoo.serve: error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
-    if FLAGS.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: serving on {FLAGS.host} without authentication", file=sys.stderr)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.entry is None) == (args.model is None):
+        parser.error("give the model to serve either as an argument or with --model"
+                     if args.entry else "the model to serve is missing: python -m dp_zoo.serve MODEL")
+    model = args.entry or args.model
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host} without authentication", file=sys.stderr)
     try:
-        server = ModelServer(FLAGS.model, host=FLAGS.host, port=FLAGS.port, name=FLAGS.name)
+        server = ModelServer(model, host=args.host, port=args.port, name=args.name)
     except (ValueError, LookupError, OSError) as e:
         print(f"dp_zoo.serve: error: {e}", file=sys.stderr)
         return 1
@@ -283,7 +289,5 @@ def main(argv, FLAGS):
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _FLAGS = _define_flags()
-    app.run(lambda argv: sys.exit(main(argv, _FLAGS)))
+    cli.quiet_tensorflow()
+    sys.exit(main())

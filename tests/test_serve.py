@@ -91,6 +91,50 @@ def test_unknown_model_or_version_is_404(server):
     assert _http(f"http://{s.host}:{s.port}/nope")[0] == 404
 
 
+class _FakeServer:
+    """Stands in for ``serve.ModelServer`` in ``main()``: records its arguments, serves nothing."""
+
+    calls = []
+
+    def __init__(self, model, *, host, port, name):
+        self.calls.append(dict(model=model, host=host, port=port, name=name))
+        self.model = type("M", (), {"name": name or model, "version": 1})()
+        self.url = f"http://{host}:{port}/v1/models/{self.model.name}"
+        self.httpd = self
+
+    def serve_forever(self):
+        raise KeyboardInterrupt  # the user's Ctrl-C, at once
+
+    def server_close(self):
+        pass
+
+
+@pytest.mark.parametrize("argv", [
+    ["wrn_digits_eps8", "--port", "8501"],  # the zoo entry as a positional argument
+    ["--port", "8501", "wrn_digits_eps8"],
+    ["--model", "wrn_digits_eps8", "--port", "8501"],
+])
+def test_command_line_takes_the_model_as_argument_or_flag(argv, monkeypatch, capsys):
+    monkeypatch.setattr(serve, "ModelServer", _FakeServer)
+    _FakeServer.calls.clear()
+    assert serve.main(argv) == 0, capsys.readouterr().err
+    assert _FakeServer.calls == [dict(model="wrn_digits_eps8", host="127.0.0.1", port=8501, name=None)]
+    assert "serving wrn_digits_eps8 version 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,match", [
+    ([], "the model to serve"),
+    (["a", "--model", "b"], "either as an argument or with --model"),
+    (["a", "b"], "unrecognized arguments: b"),
+])
+def test_command_line_needs_exactly_one_model(argv, match, monkeypatch, capsys):
+    monkeypatch.setattr(serve, "ModelServer", _FakeServer)
+    with pytest.raises(SystemExit) as e:
+        serve.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("dp_zoo.serve: error:") and match in err and err.count("\n") == 1
+
+
 @pytest.mark.slow
 def test_command_line_server(server, tmp_path):
     _, path = server
