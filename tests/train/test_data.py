@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from dp_zoo.train import config as C, data
+from dp_zoo.train.data import image_ops, tfds_source
 
 # Published normalisation constants, typed here (not read from dp_zoo): CIFAR-10's per-channel
 # mean/std of x/255 over its training set, and torchvision's ImageNet figures.
@@ -110,7 +111,7 @@ def test_imagenet_needs_manual_files_and_a_resolution(tmp_path):
 
 
 def test_a_split_too_big_for_memory_is_refused_before_reading(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 10**8)
+    monkeypatch.setattr(tfds_source, "_available_memory_bytes", lambda: 10**8)
     with pytest.raises(data.DataUnavailableError, match=r"cifar10 train is 50,000 images of 32x32x3 = 0.2 GB"):
         data.load_dataset(C.DataConfig(dataset="cifar10", data_dir=str(tmp_path)), "train")
 
@@ -165,21 +166,21 @@ def test_imagenet_resize_keeps_aspect_and_crops_the_centre():
     rng = np.random.default_rng(0)
     # Shorter side already at the size: no resampling, the crop is columns 8..31 of 40.
     x = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
-    got = data._resize_center_crop(tf.constant(x), 24).numpy()
+    got = image_ops.resize_center_crop(tf.constant(x), 24).numpy()
     assert got.dtype == np.uint8 and got.shape == (24, 24, 3)
     np.testing.assert_array_equal(got, x[:, 8:32])
-    np.testing.assert_array_equal(data._resize_center_crop(tf.constant(x.transpose(1, 0, 2)), 24).numpy(),
+    np.testing.assert_array_equal(image_ops.resize_center_crop(tf.constant(x.transpose(1, 0, 2)), 24).numpy(),
                                   x.transpose(1, 0, 2)[8:32])  # portrait: rows 8..31
     # Shrinking 30x60 -> 24x48: a flat colour stays that colour, channel by channel.
     flat = np.broadcast_to(np.array([10, 128, 250], np.uint8), (30, 60, 3)).copy()
-    np.testing.assert_array_equal(data._resize_center_crop(tf.constant(flat), 24).numpy(),
+    np.testing.assert_array_equal(image_ops.resize_center_crop(tf.constant(flat), 24).numpy(),
                                   np.broadcast_to(flat[0, 0], (24, 24, 3)))
     # Left half black, right half white: the centre square holds both halves, split in its middle
     # (a corner crop would be one colour; a plain squash to 24x24 would keep the halves at 12 too, but
     # the first test above rules that out).
     halves = np.zeros((30, 60, 3), np.uint8)
     halves[:, 30:] = 255
-    got = data._resize_center_crop(tf.constant(halves), 24).numpy()
+    got = image_ops.resize_center_crop(tf.constant(halves), 24).numpy()
     assert (got[:, :10] == 0).all() and (got[:, -10:] == 255).all()
 
 

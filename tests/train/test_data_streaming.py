@@ -19,6 +19,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from dp_zoo.train import config as C, data, sampling
+from dp_zoo.train.data import tfds_source
 
 
 class DpZooTinyVarying(tfds.core.GeneratorBasedBuilder):
@@ -168,7 +169,7 @@ def test_prefetch_replays_the_engines_poisson_sampler(prepared, as_catalogue):
 
 def test_the_memory_guard_streams_or_says_how_to_prepare_array_record(prepared, as_catalogue, monkeypatch):
     as_catalogue(DpZooTinyCifar)
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 100_000)  # 96 x 3 KB does not fit in half
+    monkeypatch.setattr(tfds_source, "_available_memory_bytes", lambda: 100_000)  # 96 x 3 KB does not fit in half
     cfg = C.DataConfig(dataset="cifar10", data_dir=str(prepared / "array_record"))
     assert isinstance(data.load_dataset(cfg, "train"), data.StreamingDataset)
     with pytest.raises(data.DataUnavailableError, match="--streaming"):
@@ -209,19 +210,16 @@ def test_streaming_under_mock_data():
 
 def _cli_run(tmp_path, prepared, fmt, extra):
     from dp_zoo.train import __main__ as train_cli
+    from dp_zoo.train import run
 
-    argv = ["dp_zoo.train", "--recipe", "wrn16_4_cifar10_eps8", "--steps", "3", "--batch-size", "24",
+    argv = ["--recipe", "wrn16_4_cifar10_eps8", "--steps", "3", "--batch-size", "24",
             "--physical-batch-size", "8", "--augmult", "2", "--noise-multiplier", "1.0", "--deterministic",
             "--data-dir", str(prepared / fmt), "--run-dir", str(tmp_path / fmt), "--nopublish", "--noprogress",
             *extra]
-    train_cli.FLAGS.unparse_flags()
-    train_cli.FLAGS(argv)
-    try:
-        name, config, recipe = train_cli.resolve()
-        config = config.replace(model="wrn_test")  # a tiny network: the input pipeline is under test
-        return train_cli.train(name, config, recipe)
-    finally:
-        train_cli.FLAGS.unparse_flags()
+    args = train_cli._parser().parse_args(argv)
+    name, config, recipe = train_cli.resolve(args)
+    config = config.replace(model="wrn_test")  # a tiny network: the input pipeline is under test
+    return run.train(name, config, recipe, train_cli.run_options(args))
 
 
 @pytest.mark.slow
@@ -247,7 +245,7 @@ def test_cli_streaming_run_equals_the_in_memory_run(tmp_path, prepared, as_catal
 
 
 def test_unprepared_and_too_big_says_to_prepare_array_record(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_available_memory_bytes", lambda: 10**8)
+    monkeypatch.setattr(tfds_source, "_available_memory_bytes", lambda: 10**8)
     monkeypatch.setenv("DP_ZOO_ALLOW_DOWNLOAD", "0")
     with pytest.raises(data.DataUnavailableError) as e:
         data.load_dataset(C.DataConfig(dataset="cifar10", data_dir=str(tmp_path)), "train")
