@@ -35,7 +35,6 @@ Command line (``python -m dp_zoo.export``)::
 """
 
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -47,12 +46,10 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from dp_zoo import preprocessing
+from dp_zoo import manifest, preprocessing
 from dp_zoo.model_card import ModelCard
 
 SERVING_VERSION = "1"
-MANIFEST = "MANIFEST.json"
-MANIFEST_VERSION = 1
 
 
 class _Serving(tf.Module):
@@ -78,71 +75,6 @@ class _Serving(tf.Module):
         x = preprocessing.normalize(images, self._mean, self._std)
         logits = tf.cast(self.model(x, training=False), tf.float32)
         return {"probabilities": tf.nn.softmax(logits, axis=-1), "logits": logits}
-
-
-# -- checksums -------------------------------------------------------------------
-
-
-def sha256_file(path):
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_manifest(directory, entry_name=None):
-    """Writes MANIFEST.json (sha256 + size of every file) and returns its sha256."""
-    files = {}
-    for root, dirs, names in os.walk(directory):
-        dirs.sort()
-        for n in sorted(names):
-            p = os.path.join(root, n)
-            rel = os.path.relpath(p, directory).replace(os.sep, "/")
-            if rel == MANIFEST:
-                continue
-            files[rel] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
-    path = os.path.join(directory, MANIFEST)
-    with open(path, "w") as f:
-        json.dump({"manifest_version": MANIFEST_VERSION, "entry": entry_name,
-                   "files": dict(sorted(files.items()))}, f, indent=2)
-    return sha256_file(path)
-
-
-def verify_manifest(directory):
-    """Checks every file listed in MANIFEST.json: present, full size, same SHA-256.
-
-    Returns:
-      the SHA-256 of MANIFEST.json itself.
-
-    Raises:
-      ValueError: naming the first missing, truncated or modified file.
-    """
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.exists(path):
-        raise ValueError(f"{directory} has no {MANIFEST}; it is not a dp_zoo artifact. Re-export it with dp_zoo.export.")
-    try:
-        with open(path) as f:
-            manifest = json.load(f)["files"]
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"{path} is corrupt or truncated ({e}); re-download or re-export the model.") from None
-    for rel, meta in manifest.items():
-        p = os.path.join(directory, rel)
-        if not os.path.exists(p):
-            raise ValueError(f"Artifact file missing: {p}. Re-download or re-export the model.")
-        size = os.path.getsize(p)
-        if size != meta["bytes"]:
-            raise ValueError(
-                f"Artifact file truncated or changed: {p} has {size} bytes, expected {meta['bytes']}. "
-                "Refusing to load it; re-download or re-export the model."
-            )
-        if sha256_file(p) != meta["sha256"]:
-            raise ValueError(
-                f"Checksum mismatch for {p}: the file was modified or corrupted. "
-                "Refusing to load it; re-download or re-export the model."
-            )
-    return sha256_file(path)
 
 
 # -- export ------------------------------------------------------------------------
@@ -217,7 +149,7 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
       model: the Keras model (normalized input -> logits) with the weights to
         publish (e.g. the EMA weights; the record's "published_weights" says
         which).
-      run_record: the complete run record (contract: /work/contracts.md),
+      run_record: the complete run record (schema: docs/design.md),
         with "data" (train mean/std) and "metrics".
       out_dir: target directory (e.g. ``saved_models/<entry>``).
       entry_name: the zoo entry name written into the card.
@@ -227,7 +159,7 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
 
     Returns:
       The path of the artifact directory (str). Its MANIFEST.json SHA-256 is
-      ``sha256_file(os.path.join(path, "MANIFEST.json"))``.
+      ``manifest.sha256_file(os.path.join(path, manifest.FILENAME))``.
 
     Raises:
       FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
@@ -258,7 +190,7 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
         with open(os.path.join(tmp, "run_record.json"), "w") as f:
             json.dump(run_record, f, indent=2, sort_keys=True)
         _check_roundtrip(model, tmp, data["mean"], data["std"])
-        write_manifest(tmp, entry_name)
+        manifest.write(tmp, entry_name)
         if os.path.exists(out_dir):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)
             os.rmdir(old)
@@ -296,7 +228,7 @@ def package(artifact_dir, dest):
     Returns:
       (path, sha256 hex) of the archive.
     """
-    verify_manifest(artifact_dir)
+    manifest.verify(artifact_dir)
     name = os.path.basename(os.path.normpath(artifact_dir))
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     tmp = dest + ".tmp"
@@ -316,7 +248,7 @@ def package(artifact_dir, dest):
                     with open(p, "rb") as f:
                         tar.addfile(info, f)
     os.replace(tmp, dest)
-    return dest, sha256_file(dest)
+    return dest, manifest.sha256_file(dest)
 
 
 _KAGGLE_HANDLE = re.compile(r"^[\w-]+/[\w-]+/[\w-]+/[\w.-]+$")
@@ -350,7 +282,7 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
             f"Kaggle Models handle {kaggle_handle!r} must look like <owner>/<model>/<framework>/<variation>, "
             "e.g. me/dp-zoo/keras/wrn_digits_eps8."
         )
-    digest = verify_manifest(artifact_dir)
+    digest = manifest.verify(artifact_dir)
     with open(os.path.join(artifact_dir, "card.json")) as f:
         card = json.load(f)
     if card["privacy"].get("tan_simulation") and not allow_simulation:
@@ -358,9 +290,8 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
             f"{artifact_dir} is a TAN simulation (not private at the stated epsilon); refusing to publish it "
             "as a zoo model. Pass allow_simulation=True (--allow_simulation) to publish it anyway."
         )
-    with open(os.path.join(artifact_dir, MANIFEST)) as f:
-        files = {k: v["bytes"] for k, v in json.load(f)["files"].items()}
-    files[MANIFEST] = os.path.getsize(os.path.join(artifact_dir, MANIFEST))
+    files = {k: v["bytes"] for k, v in manifest.listed_files(artifact_dir).items()}
+    files[manifest.FILENAME] = os.path.getsize(os.path.join(artifact_dir, manifest.FILENAME))
     plan = {
         "handle": kaggle_handle,
         "artifact_dir": os.path.abspath(artifact_dir),
@@ -433,7 +364,7 @@ def main(argv, FLAGS):
             print("dp_zoo.export: error: nothing to do; give --model/--run_record/--entry or --artifact",
                   file=sys.stderr)
             return 2
-        digest = verify_manifest(artifact)
+        digest = manifest.verify(artifact)
         print(f"verified: {artifact} (MANIFEST sha256 {digest})")
         if FLAGS.register:
             from dp_zoo import zoo

@@ -1,12 +1,13 @@
-"""The zoo: ``load``, ``list_models``, ``card``.
+"""The zoo: ``load``, ``list_models``, ``card``, and registering an artifact.
 
-Entries are data, one row each in ``zoo_entries.json``: name -> architecture,
-dataset, recipe, privacy budget (target epsilon, delta), the paper's
-published accuracy (labelled as the paper's, never as ours), and the
-artifact: the SHA-256 of its MANIFEST.json (filled by
-``python -m dp_zoo.export --artifact DIR --register``) and an optional remote
-location (``https://...`` / ``file://...`` ``.tar.gz`` with its
+A zoo entry is a training recipe (``dp_zoo/train/recipes.py``): its name, and
+what the zoo says about it (architecture, dataset, privacy budget, the
+published accuracy it reproduces, labelled as the paper's and never as ours),
+come from that recipe. ``zoo_entries.json`` holds only what a recipe cannot
+know: the SHA-256 of a published artifact's MANIFEST.json and an optional
+remote location (``https://...`` / ``file://...`` ``.tar.gz`` with its
 ``archive_sha256``, or ``kaggle:<owner>/<model>/<framework>/<variation>``).
+A new entry is one recipe plus ``python -m dp_zoo.zoo register <entry> <artifact_dir>``.
 
 ``load(name)`` looks for ``<name>/`` in, in order: ``$DP_ZOO_HOME``, the
 repository's ``saved_models/``, the user cache (``$XDG_CACHE_HOME/dp_zoo``
@@ -17,39 +18,75 @@ anything is loaded. An artifact the table has no checksum for (a model you
 trained yourself with ``python -m dp_zoo.train``) loads with a warning and
 ``model.card["artifact"]["registered"] = False``.
 
+Listing, verifying and registering need no TensorFlow; only ``load`` does.
 ``python -m dp_zoo.zoo`` prints the table.
 """
 
+import argparse
 import json
 import os
 import pathlib
-import shutil
 import sys
-import tarfile
-import tempfile
-import urllib.parse
-import urllib.request
 import warnings
 
-from dp_zoo.export import MANIFEST, sha256_file, verify_manifest
+from dp_zoo import download, manifest
+from dp_zoo.train import recipes
 
 TABLE_PATH = pathlib.Path(__file__).with_name("zoo_entries.json")
-_TABLE_PATH = TABLE_PATH  # older name
 REPO_SAVED_MODELS = pathlib.Path(__file__).resolve().parent.parent / "saved_models"
-TABLE_SCHEMA_VERSION = 1
+TABLE_SCHEMA_VERSION = 2
+# What a registration records; everything else about an entry is its recipe's.
+REGISTRATION_KEYS = ("manifest_sha256", "remote", "archive_sha256")
 
 
 class ArtifactNotPublishedError(LookupError):
     """A known entry whose weights are not available anywhere yet."""
 
 
-def entries():
-    """The zoo table: ``{name: entry dict}``."""
+def _read_table():
     with open(TABLE_PATH) as f:
         table = json.load(f)
     if table.get("schema_version") != TABLE_SCHEMA_VERSION:
         raise ValueError(f"{TABLE_PATH} has schema {table.get('schema_version')!r}, expected {TABLE_SCHEMA_VERSION}.")
-    return table["entries"]
+    rows = table["entries"]
+    orphans = sorted(set(rows) - set(recipes.RECIPES))
+    if orphans:
+        raise ValueError(f"{TABLE_PATH} registers {orphans}, which have no recipe in dp_zoo/train/recipes.py.")
+    for name, row in rows.items():
+        extra = sorted(set(row) - set(REGISTRATION_KEYS))
+        if extra:
+            raise ValueError(f"{TABLE_PATH}: {name!r} records {extra}; the table holds only {list(REGISTRATION_KEYS)}, "
+                             "everything else comes from the entry's recipe.")
+    return table
+
+
+def recipe_facts(recipe):
+    """What the zoo says about the entry a recipe produces, all of it from the recipe."""
+    c = recipe.config
+    private = c.dp.enabled
+    published = recipe.published_accuracy
+    return {
+        "recipe": recipe.name,
+        "architecture": c.model,
+        "dataset": c.data.dataset,
+        "private": private,
+        "target_epsilon": c.dp.target_epsilon if private else None,
+        "delta": c.dp.delta if private else None,
+        "published_accuracy": published,
+        "published_accuracy_source": recipe.reference if published is not None else None,
+        "needs_accelerator": recipe.needs_accelerator,
+    }
+
+
+def entries():
+    """The zoo: ``{name: entry dict}``, one entry per recipe.
+
+    An entry holds its recipe's facts (``recipe_facts``) and its registration
+    from the table (``REGISTRATION_KEYS``, None where nothing is registered).
+    """
+    rows = _read_table()["entries"]
+    return {name: {**recipe_facts(r), **{k: rows.get(name, {}).get(k) for k in REGISTRATION_KEYS}}
+            for name, r in recipes.RECIPES.items()}
 
 
 def _entry(name):
@@ -78,11 +115,11 @@ def search_path():
 
 def _check_against_table(directory, entry, name):
     """Verifies the files, then the manifest against the table; returns 'registered'."""
-    got = verify_manifest(str(directory))
+    got = manifest.verify(str(directory))
     want = entry.get("manifest_sha256")
     if want and got != want:
         raise ValueError(
-            f"Checksum mismatch for {directory}/{MANIFEST}: the zoo table expects {want[:16]}..., "
+            f"Checksum mismatch for {directory}/{manifest.FILENAME}: the zoo table expects {want[:16]}..., "
             f"found {got[:16]}.... This is not the published {name!r}; refusing to load it. "
             "Remove the directory to re-download, or re-export and re-register the model."
         )
@@ -116,7 +153,7 @@ def locate(name):
         d = pathlib.Path(name)
         if not d.is_dir():
             raise FileNotFoundError(f"no artifact directory at {d}")
-        verify_manifest(str(d))
+        manifest.verify(str(d))
         return d, False
     entry = _entry(name)
     for base in search_path():
@@ -124,59 +161,17 @@ def locate(name):
         if candidate.is_dir():
             return candidate, _check_against_table(candidate, entry, name)
     if entry.get("remote"):
-        d = _download(name, entry)
+        d = download.fetch(name, entry["remote"], cache_dir() / name, archive_sha256=entry.get("archive_sha256"),
+                           check=lambda root: _check_against_table(root, entry, name))
         return d, _check_against_table(d, entry, name)
     raise _not_published(name, entry)
-
-
-def _download(name, entry):
-    """Fetches the entry's remote artifact into the cache, once, verified."""
-    dest = cache_dir() / name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remote = entry["remote"]
-    tmp = tempfile.mkdtemp(prefix=f".{name}.", dir=dest.parent)
-    try:
-        if remote.startswith("kaggle:"):
-            try:
-                import kagglehub
-            except ImportError as e:
-                raise ImportError(f"{name!r} is hosted on Kaggle Models; pip install kagglehub") from e
-            src = kagglehub.model_download(remote[len("kaggle:"):])
-            root = os.path.join(tmp, name)
-            shutil.copytree(src, root)
-        else:
-            archive = os.path.join(tmp, "artifact.tar.gz")
-            with urllib.request.urlopen(remote, timeout=60) as r, open(archive, "wb") as f:
-                shutil.copyfileobj(r, f)
-            want = entry.get("archive_sha256")
-            got = sha256_file(archive)
-            if want and got != want:
-                raise ValueError(
-                    f"Checksum mismatch for the download of {name!r} from {remote}: expected "
-                    f"{want[:16]}..., got {got[:16]}... (truncated or tampered). Nothing was installed."
-                )
-            with tarfile.open(archive) as t:
-                # filter="data" refuses absolute paths, links out of the tree, devices.
-                t.extractall(os.path.join(tmp, "x"), filter="data")
-            root = os.path.join(tmp, "x", name)
-            if not os.path.isdir(root):
-                raise ValueError(f"the archive at {remote} does not contain {name}/")
-        _check_against_table(root, entry, name)
-        try:
-            os.replace(root, dest)
-        except OSError:
-            if not dest.is_dir():  # someone else won a race: keep theirs if it exists
-                raise
-        return dest
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _read_card(directory, registered):
     with open(pathlib.Path(directory) / "card.json") as f:
         c = json.load(f)
     c["artifact"] = {"path": str(directory), "registered": registered,
-                     "manifest_sha256": sha256_file(pathlib.Path(directory) / MANIFEST)}
+                     "manifest_sha256": manifest.sha256_file(pathlib.Path(directory) / manifest.FILENAME)}
     return c
 
 
@@ -291,21 +286,28 @@ def privacy_utility_points(dataset, exclude=None):
 
 
 def register(name, directory, *, remote=None, archive_sha256=None):
-    """Writes an artifact's MANIFEST.json SHA-256 (and remote) into the zoo table.
+    """Records a verified artifact of entry ``name`` in the zoo table.
+
+    Writes the SHA-256 of the artifact's MANIFEST.json (and, if given, its
+    remote location and archive checksum) into ``zoo_entries.json``.
 
     Returns:
       the recorded SHA-256.
+
+    Raises:
+      ValueError: ``name`` has no recipe, the artifact fails verification,
+        or its card is another entry's.
     """
-    with open(TABLE_PATH) as f:
-        table = json.load(f)
-    if name not in table["entries"]:
-        raise ValueError(f"{name!r} is not a zoo entry; add its row to {TABLE_PATH} first.")
-    digest = verify_manifest(str(directory))
+    if name not in recipes.RECIPES:
+        raise ValueError(f"{name!r} is not a zoo entry: a zoo entry is a recipe; add one to "
+                         "dp_zoo/train/recipes.py first.")
+    table = _read_table()
+    digest = manifest.verify(str(directory))
     with open(os.path.join(directory, "card.json")) as f:
         c = json.load(f)
     if c.get("name") != name:
         raise ValueError(f"{directory} holds the card of {c.get('name')!r}, not {name!r}.")
-    row = table["entries"][name]
+    row = table["entries"].setdefault(name, {})
     row["manifest_sha256"] = digest
     if remote is not None:
         row["remote"] = remote
@@ -332,6 +334,32 @@ def format_models(rows=None):
     return "\n".join(lines)
 
 
+def main(argv=None):
+    """``python -m dp_zoo.zoo [list]`` prints the table; ``register ENTRY DIR`` records an artifact.
+
+    Returns:
+      the exit status (a bad command line exits with 2, as argparse does).
+    """
+    parser = argparse.ArgumentParser(prog="dp_zoo.zoo", description="The dp_zoo model zoo.")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("list", help="print the zoo's entries (the default)")
+    reg = commands.add_parser("register", help="write an artifact's MANIFEST.json SHA-256 into the zoo table")
+    reg.add_argument("entry", help="the zoo entry (a recipe name)")
+    reg.add_argument("artifact_dir", help="the exported artifact, e.g. saved_models/<entry>")
+    reg.add_argument("--remote", help="where the artifact is hosted: an https/file URL of a .tar.gz, or kaggle:<handle>")
+    reg.add_argument("--archive-sha256", help="the SHA-256 of the .tar.gz at --remote")
+    args = parser.parse_args(argv)
+    if args.command != "register":
+        print(format_models())
+        return 0
+    try:
+        digest = register(args.entry, args.artifact_dir, remote=args.remote, archive_sha256=args.archive_sha256)
+    except (ValueError, OSError) as e:
+        print(f"dp_zoo.zoo: error: {e}", file=sys.stderr)
+        return 1
+    print(f"registered: {args.entry} -> {digest} in {TABLE_PATH}")
+    return 0
+
+
 if __name__ == "__main__":
-    print(format_models())
-    sys.exit(0)
+    sys.exit(main())

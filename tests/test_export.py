@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_zoo import export, preprocessing
+from dp_zoo import export, manifest, preprocessing
 from tests import _zoo_helpers as H
 
 SAVED_MODEL_CLI = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -31,13 +31,13 @@ def test_layout_and_manifest(art):
     for rel in ("model.keras", "saved_model/1/saved_model.pb", "card.json", "README.md", "card.html",
                 "run_record.json", "MANIFEST.json", "plots/epsilon_vs_step.png"):
         assert os.path.exists(os.path.join(path, rel)), rel
-    manifest = json.load(open(os.path.join(path, "MANIFEST.json")))
-    listed = set(manifest["files"])
+    written = json.load(open(os.path.join(path, "MANIFEST.json")))
+    listed = set(written["files"])
     on_disk = {os.path.relpath(os.path.join(r, n), path) for r, _, ns in os.walk(path) for n in ns} - {"MANIFEST.json"}
     assert listed == on_disk
-    for rel, meta in manifest["files"].items():
-        assert export.sha256_file(os.path.join(path, rel)) == meta["sha256"]
-    assert manifest["entry"] == "wrn_digits_eps8"
+    for rel, meta in written["files"].items():
+        assert manifest.sha256_file(os.path.join(path, rel)) == meta["sha256"]
+    assert written["entry"] == "wrn_digits_eps8"
     assert json.load(open(os.path.join(path, "run_record.json"))) == rec
     # no temporary directories left beside the artifact
     assert os.listdir(os.path.dirname(path)) == ["wrn_digits_eps8"]
@@ -122,7 +122,7 @@ def test_refuses_overwrite_then_replaces_atomically(art, tmp_path):
     rec2["metrics"]["test_accuracy_last"] = 0.5
     export.export_model(model, rec2, str(target), entry_name="wrn_digits_eps8", overwrite=True, zoo_points=[])
     assert json.load(open(target / "card.json"))["metrics"]["test_accuracy_last"] == 0.5
-    export.verify_manifest(str(target))
+    manifest.verify(str(target))
     assert sorted(os.listdir(tmp_path)) == ["a"]
 
 
@@ -151,7 +151,7 @@ def test_package_is_reproducible_and_publish_dry_run(art, tmp_path):
     assert s1 == s2 and os.path.getsize(p1) > 0
     plan = export.publish(path, kaggle_handle="someone/dp-zoo/keras/wrn_digits_eps8", dry_run=True)
     assert plan["uploaded"] is False
-    assert plan["manifest_sha256"] == export.sha256_file(os.path.join(path, "MANIFEST.json"))
+    assert plan["manifest_sha256"] == manifest.sha256_file(os.path.join(path, "MANIFEST.json"))
     assert "model.keras" in plan["files"] and "saved_model/1/saved_model.pb" in plan["files"]
     assert plan["version_notes"].startswith("(")
     with pytest.raises(ValueError, match="owner"):
@@ -185,7 +185,7 @@ def test_export_command_line(art, tmp_path, capsys):
         capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "exported:" in r.stdout and "packaged:" in r.stdout and "dry run, would upload" in r.stdout
-    export.verify_manifest(str(out))
+    manifest.verify(str(out))
     assert json.load(open(out / "card.json"))["privacy"] == rec["privacy"]
     flags = types.SimpleNamespace(model=os.path.join(path, "model.keras"),
                                   run_record=os.path.join(path, "run_record.json"), entry="wrn_digits_eps8",

@@ -4,13 +4,15 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 
 import dp_zoo
-from dp_zoo import export, preprocessing, zoo
+from dp_zoo import export, manifest, preprocessing, zoo
 from dp_zoo.train import recipes
 from tests import _zoo_helpers as H
 
@@ -20,7 +22,7 @@ PAPER_ENTRIES = (
     + ["nf_resnet50_imagenet_eps8", "nfnet_f3_imagenet_finetune_eps0.5", "nfnet_f3_imagenet_finetune_eps8"]
 )
 DIGITS_ENTRIES = [f"wrn_digits_eps{e}" for e in (1, 2, 4, 8)] + ["wrn_digits_nonprivate"]
-# DESIGN.md section 5 (the paper's top-1, %).
+# The papers' top-1 (%): De et al. 2022, arXiv 2204.13650; Klause et al. 2022 for ScaleNorm.
 PAPER_ACCURACY = {"wrn16_4_cifar10_eps1": 56.8, "wrn16_4_cifar10_eps8": 79.5, "wrn40_4_cifar10_eps8": 81.4,
                   "wrn16_4_scalenorm_cifar10_eps8": 82.5, "nf_resnet50_imagenet_eps8": 32.4,
                   "nfnet_f3_imagenet_finetune_eps0.5": 83.8, "nfnet_f3_imagenet_finetune_eps8": 86.7,
@@ -37,12 +39,9 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     monkeypatch.setattr(zoo, "REPO_SAVED_MODELS", repo)
     table = tmp_path / "zoo_entries.json"
-    # A private copy with nothing registered: the shipped digits artifacts'
+    # A private table with nothing registered: the shipped digits artifacts'
     # checksums must not leak into tests that build their own artifacts.
-    data = json.loads(zoo.TABLE_PATH.read_text())
-    for e in data["entries"].values():
-        e["manifest_sha256"] = None
-    table.write_text(json.dumps(data))
+    table.write_text(json.dumps({"schema_version": zoo.TABLE_SCHEMA_VERSION, "entries": {}}))
     monkeypatch.setattr(zoo, "TABLE_PATH", table)
     return {"home": home, "cache": cache / "dp_zoo", "repo": repo, "tmp": tmp_path}
 
@@ -59,24 +58,39 @@ def _copy(artifact, base, name="wrn_digits_eps8"):
     return dest
 
 
-def test_table_covers_the_paper_and_digits_entries():
+def test_every_recipe_is_an_entry_described_by_its_recipe():
     table = zoo.entries()
+    assert set(table) == set(recipes.RECIPES)
     for name in PAPER_ENTRIES + DIGITS_ENTRIES:
         assert name in table, name
     for name, e in table.items():
-        r = recipes.get(e["recipe"])  # every entry has a recipe that produces it
-        # "wrn16_4+scalenorm" names the recipe's model_kwargs too
-        assert e["architecture"].split("+")[0] == r.config.model, name
+        r = recipes.get(name)
+        assert e["recipe"] == name and e["architecture"] == r.config.model, name
+        assert e["dataset"] == r.config.data.dataset and e["needs_accelerator"] == r.needs_accelerator, name
+        assert e["private"] == r.config.dp.enabled == (e["target_epsilon"] is not None), name
         assert e["target_epsilon"] == r.config.dp.target_epsilon, name
-        assert e["private"] == (e["target_epsilon"] is not None)
+        assert e["delta"] == (r.config.dp.delta if e["private"] else None), name
+        assert e["published_accuracy"] == r.published_accuracy, name
         if e["published_accuracy"] is not None:
             # labelled as a paper's figure, never as measured here
             assert re.match(r"\w+ et al\. 20\d\d", e["published_accuracy_source"]), name
-        # Nothing is published until an artifact is registered.
-        if e.get("manifest_sha256"):
-            assert re.fullmatch(r"[0-9a-f]{64}", e["manifest_sha256"])
+        else:
+            assert e["published_accuracy_source"] is None, name
     for name, acc in PAPER_ACCURACY.items():
         assert table[name]["published_accuracy"] == acc, name
+    assert table["wrn_digits_nonprivate"]["delta"] is None and table["wrn16_4_cifar10_eps8"]["delta"] == 1e-5
+
+
+def test_the_table_holds_only_registrations():
+    """zoo_entries.json records what a recipe cannot know; the shipped digits models are registered."""
+    raw = json.loads(zoo.TABLE_PATH.read_text())
+    assert raw["schema_version"] == zoo.TABLE_SCHEMA_VERSION
+    assert set(raw["entries"]) == set(DIGITS_ENTRIES)
+    for name, row in raw["entries"].items():
+        assert set(row) <= set(zoo.REGISTRATION_KEYS), name
+        assert re.fullmatch(r"[0-9a-f]{64}", row["manifest_sha256"]), name
+        assert zoo.entries()[name]["manifest_sha256"] == row["manifest_sha256"]
+    assert zoo.entries()["wrn40_4_cifar10_eps8"]["manifest_sha256"] is None  # nothing published
 
 
 def test_unknown_name_lists_close_names(isolated):
@@ -169,7 +183,7 @@ def test_truncated_or_modified_files_are_refused_by_name(isolated, artifact):
     # A self-consistent artifact whose manifest is not the registered one is refused.
     card = d / "card.json"
     card.write_text(card.read_text().replace('"wall_time_s": 12.345', '"wall_time_s": 1.0'))
-    export.write_manifest(str(d), "wrn_digits_eps8")
+    manifest.write(str(d), "wrn_digits_eps8")
     with pytest.raises(ValueError, match=r"Checksum mismatch for .*MANIFEST\.json"):
         dp_zoo.load("wrn_digits_eps8")
     row = {r["name"]: r for r in dp_zoo.list_models()}["wrn_digits_eps8"]
@@ -201,23 +215,30 @@ def test_load_by_path(artifact):
     assert m.card["name"] == "wrn_digits_eps8" and m.card["privacy"]["epsilon"] == rec["privacy"]["epsilon"]
 
 
-def test_table_file_is_the_data(isolated):
-    """What list_models / card / load say about an entry is read from the table file, nothing else.
+def test_table_file_is_the_data(isolated, artifact):
+    """What the zoo says about registrations is read from the table file, nothing else.
 
-    Edits to the (private copy of the) file show up in the API at once; a file
-    of another schema version is refused by name.
+    Edits to the (private copy of the) file show up in the API at once; a row
+    for an entry without a recipe, a row recording a recipe's facts, and a file
+    of another schema version are refused by name.
     """
-    raw = json.loads(zoo.TABLE_PATH.read_text())
-    raw["entries"]["wrn40_4_cifar10_eps8"]["published_accuracy"] = 12.5
-    raw["entries"]["wrn_digits_eps2"]["recipe"] = "wrn_digits_eps4"
-    del raw["entries"]["wrn_digits_eps1"]
+    d = _copy(artifact, isolated["home"])
+    raw = {"schema_version": zoo.TABLE_SCHEMA_VERSION,
+           "entries": {"wrn_digits_eps8": {"manifest_sha256": manifest.sha256_file(d / "MANIFEST.json")},
+                       "wrn_digits_eps2": {"manifest_sha256": "0" * 64, "remote": "file:///nowhere.tar.gz"}}}
     zoo.TABLE_PATH.write_text(json.dumps(raw))
     rows = {r["name"]: r for r in dp_zoo.list_models()}
-    assert rows["wrn40_4_cifar10_eps8"]["published_accuracy"] == 12.5
-    assert rows["wrn_digits_eps2"]["command"] == "python -m dp_zoo.train --recipe wrn_digits_eps4"
-    assert "wrn_digits_eps1" not in rows and set(rows) == set(raw["entries"])
-    with pytest.raises(ValueError, match="Did you mean"):
-        dp_zoo.card("wrn_digits_eps1")
+    assert rows["wrn_digits_eps8"]["status"] == "available" and rows["wrn_digits_eps2"]["status"] == "downloadable"
+    assert dp_zoo.card("wrn_digits_eps8")["artifact"]["registered"] is True
+    raw["entries"]["wrn_digits_eps8"]["manifest_sha256"] = "f" * 64
+    zoo.TABLE_PATH.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"Checksum mismatch for .*MANIFEST\.json: the zoo table expects ffff"):
+        dp_zoo.card("wrn_digits_eps8")
+    for bad, message in (({"no_such_recipe": {"manifest_sha256": None}}, r"registers \['no_such_recipe'\], which have no recipe"),
+                         ({"wrn_digits_eps8": {"target_epsilon": 3.0}}, r"'wrn_digits_eps8' records \['target_epsilon'\]")):
+        zoo.TABLE_PATH.write_text(json.dumps({"schema_version": zoo.TABLE_SCHEMA_VERSION, "entries": bad}))
+        with pytest.raises(ValueError, match=message):
+            dp_zoo.list_models()
     raw["schema_version"] = zoo.TABLE_SCHEMA_VERSION + 1
     zoo.TABLE_PATH.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match=f"has schema {zoo.TABLE_SCHEMA_VERSION + 1}, expected"):
@@ -231,7 +252,44 @@ def test_a_same_named_directory_in_cwd_does_not_bypass_the_table(isolated, artif
     _copy(artifact, stray)
     card = stray / "wrn_digits_eps8" / "card.json"
     card.write_text(card.read_text().replace('"wall_time_s": 12.345', '"wall_time_s": 2.0'))
-    export.write_manifest(str(stray / "wrn_digits_eps8"))
+    manifest.write(str(stray / "wrn_digits_eps8"))
     monkeypatch.chdir(stray)
     assert dp_zoo.card("wrn_digits_eps8")["artifact"]["path"] == str(d)
     assert dp_zoo.card("./wrn_digits_eps8")["operational"]["wall_time_s"] == 2.0  # an explicit path is a path
+
+
+def test_listing_the_zoo_does_not_load_tensorflow():
+    """The table, the recipes and the local cards and checksums need no TensorFlow (a fresh process)."""
+    code = ("import sys, dp_zoo, dp_zoo.zoo; rows = dp_zoo.list_models(); assert rows; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "[]"
+
+
+def test_register_command_records_only_the_checksum(isolated, artifact, capsys):
+    """``python -m dp_zoo.zoo register ENTRY DIR`` (its main): the table gains the artifact's checksum
+    and nothing else; bad entries and artifacts are refused in one line."""
+    d = _copy(artifact, isolated["tmp"] / "art")
+    assert zoo.main(["register", "wrn_digits_eps8", str(d)]) == 0
+    digest = manifest.sha256_file(d / "MANIFEST.json")
+    assert f"registered: wrn_digits_eps8 -> {digest}" in capsys.readouterr().out
+    raw = json.loads(zoo.TABLE_PATH.read_text())
+    assert raw == {"schema_version": zoo.TABLE_SCHEMA_VERSION, "entries": {"wrn_digits_eps8": {"manifest_sha256": digest}}}
+    assert zoo.entries()["wrn_digits_eps8"]["manifest_sha256"] == digest
+    assert zoo.main(["register", "wrn_digits_eps8", str(d), "--remote", "file:///a.tar.gz",
+                     "--archive-sha256", "a" * 64]) == 0
+    assert json.loads(zoo.TABLE_PATH.read_text())["entries"]["wrn_digits_eps8"] == {
+        "manifest_sha256": digest, "remote": "file:///a.tar.gz", "archive_sha256": "a" * 64}
+    capsys.readouterr()
+    for argv, message in ((["register", "no_such_entry", str(d)], "not a zoo entry"),
+                          (["register", "wrn_digits_eps4", str(d)], "not 'wrn_digits_eps4'"),
+                          (["register", "wrn_digits_eps8", str(isolated["tmp"])], "has no MANIFEST.json")):
+        assert zoo.main(argv) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("dp_zoo.zoo: error:") and message in err[0], err
+    with pytest.raises(SystemExit) as e:
+        zoo.main(["register", "wrn_digits_eps8"])
+    assert e.value.code == 2
+    assert zoo.main([]) == 0 and "wrn_digits_eps8" in capsys.readouterr().out
