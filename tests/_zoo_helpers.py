@@ -43,7 +43,7 @@ def run_record(*, input_shape=(8, 8, 1), num_params=0, num_classes=10, tan=False
         privacy["tan_simulation"] = {"factor": 16.0, "epsilon_full_run": 1.0, "noise_multiplier_full_run": 10.0,
                                      "batch_size_full_run": 4096.0}
     config = {
-        "model": architecture, "model_kwargs": [], "num_classes": num_classes, "batch_size": B,
+        "model": architecture, "model_kwargs": [], "batch_size": B,
         "physical_batch_size": 64, "steps": STEPS, "epochs": None, "seed": 7, "deterministic": False,
         "eval_every": 2, "checkpoint_every": 0, "init_checkpoint": None, "tan_simulation_factor": None,
         "dp": {"l2_clip": CLIP, "noise_multiplier": SIGMA, "target_epsilon": None, "delta": DELTA,

@@ -148,7 +148,6 @@ class TrainConfig:
 
     model: str = "wrn_digits"
     model_kwargs: tuple = ()
-    num_classes: Optional[int] = None
     batch_size: int = 256
     physical_batch_size: int = 64
     steps: Optional[int] = None
@@ -177,8 +176,14 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d):
-        """Inverse of ``to_dict``; unknown keys are an error."""
+        """Inverse of ``to_dict``; unknown keys are an error.
+
+        Keys that older versions wrote and that no longer configure anything
+        (``num_classes``: the classes always come from the data set) are
+        accepted and dropped, so their run records and checkpoints still read.
+        """
         d = dict(d)
+        d.pop("num_classes", None)
         if "deterministic_noise" in d:
             # Records written before the reproducible mode seeded sampling too:
             # a seeded-noise run was never private, so it maps to deterministic.

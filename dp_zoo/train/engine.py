@@ -582,7 +582,13 @@ class Trainer:
         return int(j["ledger"]["steps"])
 
     def _apply_checkpoint(self, meta, arrays):
-        if meta["config"] != self.config.to_dict():
+        try:
+            # As a TrainConfig, so that keys an older version wrote and that
+            # configure nothing (from_dict drops them) do not block a resume.
+            same = type(self.config).from_dict(meta["config"]) == self.config
+        except (TypeError, ValueError):  # fields this version does not know
+            same = False
+        if not same:
             raise TrainingError(
                 f"The run directory {self.run_dir} holds a run with a different configuration. "
                 "Resume with the same configuration, or use a new --run-dir."

@@ -1,6 +1,8 @@
 """Named training recipes: the paper's (De et al. 2022) and the embedded digits ones.
 
-Each recipe is a ``TrainConfig`` plus what it reproduces. Run one with::
+Each recipe is a ``TrainConfig`` plus what it reproduces, and is also the zoo
+entry of the same name: ``dp_zoo.zoo`` takes the entry's architecture, data
+set, privacy budget and published figure from it. Run one with::
 
     python -m dp_zoo.train --recipe NAME
 
@@ -10,13 +12,11 @@ is kept. Every other sigma was calibrated with ``dp_zoo.accounting`` for the
 recipe's own q, steps and delta, rounded up to 4 decimals (so the accountant's
 epsilon never exceeds the target), and ``tests/train/test_recipes.py``
 recomputes each. The paper's own step counts for eps=2/4/8 were longer; these
-recipes keep 875 steps and calibrate sigma instead (DESIGN.md §5: "Other eps:
-calibrate sigma (or steps) with our accountant").
+recipes keep 875 steps and calibrate sigma with dp_zoo's accountant instead.
 
-Hyper-parameters for the fine-tuning recipes (batch, steps) follow the
-DESIGN.md §5 fine-tuning template (B=16384, 250 steps for CIFAR; 1000 steps
-for ImageNet); they are dp_zoo's choices, not numbers verified against the
-paper's configuration files, and are labelled as such.
+Hyper-parameters for the fine-tuning recipes (batch, steps: B=16384, 250 steps
+for CIFAR; 1000 steps for ImageNet) are dp_zoo's choices, not numbers
+verified against the paper's configuration files, and are labelled as such.
 """
 
 import dataclasses
@@ -63,7 +63,7 @@ class Recipe:
 # sigma for eps -> calibrated with RDP (the paper's accountant), q=4096/50000,
 # 875 steps, delta=1e-5; eps=1 is the paper's sigma=10 (RDP eps 0.988).
 _CIFAR_SIGMA = {1: 10.0, 2: 5.3140, 4: 2.9449, 8: 1.7351}
-# DESIGN.md §5. Only figures tied to the architecture are attached; the
+# The paper's top-1 (%). Only figures tied to the architecture are attached; the
 # paper's best-WRN figures at eps=2/4 (65.9/73.5) are quoted in the notes.
 _CIFAR_PUBLISHED = {
     "wrn16_4": {1: 56.8, 8: 79.5},

@@ -27,3 +27,15 @@ def test_unknown_field_is_a_clear_error():
     d["batchsize"] = 3
     with pytest.raises(ValueError, match="batchsize"):
         cfg.TrainConfig.from_dict(d)
+
+
+def test_records_written_with_num_classes_still_read():
+    """num_classes configured nothing (the classes come from the data set): no longer written, still read."""
+    import pathlib
+
+    assert "num_classes" not in cfg.TrainConfig().to_dict()
+    root = pathlib.Path(__file__).resolve().parents[2]
+    old = json.loads((root / "saved_models" / "wrn_digits_eps8" / "run_record.json").read_text())["config"]
+    assert "num_classes" in old
+    back = cfg.TrainConfig.from_dict(old)
+    assert back.to_dict() == {k: v for k, v in old.items() if k != "num_classes"}

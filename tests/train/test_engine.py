@@ -90,6 +90,23 @@ def test_corrupt_newest_checkpoint_falls_back_and_all_corrupt_refuses(train_set,
         t3.restore()
 
 
+def test_a_checkpoint_of_an_older_version_resumes_and_another_config_refuses(train_set, tmp_path):
+    """A checkpoint's config is compared as a TrainConfig: keys older versions wrote (num_classes) do not matter."""
+    d = str(tmp_path / "run")
+    t = trainer(cfg(steps=2), train_set, run_dir=d)
+    t.fit()
+    ckpt = os.path.join(d, "checkpoints")
+    newest = sorted(f for f in os.listdir(ckpt) if f.endswith(".json"))[-1]
+    with open(os.path.join(ckpt, newest)) as f:
+        meta = json.load(f)
+    meta["config"]["num_classes"] = None
+    with open(os.path.join(ckpt, newest), "w") as f:
+        json.dump(meta, f)
+    assert trainer(cfg(steps=2), train_set, run_dir=d).restore() == 2
+    with pytest.raises(engine.TrainingError, match="different configuration"):
+        trainer(cfg(steps=2, seed=4), train_set, run_dir=d).restore()
+
+
 def test_secure_noise_counts_redone_steps(train_set, tmp_path):
     d = str(tmp_path / "run")
     c = cfg(steps=3, deterministic=False, checkpoint_every=100)
