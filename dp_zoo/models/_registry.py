@@ -1,16 +1,15 @@
-"""Architecture registry: ``register_model``, ``create_model``, ``list_architectures``.
+"""Architecture registry: ``register_family``, ``create_model``, ``list_architectures``.
 
-Each model family module decorates its builder functions with
-``@register_model``; ``create_model`` imports the family modules on first use
-so that the registry is complete whatever the user imported.
+A family module describes its variants as frozen config dataclasses and
+registers them with ``register_family``; ``dp_zoo/models/__init__.py``
+imports every family module, so importing any part of ``dp_zoo.models``
+completes the registry.
 """
 
+import dataclasses
 import difflib
-import importlib
 
 _REGISTRY = {}
-_FAMILY_MODULES = ("dp_zoo.models.wide_resnet", "dp_zoo.models.nf_resnet", "dp_zoo.models.nfnet")
-_loaded = False
 
 
 def register_model(fn=None, *, name=None):
@@ -29,13 +28,56 @@ def register_model(fn=None, *, name=None):
     return wrap(fn) if fn is not None else wrap
 
 
-def _ensure_loaded():
-    global _loaded
-    if _loaded:
-        return
-    for module in _FAMILY_MODULES:
-        importlib.import_module(module)
-    _loaded = True
+def register_family(variants, build, *, default_shape, default_shapes=None, aliases=None):
+    """Registers one architecture per variant of a model family.
+
+    ``create_model(variant, num_classes=..., input_shape=..., **overrides)``
+    then returns ``build(dataclasses.replace(variants[variant], **overrides),
+    num_classes=..., input_shape=..., name=variant)``.
+
+    Args:
+      variants: architecture name -> frozen config dataclass instance.
+      build: ``build(cfg, *, num_classes, input_shape, name)`` -> keras.Model.
+      default_shape: input shape ``(H, W, C)`` of variants not in
+        ``default_shapes``.
+      default_shapes: optional name -> input shape.
+      aliases: optional old override name -> config field, for spellings that
+        saved configs (a run's ``model_kwargs``) may still hold.
+    """
+    default_shapes = default_shapes or {}
+    for variant, cfg in variants.items():
+        register_model(_make_builder(variant, cfg, build, default_shapes.get(variant, default_shape),
+                                     aliases or {}))
+
+
+def _make_builder(variant, base_cfg, build, default_shape, aliases):
+    fields = [f.name for f in dataclasses.fields(base_cfg)]
+    cfg_name = type(base_cfg).__name__
+
+    def builder(*, num_classes, input_shape=None, **overrides):
+        for old, new in aliases.items():
+            if old in overrides:
+                value = overrides.pop(old)
+                if overrides.setdefault(new, value) != value:
+                    raise ValueError(f"{variant}: {new!r} and its old spelling {old!r} disagree "
+                                     f"({overrides[new]!r} vs {value!r}); pass {new!r} only.")
+        unknown = [k for k in overrides if k not in fields]
+        if unknown:
+            raise ValueError(unknown_name_message(f"{variant} override", unknown[0], fields))
+        cfg = dataclasses.replace(base_cfg, **overrides)
+        return build(cfg, num_classes=num_classes, input_shape=input_shape or default_shape, name=variant)
+
+    builder.__name__ = variant
+    builder.__doc__ = (
+        f"Builds {variant} ({base_cfg}).\n\n"
+        "Args:\n"
+        "  num_classes: number of output logits.\n"
+        f"  input_shape: (H, W, C); default {default_shape}.\n"
+        f"  **overrides: any {cfg_name} field ({', '.join(fields)}).\n\n"
+        "Returns:\n"
+        "  A functional keras.Model producing logits.\n"
+    )
+    return builder
 
 
 def list_architectures(pattern=None):
@@ -44,7 +86,6 @@ def list_architectures(pattern=None):
     Args:
       pattern: optional substring; only names containing it are returned.
     """
-    _ensure_loaded()
     names = sorted(_REGISTRY)
     if pattern:
         names = [n for n in names if pattern in n]
@@ -78,7 +119,6 @@ def create_model(name, *, num_classes, input_shape=None, **kwargs):
     Raises:
       ValueError: unknown name (the message lists close names) or bad args.
     """
-    _ensure_loaded()
     if name not in _REGISTRY:
         raise ValueError(
             unknown_name_message("architecture", name, sorted(_REGISTRY))

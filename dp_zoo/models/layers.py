@@ -654,20 +654,35 @@ class ScaledWSConv2D(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="dp_zoo")
 class SkipInitGain(keras.layers.Layer):
-    """Multiplies by a learnable scalar initialised to ``init`` (0: SkipInit, De & Smith 2020)."""
+    """Multiplies by a learnable scalar initialised to ``init`` (0: SkipInit, De & Smith 2020).
 
-    def __init__(self, init=0.0, **kwargs):
+    With ``init=0`` each residual branch starts switched off, so the network
+    starts as (nearly) the identity of its shortcuts.
+
+    Args:
+      init: the scalar's initial value.
+      shape: the gain variable's shape, that of the checkpoints the family
+        converts from: ``()`` (DeepMind's NFNets, timm) or ``(1,)``
+        (jax_privacy's WideResNets). The product is the same.
+      **kwargs: as ``keras.layers.Layer``.
+    """
+
+    def __init__(self, init=0.0, shape=(), **kwargs):
         super().__init__(**kwargs)
         self.init = float(init)
+        self.gain_shape = tuple(int(d) for d in shape)
+        if self.gain_shape not in ((), (1,)):
+            raise ValueError(f"SkipInitGain holds one scalar: shape () or (1,), got {self.gain_shape}.")
 
     def build(self, input_shape):
-        self.gain = self.add_weight(name="gain", shape=(), initializer=keras.initializers.Constant(self.init))
+        self.gain = self.add_weight(name="gain", shape=self.gain_shape,
+                                    initializer=keras.initializers.Constant(self.init))
 
     def call(self, x):
-        return x * self.gain
+        return x * ops.cast(self.gain, x.dtype)
 
     def get_config(self):
-        return {**super().get_config(), "init": self.init}
+        return {**super().get_config(), "init": self.init, "shape": list(self.gain_shape)}
 
 
 @keras.saving.register_keras_serializable(package="dp_zoo")

@@ -13,7 +13,7 @@ performance gap in unnormalized ResNets" (arXiv 2101.08692), as timm's
   convolution of the pre-activated input;
 - ImageNet stem: 7x7/2 convolution with 64 channels and 3x3/2 max pooling.
 
-Conventions are explicit ``NFConfig`` fields. Defaults follow DeepMind /
+Conventions are explicit ``NFResNetConfig`` fields. Defaults follow DeepMind /
 jax_privacy (TF SAME padding, SkipInit, gains in the activations, epsilon as
 ``max(fan_in * var, 1e-4)``); ``TIMM_CONVENTIONS`` are the overrides under
 which a model matches timm's ``nf_resnet50`` / ``dm_nfnet_*`` exactly
@@ -31,14 +31,14 @@ from typing import Optional, Tuple
 import keras
 from keras import ops
 
-from dp_zoo.models._registry import register_model
+from dp_zoo.models._registry import register_family
 from dp_zoo.models.layers import (
     NONLINEARITY_GAMMA, ScaledActivation, ScaledWSConv2D, SkipInitGain, SqueezeExcite, StochasticDepth,
 )
 
 
 @dataclasses.dataclass(frozen=True)
-class NFConfig:
+class NFResNetConfig:
     """A normalizer-free network (NF-ResNet or NFNet).
 
     Attributes:
@@ -55,7 +55,7 @@ class NFConfig:
         folding it into the following convolution (NF-ResNets).
       same_padding: TensorFlow SAME padding (DeepMind's NFNets) instead of
         symmetric padding.
-      skipinit: learnable zero-initialised gain on each residual branch.
+      skip_init: learnable zero-initialised gain on each residual branch.
       se_ratio: squeeze-excite bottleneck ratio (None: no SE).
       num_features: 1x1 convolution before the head (0: none).
       alpha: residual branch scale.
@@ -83,7 +83,7 @@ class NFConfig:
     activation: str = "relu"
     gamma_in_act: bool = True
     same_padding: bool = True
-    skipinit: bool = True
+    skip_init: bool = True
     se_ratio: Optional[float] = None
     num_features: int = 0
     alpha: float = 0.2
@@ -109,7 +109,7 @@ class NFConfig:
 
 # Overrides under which our models equal timm's (tests/models/test_timm_parity.py).
 TIMM_CONVENTIONS = {
-    "nf_resnet": dict(same_padding=False, skipinit=False, gamma_in_act=False, eps=1e-5, eps_mode="timm",
+    "nf_resnet": dict(same_padding=False, skip_init=False, gamma_in_act=False, eps=1e-5, eps_mode="timm",
                       shortcut_pool=True, drop_path_schedule="timm"),
     "nfnet": dict(eps=1e-5, eps_mode="timm", drop_path_schedule="timm", activation="gelu"),
 }
@@ -182,19 +182,21 @@ def _block(b, x, out_ch, stride, beta, drop_rate, name):
     h = b.conv(b.act(h, f"{name}_act2"), mid, 3, f"{name}_conv2", strides=stride, groups=groups)
     if cfg.extra_conv:
         h = b.conv(b.act(h, f"{name}_act2b"), mid, 3, f"{name}_conv2b", groups=groups)
-    h = b.conv(b.act(h, f"{name}_act3"), out_ch, 1, f"{name}_conv3", gain_init=1.0 if cfg.skipinit else 0.0)
+    h = b.conv(b.act(h, f"{name}_act3"), out_ch, 1, f"{name}_conv3", gain_init=1.0 if cfg.skip_init else 0.0)
     if cfg.se_ratio:
         h = SqueezeExcite(make_divisible(out_ch * cfg.se_ratio, 8, round_limit=0.0), gain=2.0, name=f"{name}_se")(h)
     if drop_rate:
         h = StochasticDepth(drop_rate, name=f"{name}_drop_path")(h)
-    if cfg.skipinit:
+    if cfg.skip_init:
+        # Named after timm's "skipinit_gain"; kept, since saved models and --init weight transfer
+        # match layers by name.
         h = SkipInitGain(0.0, name=f"{name}_skipinit")(h)
     h = keras.layers.Rescaling(cfg.alpha, name=f"{name}_alpha")(h)
     return keras.layers.Add(name=f"{name}_add")([h, shortcut])
 
 
 def drop_path_rates(cfg):
-    """Per-block stochastic depth rates, in block order (see ``NFConfig``).
+    """Per-block stochastic depth rates, in block order (see ``NFResNetConfig``).
 
     Deeper blocks are dropped more often: the rate grows linearly with the
     block's index over the whole network, from 0 for the first block.
@@ -209,8 +211,14 @@ def drop_path_rates(cfg):
     return [cfg.drop_path_rate * i / denom for i in range(n)]
 
 
-def build_nf_net(cfg, *, num_classes, input_shape, name):
-    """Builds a functional Keras NF network from an ``NFConfig``.
+def build_nf_resnet(cfg, *, num_classes, input_shape=(224, 224, 3), name="nf_resnet"):
+    """Builds a functional Keras NF network (NF-ResNet or NFNet) from an ``NFResNetConfig``.
+
+    Args:
+      cfg: ``NFResNetConfig``.
+      num_classes: number of output logits.
+      input_shape: ``(H, W, C)`` of the (normalized) input images.
+      name: the model's name.
 
     Returns:
       ``keras.Model`` mapping normalized images to logits.
@@ -251,34 +259,26 @@ def build_nf_net(cfg, *, num_classes, input_shape, name):
 
 
 VARIANTS = {
-    "nf_resnet26": NFConfig(depths=(2, 2, 2, 2)),
-    "nf_resnet50": NFConfig(depths=(3, 4, 6, 3)),
-    "nf_resnet101": NFConfig(depths=(3, 4, 23, 3)),
-    "nf_resnet152": NFConfig(depths=(3, 8, 36, 3)),
-    "nf_resnet200": NFConfig(depths=(3, 24, 36, 3)),
+    "nf_resnet26": NFResNetConfig(depths=(2, 2, 2, 2)),
+    "nf_resnet50": NFResNetConfig(depths=(3, 4, 6, 3)),
+    "nf_resnet101": NFResNetConfig(depths=(3, 4, 23, 3)),
+    "nf_resnet152": NFResNetConfig(depths=(3, 8, 36, 3)),
+    "nf_resnet200": NFResNetConfig(depths=(3, 24, 36, 3)),
     # Tiny, for fast tests: one block per stage, 16..128 channels.
-    "nf_resnet_test": NFConfig(depths=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_channels=8),
+    "nf_resnet_test": NFResNetConfig(depths=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_channels=8),
 }
 _DEFAULT_SHAPES = {"nf_resnet_test": (32, 32, 3)}
 
 
-def _make_builder(variant, variants, shapes, default_shape):
-    def builder(*, num_classes, input_shape=None, **overrides):
-        cfg = dataclasses.replace(variants[variant], **overrides)
-        shape = input_shape or shapes.get(variant, default_shape)
-        return build_nf_net(cfg, num_classes=num_classes, input_shape=shape, name=variant)
+# Saved configs (a run's model_kwargs, e.g. TIMM_CONVENTIONS recorded by --init) may spell it so.
+OVERRIDE_ALIASES = {"skipinit": "skip_init"}
 
-    builder.__name__ = variant
-    builder.__doc__ = f"{variant}: {variants[variant]}"
-    return builder
-
-
-for _v in VARIANTS:
-    register_model(_make_builder(_v, VARIANTS, _DEFAULT_SHAPES, (224, 224, 3)))
+register_family(VARIANTS, build_nf_resnet, default_shape=(224, 224, 3), default_shapes=_DEFAULT_SHAPES,
+                aliases=OVERRIDE_ALIASES)
 
 
 def param_count(cfg, *, num_classes=1000, in_channels=3):
-    """Parameters of ``build_nf_net(cfg)`` computed from the config alone.
+    """Parameters of ``build_nf_resnet(cfg)`` computed from the config alone.
 
     Lets tests and users size NFNet-F3 (~255M parameters, ~1 GB of float32)
     without allocating it; tests check it equals ``count_params()`` of built
@@ -313,7 +313,7 @@ def param_count(cfg, *, num_classes=1000, in_channels=3):
             if cfg.se_ratio:
                 rd = make_divisible(ch * cfg.se_ratio, 8, round_limit=0.0)
                 total += 2 * ch * rd + rd + ch
-            if cfg.skipinit:
+            if cfg.skip_init:
                 total += 1
             prev = ch
     if cfg.num_features:

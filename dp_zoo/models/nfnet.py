@@ -13,8 +13,8 @@ head. The residual machinery is shared with the NF-ResNets (``nf_resnet.py``).
 Default input sizes are the test resolutions of the released models.
 """
 
-from dp_zoo.models._registry import register_model
-from dp_zoo.models.nf_resnet import NFConfig, _make_builder
+from dp_zoo.models._registry import register_family
+from dp_zoo.models.nf_resnet import OVERRIDE_ALIASES, NFResNetConfig, build_nf_resnet
 
 
 def nfnet_config(depths, **kw):
@@ -22,11 +22,11 @@ def nfnet_config(depths, **kw):
     base = dict(
         depths=depths, channels=(256, 512, 1536, 1536), stem="deep_quad", stem_channels=128,
         bottle_ratio=0.5, group_size=128, extra_conv=True, activation="gelu_tanh", gamma_in_act=True,
-        same_padding=True, skipinit=True, se_ratio=0.5, num_features=3072, eps=1e-4,
+        same_padding=True, skip_init=True, se_ratio=0.5, num_features=3072, eps=1e-4,
         eps_mode="deepmind", shortcut_pool=True,
     )
     base.update(kw)
-    return NFConfig(**base)
+    return NFResNetConfig(**base)
 
 
 VARIANTS = {
@@ -46,5 +46,5 @@ _SHAPES = {"nfnet_f0": 256, "nfnet_f1": 320, "nfnet_f2": 352, "nfnet_f3": 416, "
            "nfnet_f5": 544, "nfnet_f6": 576, "nfnet_f7": 608, "nfnet_test": 32}
 _DEFAULT_SHAPES = {k: (v, v, 3) for k, v in _SHAPES.items()}
 
-for _v in VARIANTS:
-    register_model(_make_builder(_v, VARIANTS, _DEFAULT_SHAPES, (256, 256, 3)))
+register_family(VARIANTS, build_nf_resnet, default_shape=(256, 256, 3), default_shapes=_DEFAULT_SHAPES,
+                aliases=OVERRIDE_ALIASES)

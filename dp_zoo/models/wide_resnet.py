@@ -30,8 +30,8 @@ import dataclasses
 
 import keras
 
-from dp_zoo.models._registry import register_model, unknown_name_message
-from dp_zoo.models.layers import WSConv2D
+from dp_zoo.models._registry import register_family
+from dp_zoo.models.layers import SkipInitGain, WSConv2D
 
 # Haiku's GroupNorm epsilon (Keras defaults to 1e-3).
 _GN_EPS = 1e-5
@@ -109,40 +109,6 @@ VARIANTS = {
     "wrn_test": WideResNetConfig(depth=10, width=1, groups=2, stem_channels=4),
 }
 _DEFAULT_SHAPES = {"wrn_digits": (8, 8, 1), "wrn_test": (8, 8, 1)}
-_FIELDS = tuple(f.name for f in dataclasses.fields(WideResNetConfig))
-
-
-@keras.saving.register_keras_serializable(package="dp_zoo")
-class ScalarGain(keras.layers.Layer):
-    """Multiplies its input by one learnable scalar (zero-initialised).
-
-    jax_privacy's ``use_skip_init``: each residual branch starts switched
-    off, so the network starts as (nearly) the identity of its shortcuts.
-
-    Args:
-      initial_value: the scalar's initial value (0 for SkipInit).
-      **kwargs: as ``keras.layers.Layer``.
-    """
-
-    def __init__(self, initial_value=0.0, **kwargs):
-        super().__init__(**kwargs)
-        self.initial_value = float(initial_value)
-
-    def build(self, input_shape):
-        self.gain = self.add_weight(
-            name="gain",
-            shape=(1,),
-            initializer=keras.initializers.Constant(self.initial_value),
-            trainable=True,
-        )
-
-    def call(self, inputs):
-        return inputs * keras.ops.cast(self.gain, inputs.dtype)
-
-    def get_config(self):
-        config = super().get_config()
-        config["initial_value"] = self.initial_value
-        return config
 
 
 def _norm(cfg, name):
@@ -182,7 +148,8 @@ def _block(x, cfg, channels, stride, first, name):
         h = _norm(cfg, f"{name}_gn{j}")(h)
         h = WSConv2D(channels, 3, strides=stride if j == 1 else 1, name=f"{name}_conv{j}")(h)
     if cfg.skip_init:
-        h = ScalarGain(0.0, name=f"{name}_skip_init")(h)
+        # jax_privacy stores this scalar with shape [1] (convert's Haiku names).
+        h = SkipInitGain(0.0, shape=(1,), name=f"{name}_skip_init")(h)
     out = keras.layers.Add(name=f"{name}_add")([h, shortcut])
     if cfg.scale_norm:
         out = _norm(cfg, f"{name}_scalenorm")(out)
@@ -228,30 +195,4 @@ def build_wide_resnet(cfg, *, num_classes, input_shape=(32, 32, 3), name="wide_r
     return keras.Model(inputs, logits, name=name)
 
 
-def _make_builder(variant):
-    def builder(*, num_classes, input_shape=None, **overrides):
-        unknown = [k for k in overrides if k not in _FIELDS]
-        if unknown:
-            raise ValueError(
-                unknown_name_message(f"{variant} override", unknown[0], list(_FIELDS))
-            )
-        cfg = dataclasses.replace(VARIANTS[variant], **overrides)
-        shape = input_shape or _DEFAULT_SHAPES.get(variant, (32, 32, 3))
-        return build_wide_resnet(cfg, num_classes=num_classes, input_shape=shape, name=variant)
-
-    builder.__name__ = variant
-    builder.__doc__ = (
-        f"Builds {variant} ({VARIANTS[variant]}).\n\n"
-        "Args:\n"
-        "  num_classes: number of output logits.\n"
-        f"  input_shape: (H, W, C); default {_DEFAULT_SHAPES.get(variant, (32, 32, 3))}.\n"
-        "  **overrides: any WideResNetConfig field (depth, width, groups,\n"
-        "    scale_norm, dropout_rate, activation, stem_channels, skip_init).\n\n"
-        "Returns:\n"
-        "  A functional keras.Model producing logits.\n"
-    )
-    return builder
-
-
-for _variant in VARIANTS:
-    register_model(_make_builder(_variant))
+register_family(VARIANTS, build_wide_resnet, default_shape=(32, 32, 3), default_shapes=_DEFAULT_SHAPES)

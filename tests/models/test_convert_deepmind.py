@@ -30,6 +30,7 @@ import tensorflow as tf
 
 import dp_zoo
 from dp_zoo.models import convert, nf_resnet, nfnet, wide_resnet
+from dp_zoo.models.convert import haiku_names
 
 GELU_GAMMA = 1.7015043497085571  # deepmind-research nfnets/base.py
 
@@ -246,7 +247,7 @@ def test_nfnet_f0_full_size_names_and_count():
     assert abs(n - 71.5e6) / 71.5e6 < 0.01  # published F0 size
     # Weights do not depend on the resolution: build at 32 px to keep it quick.
     m = dp_zoo.create_model("nfnet_f0", num_classes=1000, input_shape=(32, 32, 3))
-    entries, problems, head = convert._deepmind_nfnet_mapping(m)
+    entries, problems, head = haiku_names.deepmind_nfnet_mapping(m)
     assert not problems and head == "NFNet/~/linear"
     got = {}
     for module, name, _, shape, _, _ in entries:
@@ -355,7 +356,7 @@ def test_wrn_names_and_shapes_are_jax_privacys(skip_init):
 
 def test_wrn28_10_full_size_names():
     m = dp_zoo.create_model("wrn28_10", num_classes=10)  # published 36.5M is the CIFAR-10 model
-    entries, problems, head = convert._haiku_wrn_mapping(m)
+    entries, problems, head = haiku_names.haiku_wrn_mapping(m)
     assert not problems and head == "wide_res_net/Softmax"
     got = {}
     for module, name, _, shape, _, _ in entries:

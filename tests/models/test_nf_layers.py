@@ -121,6 +121,12 @@ def test_skipinit_gain_is_a_zero_initialised_trainable_scalar():
     assert [v.name for v in layer.trainable_variables] == ["gain"]
     layer.gain.assign(0.3)
     np.testing.assert_allclose(layer(x).numpy(), 0.3 * x, rtol=1e-6)
+    # jax_privacy's WideResNets store the scalar with shape [1]: same product.
+    wrn_like = SkipInitGain(0.3, shape=(1,))
+    np.testing.assert_allclose(wrn_like(x).numpy(), 0.3 * x, rtol=1e-6)
+    assert wrn_like.gain.shape == (1,)
+    with pytest.raises(ValueError, match="one scalar"):
+        SkipInitGain(shape=(2,))
 
 
 def test_squeeze_excite_matches_numpy():
@@ -183,6 +189,7 @@ def _round_trip(layer, x):
     lambda: ScaledActivation("gelu"),
     lambda: ScaledActivation("relu", gamma=2.5),
     lambda: SkipInitGain(0.25),
+    lambda: SkipInitGain(0.25, shape=(1,)),
     lambda: SqueezeExcite(2, gain=2.0),
     lambda: StochasticDepth(0.3, seed=7),
 ])

@@ -58,7 +58,7 @@ def test_nf_resnet50_signal_propagation_at_init(branches):
 
 def test_conventions_are_explicit_fields():
     dm = nf_resnet.VARIANTS["nf_resnet50"]
-    assert (dm.same_padding, dm.skipinit, dm.gamma_in_act, dm.eps_mode) == (True, True, True, "deepmind")
+    assert (dm.same_padding, dm.skip_init, dm.gamma_in_act, dm.eps_mode) == (True, True, True, "deepmind")
     timm_like = dp_zoo.create_model("nf_resnet_test", num_classes=3, **nf_resnet.TIMM_CONVENTIONS["nf_resnet"])
     conv = timm_like.get_layer("stage1_block1_conv1")
     assert conv.padding == 0 and conv.eps_mode == "timm"

@@ -25,8 +25,13 @@ def test_bad_input_shape(bad):
 def test_bad_overrides_are_clear():
     with pytest.raises(ValueError, match="6n\\+4"):
         dp_zoo.create_model("wrn_test", num_classes=10, depth=11)
-    with pytest.raises(ValueError, match=r"Did you mean: .*scale_norm"):
+    with pytest.raises(ValueError, match=r"Unknown wrn_test override 'scalenorm'. Did you mean: .*scale_norm"):
         dp_zoo.create_model("wrn_test", num_classes=10, scalenorm=True)
+    # Every family registers through the same builder: the same error.
+    with pytest.raises(ValueError, match=r"Unknown nf_resnet_test override 'skip_int'. Did you mean: .*skip_init"):
+        dp_zoo.create_model("nf_resnet_test", num_classes=10, skip_int=False)
+    with pytest.raises(ValueError, match=r"Unknown nfnet_test override 'se_ration'. Did you mean: .*se_ratio"):
+        dp_zoo.create_model("nfnet_test", num_classes=10, se_ration=0.5)
     with pytest.raises(ValueError, match="groups"):
         dp_zoo.create_model("wrn_digits", num_classes=10, groups=5)
 
@@ -37,3 +42,17 @@ def test_list_architectures_has_the_wrn_variants():
     assert expected <= set(names)
     assert names == sorted(names)
     assert set(dp_zoo.list_architectures("wrn")) >= expected
+
+
+@pytest.mark.parametrize("name", ["nf_resnet_test", "nfnet_test"])
+def test_nf_old_spelling_skipinit_is_accepted(name):
+    """Saved configs (a run's model_kwargs, e.g. TIMM_CONVENTIONS recorded by --init) spell it skipinit."""
+    def gains(m):
+        return sum(l.name.endswith("_skipinit") for l in m.layers)
+
+    assert gains(dp_zoo.create_model(name, num_classes=3)) == 4
+    assert gains(dp_zoo.create_model(name, num_classes=3, skipinit=False)) == 0
+    assert gains(dp_zoo.create_model(name, num_classes=3, skip_init=False)) == 0
+    assert gains(dp_zoo.create_model(name, num_classes=3, skipinit=False, skip_init=False)) == 0
+    with pytest.raises(ValueError, match="disagree"):
+        dp_zoo.create_model(name, num_classes=3, skipinit=True, skip_init=False)

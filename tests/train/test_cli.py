@@ -310,7 +310,7 @@ def test_in_process_cli_on_mock_cifar10(tmp_path, monkeypatch):
 
 
 def _timm_state_dict(model):
-    """Our NF model's weights in timm's names and layouts (the inverse of convert.py)."""
+    """Our NF model's weights in timm's names and layouts (written independently of convert.to_timm_state_dict)."""
     from dp_zoo.models.convert import timm_name
     from dp_zoo.models.layers import ScaledWSConv2D, SkipInitGain, SqueezeExcite
 
