@@ -52,9 +52,11 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "dp-zoo-train=dp_zoo.train.__main__:run",
-            "dp-zoo-privacy=dp_zoo.privacy:run",
-            "dp-zoo-audit=dp_zoo.audit:run",
+            "dp-zoo-train=dp_zoo.scripts:train",
+            "dp-zoo-export=dp_zoo.scripts:export",
+            "dp-zoo-serve=dp_zoo.scripts:serve",
+            "dp-zoo-privacy=dp_zoo.scripts:privacy",
+            "dp-zoo-audit=dp_zoo.scripts:audit",
         ]
     },
 )

@@ -54,7 +54,6 @@ well under 1% for the presets); the accountant's epsilon is the one for
 the run's actual q.
 """
 
-import argparse
 import dataclasses
 import json
 import math
@@ -63,6 +62,8 @@ import time
 from typing import Optional
 
 import numpy as np
+
+from dp_zoo import cli
 
 METHOD = "Steinke, Nasr, Jagielski 2023 (one training run), black-box input-space canaries"
 CANARY_KIND = "uniform-noise images with uniformly random labels"
@@ -521,37 +522,30 @@ def attach_to_record(result, record_path):
 # --- CLI ---------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # One line and exit 2, like every dp_zoo CLI (argparse's default
-        # prints the whole usage block first).
-        print(f"dp_zoo.audit: error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _parser():
-    p = _Parser(prog="python -m dp_zoo.audit",
-                description="Empirical privacy audit of a training configuration with one run "
-                            "(Steinke, Nasr, Jagielski 2023).")
-    p.add_argument("--recipe", default=AUDIT_SMALL,
-                   help=f"recipe from dp_zoo/train/recipes.py, or {AUDIT_SMALL!r} (default: a tiny "
-                        "WRN on 300 digits, 300 steps, eps=2; ~1 min).")
-    p.add_argument("--canaries", type=int, default=200, help="number of canaries m (default 200).")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the recipe's).")
-    p.add_argument("--epsilon", type=float, default=None, help="target epsilon (default: the recipe's).")
-    p.add_argument("--train-size", type=int, default=None,
-                   help="use only the first N real training examples (default: the recipe's data).")
-    p.add_argument("--guess-fraction", type=float, default=0.25,
-                   help="guesses per side as a fraction of m, fixed before training (default 0.25).")
-    p.add_argument("--confidence", type=float, default=0.95, help="confidence of the bound (default 0.95).")
-    p.add_argument("--seed", type=int, default=0, help="canary and coin seed (default 0).")
-    p.add_argument("--params", choices=("last", "ema", "polyak"), default="last", help="weights to score.")
-    p.add_argument("--no-noise", action="store_true",
-                   help="deliberately NON-PRIVATE engine (noise off, clipping kept): shows the audit's power.")
-    p.add_argument("--json", action="store_true", help="print the result as JSON.")
-    p.add_argument("--out", default=None, help="also write the JSON result to this file.")
-    p.add_argument("--attach-to", default=None,
-                   help="store the result under 'audit' in this run_record.json (its config must be the recipe's).")
+    p = cli.Parser("dp_zoo.audit",
+                   description="Empirical privacy audit of a training configuration with one run "
+                               "(Steinke, Nasr, Jagielski 2023).")
+    p.option("recipe", default=AUDIT_SMALL,
+             help=f"recipe from dp_zoo/train/recipes.py, or {AUDIT_SMALL!r} (default: a tiny "
+                  "WRN on 300 digits, 300 steps, eps=2; ~1 min).")
+    p.option("canaries", type=int, default=200, help="number of canaries m (default 200).")
+    p.option("steps", type=int, default=None, help="training steps (default: the recipe's).")
+    p.option("epsilon", type=float, default=None, help="target epsilon (default: the recipe's).")
+    p.option("train-size", type=int, default=None,
+             help="use only the first N real training examples (default: the recipe's data).")
+    p.option("guess-fraction", type=float, default=0.25,
+             help="guesses per side as a fraction of m, fixed before training (default 0.25).")
+    p.option("confidence", type=float, default=0.95, help="confidence of the bound (default 0.95).")
+    p.option("seed", type=int, default=0, help="canary and coin seed (default 0).")
+    p.option("params", choices=("last", "ema", "polyak"), default="last", help="weights to score.")
+    p.switch("noise", default=True,
+             help="--no-noise: a deliberately NON-PRIVATE engine (noise off, clipping kept), to show the "
+                  "audit's power.")
+    p.switch("json", default=False, help="print the result as JSON.")
+    p.option("out", default=None, help="also write the JSON result to this file.")
+    p.option("attach-to", default=None,
+             help="store the result under 'audit' in this run_record.json (its config must be the recipe's).")
     return p
 
 
@@ -568,7 +562,7 @@ def _validate_args(a):
         raise ValueError(f"--guess-fraction {a.guess_fraction} of {a.canaries} canaries makes no guesses.")
     if not 0 < a.confidence < 1:
         raise ValueError(f"--confidence must be in (0, 1), got {a.confidence}.")
-    if a.no_noise and a.attach_to:
+    if not a.noise and a.attach_to:
         raise ValueError("--no-noise cannot be combined with --attach-to (a non-private run is no audit of a model).")
 
 
@@ -587,16 +581,16 @@ def main(argv=None):
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)  # dp-accounting's per-order RDP warnings
-    if args.no_noise:
+    if not args.noise:
         print(f"WARNING: {NOT_PRIVATE_BANNER}. This run trains WITHOUT noise to check that the audit "
               "can detect a non-private engine; its result is not a privacy guarantee.", file=sys.stderr)
     try:
         result = run_audit(cfg, train, num_canaries=args.canaries, guess_fraction=args.guess_fraction,
-                           confidence=args.confidence, seed=args.seed, noise=not args.no_noise,
+                           confidence=args.confidence, seed=args.seed, noise=args.noise,
                            recipe=args.recipe, params=args.params,
                            # The engine's bar shows the ledger's epsilon, which a noiseless
                            # run does not have: no bar there, so nothing suggests a guarantee.
-                           progress=not (args.json or args.no_noise) and sys.stderr.isatty())
+                           progress=args.noise and not args.json and sys.stderr.isatty())
         if args.attach_to:
             attach_to_record(result, args.attach_to)
     except (ValueError, OSError) as e:
@@ -610,10 +604,6 @@ def main(argv=None):
     return 0
 
 
-def run():
-    """Console-script entry point (``dp-zoo-audit``)."""
-    sys.exit(main())
-
-
 if __name__ == "__main__":
-    run()
+    cli.quiet_tensorflow()
+    sys.exit(main())

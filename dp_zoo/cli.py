@@ -157,7 +157,7 @@ class Parser(argparse.ArgumentParser):
         negative = _spellings(f"no-{name}", f"no{name}", f"no{name.replace('-', '_')}")
         action = self.add_argument(*positive, *negative, action=_Switch, negatives=negative,
                                    dest=name.replace("-", "_"), default=default, help=help)
-        action.shown = [f"--{name}", f"--no-{name}"]
+        action.shown = [f"--{name}"] if default is False else [f"--{name}", f"--no-{name}"]
         for s in positive:
             self._switches[s] = (positive[0], negative[0], False)
         for s in negative:

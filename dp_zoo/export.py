@@ -23,15 +23,15 @@ outputs before anything is put in place.
 Command line (``python -m dp_zoo.export``)::
 
     # export a trained model with its run record
-    python -m dp_zoo.export --model run/model.keras --run_record run/run_record.json \\
+    python -m dp_zoo.export --model run/model.keras --run-record run/run_record.json \\
         --entry wrn_digits_eps8 --out saved_models/wrn_digits_eps8
     # write the artifact's checksum into the zoo table (dp_zoo/zoo_entries.json)
     python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 --register
     # a reproducible .tar.gz for a URL-hosted release
     python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 --package dist/wrn_digits_eps8.tar.gz
-    # Kaggle Models (needs kagglehub and Kaggle credentials; --dry_run checks and lists only)
+    # Kaggle Models (needs kagglehub and Kaggle credentials; --dry-run checks and lists only)
     python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 \\
-        --kaggle_handle OWNER/dp-zoo/keras/wrn_digits_eps8 --dry_run
+        --kaggle-handle OWNER/dp-zoo/keras/wrn_digits_eps8 --dry-run
 """
 
 import gzip
@@ -42,6 +42,12 @@ import shutil
 import sys
 import tarfile
 import tempfile
+
+from dp_zoo import cli
+
+if __name__ == "__main__":
+    # ``python -m dp_zoo.export``: TensorFlow is imported just below.
+    cli.quiet_tensorflow()
 
 import numpy as np
 import tensorflow as tf
@@ -288,7 +294,7 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
     if card["privacy"].get("tan_simulation") and not allow_simulation:
         raise ValueError(
             f"{artifact_dir} is a TAN simulation (not private at the stated epsilon); refusing to publish it "
-            "as a zoo model. Pass allow_simulation=True (--allow_simulation) to publish it anyway."
+            "as a zoo model. Pass allow_simulation=True (--allow-simulation) to publish it anyway."
         )
     files = {k: v["bytes"] for k, v in manifest.listed_files(artifact_dir).items()}
     files[manifest.FILENAME] = os.path.getsize(os.path.join(artifact_dir, manifest.FILENAME))
@@ -320,64 +326,59 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
 # -- command line ---------------------------------------------------------------------
 
 
-def _define_flags():
-    # Defined only when run as a program, so importing dp_zoo.export never
-    # adds flags to another program's absl FLAGS.
-    from absl import flags
-
-    flags.DEFINE_string("model", None, "Trained model (.keras) to export.")
-    flags.DEFINE_string("run_record", None, "The run's run_record.json.")
-    flags.DEFINE_string("entry", None, "Zoo entry name for the card.")
-    flags.DEFINE_string("out", None, "Artifact directory (default saved_models/<entry>).")
-    flags.DEFINE_bool("overwrite", False, "Replace an existing artifact.")
-    flags.DEFINE_string("artifact", None, "An exported artifact directory to register/package/publish.")
-    flags.DEFINE_bool("register", False, "Write the artifact's MANIFEST SHA-256 into dp_zoo/zoo_entries.json.")
-    flags.DEFINE_string("package", None, "Write a reproducible .tar.gz of the artifact here.")
-    flags.DEFINE_string("kaggle_handle", None, "Publish to Kaggle Models: <owner>/<model>/<framework>/<variation>.")
-    flags.DEFINE_bool("dry_run", False, "With --kaggle_handle: verify and print the plan, upload nothing.")
-    flags.DEFINE_bool("allow_simulation", False, "Allow publishing a TAN simulation.")
-    return flags.FLAGS
+def _parser():
+    p = cli.Parser("dp_zoo.export", description="Export, register, package or publish a dp_zoo model.")
+    p.option("model", help="Trained model (.keras) to export.")
+    p.option("run-record", help="The run's run_record.json.")
+    p.option("entry", help="Zoo entry name for the card.")
+    p.option("out", help="Artifact directory (default saved_models/<entry>).")
+    p.switch("overwrite", default=False, help="Replace an existing artifact.")
+    p.option("artifact", help="An exported artifact directory to register/package/publish.")
+    p.switch("register", default=False, help="Write the artifact's MANIFEST SHA-256 into dp_zoo/zoo_entries.json.")
+    p.option("package", help="Write a reproducible .tar.gz of the artifact here.")
+    p.option("kaggle-handle", help="Publish to Kaggle Models: <owner>/<model>/<framework>/<variation>.")
+    p.switch("dry-run", default=False, help="With --kaggle-handle: verify and print the plan, upload nothing.")
+    p.switch("allow-simulation", default=False, help="Allow publishing a TAN simulation.")
+    return p
 
 
-def main(argv, FLAGS):
-    """Runs the command line; returns the exit status."""
-    if len(argv) > 1:
-        print(f"dp_zoo.export: error: unexpected arguments {argv[1:]}", file=sys.stderr)
-        return 2
-    artifact = FLAGS.artifact
+def main(argv=None):
+    """Runs ``python -m dp_zoo.export`` with the flags ``argv``; returns the exit status."""
+    args = _parser().parse_args(argv)
+    artifact = args.artifact
     try:
-        if FLAGS.model or FLAGS.run_record:
-            if not (FLAGS.model and FLAGS.run_record and FLAGS.entry):
-                print("dp_zoo.export: error: exporting needs --model, --run_record and --entry", file=sys.stderr)
+        if args.model or args.run_record:
+            if not (args.model and args.run_record and args.entry):
+                print("dp_zoo.export: error: exporting needs --model, --run-record and --entry", file=sys.stderr)
                 return 2
             import keras
 
             import dp_zoo.models  # noqa: F401
 
-            with open(FLAGS.run_record) as f:
+            with open(args.run_record) as f:
                 record = json.load(f)
-            model = keras.models.load_model(FLAGS.model)
-            out = FLAGS.out or os.path.join("saved_models", FLAGS.entry)
-            artifact = export_model(model, record, out, entry_name=FLAGS.entry, overwrite=FLAGS.overwrite)
+            model = keras.models.load_model(args.model)
+            out = args.out or os.path.join("saved_models", args.entry)
+            artifact = export_model(model, record, out, entry_name=args.entry, overwrite=args.overwrite)
             print(f"exported: {artifact}")
         if artifact is None:
-            print("dp_zoo.export: error: nothing to do; give --model/--run_record/--entry or --artifact",
+            print("dp_zoo.export: error: nothing to do; give --model/--run-record/--entry or --artifact",
                   file=sys.stderr)
             return 2
         digest = manifest.verify(artifact)
         print(f"verified: {artifact} (MANIFEST sha256 {digest})")
-        if FLAGS.register:
+        if args.register:
             from dp_zoo import zoo
 
             name = os.path.basename(os.path.normpath(artifact))
             zoo.register(name, artifact)
             print(f"registered: {name} -> {digest} in {zoo.TABLE_PATH}")
-        if FLAGS.package:
-            path, sha = package(artifact, FLAGS.package)
+        if args.package:
+            path, sha = package(artifact, args.package)
             print(f"packaged: {path} (sha256 {sha})")
-        if FLAGS.kaggle_handle:
-            plan = publish(artifact, kaggle_handle=FLAGS.kaggle_handle, dry_run=FLAGS.dry_run,
-                           allow_simulation=FLAGS.allow_simulation)
+        if args.kaggle_handle:
+            plan = publish(artifact, kaggle_handle=args.kaggle_handle, dry_run=args.dry_run,
+                           allow_simulation=args.allow_simulation)
             verb = "uploaded" if plan["uploaded"] else "dry run, would upload"
             print(f"{verb}: {plan['handle']}: {len(plan['files'])} files, {plan['total_bytes']} bytes")
             print(json.dumps(plan, indent=2))
@@ -388,7 +389,4 @@ def main(argv, FLAGS):
 
 
 if __name__ == "__main__":
-    from absl import app
-
-    _FLAGS = _define_flags()
-    app.run(lambda argv: sys.exit(main(argv, _FLAGS)))
+    sys.exit(main())

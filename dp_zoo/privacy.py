@@ -12,41 +12,27 @@ Examples::
 
 Add ``--json`` for a machine-readable answer. Poisson sampling with expected
 batch B is assumed (q = B / N), as the engine does.
-
-A small argparse CLI (not absl): it is imported by tests and by other CLIs,
-and absl's global flag registry would clash there.
 """
 
-import argparse
 import json
 import sys
 import warnings
 
-from dp_zoo import accounting
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        # One clear line and exit code 2, never a traceback.
-        self.exit(2, f"dp_zoo.privacy: error: {message}\nRun with --help for usage.\n")
+from dp_zoo import accounting, cli
 
 
 def _parser():
-    p = _Parser(
-        prog="python -m dp_zoo.privacy",
-        description="Privacy accounting for DP-SGD with Poisson sampling (dp-accounting).",
-    )
-    p.add_argument("--dataset-size", type=int, required=True, help="N, examples in the training set")
-    p.add_argument("--batch-size", type=float, required=True, help="expected batch size B (q = B/N)")
-    p.add_argument("--steps", type=int, help="number of noisy steps")
-    p.add_argument("--noise-multiplier", type=float, help="sigma")
-    p.add_argument("--delta", type=float, required=True)
-    p.add_argument("--target-epsilon", type=float, help="calibrate sigma (or steps, if sigma is given)")
-    p.add_argument(
-        "--accountant", choices=accounting.ACCOUNTANTS, default="pld",
-        help="accountant used for calibration (default pld)",
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p = cli.Parser("dp_zoo.privacy",
+                   description="Privacy accounting for DP-SGD with Poisson sampling (dp-accounting).")
+    p.option("dataset-size", type=int, required=True, help="N, examples in the training set")
+    p.option("batch-size", type=float, required=True, help="expected batch size B (q = B/N)")
+    p.option("steps", type=int, help="number of noisy steps")
+    p.option("noise-multiplier", type=float, help="sigma")
+    p.option("delta", type=float, required=True)
+    p.option("target-epsilon", type=float, help="calibrate sigma (or steps, if sigma is given)")
+    p.option("accountant", choices=accounting.ACCOUNTANTS, default="pld",
+             help="accountant used for calibration (default pld)")
+    p.switch("json", default=False, help="print JSON")
     return p
 
 
@@ -150,10 +136,6 @@ def main(argv=None):
     return 0
 
 
-def run():
-    """Console-script entry point (``dp-zoo-privacy``)."""
-    sys.exit(main())
-
-
 if __name__ == "__main__":
-    run()
+    cli.quiet_tensorflow()
+    sys.exit(main())

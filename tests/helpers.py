@@ -1,7 +1,7 @@
 """Helpers shared by several test modules (test modules never import each other).
 
 - ``train_subprocess``: ``python -m dp_zoo.train ARGS`` as a user runs it (a real process);
-- ``train_in_process``: the same command line through the CLI's own flag parser and ``main()``
+- ``train_in_process``: the same command line through the CLI's ``main()``
   in this process (no interpreter and TensorFlow start-up), for everything but exit-code plumbing;
 - ``free_ports``: loopback ports for multi-worker clusters.
 """
@@ -25,23 +25,17 @@ def train_subprocess(*args, env=None, timeout=300):
 
 
 def train_in_process(*args):
-    """``python -m dp_zoo.train ARGS`` in this process: the CLI's flag parser, then ``main()``.
+    """``python -m dp_zoo.train ARGS`` in this process, through the CLI's ``main()``.
 
-    Returns the exit code the process would have: ``_parse`` exits with 2 on a
-    flag-parsing error (absl's own errors), ``main`` returns 0, 1 or 2.
-    Flags are reset before and after, so runs do not leak into each other.
+    Returns the exit code the process would have: the flag parser exits with 2
+    on a command line it cannot parse, ``main`` returns 0, 1 or 2.
     """
     from dp_zoo.train import __main__ as cli
 
-    cli.FLAGS.unparse_flags()
     try:
-        try:
-            cli._parse(["dp_zoo.train", *args])
-        except SystemExit as e:
-            return e.code
-        return cli.main(["dp_zoo.train"])
-    finally:
-        cli.FLAGS.unparse_flags()
+        return cli.main(list(args))
+    except SystemExit as e:
+        return e.code
 
 
 def free_ports(n):

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import time
-import types
 
 import numpy as np
 import pytest
@@ -52,13 +51,9 @@ def stderr_of(fn, *args):
     return code, err.getvalue()
 
 
-def export_cli(**flags):
-    """``python -m dp_zoo.export`` with these flags, in this process (its absl flags as plain attributes)."""
-    names = ("model", "run_record", "entry", "out", "artifact", "package", "kaggle_handle")
-    values = {n: None for n in names}
-    values.update(overwrite=False, register=False, dry_run=False, allow_simulation=False)
-    values.update(flags)
-    return stderr_of(export.main, ["dp_zoo.export"], types.SimpleNamespace(**values))
+def export_cli(*argv):
+    """``python -m dp_zoo.export ARGV`` in this process, through the CLI's ``main()``."""
+    return stderr_of(export.main, list(argv))
 
 
 def case_load_unknown(w):
@@ -232,12 +227,13 @@ def case_split_unknown(w):
 
 
 def case_export_cli_not_an_artifact(w):
-    code, err = export_cli(artifact=str(w["root"] / "run"), register=True)
+    code, err = export_cli("--artifact", str(w["root"] / "run"), "--register")
     assert code != 0 and "has no MANIFEST.json" in err and "Traceback" not in err
 
 
 def case_publish_bad_handle(w):
-    code, err = export_cli(artifact=str(w["root"] / "home" / "wrn_digits_eps8"), kaggle_handle="bad", dry_run=True)
+    code, err = export_cli("--artifact", str(w["root"] / "home" / "wrn_digits_eps8"), "--kaggle-handle", "bad",
+                           "--dry-run")
     assert code != 0 and "<owner>/<model>/<framework>/<variation>" in err
     assert "Traceback" not in err
 

@@ -171,9 +171,8 @@ def test_publish_refuses_tan_simulation_and_corrupt_artifacts(tmp_path):
 
 def test_export_command_line(art, tmp_path, capsys):
     """``python -m dp_zoo.export`` in a real process: export, package and a publishing dry run;
-    then (in process, the CLI's main with the same flags) a second export onto it: exit 1, one line."""
-    import types
-
+    then (in process, the CLI's main with the same flags) a second export onto it: exit 1, one line.
+    The real process spells its flags the old (absl) way, which still parses."""
     path, model, rec = art
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     out = tmp_path / "cli_art"
@@ -187,11 +186,8 @@ def test_export_command_line(art, tmp_path, capsys):
     assert "exported:" in r.stdout and "packaged:" in r.stdout and "dry run, would upload" in r.stdout
     manifest.verify(str(out))
     assert json.load(open(out / "card.json"))["privacy"] == rec["privacy"]
-    flags = types.SimpleNamespace(model=os.path.join(path, "model.keras"),
-                                  run_record=os.path.join(path, "run_record.json"), entry="wrn_digits_eps8",
-                                  out=str(out), overwrite=False, artifact=None, register=False, package=None,
-                                  kaggle_handle=None, dry_run=False, allow_simulation=False)
-    assert export.main(["dp_zoo.export"], flags) == 1
+    assert export.main(["--model", os.path.join(path, "model.keras"), "--run-record",
+                        os.path.join(path, "run_record.json"), "--entry", "wrn_digits_eps8", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert [ln for ln in err.splitlines() if ln.startswith("dp_zoo.export: error:")] == [
         ln for ln in err.splitlines() if "already exists" in ln] != []

@@ -59,12 +59,7 @@ def run_cli(argv):
     """``python -m dp_zoo.train ARGV`` in this process; returns the exit code."""
     from dp_zoo.train import __main__ as cli
 
-    cli.FLAGS.unparse_flags()
-    try:
-        cli.FLAGS(["dp_zoo.train", *argv])
-        return cli.main(["dp_zoo.train"])
-    finally:
-        cli.FLAGS.unparse_flags()
+    return cli.main(list(argv))
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 One real process checks the exit-code plumbing of a bad flag, one runs a real
 (short, 2-replica) training job end to end, one reads a torch checkpoint; every
-other case runs the same command line in this process through the CLI's own
-flag parser and ``main()`` (``helpers.train_in_process``), with sigma given
+other case runs the same command line in this process through the CLI's
+``main()`` (``helpers.train_in_process``), with sigma given
 wherever calibration is not the subject (a PLD calibration takes 30-50 s here).
 """
 
@@ -55,13 +55,13 @@ def test_bad_flags_exit_2_with_one_line_naming_the_problem(args, match, tmp_path
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     assert "Traceback" not in err
-    # One line that names the problem (absl reports flag-parsing errors its own way).
+    # One line that names the problem.
     assert len([ln for ln in err.splitlines() if match in ln]) == 1, err[-2000:]
     assert not (tmp_path / "r").exists()  # refused before anything was written
 
 
 def test_a_bad_flag_exits_2_from_a_real_process(tmp_path):
-    """The process wiring (absl's app.run around main) gives the exit code and no traceback."""
+    """The process wiring (``python -m dp_zoo.train`` around main) gives the exit code and no traceback."""
     r = train_subprocess("--batch-size", "0", "--run-dir", str(tmp_path / "r"), "--nopublish")
     assert r.returncode == 2, (r.stdout[-1000:], r.stderr[-2000:])
     assert "Traceback" not in r.stderr
@@ -164,12 +164,7 @@ def _resolved_sigma(args, monkeypatch):
 
     spy = _CalibrationSpy()
     monkeypatch.setattr(engine.accounting, "calibrate_noise", spy)
-    cli.FLAGS.unparse_flags()
-    try:
-        cli._parse(["dp_zoo.train", *args])
-        _, config, _ = cli.resolve()
-    finally:
-        cli.FLAGS.unparse_flags()
+    _, config, _ = cli.resolve(cli._parser().parse_args(args))
     n = DIGITS_N - config.data.validation_size
     steps = engine.resolve_steps(config, n)
     return engine.resolve_noise_multiplier(config, n, steps), config.dp.target_epsilon, spy.calls
@@ -339,7 +334,7 @@ def _timm_state_dict(model):
 def test_init_from_a_timm_state_dict(tmp_path, capsys):
     import dp_zoo
     from dp_zoo.models.nf_resnet import TIMM_CONVENTIONS
-    from dp_zoo.train import __main__ as train_cli
+    from dp_zoo.train import init_weights
     from dp_zoo.train.config import TrainConfig
 
     kw = TIMM_CONVENTIONS["nf_resnet"]
@@ -350,7 +345,7 @@ def test_init_from_a_timm_state_dict(tmp_path, capsys):
     # Same class count -> every tensor lands where it came from.
     cfg = TrainConfig(model="nf_resnet_test", model_kwargs=tuple(sorted(kw.items())))
     dst = dp_zoo.create_model("nf_resnet_test", num_classes=5, input_shape=(8, 8, 1), **kw)
-    assert train_cli.load_init_weights(str(tmp_path / "timm.npz"), dst, cfg, (8, 8, 1)) == []
+    assert init_weights.load_init_weights(str(tmp_path / "timm.npz"), dst, cfg, (8, 8, 1)) == []
     for a, b in zip(src.weights, dst.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     # The whole CLI on digits (10 classes): the 5-class head is re-initialised,
@@ -379,13 +374,13 @@ def test_read_a_torch_checkpoint_without_torch_in_this_process(tmp_path):
 
     if importlib.util.find_spec("torch") is None:
         pytest.skip("torch not installed (the [parity] extra)")
-    from dp_zoo.train import __main__ as train_cli
+    from dp_zoo.train import init_weights
 
     # Written in a torch-only process, nested as timm training scripts save it, in bfloat16.
     subprocess.run([sys.executable, "-c",
                     "import torch; torch.save({'state_dict': {'head.fc.bias': torch.arange(3.).bfloat16()}}, "
                     f"{str(tmp_path / 'w.pth')!r})"], check=True, timeout=120)
-    sd = train_cli.read_timm_state_dict(str(tmp_path / "w.pth"))
+    sd = init_weights.read_timm_state_dict(str(tmp_path / "w.pth"))
     assert list(sd) == ["head.fc.bias"] and sd["head.fc.bias"].tolist() == [0.0, 1.0, 2.0]
     assert "torch" not in sys.modules
 
@@ -401,7 +396,7 @@ def test_init_format_tells_timm_haiku_keras_and_zoo_apart(tmp_path):
     import pickle
 
     from dp_zoo.models.convert import save_haiku_checkpoint
-    from dp_zoo.train import __main__ as train_cli
+    from dp_zoo.train import init_weights
 
     np.savez(tmp_path / "timm.npz", **{"stem.conv.weight": np.zeros(2)})
     save_haiku_checkpoint({"wide_res_net/First_conv": {"w": np.zeros(2)}}, tmp_path / "hk.npz")
@@ -409,10 +404,10 @@ def test_init_format_tells_timm_haiku_keras_and_zoo_apart(tmp_path):
         pickle.dump({"NFNet/~/linear": {"w": np.zeros(2)}}, f)
     (tmp_path / "m.keras").write_bytes(b"")
     (tmp_path / "w.dill").write_bytes(b"")
-    got = {n: train_cli.init_format(str(tmp_path / n)) for n in ("timm.npz", "hk.npz", "F0_haiku.npz", "m.keras", "w.dill")}
+    got = {n: init_weights.init_format(str(tmp_path / n)) for n in ("timm.npz", "hk.npz", "F0_haiku.npz", "m.keras", "w.dill")}
     assert got == {"timm.npz": "timm", "hk.npz": "haiku", "F0_haiku.npz": "haiku", "m.keras": "keras", "w.dill": "haiku"}
-    assert train_cli.init_format("wrn_digits_eps8") == "zoo"
-    assert train_cli.init_format(str(tmp_path / "missing.keras")) is None
+    assert init_weights.init_format("wrn_digits_eps8") == "zoo"
+    assert init_weights.init_format(str(tmp_path / "missing.keras")) is None
 
 
 def test_init_from_deepmind_nfnet_pickle_with_another_class_count(tmp_path):
@@ -420,7 +415,7 @@ def test_init_from_deepmind_nfnet_pickle_with_another_class_count(tmp_path):
     import pickle
 
     from dp_zoo.models.convert import to_deepmind_nfnet
-    from dp_zoo.train import __main__ as train_cli
+    from dp_zoo.train import init_weights
     from dp_zoo.train.config import TrainConfig
 
     src = _perturbed(dp_zoo.create_model("nfnet_test", num_classes=1000, input_shape=(16, 16, 3)))
@@ -428,7 +423,7 @@ def test_init_from_deepmind_nfnet_pickle_with_another_class_count(tmp_path):
         pickle.dump(to_deepmind_nfnet(src), f)
     dst = dp_zoo.create_model("nfnet_test", num_classes=10, input_shape=(16, 16, 3))
     head_before = [w.numpy() for w in dst.layers[-1].weights]
-    fresh = train_cli.load_init_weights(str(tmp_path / "F0_haiku.npz"), dst, TrainConfig(model="nfnet_test"),
+    fresh = init_weights.load_init_weights(str(tmp_path / "F0_haiku.npz"), dst, TrainConfig(model="nfnet_test"),
                                         (16, 16, 3))
     assert fresh == [dst.layers[-1].name]
     for a, b in zip(src.layers[:-1], dst.layers[:-1]):

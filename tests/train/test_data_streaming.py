@@ -210,19 +210,16 @@ def test_streaming_under_mock_data():
 
 def _cli_run(tmp_path, prepared, fmt, extra):
     from dp_zoo.train import __main__ as train_cli
+    from dp_zoo.train import run
 
-    argv = ["dp_zoo.train", "--recipe", "wrn16_4_cifar10_eps8", "--steps", "3", "--batch-size", "24",
+    argv = ["--recipe", "wrn16_4_cifar10_eps8", "--steps", "3", "--batch-size", "24",
             "--physical-batch-size", "8", "--augmult", "2", "--noise-multiplier", "1.0", "--deterministic",
             "--data-dir", str(prepared / fmt), "--run-dir", str(tmp_path / fmt), "--nopublish", "--noprogress",
             *extra]
-    train_cli.FLAGS.unparse_flags()
-    train_cli.FLAGS(argv)
-    try:
-        name, config, recipe = train_cli.resolve()
-        config = config.replace(model="wrn_test")  # a tiny network: the input pipeline is under test
-        return train_cli.train(name, config, recipe)
-    finally:
-        train_cli.FLAGS.unparse_flags()
+    args = train_cli._parser().parse_args(argv)
+    name, config, recipe = train_cli.resolve(args)
+    config = config.replace(model="wrn_test")  # a tiny network: the input pipeline is under test
+    return run.train(name, config, recipe, train_cli.run_options(args))
 
 
 @pytest.mark.slow

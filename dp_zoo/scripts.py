@@ -1,0 +1,52 @@
+"""The console scripts that ``pip install`` puts on the PATH (setup.py's ``entry_points``).
+
+Each one is ``python -m dp_zoo.<cli>`` under another name: ``dp-zoo-train``,
+``dp-zoo-export``, ``dp-zoo-serve``, ``dp-zoo-privacy`` and ``dp-zoo-audit``.
+They live here, apart from the CLIs, because some CLI modules import
+TensorFlow when they are imported, and its start-up noise must be silenced
+first (``cli.quiet_tensorflow``).
+"""
+
+import sys
+
+from dp_zoo import cli
+
+
+def train():
+    """``dp-zoo-train``: ``python -m dp_zoo.train``."""
+    cli.quiet_tensorflow()
+    from dp_zoo.train import __main__ as command
+
+    sys.exit(command.main())
+
+
+def export():
+    """``dp-zoo-export``: ``python -m dp_zoo.export``."""
+    cli.quiet_tensorflow()
+    from dp_zoo import export as command
+
+    sys.exit(command.main())
+
+
+def serve():
+    """``dp-zoo-serve``: ``python -m dp_zoo.serve``."""
+    cli.quiet_tensorflow()
+    from dp_zoo import serve as command
+
+    sys.exit(command.main())
+
+
+def privacy():
+    """``dp-zoo-privacy``: ``python -m dp_zoo.privacy``."""
+    cli.quiet_tensorflow()
+    from dp_zoo import privacy as command
+
+    sys.exit(command.main())
+
+
+def audit():
+    """``dp-zoo-audit``: ``python -m dp_zoo.audit``."""
+    cli.quiet_tensorflow()
+    from dp_zoo import audit as command
+
+    sys.exit(command.main())

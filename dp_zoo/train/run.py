@@ -1,0 +1,371 @@
+"""One training job, start to finish: data, model, trainer, training, run record, publishing.
+
+``python -m dp_zoo.train`` turns its flags into a ``TrainConfig`` and a
+``RunOptions`` and calls ``train``; a program can call it the same way. The
+DP semantics of the run are the engine's (docs/design.md); this module wires
+the pieces together, evaluates, writes ``run_record.json`` into the run
+directory and publishes the model with its card.
+"""
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Optional
+
+from dp_zoo.train import init_privacy
+from dp_zoo.train.init_weights import load_init_weights
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a run is carried out (none of it changes what is trained).
+
+    Attributes:
+      run_dir: checkpoints, privacy journal and run record; an existing one is
+        resumed. None: ``runs/<name>``.
+      publish: export the trained model with its card.
+      publish_dir: where to publish. None: ``$DP_ZOO_HOME/<name>``, else the
+        zoo cache (``~/.cache/dp_zoo/<name>``), replaced if it exists.
+      overwrite: replace an existing artifact in ``publish_dir``.
+      strategy: "default", "mirrored", "multiworker" or "tpu".
+      tpu: with strategy "tpu", the TPU's name or ``grpc://`` address (None:
+        the one the environment names).
+      logical_cpus: split the CPU into this many logical devices.
+      streaming: stream the data set from its array_record files (None: only
+        when it would not fit in memory).
+      progress: show a progress bar.
+      tan_simulate: run the TAN simulation with batch and sigma divided by
+        this factor (``dp_zoo.tan``).
+      allow_nonprivate_init: accept an initial checkpoint trained on the same
+        data without privacy (the result is published as NOT private).
+    """
+
+    run_dir: Optional[str] = None
+    publish: bool = True
+    publish_dir: Optional[str] = None
+    overwrite: bool = False
+    strategy: str = "default"
+    tpu: Optional[str] = None
+    logical_cpus: Optional[int] = None
+    streaming: Optional[bool] = None
+    progress: bool = True
+    tan_simulate: Optional[float] = None
+    allow_nonprivate_init: bool = False
+
+
+def make_strategy(strategy="default", *, tpu=None, logical_cpus=None):
+    """The ``tf.distribute`` strategy named ``strategy``, configuring TensorFlow first.
+
+    Call it before TensorFlow runs any op: MultiWorkerMirroredStrategy and
+    logical CPU devices must be set up before the runtime starts.
+
+    Raises:
+      ValueError: a negative ``logical_cpus``, or no TPU to connect to (one
+        line saying how to name one).
+    """
+    import tensorflow as tf
+
+    n = logical_cpus
+    if n:
+        if n < 1:
+            raise ValueError("--logical-cpus must be >= 1.")
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    if strategy == "mirrored":
+        if n:
+            return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(n)])
+        return tf.distribute.MirroredStrategy()
+    if strategy == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if strategy == "tpu":
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
+            tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+        except Exception as e:  # TF raises several types here; all mean "no such TPU"
+            where = f"TPU {tpu!r}" if tpu else "a TPU (none named by --tpu or the environment)"
+            raise ValueError(f"--strategy tpu: cannot connect to {where}: {(str(e).splitlines() or [type(e).__name__])[0].rstrip('.')}. "
+                             "Run on a TPU VM or pass --tpu NAME (or grpc://HOST:PORT).") from None
+        return tf.distribute.TPUStrategy(resolver)
+    return tf.distribute.get_strategy()
+
+
+def _is_chief(strategy):
+    """True on the one process that writes the run directory and publishes.
+
+    Single-process strategies: always. Multi-worker: the "chief" task, or
+    worker 0 when TF_CONFIG names no chief (TensorFlow's convention).
+    """
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
+
+
+def _worker_label(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return None
+    return f"{resolver.task_type} {resolver.task_id}"
+
+
+def _all_workers_agree(strategy, value):
+    """True iff every replica of ``strategy`` holds the same non-negative int ``value`` (< 2**62).
+
+    One all-reduce: each replica checks that the SUM over replicas equals
+    num_replicas * its own value, which holds on every replica only when all
+    values are equal. Runs on every worker (it is a collective).
+    """
+    import tensorflow as tf
+
+    n = strategy.num_replicas_in_sync
+    if n == 1:
+        return True
+    value = int(value) & ((1 << 62) - 1)
+    parts = tf.constant([value >> 31, value & 0x7FFFFFFF], tf.int64)
+    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: parts), axis=None)
+    return [int(x) for x in total.numpy()] == [n * (value >> 31), n * (value & 0x7FFFFFFF)]
+
+
+def weights_sha256(model):
+    """SHA-256 of the model's trainable weights (float32 bytes, in order)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.sha256()
+    for v in model.trainable_variables:
+        h.update(np.ascontiguousarray(v.numpy()).tobytes())
+    return h.hexdigest()
+
+
+def init_provenance(config, *, allow_nonprivate=False):
+    """The ``init_privacy.InitProvenance`` of the run's ``--init`` (None from scratch); refuses a
+    non-private one trained on the same data unless ``allow_nonprivate``."""
+    prov = init_privacy.provenance(config.init_checkpoint, config.data.dataset)
+    init_privacy.check_allowed(prov, allow_nonprivate=allow_nonprivate)
+    return prov
+
+
+def _load_data(config, streaming):
+    """(train set, evaluation set, evaluation split name) as the data module serves them."""
+    from dp_zoo.train import data as data_lib
+
+    train_set = data_lib.load_dataset(config.data, "train", streaming=streaming)
+    eval_split = "validation" if config.data.validation_size else "test"
+    test_set = data_lib.load_dataset(config.data, eval_split, streaming=streaming)
+    if getattr(train_set, "streaming", False) and streaming is None:
+        print(f"{train_set.name} train does not fit in memory: streaming it from its array_record files.")
+    return train_set, test_set, eval_split
+
+
+def _tan_simulation(name, config, factor, dataset_size):
+    """(name, config, tan_info) of the TAN simulation of ``config`` with batch and sigma divided by ``factor``."""
+    from dp_zoo import tan
+    from dp_zoo.train import engine
+
+    full = config
+    if full.dp.noise_multiplier is None:
+        full = full.replace(steps=engine.resolve_steps(full, dataset_size))
+    tan_info = tan.tan_info(full, factor, dataset_size=dataset_size)
+    config = tan.simulate(full, factor, dataset_size=dataset_size)
+    print(f"TAN SIMULATION (factor {factor:g}): NOT private at the full run's "
+          f"epsilon={tan_info['epsilon_full_run']:.4f}; batch {config.batch_size}, "
+          f"sigma {config.dp.noise_multiplier:.4f}, {config.steps} steps.")
+    return f"{name}_tan{factor:g}", config, tan_info
+
+
+def _build_model(config, train_set, strategy):
+    """The run's model in ``strategy``'s scope, from ``config.init_checkpoint`` when there is one."""
+    import keras
+
+    import dp_zoo
+
+    with strategy.scope():
+        keras.utils.set_random_seed(config.seed)
+        model = dp_zoo.create_model(
+            config.model, num_classes=train_set.num_classes, input_shape=train_set.input_shape,
+            **dict(config.model_kwargs),
+        )
+        if config.init_checkpoint:
+            fresh = load_init_weights(config.init_checkpoint, model, config, train_set.input_shape)
+            if fresh:
+                print(f"Fine-tuning from {config.init_checkpoint}: re-initialised {', '.join(fresh)} "
+                      "(shape differs, e.g. another number of classes).")
+    return model
+
+
+def _announce(trainer, config, recipe, train_set, run_dir):
+    if trainer.private and config.deterministic:
+        print("WARNING: --deterministic derives batch selection and noise from --seed, which is published: "
+              "this run is NOT differentially private (its card says so).", file=sys.stderr)
+    if recipe.published_accuracy is not None and config == recipe.config:
+        print(f"Recipe {recipe.name}: {recipe.reference} reports {recipe.published_accuracy}% top-1.")
+    if trainer.private:
+        print(f"Training {config.model} on {train_set.name} (N={len(train_set)}) with DP-SGD: "
+              f"sigma={trainer.noise_multiplier:.4f}, q={trainer.q:.4g}, {trainer.total_steps} steps, "
+              f"C={config.dp.l2_clip}, delta={config.dp.delta:g}; run dir {run_dir}")
+    else:
+        print(f"Training {config.model} on {train_set.name} WITHOUT privacy (baseline); run dir {run_dir}")
+
+
+def _fit(trainer, train_set):
+    """``trainer.fit()``; a streamed data set reads the steps' sampled examples ahead of the engine."""
+    streaming = getattr(train_set, "streaming", False)
+    if streaming:
+        trainer.restore()
+        train_set.prefetch(trainer.sampler, trainer.step, trainer.total_steps)
+    try:
+        return trainer.fit()
+    finally:
+        if streaming:
+            train_set.stop_prefetch()
+
+
+def _check_same_step(trainer, strategy, worker, run_dir):
+    """Every worker must resume from the same step, or the collectives pair different steps
+    (a hang, or silently wrong updates)."""
+    from dp_zoo.train import engine
+
+    trainer.restore()
+    if not _all_workers_agree(strategy, trainer.step):
+        raise engine.TrainingError(
+            f"{worker} would resume {run_dir} at step {trainer.step}, another worker at a different "
+            "step: the workers do not see the same run directory. Put --run-dir on a file system "
+            "shared by all workers (only the chief writes it)."
+        )
+
+
+def _check_same_weights(record, strategy, worker):
+    from dp_zoo.train import engine
+
+    if not _all_workers_agree(strategy, int(record["weights_sha256"][:16], 16)):
+        raise engine.TrainingError(
+            f"{worker}: the workers finished with different weights (sha256 {record['weights_sha256']}); "
+            "the run is not one DP-SGD run. Check that every worker ran the same command and version."
+        )
+
+
+def _complete_record(record, trainer, train_set, test_set, eval_split, prov, name):
+    """Adds what only the chief knows at the end: evaluation, data, the init's provenance, names."""
+    from dp_zoo.train import engine
+
+    metrics = {"test_accuracy_last": trainer.evaluate(test_set, "last")["accuracy"],
+               "test_accuracy_ema": None, "test_accuracy_polyak": None, "evaluated_on": eval_split}
+    if trainer.ema_vars is not None:
+        metrics["test_accuracy_ema"] = trainer.evaluate(test_set, "ema")["accuracy"]
+    if trainer.polyak_vars is not None:
+        metrics["test_accuracy_polyak"] = trainer.evaluate(test_set, "polyak")["accuracy"]
+    record["metrics"] = metrics
+    record["data"] = {
+        "dataset": train_set.name, "train_split": train_set.split, "test_split": test_set.split,
+        "train_size": len(train_set), "test_size": len(test_set),
+        "mean": list(train_set.mean), "std": list(train_set.std),
+        "public_pretraining_data": prov.detail if prov is not None and prov.kind in (
+            init_privacy.PUBLIC_PRETRAINING, init_privacy.DECLARED_PUBLIC) else None,
+        "streaming": bool(getattr(train_set, "streaming", False)),
+    }
+    record["model"]["init"] = prov.to_dict() if prov is not None else None
+    if prov is not None and prov.kind == init_privacy.NONPRIVATE_SAME_DATA and record["privacy"]["private"]:
+        engine.mark_not_private(record["privacy"], "non-private initial checkpoint",
+                                init_privacy.not_private_detail(prov))
+    record["entry_name"] = name
+    record["published_weights"] = "ema" if trainer.ema_vars is not None else "last"
+
+
+def _report(record, eval_split, worker):
+    """Prints the run's accuracy and privacy, as the card will state them."""
+    metrics, p = record["metrics"], record["privacy"]
+    acc = metrics["test_accuracy_ema"] if metrics["test_accuracy_ema"] is not None else metrics["test_accuracy_last"]
+    if worker is not None:
+        print(f"{worker} (chief): weights sha256 {record['weights_sha256']}")
+    print(f"\n{eval_split} accuracy: {acc:.4f} ({record['published_weights']} weights; "
+          f"last weights {metrics['test_accuracy_last']:.4f})")
+    if p.get("not_private"):
+        nominal = p.get("nominal_epsilon") or {}
+        print(f"privacy: NOT differentially private ({p['not_private']['reason']}): {p['not_private']['detail']}; "
+              f"nominal epsilon had it been private: PLD {nominal.get('pld')}, RDP {nominal.get('rdp')}")
+    elif p["private"]:
+        pld = "n/a" if p["epsilon_pld"] is None else f"{p['epsilon_pld']:.4f}"
+        print(f"privacy: epsilon={p['epsilon']:.4f} (PLD {pld}, RDP {p['epsilon_rdp']:.4f}), "
+              f"delta={p['delta']:g}, {p['steps']} steps, sigma={p['noise_multiplier']:.4f}, q={p['sampling_probability']:.4g}, "
+              "Poisson sampling, add-or-remove-one")
+        if p.get("tan_simulation"):
+            print("TAN SIMULATION: this model is NOT private at the full run's epsilon "
+                  f"({p['tan_simulation']['epsilon_full_run']:.4f}).")
+    else:
+        print("privacy: none (non-private baseline)")
+
+
+def _publish(trainer, record, name, options):
+    from dp_zoo import export
+
+    publish_dir, overwrite = options.publish_dir, options.overwrite
+    if publish_dir is None:
+        base = os.environ.get("DP_ZOO_HOME")
+        if base is None:
+            from dp_zoo.zoo import cache_dir
+
+            base = str(cache_dir())
+        publish_dir = os.path.join(base, name)
+        overwrite = True  # the user's own cache / home
+    export.export_model(trainer.model_for(record["published_weights"]), record, publish_dir,
+                        entry_name=name, overwrite=overwrite)
+    print(f"published: {publish_dir}  (load with dp_zoo.load({publish_dir!r}))")
+
+
+def train(name, config, recipe, options=RunOptions()):
+    """Runs the whole job named ``name`` (``config`` derived from ``recipe``); returns the run record."""
+    from dp_zoo.train import data as data_lib
+    from dp_zoo.train import engine
+
+    # First: MultiWorkerMirroredStrategy and logical CPUs must configure
+    # TensorFlow before it runs any op (TFDS loading runs tf.data ops).
+    strategy = make_strategy(options.strategy, tpu=options.tpu, logical_cpus=options.logical_cpus)
+    if config.deterministic:
+        import tensorflow as tf
+
+        # Bit-identical reruns (and crash replays that reuse a lost step's budget).
+        tf.config.experimental.enable_op_determinism()
+    chief, worker = _is_chief(strategy), _worker_label(strategy)
+    train_set, test_set, eval_split = _load_data(config, options.streaming)
+    tan_info = None
+    if options.tan_simulate is not None:
+        name, config, tan_info = _tan_simulation(name, config, options.tan_simulate, len(train_set))
+    model = _build_model(config, train_set, strategy)
+    run_dir = options.run_dir or os.path.join("runs", name)
+    prov = init_provenance(config, allow_nonprivate=options.allow_nonprivate_init)
+    # Multi-worker runs share one run directory (a shared file system, as with
+    # TensorFlow's BackupAndRestore): every worker resumes from the chief's
+    # checkpoints and privacy journal, and only the chief writes them.
+    trainer = engine.Trainer(
+        model, config, train_set, write_run_dir=chief,
+        eval_data=test_set if config.eval_every and chief else None,
+        augment_fn=data_lib.make_augment_fn(config.augmult), run_dir=run_dir,
+        strategy=strategy, progress=options.progress and chief,
+        prior_runs=prov.prior_runs if prov is not None else (),
+    )
+    trainer.tan_info = tan_info
+    multiworker = worker is not None and strategy.num_replicas_in_sync > 1
+    if multiworker:
+        _check_same_step(trainer, strategy, worker, run_dir)
+    _announce(trainer, config, recipe, train_set, run_dir)
+    record = _fit(trainer, train_set)
+    if trainer.stopped_by_signal:
+        print("Stopped by SIGTERM; re-run the same command to resume.")
+        return record
+    record["weights_sha256"] = weights_sha256(model)
+    if multiworker:
+        _check_same_weights(record, strategy, worker)
+    if not chief:
+        # The chief evaluates, writes the run record and publishes.
+        p = record["privacy"]
+        eps = f"epsilon={p['epsilon']:.4f}" if p["private"] else "NOT private"
+        print(f"{worker}: finished {record['steps_completed']} steps, {eps}, weights sha256 "
+              f"{record['weights_sha256']} (same on all workers); the chief writes {run_dir}.")
+        return record
+    _complete_record(record, trainer, train_set, test_set, eval_split, prov, name)
+    with open(os.path.join(run_dir, "run_record.json"), "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    _report(record, eval_split, worker)
+    if options.publish:
+        _publish(trainer, record, name, options)
+    return record
