@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from dp_zoo import model_card
+from dp_zoo import card_html, model_card
 from dp_zoo.model_card import ModelCard, ceil_sig, fmt_eps
 from tests import _zoo_helpers as H
 
@@ -132,7 +132,7 @@ def test_yaml_header_is_valid_metadata(record, written):
 
 def test_plots_and_html(written):
     d, files = written
-    for rel in model_card.PLOT_FILES.values():
+    for rel in card_html.PLOT_FILES.values():
         assert rel in files
         assert (d / rel).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     html = (d / "card.html").read_text()

@@ -46,7 +46,7 @@ def count_exact(monkeypatch):
         calls.append(kw["steps"])
         return real(**kw)
 
-    monkeypatch.setattr(acc, "epsilon", counting)
+    monkeypatch.setattr(acc.ledger, "epsilon", counting)  # where the ledger looks it up
     return calls
 
 

@@ -1,0 +1,250 @@
+"""A model card's README.md: YAML metadata header, headline, then one section per topic.
+
+Every value is laid out from the card's ``card.json`` dict (``ModelCard.to_json``),
+so the Markdown states nothing the JSON does not.
+"""
+
+import json
+
+from dp_zoo.card_html import PLOT_FILES
+
+
+def _yaml_scalar(v):
+    """A JSON scalar that YAML 1.1 readers also parse as the same value.
+
+    YAML 1.1 (PyYAML, the Hugging Face hub) reads ``1e-05`` as a string; its
+    float syntax needs a dot in the mantissa, so ``1.0e-05`` is written.
+    """
+    s = json.dumps(v)
+    if isinstance(v, float) and "e" in s and "." not in s.split("e")[0]:
+        mant, exp = s.split("e")
+        s = f"{mant}.0e{exp}"
+    return s
+
+
+def _yaml_header(card):
+    """Hugging Face / Kaggle Models metadata (a YAML subset written by hand).
+
+    Values are JSON scalars, which are valid YAML, so no YAML library is
+    needed to write or read them.
+    """
+    p, d = card.privacy, card.record["data"]
+    acc, which = card.accuracy()
+    j = _yaml_scalar
+    lines = [
+        "---",
+        "library_name: keras",
+        "pipeline_tag: image-classification",
+        "tags:",
+        "- differential-privacy",
+        "- dp-sgd",
+        "- image-classification",
+        "- dp_zoo",
+    ]
+    if card.is_simulation:
+        lines.append("- tan-simulation-not-private")
+    lines += [
+        "datasets:",
+        f"- {j(d['dataset'])}",
+        "differential_privacy:",
+        f"  private: {j(bool(p['private']) and not card.is_simulation)}",
+        f"  epsilon: {j(p['epsilon'])}",
+        f"  delta: {j(p['delta'])}",
+        f"  accountant: {j(p['accountant'])}",
+        f"  adjacency: {j(p['adjacency'])}",
+        f"  privacy_unit: {j(p['privacy_unit'])}",
+        f"  tan_simulation: {j(card.is_simulation)}",
+        "model-index:",
+        f"- name: {j(card.name)}",
+        "  results:",
+        "  - task:",
+        "      type: image-classification",
+        "    dataset:",
+        f"      name: {j(d['dataset'])}",
+        f"      type: {j(d['dataset'])}",
+        f"      split: {j(d['test_split'])}",
+        "    metrics:",
+        "    - type: accuracy",
+        f"      value: {j(acc)}",
+        f"      name: {j('test accuracy (' + which + ' weights)')}",
+        "---",
+    ]
+    return lines
+
+
+def render(card):
+    """README.md of ``card`` (a ``ModelCard``)."""
+    j = card.to_json()
+    lines = (_yaml_header(card) + _title(j) + _privacy_section(j, card.is_simulation) + _results_section(j)
+             + _training_section(j) + _data_section(j) + _software_section(j) + _scope_section(j)
+             + _plots_section() + _use_section(j))
+    return "\n".join(lines)
+
+
+# Each section below is a list of lines that starts with its heading and ends
+# with a blank line.
+
+
+def _title(j):
+    lines = ["", f"# {j['name']}", "", f"**{j['headline']}**", ""]
+    n = j["privacy"].get("nominal_epsilon")
+    if n:
+        lines += [f"> Not a guarantee: had this run been private, the accountant's epsilon for its "
+                  f"configuration would be {n.get('pld')} (PLD) / {n.get('rdp')} (RDP).", ""]
+    return lines
+
+
+def _privacy_rows(p, audit, is_simulation):
+    """(quantity, value) rows of the privacy table: the accountant's inputs and outputs, then extras."""
+    rows = [
+        ("epsilon (reported accountant)", p["epsilon"]),
+        ("epsilon (PLD)", p.get("epsilon_pld")),
+        ("epsilon (RDP)", p.get("epsilon_rdp")),
+        ("delta", p["delta"]),
+        ("accountant", f"{p['accountant']} (dp-accounting {p.get('dp_accounting_version')})"),
+        ("adjacency / privacy unit", f"{p['adjacency']} / one {p['privacy_unit']}"),
+        ("sampling", p["sampling"]),
+        ("sampling probability q", p["sampling_probability"]),
+        ("dataset size N", p["dataset_size"]),
+        ("expected batch size qN", p["expected_batch_size"]),
+        ("noise multiplier sigma", p["noise_multiplier"]),
+        ("clipping norm C", p["l2_clip"]),
+        ("steps", p["steps"]),
+    ]
+    if p.get("randomness"):
+        rows.append(("batch selection and noise", p["randomness"]))
+    if p.get("accountant_note"):
+        rows.append(("accountant note", p["accountant_note"]))
+    if p.get("prior_runs"):
+        rows.append(("composed with the initial checkpoint's DP-SGD runs on this data set", "; ".join(
+            f"sigma={r['noise_multiplier']}, q={r['sampling_probability']}, {r['steps']} steps"
+            for r in p["prior_runs"])))
+    if p.get("nonfinite_steps_skipped"):
+        rows.append(("steps skipped for non-finite gradients (still accounted)", p["nonfinite_steps_skipped"]))
+    if p.get("target_epsilon") is not None:
+        rows.append(("target epsilon (budget the run was stopped at)", p["target_epsilon"]))
+    if audit:
+        rows.append(("empirical audit: epsilon lower bound", audit.get("epsilon_lower_bound")))
+    if is_simulation:
+        ts = p["tan_simulation"]
+        rows += [
+            ("TAN simulation factor", ts["factor"]),
+            ("epsilon of the simulated full run (NOT this model's)", ts["epsilon_full_run"]),
+            ("sigma of the full run", ts["noise_multiplier_full_run"]),
+            ("batch size of the full run", ts["batch_size_full_run"]),
+        ]
+    return rows
+
+
+def _privacy_section(j, is_simulation):
+    rows = _privacy_rows(j["privacy"], j["audit"], is_simulation)
+    return ["## Privacy guarantee", "", "| quantity | value |", "|---|---|",
+            *[f"| {k} | {v} |" for k, v in rows], ""]
+
+
+def _results_section(j):
+    m, d = j["metrics"], j["data"]
+    return [
+        "## Results",
+        "",
+        f"Accuracy on the held-out `{m.get('evaluated_on', 'test')}` split (`{d['test_split']}`, "
+        f"{d['test_size']} examples):",
+        "",
+        "| weights | accuracy |",
+        "|---|---|",
+        f"| last | {m['test_accuracy_last']} |",
+        f"| EMA | {m.get('test_accuracy_ema')} |",
+        f"| Polyak | {m.get('test_accuracy_polyak')} |",
+        "",
+        f"Published weights: {j['training']['published_weights'] or 'last'}.",
+        "",
+    ]
+
+
+def _training_section(j):
+    mod, t = j["model"], j["training"]
+    wall_time = (j["operational"] or {}).get("wall_time_s")
+    return [
+        "## Training",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| architecture | {mod['architecture']} |",
+        f"| parameters | {mod['num_params']} |",
+        f"| input shape (H, W, C) | {mod['input_shape']} |",
+        f"| classes | {mod['num_classes']} |",
+        f"| logical batch size | {t['logical_batch_size']} |",
+        f"| physical batch size | {t['physical_batch_size']} |",
+        f"| augmentation multiplicity K | {t['augmult_k']} |",
+        f"| augmentation | {t['augmentation']} |",
+        f"| EMA decay | {t['ema_decay']} |",
+        f"| optimizer | {t['optimizer']['name']} |",
+        f"| learning rate | {t['optimizer']['learning_rate']} |",
+        f"| steps completed | {t['steps_completed']} |",
+        f"| steps planned | {t['steps_planned']} |",
+        f"| seed | {t['seed']} |",
+        f"| wall time (s; operational, not covered by the guarantee) | {wall_time} |",
+        "",
+    ]
+
+
+def _data_section(j):
+    d, mod = j["data"], j["model"]
+    init = f"{mod.get('init_checkpoint') or 'none (trained from scratch)'}"
+    if mod.get("init"):
+        init += f" ({mod['init']['detail']})"
+    return [
+        "## Data",
+        "",
+        f"- data set: {d['dataset']}",
+        f"- training split: `{d['train_split']}`, N = {d['train_size']}",
+        f"- test split: `{d['test_split']}`, {d['test_size']} examples",
+        f"- public pretraining data: {d.get('public_pretraining_data') or 'none'}",
+        f"- initial checkpoint: {init}",
+        f"- input normalization: mean {d['mean']}, std {d['std']} (of x/255; inside the SavedModel)",
+        "",
+    ]
+
+
+def _software_section(j):
+    hw = j["hardware"]
+    return [
+        "## Software and hardware",
+        "",
+        *[f"- {k}: {v}" for k, v in sorted(j["software"].items())],
+        f"- platform: {hw.get('platform')}",
+        f"- devices: {', '.join(hw.get('devices') or [])}",
+        f"- replicas: {hw.get('num_replicas')}",
+        "",
+    ]
+
+
+def _scope_section(j):
+    return ["## Scope of the guarantee", "", j["scope"], ""]
+
+
+def _plots_section():
+    return [
+        "## Plots",
+        "",
+        f"![epsilon spent vs step]({PLOT_FILES['epsilon']})",
+        f"![accuracy vs step]({PLOT_FILES['accuracy']})",
+        f"![privacy-utility curve of the zoo]({PLOT_FILES['zoo']})",
+        "",
+    ]
+
+
+def _use_section(j):
+    shape = j["model"]["input_shape"]
+    return [
+        "## Use",
+        "",
+        "```python",
+        "import dp_zoo",
+        f'model = dp_zoo.load("{j["name"]}")   # model.card holds this card',
+        "```",
+        "",
+        f"Serving: `saved_model/1/` (TF Serving layout), signature `serving_default`: uint8 images "
+        f"`[N, {shape[0]}, {shape[1]}, {shape[2]}]` -> `probabilities`, `logits`.",
+        "",
+    ]
