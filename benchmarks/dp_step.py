@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 import dp_zoo
-from dp_zoo.train import dp_sgd
+from dp_zoo import dp
 
 
 def first_call_time(fn):
@@ -64,7 +64,7 @@ def _path(model, ws_path, ghost, fold, k, input_shape):
     """Which per-example gradient path ran, in words (traces the step once to see the per-layer choices)."""
     if not ws_path:
         return "tf.vectorized_map per-example grads (generic); Conv2DBackpropFilter runs as pfor's while_loop"
-    paths = dp_sgd.ws_gradient_paths(model, [k] + list(input_shape), MODES[ghost], MODES[fold])
+    paths = dp.ws_gradient_paths(model, [k] + list(input_shape), MODES[ghost], MODES[fold])
     ghost = [n for n, p in paths.items() if p == "ghost"]
     fold = [n for n, p in paths.items() if p == "fold"]
     return (f"tf.vectorized_map per-example grads w.r.t. standardized kernels and gains, closed-form WS norms, "
@@ -87,17 +87,17 @@ def main():
     a = p.parse_args()
     model = dp_zoo.create_model(a.model, num_classes=10, input_shape=tuple(a.input))
     rows = []
-    ws_path = bool(dp_sgd._ws_kernels(model))
+    ws_path = bool(dp.ws_kernels(model))
     fns = {}
     modes = [(g, f) for g in a.ghost for f in a.fold]
     for k in a.augmult:
         x = tf.random.normal([a.batch, k] + a.input)
         y = tf.random.uniform([a.batch], 0, 10, tf.int32)
-        fns[(k, "plain")] = tf.function(lambda x=x, y=y: dp_sgd.mean_grad(model, x, y)[0])
+        fns[(k, "plain")] = tf.function(lambda x=x, y=y: dp.mean_grad(model, x, y)[0])
         for mode in modes:
             fns[(k, mode)] = tf.function(
                 lambda x=x, y=y, g=MODES[mode[0]], f=MODES[mode[1]]:
-                dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g, fold_gain=f)[0])
+                dp.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g, fold_gain=f)[0])
     first = {key: first_call_time(fn) for key, fn in fns.items()}
     # Every step of every K in each round: the ratios across K (views/s at K
     # against examples/s at K=1) compare steps timed minutes apart otherwise.

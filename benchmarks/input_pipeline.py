@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 import dp_zoo
-from dp_zoo import preprocessing
-from dp_zoo.train import data, dp_sgd
+from dp_zoo import dp, preprocessing
+from dp_zoo.train import data
 from dp_zoo.train.config import AugmultConfig
 
 
@@ -57,7 +57,7 @@ def main():
         name, batch = spec.split(":")
         batch = int(batch)
         model = dp_zoo.create_model(name, num_classes=10, input_shape=(32, 32, 3))
-        step = tf.function(lambda x, y, m=model: dp_sgd.clipped_grad_sum(m, x, y, l2_clip=1.0)[0])
+        step = tf.function(lambda x, y, m=model: dp.clipped_grad_sum(m, x, y, l2_clip=1.0)[0])
 
         def input_work():
             idx = np.sort(rng.choice(len(images), batch, replace=False))

@@ -91,14 +91,14 @@ def naive_clipped_sum(model, images, labels, l2_clip, mask):
 
 
 def assert_equals_naive_loop(m, x, y, mask, *, rel, **kwargs):
-    """``dp_sgd.clipped_grad_sum`` (in a tf.function) equals the naive loop, at clip norms that clip
+    """``dp_zoo.dp.clipped_grad_sum`` (in a tf.function) equals the naive loop, at clip norms that clip
     every example (1e-3) and none (1e3)."""
     import numpy as np
     import tensorflow as tf
 
-    from dp_zoo.train import dp_sgd
+    from dp_zoo import dp
 
-    step = tf.function(lambda c: dp_sgd.clipped_grad_sum(m, x, y, l2_clip=c, mask=mask, **kwargs))
+    step = tf.function(lambda c: dp.clipped_grad_sum(m, x, y, l2_clip=c, mask=mask, **kwargs))
     per_example = naive_per_example_grads(m, x, y)
     for c in (1e-3, 1e3):
         got, norms = step(tf.constant(c))

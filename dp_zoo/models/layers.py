@@ -17,7 +17,7 @@ _KERNEL_OVERRIDE = threading.local()
 
 @contextlib.contextmanager
 def standardized_kernel_override(mapping, tap=None):
-    """Within the context, WS layers convolve with given tensors.
+    """Within the context, WS layers convolve with given tensors (the layer side of the WS fast path).
 
     ``mapping``: ``{layer: (unit_kernel, channel_gain, gained_kernel)}``.
     Inside, such a layer computes ``conv(x, unit_kernel) * channel_gain``
@@ -27,13 +27,12 @@ def standardized_kernel_override(mapping, tap=None):
     their own, so that its per-example gradients are taken w.r.t. them
     rather than the raw kernel (the standardization's backward then runs
     once, on the clipped sum) and the gain's per-example gradient is an
-    activation-sized reduction rather than a kernel-sized one
-    (``dp_zoo.train.dp_sgd``). ``gained_kernel`` (``unit_kernel *
-    channel_gain``) is convolved with instead, and the gain not applied,
-    where the tap chooses ``"fold"``. Grouped convolutions run as
-    one convolution per group inside the context (an empty mapping too),
-    since TensorFlow's CPU kernels have no gradient for grouped convolutions
-    under ``tf.vectorized_map``.
+    activation-sized reduction rather than a kernel-sized one.
+    ``gained_kernel`` (``unit_kernel * channel_gain``) is convolved with
+    instead, and the gain not applied, where the tap chooses ``"fold"``.
+    Grouped convolutions run as one convolution per group inside the
+    context (an empty mapping too), since TensorFlow's CPU kernels have no
+    gradient for grouped convolutions under ``tf.vectorized_map``.
 
     ``tap`` (optional): an object with ``choose(layer, inputs, ghost_ok)``,
     returning ``"plain"``, ``"fold"`` or (only where ``ghost_ok``)
@@ -46,6 +45,11 @@ def standardized_kernel_override(mapping, tap=None):
     takes gradients w.r.t. ``pre`` (activation-sized) instead of the kernel,
     and forms the kernel's per-example norms and clipped sum from ``inputs``
     and ``dL/dpre`` itself (ghost clipping).
+
+    A layer honours the context through ``overridden_kernel``,
+    ``override_choice`` and ``record_ghost``; what it must do is the
+    protocol in ``dp_zoo/dp/ws_fast_path.py``, which raises for a layer
+    that reads its own kernel or gain here.
     Thread-local, as MirroredStrategy traces each replica in its own thread.
     """
     previous = getattr(_KERNEL_OVERRIDE, "mapping", None), getattr(_KERNEL_OVERRIDE, "tap", None)
@@ -57,18 +61,29 @@ def standardized_kernel_override(mapping, tap=None):
         _KERNEL_OVERRIDE.mapping, _KERNEL_OVERRIDE.tap = previous
 
 
-def _overridden_kernel(layer):
+def overridden_kernel(layer):
+    """The layer's ``(unit_kernel, channel_gain, gained_kernel)`` under ``standardized_kernel_override``, else None."""
     mapping = getattr(_KERNEL_OVERRIDE, "mapping", None)
     return mapping.get(id(layer)) if mapping else None
 
 
-def _override_choice(layer, inputs, override, ghost_ok):
-    """``(kernel, gain or None, choice)`` for a layer under ``standardized_kernel_override``."""
+def override_choice(layer, inputs, override, ghost_ok):
+    """``(kernel, gain or None, choice)`` to convolve with, for ``override = overridden_kernel(layer)``.
+
+    ``choice`` is the tap's (``"plain"`` without one); the layer computes
+    ``conv(inputs, kernel)``, times ``gain`` unless it is None. ``ghost_ok``:
+    whether the layer can take the ghost path (then it must ``record_ghost``).
+    """
     tap = getattr(_KERNEL_OVERRIDE, "tap", None)
     choice = tap.choose(layer, inputs, ghost_ok) if tap is not None else "plain"
     if choice == "fold":
         return override[2], None, choice
     return override[0], override[1], choice
+
+
+def record_ghost(layer, inputs, pre):
+    """Hands a ghost layer's input and pre-gain output (conv with the stop-gradient kernel) to the tap."""
+    _KERNEL_OVERRIDE.tap.record(layer, inputs, pre)
 
 
 def _times_gain(y, gain):
@@ -441,13 +456,13 @@ class WSConv2D(keras.layers.Conv2D):
         return self.kernel, self.gain, 1.0, self.eps, "deepmind"
 
     def call(self, inputs):
-        override = _overridden_kernel(self)
+        override = overridden_kernel(self)
         if override is None:
             out = ops.conv(inputs, self.standardized_kernel(), strides=self.strides, padding=self.padding,
                            dilation_rate=self.dilation_rate, data_format=self.data_format)
         else:
             ghost_ok = self.groups == 1 and self.data_format == "channels_last" and max(self.dilation_rate) == 1
-            kernel, gain, choice = _override_choice(self, inputs, override, ghost_ok)
+            kernel, gain, choice = override_choice(self, inputs, override, ghost_ok)
             if self.groups > 1:
                 out = _grouped_conv(inputs, kernel, strides=self.strides, padding=self.padding, groups=self.groups)
             else:
@@ -455,7 +470,7 @@ class WSConv2D(keras.layers.Conv2D):
                                strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
                                data_format=self.data_format)
             if choice == "ghost":
-                getattr(_KERNEL_OVERRIDE, "tap").record(self, inputs, out)
+                record_ghost(self, inputs, out)
             out = _times_gain(out, gain)
         if self.use_bias:
             out = out + self.bias
@@ -621,13 +636,13 @@ class ScaledWSConv2D(keras.layers.Layer):
             if pad:
                 x = ops.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
             pad = "valid"
-        override = _overridden_kernel(self)
+        override = overridden_kernel(self)
         if override is None and self.groups > 1 and _per_example_context():
             y = _grouped_conv(x, self.standardized_kernel(), strides=self.strides, padding=pad, groups=self.groups)
         elif override is None:
             y = ops.conv(x, self.standardized_kernel(), strides=self.strides, padding=pad)
         else:
-            kernel, gain, _ = _override_choice(self, x, override, ghost_ok=False)
+            kernel, gain, _ = override_choice(self, x, override, ghost_ok=False)
             y = _times_gain(_grouped_conv(x, kernel, strides=self.strides, padding=pad, groups=self.groups), gain)
         return y + self.bias if self.use_bias else y
 

@@ -8,7 +8,7 @@ One logical step t (docs/design.md, docs/privacy.md):
    a resumed run draws the same batches).
 2. Split them into fixed-size micro-batches (padding rows masked out); for
    each, normalize, augment to K views and add the clipped per-example
-   gradients to the logical sum (``dp_sgd.clipped_grad_sum``). Under a
+   gradients to the logical sum (``dp_zoo.dp.clipped_grad_sum``). Under a
    ``tf.distribute`` strategy each replica sums its share of the rows and
    the per-replica sums are all-reduced (SUM).
 3. Add N(0, sigma^2 C^2) ONCE to the logical sum (Philox stateless normals
@@ -52,7 +52,8 @@ import numpy as np
 import tensorflow as tf
 
 from dp_zoo import accounting, preprocessing
-from dp_zoo.train import dp_sgd, sampling
+from dp_zoo.dp import clipped_grad_sum, mean_grad, noisy_normalized_sum
+from dp_zoo.train import optim, sampling
 
 CHECKPOINT_KEEP = 2
 MAX_CONSECUTIVE_NONFINITE = 5
@@ -235,7 +236,7 @@ class Trainer:
         with self.strategy.scope():
             if not self.model.built:
                 self.model.build((None,) + self.train.input_shape)
-            self.optimizer = dp_sgd.make_optimizer(cfg.optim, self.total_steps)
+            self.optimizer = optim.make_optimizer(cfg.optim, self.total_steps)
             self.optimizer.build(self.model.trainable_variables)
             tv = self.model.trainable_variables
             self.ema_vars = (
@@ -267,9 +268,9 @@ class Trainer:
         def replica_sum(images_u8, labels, mask, seed):
             x = views(images_u8, seed)
             if private:
-                grads, norms = dp_sgd.clipped_grad_sum(model, x, labels, l2_clip=l2_clip, mask=mask)
+                grads, norms = clipped_grad_sum(model, x, labels, l2_clip=l2_clip, mask=mask)
             else:
-                grads, _ = dp_sgd.mean_grad(model, x, labels, mask)
+                grads, _ = mean_grad(model, x, labels, mask)
                 norms = tf.zeros_like(mask)
             return grads, norms
 
@@ -302,21 +303,21 @@ class Trainer:
             if private:
                 # The one noise draw of this logical step (all micro-batches
                 # and replicas are already summed into grad_sum).
-                update = dp_sgd.noisy_normalized_sum(
+                update = noisy_normalized_sum(
                     grad_sum, l2_clip=l2_clip, noise_multiplier=self.noise_multiplier,
                     expected_batch_size=self.q * len(self.train), seed=noise_seed)
             else:
                 update = list(grad_sum)  # already the mean gradient
             tv = model.trainable_variables
-            update = dp_sgd.add_weight_decay(update, [v.value for v in tv], cfg.optim.weight_decay)
+            update = optim.add_weight_decay(update, [v.value for v in tv], cfg.optim.weight_decay)
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
             if finite:
                 self.optimizer.apply(update, tv)
                 if self.ema_vars is not None:
-                    mu = dp_sgd.ema_decay(step, cfg.ema.decay)
-                    dp_sgd.ema_update(self.ema_vars, [v.value for v in tv], mu)
+                    mu = optim.ema_decay(step, cfg.ema.decay)
+                    optim.ema_update(self.ema_vars, [v.value for v in tv], mu)
                 if self.polyak_vars is not None and polyak_on:
-                    dp_sgd.polyak_update(self.polyak_vars, [v.value for v in tv], self.polyak_count)
+                    optim.polyak_update(self.polyak_vars, [v.value for v in tv], self.polyak_count)
                     self.polyak_count.assign_add(1)
             return finite
 

@@ -37,7 +37,8 @@ import numpy as np
 import tensorflow as tf
 
 from dp_zoo import accounting
-from dp_zoo.train import dp_sgd, sampling
+from dp_zoo.dp import clipped_grad_sum, noisy_normalized_sum
+from dp_zoo.train import sampling
 
 
 class PrivateModel(keras.Model):
@@ -88,12 +89,12 @@ class PrivateModel(keras.Model):
 
     def train_step(self, data):
         (x, mask, last, noise_seed), y = data
-        grads, _ = dp_sgd.clipped_grad_sum(self.inner, x[:, None], y, l2_clip=self.l2_clip, mask=mask)
+        grads, _ = clipped_grad_sum(self.inner, x[:, None], y, l2_clip=self.l2_clip, mask=mask)
         for a, g in zip(self._acc, grads):
             a.assign_add(g)
 
         def apply():
-            update = dp_sgd.noisy_normalized_sum(
+            update = noisy_normalized_sum(
                 [a.value() for a in self._acc], l2_clip=self.l2_clip, noise_multiplier=self.noise_multiplier,
                 expected_batch_size=self.expected_batch_size, seed=noise_seed)
             self.optimizer.apply(update, self.inner.trainable_variables)

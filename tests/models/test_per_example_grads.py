@@ -17,7 +17,7 @@ import tensorflow as tf
 import keras
 
 import dp_zoo
-from dp_zoo.train import dp_sgd
+from dp_zoo import dp
 
 TINY = {"wrn_test": (8, 8, 1), "nf_resnet_test": (32, 32, 3), "nfnet_test": (32, 32, 3)}
 
@@ -32,7 +32,7 @@ def test_vectorized_per_example_grads_equal_a_loop(name):
     m.set_weights([(w + rng.normal(scale=0.2, size=w.shape)).astype("float32") for w in m.get_weights()])
     x = rng.normal(size=(3, 2) + shape).astype("float32")
     y = np.array([0, 3, 1])
-    grads, losses = dp_sgd.per_example_grads(m, x, y, vectorized=True)
+    grads, losses = dp.per_example_grads(m, x, y, vectorized=True)
     for i in range(3):
         with tf.GradientTape() as tape:
             logits = m(x[i], training=True)

@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 
 import dp_zoo
-from dp_zoo.train import dp_sgd, engine
+from dp_zoo import dp
+from dp_zoo.train import engine
 
 from .conftest import make_trainer, tiny_config
 
@@ -31,10 +32,10 @@ def test_a_non_finite_example_contributes_zero_and_the_rest_is_unchanged(build, 
     x = rng.normal(size=(4, 1, 8, 8, 1)).astype(np.float32)
     y = np.array([1, 2, 3, 4])
     x[2, 0, 3, 3, 0] = bad
-    got, _ = dp_sgd.clipped_grad_sum(model, x, y, l2_clip=1.0, mask=np.ones(4, np.float32), **paths)
+    got, _ = dp.clipped_grad_sum(model, x, y, l2_clip=1.0, mask=np.ones(4, np.float32), **paths)
     clean = x.copy()
     clean[2] = 0.0
-    want, _ = dp_sgd.clipped_grad_sum(model, clean, y, l2_clip=1.0, mask=np.array([1, 1, 0, 1], np.float32),
+    want, _ = dp.clipped_grad_sum(model, clean, y, l2_clip=1.0, mask=np.array([1, 1, 0, 1], np.float32),
                                       **paths)
     for g, w in zip(got, want):
         assert np.all(np.isfinite(g.numpy()))

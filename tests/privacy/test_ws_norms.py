@@ -30,8 +30,9 @@ import tensorflow as tf
 import keras
 
 import dp_zoo
+from dp_zoo import dp
+from dp_zoo.dp import ws_fast_path
 from dp_zoo.models import layers
-from dp_zoo.train import dp_sgd
 
 TOL = 1e-6  # computed norm >= true norm * (1 - TOL)
 HUGE = 1e30  # a clip norm that clips nothing (its clip factor is exactly 1)
@@ -55,12 +56,12 @@ def exact_backward(monkeypatch):
         return real(input=tf.cast(input, tf.float64), filter_sizes=filter_sizes,
                     out_backprop=tf.cast(out_backprop, tf.float64), strides=strides, padding=padding)
 
-    monkeypatch.setattr(dp_sgd, "ws_backward", _ws_backward64)
+    monkeypatch.setattr(ws_fast_path, "ws_backward", _ws_backward64)
     monkeypatch.setattr(tf.raw_ops, "Conv2DBackpropFilter", backprop_filter64)
 
 
 def _contribution_step(model, ghost, fold_gain):
-    return tf.function(lambda x, y, mask: dp_sgd.clipped_grad_sum(model, x, y, l2_clip=HUGE, mask=mask,
+    return tf.function(lambda x, y, mask: dp.clipped_grad_sum(model, x, y, l2_clip=HUGE, mask=mask,
                                                                    ghost=ghost, fold_gain=fold_gain))
 
 
@@ -94,7 +95,7 @@ def _shrink_ws_kernels(model, factor):
     kernels make the WS layers' share of each example's norm dominant, so
     that an error in it shows in the total.
     """
-    for _, ki, *_ in dp_sgd._ws_kernels(model):
+    for _, ki, *_ in dp.ws_kernels(model):
         v = model.trainable_variables[ki]
         v.assign(v * factor)
 
@@ -196,7 +197,7 @@ def test_single_ws_layer_norms_never_under_estimate(exact_backward, ghost, fold_
     """One WS convolution straight on adversarial images (its gradient is most of each example's)."""
     cin, hw = 3, 8
     m = _single_ws_layer_model(kernel, strides, cin, hw, seed=kernel + strides)
-    paths = dp_sgd.ws_gradient_paths(m, (2, hw, hw, cin), ghost=ghost, fold_gain=fold_gain)
+    paths = dp.ws_gradient_paths(m, (2, hw, hw, cin), ghost=ghost, fold_gain=fold_gain)
     assert paths == {"ws": "ghost" if ghost else ("fold" if fold_gain else "plain")}
     step = _contribution_step(m, ghost, fold_gain)
     rng = np.random.default_rng(7)
@@ -214,12 +215,12 @@ def test_patch_gram_centred_both_ways_on_offset_windows():
     layer.build((None, 6, 6, 3))
     x = (3e4 + rng.normal(size=(2, 2, 6, 6, 3)) * np.array([1.0, 1e-2, 0.0])).astype("float32")
     x[1, :, :3] = 0.0  # a constant region and a near-constant one
-    p = dp_sgd.conv_patches(tf.constant(x.reshape(-1, 6, 6, 3)), layer).numpy().astype(np.float64).reshape(2, -1, 27)
+    p = dp.conv_patches(tf.constant(x.reshape(-1, 6, 6, 3)), layer).numpy().astype(np.float64).reshape(2, -1, 27)
     pc = p - p.mean(-1, keepdims=True)
     want = pc @ pc.transpose(0, 2, 1)
     scale = np.abs(want).max()
     for method in ("patches", "pixels"):
-        gram, rows = dp_sgd.patch_gram(tf.constant(x), layer, method=method, centred=True)
+        gram, rows = dp.patch_gram(tf.constant(x), layer, method=method, centred=True)
         np.testing.assert_allclose(gram.numpy(), want, rtol=1e-4, atol=1e-5 * scale)
         np.testing.assert_allclose(rows.numpy(), p.sum(-1), rtol=1e-6)
 
@@ -302,13 +303,13 @@ def _float64_norms(m64, x, y):
 @pytest.mark.parametrize("name,shape", MODELS[:2])
 def test_norms_match_a_float64_model_on_ordinary_inputs(name, shape):
     """On ordinary images the float64 model is the reference. (The NFNet takes a minute to trace twice
-    more; ``tests/train/test_dp_sgd.py`` compares it with the naive per-example loop.)"""
+    more; ``tests/dp/test_clipping.py`` compares it with the naive per-example loop.)"""
     m = _zoo_model(name, shape)
     x = adversarial_images("normal", shape, np.random.default_rng(5), 0.0)
     y = _labels_against_the_logits(m, x)
     true = _float64_norms(_float64_copy(m, name, shape), x, y)
     for ghost in ((True, False) if _has_ghost_layers(m) else (False,)):
         for fold_gain in (True, False):
-            _, computed = dp_sgd.clipped_grad_sum(m, x, y, l2_clip=1.0, ghost=ghost, fold_gain=fold_gain)
+            _, computed = dp.clipped_grad_sum(m, x, y, l2_clip=1.0, ghost=ghost, fold_gain=fold_gain)
             assert_never_below(computed.numpy(), true, f"{name} ghost={ghost} fold_gain={fold_gain}")
             np.testing.assert_allclose(computed.numpy(), true, rtol=1e-5)

@@ -13,8 +13,9 @@ import tensorflow as tf
 import keras
 
 import dp_zoo
+from dp_zoo import dp
 from dp_zoo.models import layers
-from dp_zoo.train import config as C, data, dp_sgd, engine
+from dp_zoo.train import config as C, data, engine
 
 
 def _max_diff(xs, ys):
@@ -32,7 +33,7 @@ def test_clipped_grad_sum_compiles_with_xla_and_matches(name, shape, ghost):
     mask = np.array([1, 1, 0, 1], np.float32)
 
     def step():
-        return dp_sgd.clipped_grad_sum(m, x, y, l2_clip=0.1, mask=mask, ghost=ghost)
+        return dp.clipped_grad_sum(m, x, y, l2_clip=0.1, mask=mask, ghost=ghost)
 
     want, want_norms = tf.function(step)()
     got, norms = tf.function(step, jit_compile=True)()

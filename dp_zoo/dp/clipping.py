@@ -1,0 +1,91 @@
+"""The clipped gradient sum of one micro-batch: the entry point of the DP step.
+
+``clipped_grad_sum`` clips each example's gradient to global L2 norm C and
+sums over the batch; padding and non-finite rows contribute exactly zero
+(docs/design.md, "DP-SGD semantics"). Models with weight-standardized
+layers take the fast path of ``ws_fast_path``; every other model the
+generic one here (vectorized per-example gradients, ``per_example``).
+``mean_grad`` is the non-private counterpart, for runs without DP.
+"""
+
+import keras
+import tensorflow as tf
+
+from dp_zoo.dp import ws_fast_path
+from dp_zoo.dp.per_example import finite_rows, global_norms, masked_clip_factors, per_example_grads, weighted_sum
+
+
+def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True, ghost="auto",
+                     fold_gain="auto"):
+    """Sum over examples of per-example gradients clipped to norm ``l2_clip``.
+
+    Args:
+      model: Keras model producing logits.
+      images: ``[B, K, H, W, C]`` (K augmented views per example).
+      labels: ``[B]``.
+      l2_clip: clipping norm C (global over all trainable variables).
+      mask: optional ``[B]``, 1 for real rows and 0 for padding rows; padding
+        rows contribute exactly zero.
+      vectorized: see ``per_example_grads``. False always takes the
+        generic path (the reference the tests compare against).
+      ghost: which weight-standardized convolutions get their per-example
+        kernel-gradient norms by ghost clipping (from the layer's input
+        patches and output gradients, never forming the per-example kernel
+        gradients; see ``ghost.ghost_ws_sq_norms``) rather than from
+        vectorized per-example kernel gradients. ``"auto"``: those whose
+        Gram matrices cost under ``ghost.GHOST_COST_RATIO`` times the
+        multiply-adds of their per-example kernel gradients (few output
+        positions times views against a large kernel: in WRN-16-4 at K=1,
+        the 3x3 convolutions of the 8x8 stage); ``True``: every eligible
+        one; ``False``: none. The result is the same either way (tests
+        compare them).
+      fold_gain: which of the other WS layers take per-example gradients
+        w.r.t. the standardized kernel with their gain multiplied in (the
+        gain's gradient then comes from the kernel's, sparing output-sized
+        work) rather than w.r.t. the gain-free kernel and the gain.
+        ``"auto"``: those whose fan-in is small against the output positions
+        per example (``ws_fast_path.FOLD_COST_RATIO``; in WRN-16-4 at 32x32,
+        the 32x32 stage, and at K=4 the 16x16 one too); ``True``: all;
+        ``False``: none. The result is the same either way.
+
+    Returns:
+      ``(grad_sum, norms)``: list aligned with ``model.trainable_variables``
+      and the unclipped per-example norms ``[B]``.
+
+    Raises:
+      ValueError: ``ghost`` or ``fold_gain`` is none of the above.
+      TypeError: a WS layer does not follow the fast path's protocol
+        (``ws_fast_path``).
+    """
+    ws_fast_path.check_path_options(ghost, fold_gain)
+    ws = ws_fast_path.ws_kernels(model) if vectorized else []
+    if ws:
+        return ws_fast_path.clipped_grad_sum_ws(model, images, labels, ws, l2_clip=l2_clip, mask=mask,
+                                                ghost=ghost, fold_gain=fold_gain)
+    grads, _ = per_example_grads(model, images, labels, vectorized=vectorized)
+    norms = global_norms(grads)
+    mask = finite_rows(norms, mask)
+    factors = masked_clip_factors(norms, l2_clip, mask)
+    return weighted_sum(grads, factors, mask, norms), norms
+
+
+def mean_grad(model, images, labels, mask=None):
+    """Non-private baseline: ``(gradient of the summed loss of the real rows, their number)``.
+
+    Each row's loss is the mean over its K views; the caller divides the
+    sum over micro-batches by the total number of real rows.
+    """
+    with tf.GradientTape() as tape:
+        b = tf.shape(images)[0]
+        k = tf.shape(images)[1]
+        flat = tf.reshape(images, tf.concat([[b * k], tf.shape(images)[2:]], 0))
+        logits = model(flat, training=True)
+        losses = keras.losses.sparse_categorical_crossentropy(
+            tf.repeat(tf.cast(labels, tf.int32), k), logits, from_logits=True
+        )
+        losses = tf.reduce_mean(tf.reshape(losses, [b, k]), axis=1)
+        if mask is None:
+            mask = tf.ones([b])
+        mask = tf.cast(mask, losses.dtype)
+        total = tf.reduce_sum(losses * mask)
+    return tape.gradient(total, model.trainable_variables), tf.reduce_sum(mask)

@@ -1,0 +1,361 @@
+"""The clipped gradient sum for models with weight-standardized (WS) layers, and the protocol such a layer follows.
+
+The math. A WS layer computes ``conv(x, d * s) * g`` with ``d * s`` the
+gain-free standardized kernel and ``g`` its per-channel gain (times the
+layer's fixed scale). Neither depends on the example, so they are computed
+once per step and handed to the layer as tensors
+(``layers.standardized_kernel_override``); per example we form only
+``a = dL/d(d * s)`` and ``q = dL/dg`` (an activation-sized reduction). The
+standardization's backward is linear in the cotangent: the norm of each
+example's raw-kernel gradient comes from the centred moments of ``a``
+(``layers.ws_kernel_moments``: centred sums, so that an ``a`` dominated by
+its mean, as large input offsets make it, cannot cancel into an
+under-estimate; ``layers.ws_sq_norms_from_moments``), and the backward
+itself runs once, on the clipped sum ``sum_b f_b a_b``. Layers that
+``fold_gain`` selects convolve with ``d * s * g`` instead: per example we
+form ``a' = dL/d(d * s * g)`` (so ``a = a' g``) and get ``q = sum(a' * d * s)``
+from the same moments, sparing the output-sized work of the gain. Layers
+that ``ghost`` selects return, per example, their input and ``dL/dpre``
+instead of ``a``: norms by ``ghost.ghost_ws_sq_norms``, and
+``sum_b f_b a_b`` as one batched Conv2DBackpropFilter. Tests compare every
+path with the naive per-example loop.
+
+The protocol (what a layer must do to take this path; ``WSConv2D`` and
+``ScaledWSConv2D`` in ``dp_zoo/models/layers.py`` are the reference):
+
+1. ``ws_parts()`` returns ``(kernel, gain, gain_scale, eps, eps_mode)``:
+   its raw kernel variable (HWIO), its per-output-channel gain variable and
+   constants such that the kernel it convolves with is
+   ``layers.standardize_kernel(kernel, gain * gain_scale, eps=eps,
+   eps_mode=eps_mode)``; or None where the layer cannot honour the rest
+   (its variables are then differentiated per example like any other's).
+   The path applies when both variables train.
+2. In ``call``, where ``layers.overridden_kernel(self)`` is not None, the
+   layer gets ``kernel, gain, choice = layers.override_choice(self, inputs,
+   override, ghost_ok)`` and computes ``conv(inputs, kernel)``, times
+   ``gain`` unless it is None (``"fold"``: the kernel has the gain in it),
+   plus its bias: the same function as without the override, and WITHOUT
+   reading its own kernel or gain variables.
+3. ``ghost_ok`` may be True only for an ungrouped, undilated, channels-last
+   convolution whose ``kernel_size``, ``strides`` (pairs) and ``padding``
+   (``"same"``/``"valid"``) describe it (``ghost.conv_geometry``). On
+   ``"ghost"`` it convolves with ``stop_gradient(kernel)`` and hands its
+   input and pre-gain output to ``layers.record_ghost``, once per example.
+4. It has ``kernel_size``, ``strides`` (ints or pairs) and ``groups``, and
+   a ghost-capable layer ``filters``: the cost model that picks each
+   layer's path reads them.
+
+Breaking 2 or 3 would silently lose gradient (the path differentiates
+w.r.t. the override's tensors only), so it raises ``TypeError`` when the
+step is traced: a layer whose output depends on its own kernel or gain
+variables under the override, or a ghost layer that recorded nothing. That
+the layer computes the same function (the rest of 2) is for its own tests
+to show against the naive loop.
+"""
+
+import tensorflow as tf
+
+from dp_zoo.dp.ghost import GHOST_COST_RATIO, conv_geometry, ghost_costs, ghost_ws_sq_norms, patch_gram
+from dp_zoo.dp.per_example import finite_rows, masked_clip_factors, sq_norms, views_loss, weighted_sum
+from dp_zoo.models.layers import (fan_in_sum, standardized_kernel_override, ws_backward, ws_geometry,
+                                  ws_kernel_moments, ws_sq_norms_from_moments)
+
+_PROTOCOL = "the WS fast-path protocol in dp_zoo/dp/ws_fast_path.py"
+
+# Fold the gain into the kernel (``fold_gain="auto"``) when the kernel's
+# fan-in is under FOLD_COST_RATIO x the output positions per example: three
+# output-sized passes against about two fan-in-sized ones (see
+# ``_WSTap._wants_fold``).
+FOLD_COST_RATIO = 1.5
+
+
+def check_path_options(ghost, fold_gain):
+    """Raises ValueError unless ``ghost`` and ``fold_gain`` are each ``"auto"``, True or False."""
+    if ghost not in ("auto", True, False):
+        raise ValueError(f"ghost={ghost!r}: use 'auto', True or False")
+    if fold_gain not in ("auto", True, False):
+        raise ValueError(f"fold_gain={fold_gain!r}: use 'auto', True or False")
+
+
+def ws_kernels(model):
+    """``[(layer, kernel index, gain index, gain scale, eps, eps mode)]`` for WS layers whose kernel and gain train.
+
+    Indices are into ``model.trainable_variables``; a layer is a WS layer
+    when its ``ws_parts()`` is not None (protocol, item 1).
+    """
+    index = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    out = []
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        parts = layer.ws_parts() if hasattr(layer, "ws_parts") else None
+        if parts is None:
+            continue
+        kernel, gain, scale, eps, mode = parts
+        if id(kernel) in index and id(gain) in index:
+            out.append((layer, index[id(kernel)], index[id(gain)], scale, eps, mode))
+    return out
+
+
+class _WSTap:
+    """Chooses, per WS layer, how its per-example gradients are formed; collects ghost layers' inputs and outputs.
+
+    Layers call ``choose``/``record`` while the per-example function is
+    traced; shapes there are per example, ``[K, H, W, C]``. ``choices`` maps
+    ``id(layer)`` to ``"plain"`` (per-example gradients w.r.t. the gain-free
+    standardized kernel and the gain), ``"fold"`` (w.r.t. the standardized
+    kernel with the gain in it) or ``"ghost"``.
+    """
+
+    listeners = []  # dicts that collect {layer name: choice} (``ws_gradient_paths``)
+
+    def __init__(self, ghost, fold_gain, tape):
+        self.ghost = ghost
+        self.fold_gain = fold_gain
+        self.tape = tape
+        self.choices = {}
+        self.entries = []  # (layer, inputs, pre) of ghost layers, in call order
+
+    def choose(self, layer, inputs, ghost_ok):
+        key = id(layer)
+        if key in self.choices:
+            if self.choices[key] == "ghost":
+                raise NotImplementedError(
+                    f"WS layer {layer.name!r} is called more than once per example; ghost clipping covers one "
+                    "call. Pass ghost=False to clipped_grad_sum for this model.")
+            return self.choices[key]
+        if ghost_ok and self._wants_ghost(layer, inputs):
+            choice = "ghost"
+        elif self._wants_fold(layer, inputs):
+            choice = "fold"
+        else:
+            choice = "plain"
+        self.choices[key] = choice
+        for paths in _WSTap.listeners:
+            paths[layer.name] = choice
+        return choice
+
+    def _wants_ghost(self, layer, inputs):
+        if self.ghost != "auto":
+            return self.ghost
+        geom = conv_geometry(layer, inputs.shape[1], inputs.shape[2])
+        ghost_cost, direct_cost = ghost_costs(geom, inputs.shape[0], inputs.shape[-1], layer.filters)
+        # The per-example kernel gradients run as a loop over examples, 1-2x
+        # the time of the batched kernel gradient that the ghost path computes
+        # once for the clipped sum; the Gram matrices must cost well under the
+        # kernel gradients' multiply-adds to pay (see GHOST_COST_RATIO).
+        return ghost_cost < GHOST_COST_RATIO * direct_cost
+
+    def _wants_fold(self, layer, inputs):
+        if self.fold_gain != "auto":
+            return self.fold_gain
+        # Unfolded, each example pays three passes over the layer's output
+        # (the gain's multiply forward and backward, and the gain's gradient
+        # as a product summed over positions); folded, one multiply-and-sum
+        # over the kernel's fan-in for the gain's gradient (from the centred
+        # moments that its norm needs anyway, ``layers.ws_kernel_moments``).
+        # Output positions as for "same" padding (a cost estimate only).
+        sh, sw = layer.strides if isinstance(layer.strides, tuple) else (layer.strides,) * 2
+        positions = inputs.shape[0] * -(-inputs.shape[1] // sh) * -(-inputs.shape[2] // sw)
+        kh, kw = layer.kernel_size if isinstance(layer.kernel_size, tuple) else (layer.kernel_size,) * 2
+        fan_in = kh * kw * inputs.shape[-1] // layer.groups
+        return fan_in < FOLD_COST_RATIO * positions
+
+    def record(self, layer, inputs, pre):
+        # Watched explicitly: where nothing upstream is watched (the stem's
+        # input is data, its kernel is behind a stop-gradient) the tape would
+        # not connect ``pre`` and its gradient would read as zero.
+        self.tape.watch(pre)
+        self.entries.append((layer, inputs, pre))
+
+
+def ws_gradient_paths(model, views_shape, ghost="auto", fold_gain="auto"):
+    """How ``clipped_grad_sum`` forms each WS layer's per-example gradients.
+
+    Args:
+      model: the model.
+      views_shape: ``(K, H, W, C)`` of one example's views.
+      ghost, fold_gain: as in ``clipped_grad_sum``.
+
+    Returns:
+      ``{layer name: "plain" | "fold" | "ghost"}`` in call order (traces the
+      step once; nothing is computed). ``"plain"``: per-example gradients
+      w.r.t. the gain-free standardized kernel and the gain; ``"fold"``:
+      w.r.t. the standardized kernel with the gain in it; ``"ghost"``: norms
+      from input patches and output gradients.
+    """
+    check_path_options(ghost, fold_gain)
+    paths = {}
+    ws = ws_kernels(model)
+    if not ws:
+        return paths
+    x = tf.zeros((2,) + tuple(views_shape))
+    _WSTap.listeners.append(paths)
+    try:
+        tf.function(lambda: clipped_grad_sum_ws(model, x, tf.zeros([2], tf.int32), ws, l2_clip=1.0, mask=None,
+                                                ghost=ghost, fold_gain=fold_gain)).get_concrete_function()
+    finally:
+        _WSTap.listeners.remove(paths)
+    return paths
+
+
+def ghost_layer_names(model, views_shape, ghost="auto"):
+    """Names of the WS convolutions that ``clipped_grad_sum`` clips by ghost norms (see ``ws_gradient_paths``)."""
+    return [name for name, path in ws_gradient_paths(model, views_shape, ghost).items() if path == "ghost"]
+
+
+class _Layer:
+    """One WS layer in a step: its per-step tensors, then its chosen path and per-example outputs."""
+
+    def __init__(self, params, layer, kernel_index, gain_index, scale, eps, mode):
+        self.layer, self.kernel_index, self.gain_index, self.scale = layer, kernel_index, gain_index, scale
+        self.ds, self.s, self.c = ws_geometry(params[kernel_index], eps=eps, eps_mode=mode)
+        self.gain = params[gain_index] * scale
+        self.gained = self.ds * self.gain
+        self.kind = None  # "plain" | "fold" | "ghost", decided while the per-example function is traced
+        self.rows = self.q_rows = self.inputs = None  # per-example [B, ...] outputs
+
+
+def clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto", fold_gain="auto"):
+    """``clipping.clipped_grad_sum`` with per-example gradients taken w.r.t. standardized kernels.
+
+    ``ws``: ``ws_kernels(model)``, not empty. Same arguments and result as
+    ``clipped_grad_sum``; the math is in this module's docstring.
+    """
+    params = [v.value for v in model.trainable_variables]
+    entries = [_Layer(params, *w) for w in ws]
+    replaced = {i for e in entries for i in (e.kernel_index, e.gain_index)}
+    others = [i for i in range(len(params)) if i not in replaced]
+    other_grads = _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain)
+    batch = tf.shape(images)[0]
+    sq = sq_norms(other_grads)
+    for e in entries:
+        kernel_sq, e.q_rows = _layer_sq_norms(e, batch)
+        sq += [kernel_sq, tf.reduce_sum(tf.square(e.q_rows), axis=1) * float(e.scale) ** 2]
+    norms = tf.sqrt(tf.add_n(sq))
+    mask = finite_rows(norms, mask)
+    factors = masked_clip_factors(norms, l2_clip, mask)
+    direct = [e for e in entries if e.kind != "ghost"]
+    summed = weighted_sum(list(other_grads) + [e.rows for e in direct] + [e.q_rows for e in entries],
+                          factors, mask, norms)
+    out = [None] * len(params)
+    for i, gsum in zip(others, summed[:len(others)]):
+        out[i] = gsum
+    kernel_sums = dict(zip(map(id, direct), summed[len(others):len(others) + len(direct)]))
+    kernel_sums.update(_ghost_kernel_sums([e for e in entries if e.kind == "ghost"], factors, mask))
+    for e, q_sum in zip(entries, summed[len(others) + len(direct):]):
+        # A folded layer's sum is w.r.t. d * s * g: its WS backward takes the gain.
+        out[e.kernel_index] = ws_backward(kernel_sums[id(e)], e.ds, e.s, e.c,
+                                          e.gain if e.kind == "fold" else 1.0)
+        out[e.gain_index] = tf.reshape(q_sum * e.scale, tf.shape(params[e.gain_index]))
+    return out, norms
+
+
+def _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain):
+    """Vectorized per-example gradients of ``params[others]``; sets each entry's path and per-example outputs.
+
+    Per WS layer (``_Layer``): ``rows``, the gradient w.r.t. the unit kernel
+    (``"plain"``), the gained kernel (``"fold"``) or the pre-gain output
+    (``"ghost"``); ``q_rows``, the gain's gradient (not for ``"fold"``,
+    whose gain gradient comes from the moments); ``inputs`` (``"ghost"``).
+    """
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    overrides = {e.layer: (e.ds, e.gain, e.gained) for e in entries}
+
+    def one(args):
+        views, label = args
+        with tf.GradientTape() as tape:
+            tap = _WSTap(ghost, fold_gain, tape)
+            tape.watch(params)
+            tape.watch([e.ds for e in entries] + [e.gain for e in entries] + [e.gained for e in entries])
+            with standardized_kernel_override(overrides, tap=tap):
+                loss = views_loss(model, params, non_trainable, views, label)
+        for e in entries:
+            e.kind = tap.choices.get(id(e.layer), "plain")
+        tapped = _ghost_taps(tap, entries)
+        wrt = [params[i] for i in others]
+        wrt += [tapped[id(e.layer)][1] if e.kind == "ghost" else e.gained if e.kind == "fold" else e.ds
+                for e in entries]
+        wrt += [e.gain for e in entries if e.kind != "fold"]
+        own = [params[i] for e in entries for i in (e.kernel_index, e.gain_index)]
+        grads = tape.gradient(loss, wrt + own, unconnected_gradients=tf.UnconnectedGradients.NONE)
+        _check_own_variables_unused(entries, grads[len(wrt):])
+        grads = [tf.zeros_like(t) if g is None else g for g, t in zip(grads[:len(wrt)], wrt)]
+        return grads + [tapped[id(e.layer)][0] for e in entries if e.kind == "ghost"]
+
+    outs = tf.vectorized_map(one, (images, labels), fallback_to_while_loop=True)
+    n = len(others)
+    rest = iter(outs[n + len(entries):])
+    for e, rows in zip(entries, outs[n:n + len(entries)]):
+        e.rows = rows
+    for e in entries:
+        if e.kind != "fold":
+            e.q_rows = next(rest)
+    for e in entries:
+        if e.kind == "ghost":
+            e.inputs = next(rest)
+    return outs[:n]
+
+
+def _ghost_taps(tap, entries):
+    """``{id(layer): (inputs, pre)}`` of the ghost layers; raises for one that recorded nothing (protocol, item 3)."""
+    tapped = {id(layer): (x, pre) for layer, x, pre in tap.entries}
+    for e in entries:
+        if e.kind == "ghost" and id(e.layer) not in tapped:
+            raise TypeError(
+                f"WS layer {e.layer.name!r} ({type(e.layer).__name__}) took the ghost path but did not record its "
+                f"input and pre-gain output with layers.record_ghost; see {_PROTOCOL} (item 3).")
+    return tapped
+
+
+def _check_own_variables_unused(entries, own_grads):
+    """Raises where the loss depends on a WS layer's own kernel or gain under the override (protocol, item 2).
+
+    The fast path differentiates w.r.t. the override's tensors only: a
+    gradient through the variables themselves would be lost.
+    """
+    for j, e in enumerate(entries):
+        if own_grads[2 * j] is not None or own_grads[2 * j + 1] is not None:
+            raise TypeError(
+                f"WS layer {e.layer.name!r} ({type(e.layer).__name__}) reads its own kernel or gain inside "
+                "layers.standardized_kernel_override: the WS fast path would drop that part of its gradient. "
+                f"Follow {_PROTOCOL} (item 2), or have ws_parts() return None.")
+
+
+def _layer_sq_norms(e, batch):
+    """``(squared norms [B] of a WS layer's raw-kernel gradients, the gain's gradients [B, cout])``."""
+    sigma = fan_in_sum(e.ds)
+    if e.kind == "fold":
+        moments = ws_kernel_moments(e.rows, e.ds, sigma)
+        # dL/dg = sum(a' * d * s), from the centred moments: (a' - m) . (d * s) + m sigma.
+        q = moments[1] + moments[2] * sigma
+        return ws_sq_norms_from_moments(*moments, e.ds, e.s, e.c, gain=e.gain, sigma=sigma), q
+    q = tf.reshape(e.q_rows, [batch, -1])
+    if e.kind == "plain":
+        moments = ws_kernel_moments(e.rows, e.ds, sigma)
+        return ws_sq_norms_from_moments(*moments, e.ds, e.s, e.c, sigma=sigma), q
+    # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
+    pa = q * tf.reshape(e.gain, [-1])
+    dpre = e.rows
+    sq = ghost_ws_sq_norms(*patch_gram(e.inputs, e.layer, centred=True),
+                           tf.reshape(dpre, [batch, -1, dpre.shape[-1]]), pa, e.ds, e.s, e.c,
+                           centred=True, sigma=sigma)
+    return sq, q
+
+
+def _ghost_kernel_sums(entries, factors, mask):
+    """``{id(entry): sum_b f_b a_b}`` of ghost layers, each one batched Conv2DBackpropFilter.
+
+    ``sum_b f_b a_b`` is the batched kernel gradient of the conv for the
+    output gradients ``f_b dpre_b``, as in a non-private step. Padding rows
+    are zeroed first (``0 * nan`` is nan).
+    """
+    sums = {}
+    keep5 = tf.cast(mask, tf.bool)[:, None, None, None, None]
+    for e in entries:
+        weighted = tf.where(keep5, e.rows * tf.reshape(factors, [-1, 1, 1, 1, 1]), 0.0)
+        x = tf.where(keep5, e.inputs, 0.0)
+        geom = conv_geometry(e.layer, x.shape[2], x.shape[3])
+        sums[id(e)] = tf.raw_ops.Conv2DBackpropFilter(
+            input=tf.reshape(x, [-1, *x.shape[2:]]), filter_sizes=tf.shape(e.ds),
+            out_backprop=tf.reshape(weighted, [-1, *weighted.shape[2:]]),
+            strides=[1, *geom["strides"], 1], padding=geom["padding"])
+    return sums
