@@ -30,16 +30,10 @@ TensorFlow's op determinism on. Only then does the redo reuse the lost step's
 budget; otherwise, and always when no checkpoint is left (a journal-only
 resume), every journalled step is counted.
 
-Checkpoints (``run_dir/checkpoints/ckpt-<step>.npz`` + ``.json`` with the
-SHA-256 of the npz) are written to a temporary name and renamed, so a kill
-during a save leaves the previous checkpoint intact; a corrupt newest
-checkpoint falls back to the previous good one, and a run directory whose
-checkpoints are all corrupt is an error, never a silent restart.
+Checkpoints and the journal are written by ``dp_zoo.train.checkpoint``; the
+compiled step functions are built by ``dp_zoo.train.step``.
 """
 
-import functools
-import hashlib
-import json
 import math
 import os
 import platform
@@ -52,10 +46,8 @@ import numpy as np
 import tensorflow as tf
 
 from dp_zoo import accounting, preprocessing
-from dp_zoo.dp import clipped_grad_sum, mean_grad, noisy_normalized_sum
-from dp_zoo.train import optim, sampling
+from dp_zoo.train import checkpoint, optim, sampling, step as step_lib
 
-CHECKPOINT_KEEP = 2
 MAX_CONSECUTIVE_NONFINITE = 5
 
 
@@ -90,29 +82,6 @@ def mark_not_private(privacy, reason, detail):
 
 class TrainingError(RuntimeError):
     """Training cannot continue (the message says why and what to do)."""
-
-
-def _atomic_write_bytes(path, data):
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path, obj):
-    _atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True).encode())
-
-
-def _op_determinism_enabled():
-    """Whether ``tf.config.experimental.enable_op_determinism()`` is on (False if unknown)."""
-    try:
-        from tensorflow.python.framework import config as tf_config
-
-        return bool(tf_config.is_op_determinism_enabled())
-    except (ImportError, AttributeError):  # conservative: replays then count
-        return False
 
 
 def resolve_steps(config, dataset_size):
@@ -226,6 +195,7 @@ class Trainer:
         self._consecutive_nonfinite = 0
         self._stop_requested = False
         self._summary_writer = None
+        self._noise_device = None
         self._setup_randomness()
         self._build_state()
 
@@ -246,82 +216,18 @@ class Trainer:
                 [tf.Variable(v.value, trainable=False) for v in tv] if cfg.ema.polyak_start is not None else None
             )
             self.polyak_count = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.averages = step_lib.Averages(self.ema_vars, self.polyak_vars, self.polyak_count)
         self.mean = tuple(self.train.mean)
         self.std = tuple(self.train.std)
         self._compile_fns()
 
     def _compile_fns(self):
-        cfg = self.config
-        model = self.model
-        k = cfg.augmult.num_views
-        augment = self.augment_fn
-        mean, std = self.mean, self.std
-        l2_clip = float(cfg.dp.l2_clip)
-        private = self.private
-
-        def views(images_u8, seed):
-            x = preprocessing.normalize(images_u8, mean, std)
-            if augment is None:
-                return tf.repeat(x[:, None], k, axis=1)
-            return augment(x, seed)
-
-        def replica_sum(images_u8, labels, mask, seed):
-            x = views(images_u8, seed)
-            if private:
-                grads, norms = clipped_grad_sum(model, x, labels, l2_clip=l2_clip, mask=mask)
-            else:
-                grads, _ = mean_grad(model, x, labels, mask)
-                norms = tf.zeros_like(mask)
-            return grads, norms
-
-        strategy = self.strategy
-        self._local_sum = tf.function(replica_sum, reduce_retracing=True)
-
-        @tf.function(reduce_retracing=True)
-        def distributed_sum(images_u8, labels, mask, seed):
-            def fn(images_u8, labels, mask, seed):
-                # Every replica receives the whole micro-batch and takes its
-                # contiguous share; the clipped sums are then all-reduced.
-                # Each replica augments its share with its own seed, so with
-                # augmentation the crops (not their distribution) differ from
-                # a single-device run; without it the runs are identical.
-                ctx = tf.distribute.get_replica_context()
-                r = ctx.replica_id_in_sync_group
-                per = tf.shape(images_u8)[0] // ctx.num_replicas_in_sync
-                sl = slice(r * per, (r + 1) * per)
-                return replica_sum(images_u8[sl], labels[sl], mask[sl],
-                                   seed + tf.cast(r, tf.int64) * tf.constant([7919, 0], tf.int64))
-
-            grads, norms = strategy.run(fn, args=(images_u8, labels, mask, seed))
-            grads = [strategy.reduce(tf.distribute.ReduceOp.SUM, g, axis=None) for g in grads]
-            return grads, strategy.gather(norms, axis=0)
-
-        self._distributed_sum = distributed_sum
-
-        @tf.function
-        def apply(grad_sum, step, noise_seed, ema_on, polyak_on):
-            if private:
-                # The one noise draw of this logical step (all micro-batches
-                # and replicas are already summed into grad_sum).
-                update = noisy_normalized_sum(
-                    grad_sum, l2_clip=l2_clip, noise_multiplier=self.noise_multiplier,
-                    expected_batch_size=self.q * len(self.train), seed=noise_seed)
-            else:
-                update = list(grad_sum)  # already the mean gradient
-            tv = model.trainable_variables
-            update = optim.add_weight_decay(update, [v.value for v in tv], cfg.optim.weight_decay)
-            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
-            if finite:
-                self.optimizer.apply(update, tv)
-                if self.ema_vars is not None:
-                    mu = optim.ema_decay(step, cfg.ema.decay)
-                    optim.ema_update(self.ema_vars, [v.value for v in tv], mu)
-                if self.polyak_vars is not None and polyak_on:
-                    optim.polyak_update(self.polyak_vars, [v.value for v in tv], self.polyak_count)
-                    self.polyak_count.assign_add(1)
-            return finite
-
-        self._apply = apply
+        fns = step_lib.build_step_functions(
+            self.model, self.optimizer, self.config, self.averages, strategy=self.strategy,
+            augment_fn=self.augment_fn, mean=self.mean, std=self.std, private=self.private,
+            noise_multiplier=self.noise_multiplier, expected_batch_size=self.q * len(self.train))
+        self._step_fns = fns
+        self._local_sum, self._distributed_sum, self._apply = fns
 
     # -- secret randomness ----------------------------------------------------
 
@@ -369,19 +275,9 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------
 
-    def _seed(self, step, purpose):
-        return tf.constant([int(self.config.seed) * 1_000_003 + purpose, int(step)], tf.int64)
-
     def _micro_sum(self, idx, mask, step, m):
-        images = tf.constant(self.train.images[idx])
-        labels = tf.constant(self.train.labels[idx])
-        mask_t = tf.constant(mask)
-        seed = self._seed(step * 4096 + m, 1)
-        if self.strategy.num_replicas_in_sync == 1:
-            grads, _ = self._local_sum(images, labels, mask_t, seed)
-        else:
-            grads, _ = self._distributed_sum(images, labels, mask_t, seed)
-        return grads
+        seed = step_lib.step_seed(self.config.seed, step * 4096 + m, 1)
+        return step_lib.micro_batch_sum(self._step_fns, self.strategy, self.train, idx, mask, seed)
 
     def train_step(self, step):
         """Runs logical step ``step``; returns ``{"finite": bool}``.
@@ -431,77 +327,23 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------
 
-    def _ckpt_dir(self):
-        return os.path.join(self.run_dir, "checkpoints")
-
-    def _journal_path(self):
-        return os.path.join(self.run_dir, "privacy_journal.json")
-
     def _write_journal(self):
         if self.run_dir is None or not self.write_run_dir:
             return
-        os.makedirs(self.run_dir, exist_ok=True)
-        _atomic_write_json(self._journal_path(), {
-            "ledger": self.ledger.to_dict(),
-            "replay": self._replay_identity(),
-            "step_in_progress": self.step,
-        })
+        checkpoint.write_journal(self.run_dir, self.ledger, self._replay_identity(), self.step)
 
     def _replay_identity(self):
-        """What must match for a redone step to be bit-identical to a lost one.
-
-        The same configuration and secret give the same batches and noise
-        seeds; the same replica count and device kind the same reductions
-        and the same normals (XLA draws other stateless normals than the CPU
-        kernel for one seed, tests/train/test_xla.py); op determinism rules
-        out run-to-run differences in the kernels themselves.
-        """
-        return {
-            "config_sha256": hashlib.sha256(
-                json.dumps(self.config.to_dict(), sort_keys=True).encode()).hexdigest(),
-            "secret": self.secret.fingerprint(),
-            "num_replicas": int(self.strategy.num_replicas_in_sync),
-            "device": self._noise_device,
-            "op_determinism": _op_determinism_enabled(),
-        }
-
-    @functools.cached_property
-    def _noise_device(self):
-        """Where the noise is drawn: ``"<strategy>:<device type>"`` (see ``_replay_identity``)."""
-        if isinstance(self.strategy, (tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy)):
-            kind = "TPU"
-        else:
-            kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
-        return f"{type(self.strategy).__name__}:{kind}"
-
-    def _state_arrays(self):
-        arrays = {}
-        for i, v in enumerate(self.model.variables):
-            arrays[f"model/{i}"] = np.asarray(v.numpy())
-        for i, v in enumerate(self.optimizer.variables):
-            arrays[f"opt/{i}"] = np.asarray(v.numpy())
-        for name, vs in (("ema", self.ema_vars), ("polyak", self.polyak_vars)):
-            for i, v in enumerate(vs or []):
-                arrays[f"{name}/{i}"] = v.numpy()
-        arrays["polyak_count"] = np.asarray(self.polyak_count.numpy())
-        return arrays
+        """What must match for a redone step to be bit-identical to a lost one (``checkpoint.replay_identity``)."""
+        if self._noise_device is None:
+            self._noise_device = checkpoint.noise_device(self.strategy)
+        return checkpoint.replay_identity(self.config, self.secret, self.strategy.num_replicas_in_sync,
+                                          self._noise_device)
 
     def save_checkpoint(self):
         """Atomically writes a checkpoint of the current step (None when this process does not write)."""
         if self.run_dir is None or not self.write_run_dir:
             return None
-        d = self._ckpt_dir()
-        os.makedirs(d, exist_ok=True)
-        base = os.path.join(d, f"ckpt-{self.step:08d}")
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, **self._state_arrays())
-        data = buf.getvalue()
-        _atomic_write_bytes(base + ".npz", data)
         meta = {
-            "step": self.step,
-            "sha256": hashlib.sha256(data).hexdigest(),
             "ledger": self.ledger.to_dict(),
             "config": self.config.to_dict(),
             "history": self.history,
@@ -509,51 +351,21 @@ class Trainer:
             "nonfinite_steps": self.nonfinite_steps,
             "noise_multiplier": self.noise_multiplier,
         }
-        # The .json is the commit point: a checkpoint exists once it does.
-        _atomic_write_json(base + ".json", meta)
-        self._prune()
-        return base
-
-    def _prune(self):
-        metas = sorted(f for f in os.listdir(self._ckpt_dir()) if f.endswith(".json"))
-        for f in metas[:-CHECKPOINT_KEEP]:
-            for ext in (".json", ".npz"):
-                try:
-                    os.remove(os.path.join(self._ckpt_dir(), f[:-5] + ext))
-                except FileNotFoundError:
-                    pass
-
-    def _load_checkpoint(self, base):
-        with open(base + ".json") as f:
-            meta = json.load(f)
-        with open(base + ".npz", "rb") as f:
-            data = f.read()
-        if hashlib.sha256(data).hexdigest() != meta["sha256"]:
-            raise ValueError(f"checksum mismatch in {base}.npz")
-        import io
-
-        arrays = np.load(io.BytesIO(data))
-        return meta, arrays
+        arrays = checkpoint.state_arrays(self.model, self.optimizer, self.averages)
+        return checkpoint.save(checkpoint.checkpoint_dir(self.run_dir), self.step, arrays, meta)
 
     def restore(self):
         """Resumes from the newest good checkpoint in ``run_dir``; returns its step or None."""
-        if self.run_dir is None or not os.path.isdir(self._ckpt_dir()):
+        ckpt_dir = None if self.run_dir is None else checkpoint.checkpoint_dir(self.run_dir)
+        if ckpt_dir is None or not os.path.isdir(ckpt_dir):
             return self._restore_journal_only()
-        metas = sorted((f for f in os.listdir(self._ckpt_dir()) if f.endswith(".json")), reverse=True)
-        errors = []
-        for f in metas:
-            base = os.path.join(self._ckpt_dir(), f[:-5])
-            try:
-                meta, arrays = self._load_checkpoint(base)
-            except Exception as e:  # corrupt or truncated: try the previous one
-                errors.append(f"{os.path.basename(base)}: {e}")
-                print(f"warning: skipping unusable checkpoint {base}: {e}", file=sys.stderr)
-                continue
-            self._apply_checkpoint(meta, arrays)
+        found, errors = checkpoint.load_newest(ckpt_dir)
+        if found is not None:
+            self._apply_checkpoint(*found)
             return self.step
-        if metas:
+        if errors:
             raise TrainingError(
-                f"Every checkpoint in {self._ckpt_dir()} is corrupt ({'; '.join(errors)}). "
+                f"Every checkpoint in {ckpt_dir} is corrupt ({'; '.join(errors)}). "
                 "Refusing to restart from scratch, which would reset the privacy budget: "
                 "restore a checkpoint from backup or start a new run in a new directory "
                 "(its privacy cost adds to this one's)."
@@ -570,17 +382,7 @@ class Trainer:
         return None
 
     def _journal_spent(self, replayable=True):
-        """Steps the journal says were spent, or 0 when the lost ones are replayed bit-identically."""
-        if self.run_dir is None or not os.path.exists(self._journal_path()):
-            return 0
-        with open(self._journal_path()) as f:
-            j = json.load(f)
-        accounting.PrivacyLedger.from_dict(j["ledger"], expect=self.ledger)
-        replay = j.get("replay")
-        if replayable and replay is not None and replay.get("op_determinism") and replay == self._replay_identity():
-            # The redone steps release exactly the lost steps' outputs again.
-            return 0
-        return int(j["ledger"]["steps"])
+        return checkpoint.journal_spent(self.run_dir, self.ledger, self._replay_identity, replayable)
 
     def _apply_checkpoint(self, meta, arrays):
         try:
@@ -594,14 +396,7 @@ class Trainer:
                 f"The run directory {self.run_dir} holds a run with a different configuration. "
                 "Resume with the same configuration, or use a new --run-dir."
             )
-        for i, v in enumerate(self.model.variables):
-            v.assign(arrays[f"model/{i}"])
-        for i, v in enumerate(self.optimizer.variables):
-            v.assign(arrays[f"opt/{i}"])
-        for name, vs in (("ema", self.ema_vars), ("polyak", self.polyak_vars)):
-            for i, v in enumerate(vs or []):
-                v.assign(arrays[f"{name}/{i}"])
-        self.polyak_count.assign(int(arrays["polyak_count"]))
+        checkpoint.assign_state(arrays, self.model, self.optimizer, self.averages)
         self.step = int(meta["step"])
         self.history = list(meta["history"])
         self.wall_time_s = float(meta["wall_time_s"])
