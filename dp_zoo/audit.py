@@ -328,24 +328,6 @@ class AuditResult:
         return "\n".join(lines)
 
 
-def _noiseless_trainer_class():
-    from dp_zoo.train import engine
-
-    class NoiselessTrainer(engine.Trainer):
-        """The real engine with the noise std forced to 0: NOT private.
-
-        Overrides only the point where the step functions are built, so
-        sampling, per-example clipping and division by the expected batch
-        size are the engine's own.
-        """
-
-        def _compile_fns(self):
-            self.noise_multiplier = 0.0
-            super()._compile_fns()
-
-    return NoiselessTrainer
-
-
 def run_audit(config, train, *, num_canaries=200, guess_fraction=0.25, confidence=0.95,
               seed=0, noise=True, recipe=None, params="last", progress=False):
     """Audits ``config`` on ``train`` plus canaries, with the real engine.
@@ -393,10 +375,11 @@ def run_audit(config, train, *, num_canaries=200, guess_fraction=0.25, confidenc
     keras.utils.set_random_seed(config.seed)
     model = dp_zoo.create_model(config.model, num_classes=train.num_classes,
                                 input_shape=train.input_shape, **dict(config.model_kwargs))
-    cls = engine.Trainer if noise else _noiseless_trainer_class()
     t0 = time.time()
-    trainer = cls(model, config, audit_train, augment_fn=data_lib.make_augment_fn(config.augmult),
-                  progress=progress)
+    # noise=False: the real engine with sigma 0 in the update (Trainer's add_noise), so
+    # sampling, per-example clipping and division by the expected batch size are its own.
+    trainer = engine.Trainer(model, config, audit_train, augment_fn=data_lib.make_augment_fn(config.augmult),
+                             progress=progress, add_noise=noise)
     if not noise and trainer.noise_multiplier != 0.0:
         raise RuntimeError("the non-private engine still has noise; refusing to report a power check")
     trainer.fit()

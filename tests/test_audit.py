@@ -222,6 +222,33 @@ def test_cli_unknown_flag_one_line_exit_2(capsys):
 # --- real audits (digits, tiny WRN, the real engine) ---------------------------
 
 
+def test_noiseless_audit_uses_the_engines_add_noise_hook(monkeypatch):
+    """The power check runs engine.Trainer itself (no subclass) with add_noise=False: every update has std 0."""
+    import dataclasses
+
+    from dp_zoo.train import engine, step
+
+    built, stds = [], []
+    real_init, real_noisy = engine.Trainer.__init__, step.noisy_normalized_sum
+
+    def init(self, *args, **kw):
+        built.append((type(self), kw.get("add_noise")))
+        real_init(self, *args, **kw)
+
+    def noisy(grad_sum, **kw):  # called when the update is traced: sigma is a Python float there
+        stds.append(kw["noise_multiplier"])
+        return real_noisy(grad_sum, **kw)
+
+    monkeypatch.setattr(engine.Trainer, "__init__", init)
+    monkeypatch.setattr(step, "noisy_normalized_sum", noisy)
+    cfg, n = A.resolve_config(A.AUDIT_SMALL, epsilon=2.0, steps=2)
+    cfg = cfg.replace(dp=dataclasses.replace(cfg.dp, accountant="rdp"))
+    res = A.run_audit(cfg, A.load_train(cfg, 100), num_canaries=8, noise=False)
+    assert built == [(engine.Trainer, False)]
+    assert stds and set(stds) == {0.0}
+    assert res.noise_multiplier == 0.0 and not res.private
+
+
 @pytest.mark.slow
 def test_dp_run_lower_bound_below_accountant_epsilon():
     import dataclasses

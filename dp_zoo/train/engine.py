@@ -56,6 +56,8 @@ RANDOMNESS_SECRET = ("secret: Poisson sampling (PCG64) and Philox stateless Gaus
 RANDOMNESS_REPRODUCIBLE = "reproducible: sampling and noise derived from the public seed"
 REPRODUCIBLE_DETAIL = ("batch selection and noise were derived from the public seed {seed}, so anyone can "
                        "recompute them; DP-SGD ran, but the model has no privacy guarantee")
+NOISELESS_DETAIL = ("trained with DP-SGD's sampling and clipping but no noise (add_noise=False, the "
+                    "privacy audit's power check); the model has no privacy guarantee")
 OPERATIONAL_NOTE = ("operational, not covered by the privacy guarantee: wall-clock totals grow with the "
                     "realised Poisson batch sizes")
 
@@ -162,10 +164,15 @@ class Trainer:
         private initial checkpoint trained on the same data set: composed
         with this run's steps in every epsilon and in the budget
         (docs/privacy.md, "Initial checkpoints").
+      add_noise: False trains a private configuration with its sampling,
+        clipping and division by the expected batch size but adds no noise
+        (sigma 0 in the update): NOT private, and the run record says so
+        (``not_private``; the configured sigma's epsilons become nominal).
+        Only for the privacy audit's power check (``dp_zoo.audit``).
     """
 
-    def __init__(self, model, config, train, *, eval_data=None, augment_fn=None,
-                 run_dir=None, strategy=None, progress=True, write_run_dir=True, prior_runs=()):
+    def __init__(self, model, config, train, *, eval_data=None, augment_fn=None, run_dir=None,
+                 strategy=None, progress=True, write_run_dir=True, prior_runs=(), add_noise=True):
         validate(config, train)
         self.model = model
         self.config = config
@@ -188,6 +195,10 @@ class Trainer:
             accountant=config.dp.accountant, sampling=config.dp.sampling,
             private=self.private, planned_steps=self.total_steps, prior_runs=prior_runs,
         )
+        self.add_noise = bool(add_noise)
+        if self.private and not self.add_noise:
+            # After the ledger: it keeps the configured sigma, whose epsilons the record shows as nominal.
+            self.noise_multiplier = 0.0
         self.step = 0
         self.history = []
         self.wall_time_s = 0.0
@@ -584,7 +595,9 @@ class Trainer:
         privacy["nonfinite_steps_skipped"] = self.nonfinite_steps
         privacy["randomness"] = None if not self.private else (
             RANDOMNESS_REPRODUCIBLE if self.config.deterministic else RANDOMNESS_SECRET)
-        if self.private and self.config.deterministic:
+        if self.private and not self.add_noise:
+            mark_not_private(privacy, "noise disabled", NOISELESS_DETAIL)
+        elif self.private and self.config.deterministic:
             mark_not_private(privacy, "reproducible run", REPRODUCIBLE_DETAIL.format(seed=self.config.seed))
         from dp_zoo import __version__ as dp_zoo_version
 

@@ -59,6 +59,21 @@ def test_update_noise_std_is_sigma_c_over_b(train_set):
     assert abs(std - lr * sigma * c / b) / (lr * sigma * c / b) < 0.05
 
 
+def test_add_noise_false_draws_no_noise_and_the_record_says_not_private(train_set):
+    sigma, c, b, lr = 50.0, 1.0, 64, 1.0
+    t = trainer(cfg(steps=1, deterministic=False, dp=C.DPConfig(noise_multiplier=sigma, l2_clip=c),
+                    optim=C.OptimConfig(learning_rate=lr), ema=C.EMAConfig(decay=None)), train_set,
+                add_noise=False)
+    assert t.noise_multiplier == 0.0 and t.ledger.noise_multiplier == sigma
+    before = np.concatenate([w.ravel() for w in weights(t)])
+    privacy = t.fit()["privacy"]
+    after = np.concatenate([w.ravel() for w in weights(t)])
+    # The clipped mean alone moves each weight by far less than the noise std sigma*C/B would.
+    assert np.std(after - before) < 0.05 * lr * sigma * c / b
+    assert privacy["private"] is False and privacy["epsilon"] is None
+    assert privacy["not_private"]["reason"] == "noise disabled" and privacy["nominal_epsilon"]["rdp"] > 0
+
+
 def test_resume_equals_uninterrupted_run(train_set, tmp_path):
     full = trainer(cfg(steps=4), train_set, run_dir=str(tmp_path / "full"))
     rec_full = full.fit()
