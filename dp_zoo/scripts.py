@@ -23,7 +23,7 @@ def train():
 def export():
     """``dp-zoo-export``: ``python -m dp_zoo.export``."""
     cli.quiet_tensorflow()
-    from dp_zoo import export as command
+    from dp_zoo.export import __main__ as command
 
     sys.exit(command.main())
 

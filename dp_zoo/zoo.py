@@ -285,6 +285,15 @@ def privacy_utility_points(dataset, exclude=None):
     return pts
 
 
+def points_for_new_card(dataset, entry_name):
+    """``privacy_utility_points`` for the card of a model being exported; none if the zoo cannot be read
+    (a plot must never block an export)."""
+    try:
+        return privacy_utility_points(dataset, exclude=entry_name)
+    except Exception:  # noqa: BLE001
+        return []
+
+
 def register(name, directory, *, remote=None, archive_sha256=None):
     """Records a verified artifact of entry ``name`` in the zoo table.
 

@@ -63,8 +63,10 @@ def test_monotone_in_sigma_steps_and_q():
     assert acc.epsilon(**{**base, "sampling_probability": 0.1}) > e0
 
 
-# PLD at one target only: one PLD calibration takes 30-50 s on 2 cores (test_tan.py reuses this one).
-@pytest.mark.parametrize("accountant,target", [("pld", 8.0), ("rdp", 1.0), ("rdp", 8.0)])
+# PLD at one target only, in the slow set: one PLD calibration takes 30-50 s on 2 cores
+# (test_reference_calibrate_noise calibrates with PLD in the quick set).
+@pytest.mark.parametrize("accountant,target", [pytest.param("pld", 8.0, marks=pytest.mark.slow), ("rdp", 1.0),
+                                               ("rdp", 8.0)])
 def test_calibrate_then_recompute(accountant, target):
     q, steps, delta = 4096 / 50_000, 875, 1e-5
     sigma = acc.calibrate_noise(target_epsilon=target, sampling_probability=q, steps=steps, delta=delta, accountant=accountant)

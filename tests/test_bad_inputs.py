@@ -14,6 +14,7 @@ import pytest
 
 import dp_zoo
 from dp_zoo import accounting, export, zoo
+from dp_zoo.export import __main__ as export_command
 from dp_zoo.train import config as C, data, engine
 from tests.helpers import train_in_process
 
@@ -53,7 +54,7 @@ def stderr_of(fn, *args):
 
 def export_cli(*argv):
     """``python -m dp_zoo.export ARGV`` in this process, through the CLI's ``main()``."""
-    return stderr_of(export.main, list(argv))
+    return stderr_of(export_command.main, list(argv))
 
 
 def case_load_unknown(w):

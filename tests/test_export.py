@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from dp_zoo import export, manifest, preprocessing
+from dp_zoo.export import __main__ as export_cli
 from tests import _zoo_helpers as H
 
 SAVED_MODEL_CLI = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -186,7 +187,7 @@ def test_export_command_line(art, tmp_path, capsys):
     assert "exported:" in r.stdout and "packaged:" in r.stdout and "dry run, would upload" in r.stdout
     manifest.verify(str(out))
     assert json.load(open(out / "card.json"))["privacy"] == rec["privacy"]
-    assert export.main(["--model", os.path.join(path, "model.keras"), "--run-record",
+    assert export_cli.main(["--model", os.path.join(path, "model.keras"), "--run-record",
                         os.path.join(path, "run_record.json"), "--entry", "wrn_digits_eps8", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert [ln for ln in err.splitlines() if ln.startswith("dp_zoo.export: error:")] == [

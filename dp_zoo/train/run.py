@@ -296,19 +296,18 @@ def _report(record, eval_split, worker):
 
 
 def _publish(trainer, record, name, options):
-    from dp_zoo import export
+    from dp_zoo import export, zoo
 
     publish_dir, overwrite = options.publish_dir, options.overwrite
     if publish_dir is None:
         base = os.environ.get("DP_ZOO_HOME")
         if base is None:
-            from dp_zoo.zoo import cache_dir
-
-            base = str(cache_dir())
+            base = str(zoo.cache_dir())
         publish_dir = os.path.join(base, name)
         overwrite = True  # the user's own cache / home
     export.export_model(trainer.model_for(record["published_weights"]), record, publish_dir,
-                        entry_name=name, overwrite=overwrite)
+                        entry_name=name, overwrite=overwrite,
+                        zoo_points=zoo.points_for_new_card(record["data"]["dataset"], name))
     print(f"published: {publish_dir}  (load with dp_zoo.load({publish_dir!r}))")
 
 

@@ -47,7 +47,7 @@ def test_a_non_private_init_on_the_same_data_is_refused_in_one_line(tmp_path, ca
 
 
 def test_an_allowed_non_private_init_is_published_as_not_private(tmp_path):
-    assert run_cli([*TINY, "--init", "wrn_digits_nonprivate", "--allow-nonprivate-init",
+    assert run_cli([*TINY, "--init", "wrn_digits_nonprivate", "--allow-nonprivate-init", "--noise-multiplier", "3.0",
                     "--run-dir", str(tmp_path / "r")]) == 0
     rec = _record(tmp_path / "r")
     assert rec["privacy"]["private"] is False and rec["privacy"]["epsilon"] is None

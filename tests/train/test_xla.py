@@ -22,6 +22,7 @@ def _max_diff(xs, ys):
     return max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(xs, ys))
 
 
+@pytest.mark.slow  # XLA compiles of whole DP steps: 25-130 s each on 2 cores
 @pytest.mark.parametrize("name,shape,ghost", [("wrn_test", (8, 8, 1), True), ("wrn_test", (8, 8, 1), False),
                                               ("nfnet_test", (16, 16, 3), "auto")])
 def test_clipped_grad_sum_compiles_with_xla_and_matches(name, shape, ghost):
@@ -54,6 +55,7 @@ def test_sum_of_squares_uses_an_xla_op_only_under_xla():
     assert seen == [False, True]
 
 
+@pytest.mark.slow  # an XLA compile of the engine's step and update: ~100 s on 2 cores
 def test_engine_replica_step_and_update_compile_with_xla():
     """The engine's per-replica clipped sum (augmentation, K=2 views, padding rows) and its update."""
     ds = data.load_dataset(C.DataConfig(), "train")

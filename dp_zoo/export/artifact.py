@@ -1,37 +1,6 @@
-"""Exporting and publishing a trained model: ``saved_models/<entry>/`` with its card.
+"""Writing an artifact (``export_model``), checking it, and releasing it (``package``, ``publish``).
 
-Layout::
-
-    saved_models/<entry>/
-      model.keras            Keras 3 model (normalized float input -> logits)
-      saved_model/1/         TF Serving layout; serving_default takes uint8
-                             images [N, H, W, C] (preprocessing in the graph)
-                             and returns {"probabilities", "logits"}
-      card.json README.md card.html plots/*.png
-      run_record.json        the record the card was built from
-      MANIFEST.json          SHA-256 and size of every other file
-
-The SavedModel loads with ``tf.saved_model.load``, ``tensorflow_hub.load``,
-``keras.layers.TFSMLayer``, ``saved_model_cli`` and TF Serving.
-
-Export is atomic (written to a temporary sibling directory, checked, then
-renamed), refuses to overwrite an existing artifact unless asked, refuses a
-model with non-finite weights or one that does not match its run record, and
-checks that the written ``.keras`` file and SavedModel reproduce the model's
-outputs before anything is put in place.
-
-Command line (``python -m dp_zoo.export``)::
-
-    # export a trained model with its run record
-    python -m dp_zoo.export --model run/model.keras --run-record run/run_record.json \\
-        --entry wrn_digits_eps8 --out saved_models/wrn_digits_eps8
-    # write the artifact's checksum into the zoo table (dp_zoo/zoo_entries.json)
-    python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 --register
-    # a reproducible .tar.gz for a URL-hosted release
-    python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 --package dist/wrn_digits_eps8.tar.gz
-    # Kaggle Models (needs kagglehub and Kaggle credentials; --dry-run checks and lists only)
-    python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 \\
-        --kaggle-handle OWNER/dp-zoo/keras/wrn_digits_eps8 --dry-run
+The layout and the checks are described in ``dp_zoo.export``.
 """
 
 import gzip
@@ -39,15 +8,8 @@ import json
 import os
 import re
 import shutil
-import sys
 import tarfile
 import tempfile
-
-from dp_zoo import cli
-
-if __name__ == "__main__":
-    # ``python -m dp_zoo.export``: TensorFlow is imported just below.
-    cli.quiet_tensorflow()
 
 import numpy as np
 import tensorflow as tf
@@ -160,8 +122,9 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
       out_dir: target directory (e.g. ``saved_models/<entry>``).
       entry_name: the zoo entry name written into the card.
       overwrite: replace an existing artifact.
-      zoo_points: optional points for the card's privacy-utility plot (see
-        ``ModelCard.plots``); by default the zoo's own.
+      zoo_points: points of other models for the card's privacy-utility plot
+        (see ``ModelCard.plots``; the callers that know the zoo pass
+        ``zoo.privacy_utility_points``); none by default.
 
     Returns:
       The path of the artifact directory (str). Its MANIFEST.json SHA-256 is
@@ -181,8 +144,6 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
     check_publishable(model, run_record)
     card = ModelCard.from_run_record(entry_name, run_record)
     data = run_record["data"]
-    if zoo_points is None:
-        zoo_points = _default_zoo_points(run_record["data"]["dataset"], entry_name)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     # A sibling temporary directory keeps the final rename on one file system.
@@ -209,16 +170,6 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _default_zoo_points(dataset, entry_name):
-    """The zoo's points for the privacy-utility plot: measured cards + the paper's figures."""
-    try:
-        from dp_zoo import zoo
-
-        return zoo.privacy_utility_points(dataset, exclude=entry_name)
-    except Exception:  # noqa: BLE001  a plot must never block an export
-        return []
 
 
 # -- packaging and publishing -----------------------------------------------------------
@@ -321,72 +272,3 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
                            version_notes=plan["version_notes"])
     plan["uploaded"] = True
     return plan
-
-
-# -- command line ---------------------------------------------------------------------
-
-
-def _parser():
-    p = cli.Parser("dp_zoo.export", description="Export, register, package or publish a dp_zoo model.")
-    p.option("model", help="Trained model (.keras) to export.")
-    p.option("run-record", help="The run's run_record.json.")
-    p.option("entry", help="Zoo entry name for the card.")
-    p.option("out", help="Artifact directory (default saved_models/<entry>).")
-    p.switch("overwrite", default=False, help="Replace an existing artifact.")
-    p.option("artifact", help="An exported artifact directory to register/package/publish.")
-    p.switch("register", default=False, help="Write the artifact's MANIFEST SHA-256 into dp_zoo/zoo_entries.json.")
-    p.option("package", help="Write a reproducible .tar.gz of the artifact here.")
-    p.option("kaggle-handle", help="Publish to Kaggle Models: <owner>/<model>/<framework>/<variation>.")
-    p.switch("dry-run", default=False, help="With --kaggle-handle: verify and print the plan, upload nothing.")
-    p.switch("allow-simulation", default=False, help="Allow publishing a TAN simulation.")
-    return p
-
-
-def main(argv=None):
-    """Runs ``python -m dp_zoo.export`` with the flags ``argv``; returns the exit status."""
-    args = _parser().parse_args(argv)
-    artifact = args.artifact
-    try:
-        if args.model or args.run_record:
-            if not (args.model and args.run_record and args.entry):
-                print("dp_zoo.export: error: exporting needs --model, --run-record and --entry", file=sys.stderr)
-                return 2
-            import keras
-
-            import dp_zoo.models  # noqa: F401
-
-            with open(args.run_record) as f:
-                record = json.load(f)
-            model = keras.models.load_model(args.model)
-            out = args.out or os.path.join("saved_models", args.entry)
-            artifact = export_model(model, record, out, entry_name=args.entry, overwrite=args.overwrite)
-            print(f"exported: {artifact}")
-        if artifact is None:
-            print("dp_zoo.export: error: nothing to do; give --model/--run-record/--entry or --artifact",
-                  file=sys.stderr)
-            return 2
-        digest = manifest.verify(artifact)
-        print(f"verified: {artifact} (MANIFEST sha256 {digest})")
-        if args.register:
-            from dp_zoo import zoo
-
-            name = os.path.basename(os.path.normpath(artifact))
-            zoo.register(name, artifact)
-            print(f"registered: {name} -> {digest} in {zoo.TABLE_PATH}")
-        if args.package:
-            path, sha = package(artifact, args.package)
-            print(f"packaged: {path} (sha256 {sha})")
-        if args.kaggle_handle:
-            plan = publish(artifact, kaggle_handle=args.kaggle_handle, dry_run=args.dry_run,
-                           allow_simulation=args.allow_simulation)
-            verb = "uploaded" if plan["uploaded"] else "dry run, would upload"
-            print(f"{verb}: {plan['handle']}: {len(plan['files'])} files, {plan['total_bytes']} bytes")
-            print(json.dumps(plan, indent=2))
-    except (FileExistsError, ValueError, ImportError, OSError) as e:
-        print(f"dp_zoo.export: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
