@@ -13,7 +13,7 @@ the cost model by which ``ws_fast_path`` picks the ghost path per layer.
 
 import tensorflow as tf
 
-from dp_zoo.models.layers import F32_UNIT_ROUNDOFF, fan_in_sum, ws_projection_terms
+from dp_zoo.models.ws_math import F32_UNIT_ROUNDOFF, fan_in_sum, ws_projection_terms
 
 # Ghost norms for a layer when (Gram multiply-adds) < GHOST_COST_RATIO x
 # (per-example kernel-gradient multiply-adds). Measured per layer (norms and
@@ -174,14 +174,14 @@ def ghost_ws_sq_norms(gram_p, row_sums, dpre, pa, ds, s, c, centred=False, sigma
     before the gain; ``pa``: ``[B, cout]``, ``sum(a * d * s)`` with
     ``a = P^T dpre`` the gradient w.r.t. the gain-free standardized kernel (it
     equals gain times the gain's gradient); ``sigma``:
-    ``layers.fan_in_sum(ds)`` if the caller has it. The result is the norm
-    that ``layers.ws_kernel_sq_norms`` gives for ``a``, without forming ``a``: the
+    ``ws_math.fan_in_sum(ds)`` if the caller has it. The result is the norm
+    that ``ws_math.ws_kernel_sq_norms`` gives for ``a``, without forming ``a``: the
     mean of ``a_o`` over the fan-in is ``m_o = sum_t mu_t dpre_to``
     (``mu = P 1 / n``, the patch means), ``a_o - m_o = P_c^T dpre_o`` with
     ``P_c`` the centred patches, and
     ``sum_o s_o^2 ||a_o - m_o||^2 = sum_{t,t'} (P_c P_c^T)_{tt'} (G G^T)_{tt'}``
     with ``G = dpre * s`` (ghost clipping, Goodfellow 2015; Li et al. 2022);
-    ``layers.ws_projection_terms`` takes off the projection onto ``d * s``.
+    ``ws_math.ws_projection_terms`` takes off the projection onto ``d * s``.
 
     DP-SGD clips by this norm, so it must not fall below the exact one. The
     DP step passes the centred Gram (``patch_gram(..., centred=True)``);

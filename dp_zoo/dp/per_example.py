@@ -11,7 +11,8 @@ and the WS fast path (``ws_fast_path``) are built from them.
 import keras
 import tensorflow as tf
 
-from dp_zoo.models.layers import standardized_kernel_override, sum_of_squares
+from dp_zoo.models.ws_math import sum_of_squares
+from dp_zoo.models.ws_override import standardized_kernel_override
 
 
 def views_loss(model, params, non_trainable, views, label):

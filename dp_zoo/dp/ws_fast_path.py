@@ -4,13 +4,13 @@ The math. A WS layer computes ``conv(x, d * s) * g`` with ``d * s`` the
 gain-free standardized kernel and ``g`` its per-channel gain (times the
 layer's fixed scale). Neither depends on the example, so they are computed
 once per step and handed to the layer as tensors
-(``layers.standardized_kernel_override``); per example we form only
+(``ws_override.standardized_kernel_override``); per example we form only
 ``a = dL/d(d * s)`` and ``q = dL/dg`` (an activation-sized reduction). The
 standardization's backward is linear in the cotangent: the norm of each
 example's raw-kernel gradient comes from the centred moments of ``a``
-(``layers.ws_kernel_moments``: centred sums, so that an ``a`` dominated by
+(``ws_math.ws_kernel_moments``: centred sums, so that an ``a`` dominated by
 its mean, as large input offsets make it, cannot cancel into an
-under-estimate; ``layers.ws_sq_norms_from_moments``), and the backward
+under-estimate; ``ws_math.ws_sq_norms_from_moments``), and the backward
 itself runs once, on the clipped sum ``sum_b f_b a_b``. Layers that
 ``fold_gain`` selects convolve with ``d * s * g`` instead: per example we
 form ``a' = dL/d(d * s * g)`` (so ``a = a' g``) and get ``q = sum(a' * d * s)``
@@ -21,26 +21,27 @@ instead of ``a``: norms by ``ghost.ghost_ws_sq_norms``, and
 path with the naive per-example loop.
 
 The protocol (what a layer must do to take this path; ``WSConv2D`` and
-``ScaledWSConv2D`` in ``dp_zoo/models/layers.py`` are the reference):
+``ScaledWSConv2D`` in ``dp_zoo/models/ws_conv.py`` are the reference):
 
 1. ``ws_parts()`` returns ``(kernel, gain, gain_scale, eps, eps_mode)``:
    its raw kernel variable (HWIO), its per-output-channel gain variable and
    constants such that the kernel it convolves with is
-   ``layers.standardize_kernel(kernel, gain * gain_scale, eps=eps,
+   ``ws_math.standardize_kernel(kernel, gain * gain_scale, eps=eps,
    eps_mode=eps_mode)``; or None where the layer cannot honour the rest
    (its variables are then differentiated per example like any other's).
    The path applies when both variables train.
-2. In ``call``, where ``layers.overridden_kernel(self)`` is not None, the
-   layer gets ``kernel, gain, choice = layers.override_choice(self, inputs,
-   override, ghost_ok)`` and computes ``conv(inputs, kernel)``, times
-   ``gain`` unless it is None (``"fold"``: the kernel has the gain in it),
-   plus its bias: the same function as without the override, and WITHOUT
-   reading its own kernel or gain variables.
+2. In ``call``, where ``ws_override.overridden_kernel(self)`` is not None,
+   the layer gets ``kernel, gain, choice = ws_override.override_choice(self,
+   inputs, override, ghost_ok)`` and computes ``conv(inputs, kernel)``, times
+   ``gain`` unless it is None (``"fold"``: the kernel has the gain in it;
+   ``ws_override.apply_gain``), plus its bias: the same function as without
+   the override, and WITHOUT reading its own kernel or gain variables.
 3. ``ghost_ok`` may be True only for an ungrouped, undilated, channels-last
    convolution whose ``kernel_size``, ``strides`` (pairs) and ``padding``
    (``"same"``/``"valid"``) describe it (``ghost.conv_geometry``). On
    ``"ghost"`` it convolves with ``stop_gradient(kernel)`` and hands its
-   input and pre-gain output to ``layers.record_ghost``, once per example.
+   input and pre-gain output to ``ws_override.record_ghost``, once per
+   example.
 4. It has ``kernel_size``, ``strides`` (ints or pairs) and ``groups``, and
    a ghost-capable layer ``filters``: the cost model that picks each
    layer's path reads them.
@@ -57,8 +58,8 @@ import tensorflow as tf
 
 from dp_zoo.dp.ghost import GHOST_COST_RATIO, conv_geometry, ghost_costs, ghost_ws_sq_norms, patch_gram
 from dp_zoo.dp.per_example import finite_rows, masked_clip_factors, sq_norms, views_loss, weighted_sum
-from dp_zoo.models.layers import (fan_in_sum, standardized_kernel_override, ws_backward, ws_geometry,
-                                  ws_kernel_moments, ws_sq_norms_from_moments)
+from dp_zoo.models.ws_math import fan_in_sum, ws_backward, ws_geometry, ws_kernel_moments, ws_sq_norms_from_moments
+from dp_zoo.models.ws_override import standardized_kernel_override
 
 _PROTOCOL = "the WS fast-path protocol in dp_zoo/dp/ws_fast_path.py"
 
@@ -151,7 +152,7 @@ class _WSTap:
         # (the gain's multiply forward and backward, and the gain's gradient
         # as a product summed over positions); folded, one multiply-and-sum
         # over the kernel's fan-in for the gain's gradient (from the centred
-        # moments that its norm needs anyway, ``layers.ws_kernel_moments``).
+        # moments that its norm needs anyway, ``ws_math.ws_kernel_moments``).
         # Output positions as for "same" padding (a cost estimate only).
         sh, sw = layer.strides if isinstance(layer.strides, tuple) else (layer.strides,) * 2
         positions = inputs.shape[0] * -(-inputs.shape[1] // sh) * -(-inputs.shape[2] // sw)
@@ -302,7 +303,7 @@ def _ghost_taps(tap, entries):
         if e.kind == "ghost" and id(e.layer) not in tapped:
             raise TypeError(
                 f"WS layer {e.layer.name!r} ({type(e.layer).__name__}) took the ghost path but did not record its "
-                f"input and pre-gain output with layers.record_ghost; see {_PROTOCOL} (item 3).")
+                f"input and pre-gain output with ws_override.record_ghost; see {_PROTOCOL} (item 3).")
     return tapped
 
 
@@ -316,7 +317,7 @@ def _check_own_variables_unused(entries, own_grads):
         if own_grads[2 * j] is not None or own_grads[2 * j + 1] is not None:
             raise TypeError(
                 f"WS layer {e.layer.name!r} ({type(e.layer).__name__}) reads its own kernel or gain inside "
-                "layers.standardized_kernel_override: the WS fast path would drop that part of its gradient. "
+                "ws_override.standardized_kernel_override: the WS fast path would drop that part of its gradient. "
                 f"Follow {_PROTOCOL} (item 2), or have ws_parts() return None.")
 
 

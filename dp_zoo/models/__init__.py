@@ -9,6 +9,6 @@ A new family is one module that defines its config dataclass, its
 calls ``_registry.register_family``, and is imported below.
 """
 
-from dp_zoo.models import layers  # noqa: F401  (the shared layers)
+from dp_zoo.models import layers, ws_conv  # noqa: F401  (the shared layers)
 from dp_zoo.models import nf_resnet, nfnet, wide_resnet  # noqa: F401  (the families)
 from dp_zoo.models._registry import create_model, list_architectures  # noqa: F401

@@ -32,9 +32,8 @@ import keras
 from keras import ops
 
 from dp_zoo.models._registry import register_family
-from dp_zoo.models.layers import (
-    NONLINEARITY_GAMMA, ScaledActivation, ScaledWSConv2D, SkipInitGain, SqueezeExcite, StochasticDepth,
-)
+from dp_zoo.models.layers import NONLINEARITY_GAMMA, ScaledActivation, SkipInitGain, SqueezeExcite, StochasticDepth
+from dp_zoo.models.ws_conv import ScaledWSConv2D
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,8 @@ import dataclasses
 import keras
 
 from dp_zoo.models._registry import register_family
-from dp_zoo.models.layers import SkipInitGain, WSConv2D
+from dp_zoo.models.layers import SkipInitGain
+from dp_zoo.models.ws_conv import WSConv2D
 
 # Haiku's GroupNorm epsilon (Keras defaults to 1e-3).
 _GN_EPS = 1e-5

@@ -143,7 +143,7 @@ def test_standardized_kernel_path_equals_naive_loop(name, shape, fold_gain):
 def test_a_ws_layer_called_twice():
     """Folded: both calls' gradients count (exact). Ghost clipping covers one call: a clear error."""
     keras.utils.set_random_seed(3)
-    from dp_zoo.models.layers import WSConv2D
+    from dp_zoo.models.ws_conv import WSConv2D
 
     inp = keras.Input((6, 6, 2))
     conv = WSConv2D(2, 3, name="shared")

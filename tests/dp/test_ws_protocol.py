@@ -13,11 +13,12 @@ import pytest
 from keras import ops
 
 from dp_zoo import dp
-from dp_zoo.models import layers
+from dp_zoo.models import ws_override
+from dp_zoo.models.ws_conv import WSConv2D
 from tests.helpers import assert_equals_naive_loop
 
 
-class IgnoresOverride(layers.WSConv2D):
+class IgnoresOverride(WSConv2D):
     """Convolves with its own standardized kernel whatever the override says."""
 
     def call(self, inputs):
@@ -25,23 +26,23 @@ class IgnoresOverride(layers.WSConv2D):
         return out + self.bias
 
 
-class ReadsItsGain(layers.WSConv2D):
+class ReadsItsGain(WSConv2D):
     """Honours the override, and also reads its own gain variable (a penalty-like extra term)."""
 
     def call(self, inputs):
         return super().call(inputs) + 0.1 * ops.mean(self.gain)
 
 
-class GhostWithoutRecord(layers.WSConv2D):
+class GhostWithoutRecord(WSConv2D):
     """Accepts the ghost path but never hands its input and output to the tap."""
 
     def call(self, inputs):
-        override = layers.overridden_kernel(self)
+        override = ws_override.overridden_kernel(self)
         if override is None:
             return super().call(inputs)
-        kernel, gain, choice = layers.override_choice(self, inputs, override, ghost_ok=True)
+        kernel, gain, choice = ws_override.override_choice(self, inputs, override, ghost_ok=True)
         out = ops.conv(inputs, ops.stop_gradient(kernel) if choice == "ghost" else kernel, padding="same")
-        return layers._times_gain(out, gain) + self.bias
+        return ws_override.apply_gain(out, gain) + self.bias
 
 
 def _model(conv_cls):
@@ -71,6 +72,6 @@ def test_a_ghost_layer_that_does_not_record_raises():
 
 def test_the_same_layers_honouring_the_protocol_are_exact():
     """The models above with a plain WSConv2D: every path equals the naive loop (the check does not fire)."""
-    m, x, y = _model(layers.WSConv2D)
+    m, x, y = _model(WSConv2D)
     for ghost, fold_gain in ((False, False), (False, True), (True, False)):
         assert_equals_naive_loop(m, x, y, np.ones(3, np.float32), rel=1e-5, ghost=ghost, fold_gain=fold_gain)

@@ -4,7 +4,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from dp_zoo.models.layers import WSConv2D
+from dp_zoo.models.ws_conv import WSConv2D
 
 
 def _reference_kernel(raw, gain, eps=1e-4):
@@ -83,7 +83,7 @@ def test_get_config_round_trip():
 
 import pytest
 
-from dp_zoo.models.layers import _standardize_reference, standardize_kernel
+from dp_zoo.models.ws_math import _standardize_reference, standardize_kernel
 
 
 @pytest.mark.parametrize("eps_mode", ["deepmind", "timm"])

@@ -7,9 +7,8 @@ import pytest
 import keras
 import tensorflow as tf
 
-from dp_zoo.models.layers import (
-    NONLINEARITY_GAMMA, ScaledActivation, ScaledWSConv2D, SkipInitGain, SqueezeExcite, StochasticDepth,
-)
+from dp_zoo.models.layers import NONLINEARITY_GAMMA, ScaledActivation, SkipInitGain, SqueezeExcite, StochasticDepth
+from dp_zoo.models.ws_conv import ScaledWSConv2D
 
 
 def np_conv(x, w, stride, pads, groups):

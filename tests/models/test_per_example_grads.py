@@ -8,7 +8,7 @@ convolutions included) falls back; everything else in these models
 vectorizes. Grouped convolutions have no CPU gradient at all under pfor
 (TF's grouped conv runs through XLA, whose call pfor inlines), so our layers
 run them as one convolution per group inside the per-example context
-(``layers.standardized_kernel_override``). Speed: benchmarks/dp_step.py.
+(``ws_override.standardized_kernel_override``). Speed: benchmarks/dp_step.py.
 """
 
 import numpy as np

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 import dp_zoo
-from dp_zoo.models.layers import WSConv2D
+from dp_zoo.models.ws_conv import WSConv2D
 from dp_zoo.models.wide_resnet import WideResNetConfig
 
 def _count(model, cls):

@@ -32,14 +32,15 @@ import keras
 import dp_zoo
 from dp_zoo import dp
 from dp_zoo.dp import ws_fast_path
-from dp_zoo.models import layers
+from dp_zoo.models import ws_math
+from dp_zoo.models.ws_conv import WSConv2D
 
 TOL = 1e-6  # computed norm >= true norm * (1 - TOL)
 HUGE = 1e30  # a clip norm that clips nothing (its clip factor is exactly 1)
 
 
 def _ws_backward64(u, ds, s, c, gain):
-    """``layers.ws_backward`` in float64 (the exact WS backward of float32 inputs)."""
+    """``ws_math.ws_backward`` in float64 (the exact WS backward of float32 inputs)."""
     u, ds, s, c = (tf.cast(t, tf.float64) for t in (u, ds, s, c))
     a = u * tf.cast(gain, tf.float64)
     mean_a = tf.reduce_mean(a, axis=(-4, -3, -2), keepdims=True)
@@ -144,15 +145,14 @@ def test_ws_kernel_sq_norms_bound_the_exact_norm(monkeypatch, kernel_shape, kind
     """Against the float64 WS backward of the same float32 cotangents, gains and kernel (examples centred
     all at once, and one at a time as for large kernels)."""
     if chunked:
-        monkeypatch.setattr(layers, "MOMENT_CHUNK_BYTES", 1)
+        monkeypatch.setattr(ws_math, "MOMENT_CHUNK_BYTES", 1)
     rng = np.random.default_rng(sum(map(ord, kind)) + len(kernel_shape) + kernel_shape[0])
     w = tf.constant(rng.normal(size=kernel_shape).astype("float32"))
-    ds, s, c = layers.ws_geometry(w, eps=1e-4)
+    ds, s, c = ws_math.ws_geometry(w, eps=1e-4)
     gain = tf.constant(rng.normal(size=kernel_shape[-1:]).astype("float32")) if with_gain else None
     a = _cotangents(kind, ds, rng)
     g = 1.0 if gain is None else gain
-    pa = tf.reduce_sum(a * g * ds, axis=(1, 2, 3))
-    got = layers.ws_kernel_sq_norms(a, pa, ds, s, c, gain=gain).numpy()
+    got = ws_math.ws_kernel_sq_norms(a, ds, s, c, gain=gain).numpy()
     want = tf.reduce_sum(tf.square(_ws_backward64(a, ds, s, c, g)), axis=(1, 2, 3, 4)).numpy()
     assert_never_below(np.sqrt(got), np.sqrt(want), f"{kind} {kernel_shape}")
     if kind == "mean":
@@ -166,9 +166,9 @@ def test_fan_in_sum_is_exact_where_a_float32_sum_is_not(jit_compile):
     """The standardized kernel's fan-in sum (a rounding residue) in float64 outside XLA, by TwoSum under XLA."""
     rng = np.random.default_rng(13)
     for shape in [(3, 3, 4, 6), (3, 3, 64, 32), (1, 1, 16, 8), (7, 7, 3, 8)]:
-        ds, _, _ = layers.ws_geometry(tf.constant((rng.normal(size=shape) + 5).astype("float32")), eps=1e-4)
+        ds, _, _ = ws_math.ws_geometry(tf.constant((rng.normal(size=shape) + 5).astype("float32")), eps=1e-4)
         exact = ds.numpy().astype(np.float64).reshape(-1, shape[-1]).sum(0)
-        got = tf.function(layers.fan_in_sum, jit_compile=jit_compile)(ds).numpy()
+        got = tf.function(ws_math.fan_in_sum, jit_compile=jit_compile)(ds).numpy()
         np.testing.assert_allclose(got, exact, rtol=1e-6, atol=0)
         assert np.max(np.abs(tf.reduce_sum(tf.reshape(ds, [-1, shape[-1]]), 0).numpy() - exact)) > 1e-3 * np.max(
             np.abs(exact)), "a float32 sum is off by more than the float32 rounding of the result"
@@ -180,7 +180,7 @@ def test_fan_in_sum_is_exact_where_a_float32_sum_is_not(jit_compile):
 def _single_ws_layer_model(kernel, strides, cin, hw, seed):
     keras.utils.set_random_seed(seed)
     inp = keras.Input((hw, hw, cin))
-    h = layers.WSConv2D(6, kernel, strides=strides, name="ws")(inp)
+    h = WSConv2D(6, kernel, strides=strides, name="ws")(inp)
     h = keras.layers.Activation("tanh")(h)
     out = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(h))
     m = keras.Model(inp, out)
@@ -211,7 +211,7 @@ def test_single_ws_layer_norms_never_under_estimate(exact_backward, ghost, fold_
 def test_patch_gram_centred_both_ways_on_offset_windows():
     """The Gram of the patches centred over the fan-in, both ways, on constant and near-constant windows."""
     rng = np.random.default_rng(11)
-    layer = layers.WSConv2D(4, 3, strides=1)
+    layer = WSConv2D(4, 3, strides=1)
     layer.build((None, 6, 6, 3))
     x = (3e4 + rng.normal(size=(2, 2, 6, 6, 3)) * np.array([1.0, 1e-2, 0.0])).astype("float32")
     x[1, :, :3] = 0.0  # a constant region and a near-constant one
@@ -233,7 +233,7 @@ MODELS = [("wrn_test", (8, 8, 1)), ("nf_resnet_test", (16, 16, 3)), ("nfnet_test
 
 def _has_ghost_layers(model):
     """Whether ``ghost=True`` changes anything: only plain (ungrouped) ``WSConv2D`` layers can go ghost."""
-    return any(type(layer) is layers.WSConv2D and layer.groups == 1
+    return any(type(layer) is WSConv2D and layer.groups == 1
                for layer in model._flatten_layers(include_self=False, recursive=True))
 
 

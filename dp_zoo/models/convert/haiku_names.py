@@ -61,7 +61,8 @@ import re
 import keras
 
 from dp_zoo.models.convert._common import identity
-from dp_zoo.models.layers import ScaledWSConv2D, SkipInitGain, SqueezeExcite, WSConv2D
+from dp_zoo.models.layers import SkipInitGain, SqueezeExcite
+from dp_zoo.models.ws_conv import ScaledWSConv2D, WSConv2D
 
 _DM_NFNET = "NFNet"
 _DM_NFNET_PARTS = {"conv1": "conv0", "conv2": "conv1", "conv2b": "conv1b", "conv3": "conv2",

@@ -19,7 +19,8 @@ import keras
 import numpy as np
 
 from dp_zoo.models.convert._common import listed, to_numpy
-from dp_zoo.models.layers import ScaledWSConv2D, SkipInitGain, SqueezeExcite
+from dp_zoo.models.layers import SkipInitGain, SqueezeExcite
+from dp_zoo.models.ws_conv import ScaledWSConv2D
 
 _PARTS = {"down_conv": "downsample.conv", "conv1": "conv1", "conv2": "conv2", "conv2b": "conv2b",
           "conv3": "conv3", "se": "attn_last", "skipinit": "skipinit_gain"}
