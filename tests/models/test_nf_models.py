@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 import dp_zoo
-from dp_zoo.models import nf_resnet, nfnet
+from dp_zoo.models import nf_resnet
 from dp_zoo.models.layers import SkipInitGain, StochasticDepth
 
 # Published parameter counts (built models, every variant): test_contract.py.

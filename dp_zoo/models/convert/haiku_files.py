@@ -36,7 +36,11 @@ def _dill_create_dtypemeta(scalar_type):
 
 
 def _jax_reconstruct_array(fun, args, arr_state, aval_state=None):
-    """``jax``'s array unpickling, stopping at the numpy array (no device_put)."""
+    """``jax``'s array unpickling, stopping at the numpy array (no device_put).
+
+    ``aval_state`` (fields of jax's abstract value, such as weak typing) is
+    part of the pickled call and means nothing to a numpy array.
+    """
     a = fun(*args)
     a.__setstate__(arr_state)
     return a
