@@ -30,6 +30,7 @@ import os
 from typing import Optional
 
 from dp_zoo import card_html, card_markdown
+from dp_zoo.run_record import check_run_record
 
 CARD_SCHEMA_VERSION = 1
 
@@ -78,50 +79,6 @@ def record_sha256(record):
     """SHA-256 of the canonical JSON of a run record (ties a card to its record)."""
     blob = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
-
-
-# ---------------------------------------------------------------------------
-# What a run record must contain before a card may be built from it.
-
-REQUIRED_SECTIONS = ("config", "privacy", "history", "model", "data", "metrics", "software", "hardware")
-REQUIRED_PRIVACY = (
-    "private", "epsilon", "delta", "accountant", "noise_multiplier", "sampling",
-    "sampling_probability", "dataset_size", "expected_batch_size", "steps", "l2_clip",
-    "adjacency", "privacy_unit", "tan_simulation",
-)
-
-
-def check_run_record(record):
-    """Refuses a run record that a card cannot be built from.
-
-    Raises:
-      ValueError: a required section or privacy field is missing, or the
-        privacy section contradicts itself (a private run without an
-        epsilon, a non-finite epsilon).
-    """
-    missing = [k for k in REQUIRED_SECTIONS if k not in record]
-    if missing:
-        raise ValueError(
-            f"run record lacks the section(s) {missing}; a card is built only from a "
-            "complete run record (python -m dp_zoo.train writes one as run_record.json)."
-        )
-    p = record["privacy"]
-    missing = [k for k in REQUIRED_PRIVACY if k not in p]
-    if missing:
-        raise ValueError(f"run record's privacy section lacks {missing}; it must come from PrivacyLedger.summary().")
-    if p["private"]:
-        if p["epsilon"] is None or not math.isfinite(float(p["epsilon"])):
-            raise ValueError(
-                f"the run is marked private but its epsilon is {p['epsilon']!r}; "
-                "refusing to write a card without the accountant's epsilon."
-            )
-        if not p.get("accountant"):
-            raise ValueError("the run is marked private but names no accountant.")
-    elif p.get("epsilon") is not None:
-        raise ValueError("a non-private run record carries an epsilon; the record is inconsistent.")
-    for k in ("test_accuracy_last",):
-        if k not in record["metrics"]:
-            raise ValueError(f"run record's metrics lack {k!r}.")
 
 
 # ---------------------------------------------------------------------------

@@ -169,10 +169,14 @@ class Trainer:
         (sigma 0 in the update): NOT private, and the run record says so
         (``not_private``; the configured sigma's epsilons become nominal).
         Only for the privacy audit's power check (``dp_zoo.audit``).
+      tan_simulation: for a TAN-simulated configuration
+        (``config.tan_simulation_factor``), ``dp_zoo.tan.tan_info``'s dict,
+        stated in the record's privacy section.
     """
 
     def __init__(self, model, config, train, *, eval_data=None, augment_fn=None, run_dir=None,
-                 strategy=None, progress=True, write_run_dir=True, prior_runs=(), add_noise=True):
+                 strategy=None, progress=True, write_run_dir=True, prior_runs=(), add_noise=True,
+                 tan_simulation=None):
         validate(config, train)
         self.model = model
         self.config = config
@@ -196,6 +200,7 @@ class Trainer:
             private=self.private, planned_steps=self.total_steps, prior_runs=prior_runs,
         )
         self.add_noise = bool(add_noise)
+        self.tan_simulation = tan_simulation
         if self.private and not self.add_noise:
             # After the ledger: it keeps the configured sigma, whose epsilons the record shows as nominal.
             self.noise_multiplier = 0.0
@@ -586,9 +591,7 @@ class Trainer:
 
     def record(self):
         """The run record without "data"/"metrics" (the CLI adds those)."""
-        tan = None
-        if self.config.tan_simulation_factor:
-            tan = getattr(self, "tan_info", None)
+        tan = self.tan_simulation if self.config.tan_simulation_factor else None
         privacy = self.ledger.summary(tan_simulation=tan)
         privacy["l2_clip"] = float(self.config.dp.l2_clip) if self.private else None
         # Decided on the noisy update alone (post-processing): covered by the guarantee.

@@ -246,6 +246,7 @@ def _check_same_weights(record, strategy, worker):
 
 def _complete_record(record, trainer, train_set, test_set, eval_split, prov, name):
     """Adds what only the chief knows at the end: evaluation, data, the init's provenance, names."""
+    from dp_zoo import run_record
     from dp_zoo.train import engine
 
     metrics = {"test_accuracy_last": trainer.evaluate(test_set, "last")["accuracy"],
@@ -254,8 +255,7 @@ def _complete_record(record, trainer, train_set, test_set, eval_split, prov, nam
         metrics["test_accuracy_ema"] = trainer.evaluate(test_set, "ema")["accuracy"]
     if trainer.polyak_vars is not None:
         metrics["test_accuracy_polyak"] = trainer.evaluate(test_set, "polyak")["accuracy"]
-    record["metrics"] = metrics
-    record["data"] = {
+    data = {
         "dataset": train_set.name, "train_split": train_set.split, "test_split": test_set.split,
         "train_size": len(train_set), "test_size": len(test_set),
         "mean": list(train_set.mean), "std": list(train_set.std),
@@ -263,12 +263,11 @@ def _complete_record(record, trainer, train_set, test_set, eval_split, prov, nam
             init_privacy.PUBLIC_PRETRAINING, init_privacy.DECLARED_PUBLIC) else None,
         "streaming": bool(getattr(train_set, "streaming", False)),
     }
-    record["model"]["init"] = prov.to_dict() if prov is not None else None
+    run_record.complete(record, metrics=metrics, data=data, init=prov.to_dict() if prov is not None else None,
+                        entry_name=name, published_weights="ema" if trainer.ema_vars is not None else "last")
     if prov is not None and prov.kind == init_privacy.NONPRIVATE_SAME_DATA and record["privacy"]["private"]:
         engine.mark_not_private(record["privacy"], "non-private initial checkpoint",
                                 init_privacy.not_private_detail(prov))
-    record["entry_name"] = name
-    record["published_weights"] = "ema" if trainer.ema_vars is not None else "last"
 
 
 def _report(record, eval_split, worker):
@@ -340,9 +339,8 @@ def train(name, config, recipe, options=RunOptions()):
         eval_data=test_set if config.eval_every and chief else None,
         augment_fn=data_lib.make_augment_fn(config.augmult), run_dir=run_dir,
         strategy=strategy, progress=options.progress and chief,
-        prior_runs=prov.prior_runs if prov is not None else (),
+        prior_runs=prov.prior_runs if prov is not None else (), tan_simulation=tan_info,
     )
-    trainer.tan_info = tan_info
     multiworker = worker is not None and strategy.num_replicas_in_sync > 1
     if multiworker:
         _check_same_step(trainer, strategy, worker, run_dir)

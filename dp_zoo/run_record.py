@@ -1,0 +1,76 @@
+"""The run record: its schema, how the training command completes it, and its validation.
+
+A run record (``run_record.json``, docs/design.md "Run record") is assembled
+in two layers. The engine (``Trainer.record()``) writes the sections it alone
+knows: config, privacy, history, model, software, hardware, operational and
+the step counts. ``complete`` adds what the training command knows at the
+end (metrics, data, the initial checkpoint's provenance, the entry name and
+which weights are published); ``dp_zoo.audit`` may add an "audit" section.
+``check_run_record`` is the one validation every card and export goes through.
+
+This module sits above the engine and below card/export: the engine cannot
+import it (that would be an upward import), so the engine's sections are
+built in ``dp_zoo.train.engine`` and everything after them here.
+"""
+
+import math
+
+
+REQUIRED_SECTIONS = ("config", "privacy", "history", "model", "data", "metrics", "software", "hardware")
+REQUIRED_PRIVACY = (
+    "private", "epsilon", "delta", "accountant", "noise_multiplier", "sampling",
+    "sampling_probability", "dataset_size", "expected_batch_size", "steps", "l2_clip",
+    "adjacency", "privacy_unit", "tan_simulation",
+)
+
+
+def check_run_record(record):
+    """Refuses a run record that a card cannot be built from.
+
+    Raises:
+      ValueError: a required section or privacy field is missing, or the
+        privacy section contradicts itself (a private run without an
+        epsilon, a non-finite epsilon).
+    """
+    missing = [k for k in REQUIRED_SECTIONS if k not in record]
+    if missing:
+        raise ValueError(
+            f"run record lacks the section(s) {missing}; a card is built only from a "
+            "complete run record (python -m dp_zoo.train writes one as run_record.json)."
+        )
+    p = record["privacy"]
+    missing = [k for k in REQUIRED_PRIVACY if k not in p]
+    if missing:
+        raise ValueError(f"run record's privacy section lacks {missing}; it must come from PrivacyLedger.summary().")
+    if p["private"]:
+        if p["epsilon"] is None or not math.isfinite(float(p["epsilon"])):
+            raise ValueError(
+                f"the run is marked private but its epsilon is {p['epsilon']!r}; "
+                "refusing to write a card without the accountant's epsilon."
+            )
+        if not p.get("accountant"):
+            raise ValueError("the run is marked private but names no accountant.")
+    elif p.get("epsilon") is not None:
+        raise ValueError("a non-private run record carries an epsilon; the record is inconsistent.")
+    for k in ("test_accuracy_last",):
+        if k not in record["metrics"]:
+            raise ValueError(f"run record's metrics lack {k!r}.")
+
+
+def complete(record, *, metrics, data, init, entry_name, published_weights):
+    """Adds the training command's sections to the engine's ``record`` (in place; returns it).
+
+    Args:
+      record: what ``Trainer.fit()`` / ``Trainer.record()`` returned.
+      metrics: test accuracies of the published weight sets and ``evaluated_on``.
+      data: the data section (data set, splits, sizes, normalisation, streaming).
+      init: the initial checkpoint's provenance dict, or None.
+      entry_name: the zoo entry name of the run.
+      published_weights: "ema" or "last".
+    """
+    record["metrics"] = metrics
+    record["data"] = data
+    record["model"]["init"] = init
+    record["entry_name"] = entry_name
+    record["published_weights"] = published_weights
+    return record
