@@ -47,6 +47,6 @@ def privacy():
 def audit():
     """``dp-zoo-audit``: ``python -m dp_zoo.audit``."""
     cli.quiet_tensorflow()
-    from dp_zoo import audit as command
+    from dp_zoo.audit import __main__ as command
 
     sys.exit(command.main())

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from dp_zoo import audit as A
+from dp_zoo.audit import __main__ as audit_cli
 
 
 # --- statistics --------------------------------------------------------------
@@ -206,14 +207,14 @@ def test_attach_refuses_non_private_and_foreign_records(tmp_path):
     (["--train-size", "0"], "train size"),
 ])
 def test_cli_bad_flags_one_line_exit_2(argv, msg, capsys):
-    assert A.main(argv) == 2
+    assert audit_cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dp_zoo.audit: error:") and msg in err and "\n" not in err
 
 
 def test_cli_unknown_flag_one_line_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
-        A.main(["--bogus"])
+        audit_cli.main(["--bogus"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dp_zoo.audit: error:") and "--bogus" in err and "\n" not in err
@@ -266,7 +267,7 @@ def test_dp_run_lower_bound_below_accountant_epsilon():
 @pytest.mark.slow
 def test_no_noise_engine_is_caught_above_configured_epsilon(tmp_path, capsys):
     out = tmp_path / "audit.json"
-    assert A.main(["--recipe", A.AUDIT_SMALL, "--epsilon", "2", "--canaries", "200", "--no-noise",
+    assert audit_cli.main(["--recipe", A.AUDIT_SMALL, "--epsilon", "2", "--canaries", "200", "--no-noise",
                    "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert A.NOT_PRIVATE_BANNER in captured.err and A.NOT_PRIVATE_BANNER in captured.out
