@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -55,16 +56,37 @@ def test_replay_without_op_determinism_counts(digits_train, tmp_path):
     assert _resumed_steps(digits_train, run_dir, cfg) == (2, 3)
 
 
+REPLAY_CONFIG = tiny_config(checkpoint_every=100)  # a private run: its secret is in the run directory
+
+
+@pytest.fixture(scope="module")
+def crashed_private_run(digits_train, tmp_path_factory):
+    """A private run that crashed after its step-2 checkpoint with one more step journalled, made once
+    under op determinism; tests copy it."""
+    from tensorflow.python.framework import config as tf_config
+
+    run_dir = str(tmp_path_factory.mktemp("replay") / "run")
+    tf_config.enable_op_determinism()
+    try:
+        _crash_after_checkpoint(digits_train, run_dir, REPLAY_CONFIG)
+    finally:
+        tf_config.disable_op_determinism()
+    return run_dir
+
+
 @pytest.mark.parametrize("field,value", [
     ("num_replicas", 2), ("device", "TPUStrategyV2:TPU"), ("config_sha256", "0" * 64), ("secret", "f" * 16),
     (None, None),
 ])
-def test_replay_reuses_the_budget_only_when_everything_matches(digits_train, tmp_path, op_determinism,
-                                                             field, value):
-    cfg = tiny_config(checkpoint_every=100)  # a private run: its secret is in the run directory
+def test_replay_reuses_the_budget_only_when_everything_matches(digits_train, crashed_private_run, tmp_path,
+                                                             op_determinism, field, value):
+    cfg = REPLAY_CONFIG
     run_dir = str(tmp_path / "run")
-    path, journal = _crash_after_checkpoint(digits_train, run_dir, cfg)
-    assert journal["replay"]["op_determinism"] is True
+    shutil.copytree(crashed_private_run, run_dir)
+    path = os.path.join(run_dir, "privacy_journal.json")
+    with open(path) as f:
+        journal = json.load(f)
+    assert journal["replay"]["op_determinism"] is True and journal["ledger"]["steps"] == 3
     assert _resumed_steps(digits_train, run_dir, cfg) == (2, 2)  # identical replay: nothing more spent
     if field is None:
         del journal["replay"]  # a journal that does not say
