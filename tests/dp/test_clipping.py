@@ -119,7 +119,9 @@ def test_padding_rows_contribute_exactly_zero_even_if_nonfinite(wrn_sum):
 
 @pytest.mark.parametrize("fold_gain", [True, False])
 @pytest.mark.parametrize("name,shape", [("wrn_test", (8, 8, 1)), ("nf_resnet_test", (16, 16, 3)),
-                                        ("nfnet_test", (16, 16, 3))])
+                                        # 30-35 s each to trace (grouped convolutions): the slow set;
+                                        # tests/models/test_contract.py runs its default path quickly
+                                        pytest.param("nfnet_test", (16, 16, 3), marks=pytest.mark.slow)])
 def test_standardized_kernel_path_equals_naive_loop(name, shape, fold_gain):
     """The fast path (per-example grads w.r.t. standardized kernels, closed-form norms) is exact.
 
