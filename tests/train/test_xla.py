@@ -15,7 +15,7 @@ import keras
 import dp_zoo
 from dp_zoo import dp
 from dp_zoo.models import ws_math
-from dp_zoo.train import config as C, data, engine
+from dp_zoo.train import config as C, data, engine, step
 
 
 def _max_diff(xs, ys):
@@ -68,7 +68,7 @@ def test_engine_replica_step_and_update_compile_with_xla():
     idx = np.arange(16)
     mask = np.ones(16, np.float32)
     mask[-3:] = 0
-    args = (tf.constant(t.train.images[idx]), tf.constant(t.train.labels[idx]), tf.constant(mask), t._seed(0, 1))
+    args = (tf.constant(t.train.images[idx]), tf.constant(t.train.labels[idx]), tf.constant(mask), step.step_seed(c.seed, 0, 1))
     want, want_norms = t._local_sum(*args)
     got, norms = tf.function(t._local_sum.python_function, jit_compile=True)(*args)
     np.testing.assert_allclose(norms.numpy(), want_norms.numpy(), rtol=1e-4)
