@@ -160,7 +160,7 @@ def test_tan_simulation_says_not_private_first(tmp_path):
 
 
 def test_reproducible_run_is_flagged_not_private():
-    from dp_zoo.train.engine import mark_not_private
+    from dp_zoo.train.record_sections import mark_not_private
 
     rec = H.run_record()
     eps = rec["privacy"]["epsilon_pld"]

@@ -210,3 +210,21 @@ def load_newest(ckpt_dir):
             errors.append(f"{os.path.basename(base)}: {e}")
             print(f"warning: skipping unusable checkpoint {base}: {e}", file=sys.stderr)
     return None, errors
+
+
+def same_config(saved, config):
+    """Whether a checkpoint's ``saved`` config dict configures the same run as ``config``."""
+    try:
+        # As a TrainConfig, so that keys an older version wrote and that
+        # configure nothing (from_dict drops them) do not block a resume.
+        return type(config).from_dict(saved) == config
+    except (TypeError, ValueError):  # fields this version does not know
+        return False
+
+
+def all_corrupt_message(ckpt_dir, errors):
+    """Why a run whose checkpoints are all unusable must not restart (the engine raises it)."""
+    return (f"Every checkpoint in {ckpt_dir} is corrupt ({'; '.join(errors)}). "
+            "Refusing to restart from scratch, which would reset the privacy budget: "
+            "restore a checkpoint from backup or start a new run in a new directory "
+            "(its privacy cost adds to this one's).")

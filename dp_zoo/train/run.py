@@ -160,11 +160,11 @@ def _load_data(config, streaming):
 def _tan_simulation(name, config, factor, dataset_size):
     """(name, config, tan_info) of the TAN simulation of ``config`` with batch and sigma divided by ``factor``."""
     from dp_zoo import tan
-    from dp_zoo.train import engine
+    from dp_zoo.train import resolve
 
     full = config
     if full.dp.noise_multiplier is None:
-        full = full.replace(steps=engine.resolve_steps(full, dataset_size))
+        full = full.replace(steps=resolve.resolve_steps(full, dataset_size))
     tan_info = tan.tan_info(full, factor, dataset_size=dataset_size)
     config = tan.simulate(full, factor, dataset_size=dataset_size)
     print(f"TAN SIMULATION (factor {factor:g}): NOT private at the full run's "
@@ -247,7 +247,7 @@ def _check_same_weights(record, strategy, worker):
 def _complete_record(record, trainer, train_set, test_set, eval_split, prov, name):
     """Adds what only the chief knows at the end: evaluation, data, the init's provenance, names."""
     from dp_zoo import run_record
-    from dp_zoo.train import engine
+    from dp_zoo.train import record_sections
 
     metrics = {"test_accuracy_last": trainer.evaluate(test_set, "last")["accuracy"],
                "test_accuracy_ema": None, "test_accuracy_polyak": None, "evaluated_on": eval_split}
@@ -266,8 +266,8 @@ def _complete_record(record, trainer, train_set, test_set, eval_split, prov, nam
     run_record.complete(record, metrics=metrics, data=data, init=prov.to_dict() if prov is not None else None,
                         entry_name=name, published_weights="ema" if trainer.ema_vars is not None else "last")
     if prov is not None and prov.kind == init_privacy.NONPRIVATE_SAME_DATA and record["privacy"]["private"]:
-        engine.mark_not_private(record["privacy"], "non-private initial checkpoint",
-                                init_privacy.not_private_detail(prov))
+        record_sections.mark_not_private(record["privacy"], "non-private initial checkpoint",
+                                         init_privacy.not_private_detail(prov))
 
 
 def _report(record, eval_split, worker):

@@ -42,6 +42,19 @@ class Averages(NamedTuple):
     polyak_count: tf.Variable
 
 
+def make_averages(trainable_variables, ema_config):
+    """New ``Averages`` of ``trainable_variables``: EMA and Polyak copies as ``ema_config`` turns them on.
+
+    Call it in the strategy's scope, so the copies are placed like the weights.
+    """
+    tv = trainable_variables
+    ema_vars = [tf.Variable(v.value, trainable=False) for v in tv] if ema_config.decay is not None else None
+    polyak_vars = (
+        [tf.Variable(v.value, trainable=False) for v in tv] if ema_config.polyak_start is not None else None
+    )
+    return Averages(ema_vars, polyak_vars, tf.Variable(0, dtype=tf.int64, trainable=False))
+
+
 def _replica_sum_fn(model, config, augment_fn, mean, std, private):
     """The per-replica sum: ``fn(images_u8, labels, mask, seed) -> (grads, norms)``."""
     k = config.augmult.num_views

@@ -6,8 +6,7 @@ import pytest
 import tensorflow as tf
 
 import dp_zoo
-from dp_zoo import dp
-from dp_zoo.train import engine
+from dp_zoo import dp, preprocessing
 
 from .conftest import make_trainer, tiny_config
 
@@ -45,19 +44,19 @@ def test_a_non_finite_example_contributes_zero_and_the_rest_is_unchanged(build, 
 def test_the_engine_step_still_happens_with_its_noise(digits_train):
     """A step whose sampled batch holds a non-finite example is applied, noise included."""
     t = make_trainer(tiny_config(steps=1), digits_train)
-    real = engine.preprocessing.normalize
+    real = preprocessing.normalize
 
     def poisoned(images, mean, std):  # the first row of every micro-batch becomes NaN
         x = real(images, mean, std)
         return tf.concat([x[:1] * np.nan, x[1:]], 0)
 
     before = [v.numpy().copy() for v in t.model.trainable_variables]
-    engine.preprocessing.normalize = poisoned
+    preprocessing.normalize = poisoned
     try:
         t._compile_fns()
         assert t.train_step(0)["finite"] is True
     finally:
-        engine.preprocessing.normalize = real
+        preprocessing.normalize = real
     after = [v.numpy() for v in t.model.trainable_variables]
     assert t.nonfinite_steps == 0 and t.ledger.steps == 1
     assert all(np.all(np.isfinite(a)) for a in after)

@@ -161,14 +161,14 @@ class _CalibrationSpy:
 def _resolved_sigma(args, monkeypatch):
     """(sigma the run will use, target epsilon, spy calls) for ``python -m dp_zoo.train ARGS`` on digits."""
     from dp_zoo.train import __main__ as cli
-    from dp_zoo.train import engine
+    from dp_zoo.train import resolve
 
     spy = _CalibrationSpy()
-    monkeypatch.setattr(engine.accounting, "calibrate_noise", spy)
+    monkeypatch.setattr(resolve.accounting, "calibrate_noise", spy)
     _, config, _ = cli.resolve(cli._parser().parse_args(args))
     n = DIGITS_N - config.data.validation_size
-    steps = engine.resolve_steps(config, n)
-    return engine.resolve_noise_multiplier(config, n, steps), config.dp.target_epsilon, spy.calls
+    steps = resolve.resolve_steps(config, n)
+    return resolve.resolve_noise_multiplier(config, n, steps), config.dp.target_epsilon, spy.calls
 
 
 def _asked(eps=8.0, b=RECIPE_B, n=DIGITS_N, steps=RECIPE_STEPS, delta=RECIPE_DELTA):
