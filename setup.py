@@ -42,7 +42,8 @@ setup(
         "tensorboard>=2.21,<2.22",
     ],
     extras_require={
-        "test": ["pytest>=8,<10"],
+        # pytest-xdist: the README's test command runs on two worker processes.
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
         # Numerical parity against timm (PyTorch). torch 2.13.0 CPU lies on
         # the project's machines; timm imports torchvision, whose PyPI build does
         # not load beside the 2.13.0 CPU torch, so the pair 2.14.1/0.29.1 (also

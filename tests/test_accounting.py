@@ -18,6 +18,7 @@ def test_reference_epsilon_pld():
     assert rel(eps, 3.77) < 0.01
 
 
+@pytest.mark.slow  # a PLD calibration: 25-50 s on 2 cores (RDP calibration and PLD epsilons are in the quick set)
 def test_reference_calibrate_noise():
     sigma = acc.calibrate_noise(target_epsilon=1.0, sampling_probability=0.1, steps=512, delta=1e-6)
     assert rel(sigma, 9.66) < 0.01

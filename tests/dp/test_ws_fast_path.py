@@ -19,6 +19,7 @@ def _with(paths, kind):
     return [n for n, p in paths.items() if p == kind]
 
 
+@pytest.mark.slow  # traces three whole WRN-16-4 steps at 32x32 (the fixture): ~45 s on 2 cores
 def test_ghost_auto_picks_the_small_spatial_stage(wrn16_4_paths):
     """``"auto"``: ghost norms where the Gram matrices cost well under the kernel gradients.
 
@@ -37,6 +38,7 @@ def test_ghost_auto_picks_the_small_spatial_stage(wrn16_4_paths):
                                 l2_clip=1.0, ghost="yes")
 
 
+@pytest.mark.slow  # shares the WRN-16-4 traces above
 def test_fold_gain_auto_picks_layers_with_many_positions_per_fan_in(wrn16_4_paths):
     """``fold_gain="auto"``: the gain goes into the kernel where the output is large against the fan-in.
 

@@ -123,6 +123,7 @@ def tiny_reloaded(tmp_path_factory):
     return ref, {k: got[k] for k in got.files}, json.loads((root / "errors.json").read_text())
 
 
+@pytest.mark.slow  # one real process reloading every family and convention: ~60 s on 2 cores
 @pytest.mark.parametrize("name", sorted(RELOAD_CASES))
 def test_tiny_model_runs_and_reloads_in_a_fresh_process(name, tiny_reloaded):
     ref, got, errors = tiny_reloaded

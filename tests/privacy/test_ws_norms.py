@@ -256,8 +256,12 @@ def _set_skip_group_norm_offsets(model, offset):
 # Only the WRN has ghost-eligible layers (plain WSConv2D); for the others ghost=True would run
 # exactly what ghost=False does, so that case is not generated (the test checks the premise).
 GHOST_MODELS = ("wrn_test",)
-# The NFNet's two cases take 15-20 s each to trace: they run in the slow set.
-ZOO_CASES = [pytest.param(name, shape, ghost, fold_gain, marks=[pytest.mark.slow] if name == "nfnet_test" else [],
+# Each case traces a whole step (15-25 s on 2 cores). The quick set keeps one case per model that
+# covers each path at least once (ghost and fold on the WRN, neither on the WRN, fold on the
+# NF-ResNet); the other cases, the NFNet's included, run in the slow set.
+QUICK_ZOO_CASES = {("wrn_test", True, True), ("wrn_test", False, False), ("nf_resnet_test", False, True)}
+ZOO_CASES = [pytest.param(name, shape, ghost, fold_gain,
+                          marks=[] if (name, ghost, fold_gain) in QUICK_ZOO_CASES else [pytest.mark.slow],
                           id=f"{name}-ghost={ghost}-fold={fold_gain}")
              for name, shape in MODELS for ghost in ((True, False) if name in GHOST_MODELS else (False,))
              for fold_gain in (True, False)]
@@ -307,7 +311,7 @@ def _float64_norms(m64, x, y):
     return np.array(out)
 
 
-@pytest.mark.parametrize("name,shape", MODELS[:2])
+@pytest.mark.parametrize("name,shape", [pytest.param(*MODELS[0], marks=pytest.mark.slow), MODELS[1]])
 def test_norms_match_a_float64_model_on_ordinary_inputs(name, shape):
     """On ordinary images the float64 model is the reference. (The NFNet takes a minute to trace twice
     more; ``tests/dp/test_clipping.py`` compares it with the naive per-example loop.)"""

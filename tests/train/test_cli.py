@@ -263,6 +263,7 @@ def test_fine_tune_from_keras_model_with_other_class_count(tmp_path, capsys):
     assert "re-initialised logits" in out.out
 
 
+@pytest.mark.slow  # a whole run on TFDS mock data through the CLI (resize, normalisation, train, export)
 def test_in_process_cli_on_mock_cifar10(tmp_path, monkeypatch):
     """A tiny WRN through the CLI's entry point on mock CIFAR-10 (in process, so mock_data applies).
 
@@ -333,6 +334,7 @@ def _timm_state_dict(model):
     return sd
 
 
+@pytest.mark.slow  # a converted NF-ResNet fine-tuned through the CLI
 def test_init_from_a_timm_state_dict(tmp_path, capsys):
     import dp_zoo
     from dp_zoo.models.nf_resnet import TIMM_CONVENTIONS
