@@ -58,6 +58,7 @@ setup(
             "dp-zoo-serve=dp_zoo.scripts:serve",
             "dp-zoo-privacy=dp_zoo.scripts:privacy",
             "dp-zoo-audit=dp_zoo.scripts:audit",
+            "dp-zoo-zoo=dp_zoo.scripts:zoo",
         ]
     },
 )

@@ -1,7 +1,7 @@
 """The console scripts that ``pip install`` puts on the PATH (setup.py's ``entry_points``).
 
 Each one is ``python -m dp_zoo.<cli>`` under another name: ``dp-zoo-train``,
-``dp-zoo-export``, ``dp-zoo-serve``, ``dp-zoo-privacy`` and ``dp-zoo-audit``.
+``dp-zoo-export``, ``dp-zoo-serve``, ``dp-zoo-privacy``, ``dp-zoo-audit`` and ``dp-zoo-zoo``.
 They live here, apart from the CLIs, because some CLI modules import
 TensorFlow when they are imported, and its start-up noise must be silenced
 first (``cli.quiet_tensorflow``).
@@ -48,5 +48,12 @@ def audit():
     """``dp-zoo-audit``: ``python -m dp_zoo.audit``."""
     cli.quiet_tensorflow()
     from dp_zoo.audit import __main__ as command
+
+    sys.exit(command.main())
+
+
+def zoo():
+    """``dp-zoo-zoo``: ``python -m dp_zoo.zoo`` (list the zoo, register an artifact)."""
+    from dp_zoo import zoo as command  # no TensorFlow: nothing to silence
 
     sys.exit(command.main())

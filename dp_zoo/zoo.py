@@ -22,14 +22,14 @@ Listing, verifying and registering need no TensorFlow; only ``load`` does.
 ``python -m dp_zoo.zoo`` prints the table.
 """
 
-import argparse
+import functools
 import json
 import os
 import pathlib
 import sys
 import warnings
 
-from dp_zoo import download, manifest
+from dp_zoo import cli, download, manifest
 from dp_zoo.train import recipes
 
 TABLE_PATH = pathlib.Path(__file__).with_name("zoo_entries.json")
@@ -349,14 +349,14 @@ def main(argv=None):
     Returns:
       the exit status (a bad command line exits with 2, as argparse does).
     """
-    parser = argparse.ArgumentParser(prog="dp_zoo.zoo", description="The dp_zoo model zoo.")
-    commands = parser.add_subparsers(dest="command")
+    parser = cli.Parser("dp_zoo.zoo", description="The dp_zoo model zoo.")
+    commands = parser.add_subparsers(dest="command", parser_class=functools.partial(cli.Parser, "dp_zoo.zoo"))
     commands.add_parser("list", help="print the zoo's entries (the default)")
     reg = commands.add_parser("register", help="write an artifact's MANIFEST.json SHA-256 into the zoo table")
     reg.add_argument("entry", help="the zoo entry (a recipe name)")
     reg.add_argument("artifact_dir", help="the exported artifact, e.g. saved_models/<entry>")
-    reg.add_argument("--remote", help="where the artifact is hosted: an https/file URL of a .tar.gz, or kaggle:<handle>")
-    reg.add_argument("--archive-sha256", help="the SHA-256 of the .tar.gz at --remote")
+    reg.option("remote", help="where the artifact is hosted: an https/file URL of a .tar.gz, or kaggle:<handle>")
+    reg.option("archive-sha256", help="the SHA-256 of the .tar.gz at --remote")
     args = parser.parse_args(argv)
     if args.command != "register":
         print(format_models())

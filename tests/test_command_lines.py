@@ -13,7 +13,8 @@ import pytest
 from dp_zoo import cli
 
 SCRIPTS = {"dp-zoo-train": "dp_zoo.train", "dp-zoo-export": "dp_zoo.export", "dp-zoo-serve": "dp_zoo.serve",
-           "dp-zoo-privacy": "dp_zoo.privacy", "dp-zoo-audit": "dp_zoo.audit"}
+           "dp-zoo-privacy": "dp_zoo.privacy", "dp-zoo-audit": "dp_zoo.audit",
+           "dp-zoo-zoo": "dp_zoo.zoo"}
 
 
 def _parser():
