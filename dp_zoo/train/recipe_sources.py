@@ -38,6 +38,8 @@ from typing import Optional
 
 DE2022 = "De et al. 2022 (arXiv 2204.13650)"
 TAN2023 = "Sander et al. 2023, TAN (arXiv 2210.03403)"
+# Short labels for tables.
+LABELS = {DE2022: "De2022", TAN2023: "TAN2023"}
 _JAXP = "google-deepmind/jax_privacy@0e9d939 jax_privacy/experiments/image_classification/configs/"
 _TAN = "facebookresearch/tan@9d8be82 "
 
@@ -182,9 +184,9 @@ PUBLISHED = {
     ),
 }
 
-# TAN's own simulations of its reference runs (README, "First imitate training"): batch 256 at
-# sigma scaled by the same factor, same steps. Factor = reference batch / 256.
+# TAN's own simulations of its reference runs (README, "First imitate training ..."): the
+# batch size it simulates at; sigma is divided by the same factor, the steps stay.
 TAN_SIMULATION = {
-    "tan2023_cifar10_wrn16_4_eps8": (16, _TAN + "README.md: --batch_size 256 --ref_B 4096"),
-    "tan2023_imagenet_nf_resnet50_eps8": (128, _TAN + "README.md: --batch_size 256 --ref_B 32768"),
+    "tan2023_cifar10_wrn16_4_eps8": (256, _TAN + "README.md: --batch_size 256 --ref_B 4096 --ref_noise 3"),
+    "tan2023_imagenet_nf_resnet50_eps8": (256, _TAN + "README.md: --batch_size 256 --ref_B 32768 --ref_noise 2.5"),
 }

@@ -10,27 +10,20 @@ Two kinds of recipe:
 
 - **A publication's configuration** (``recipe.source`` set): every setting
   (model, data, B, steps, sigma, C, delta, K, learning rate, momentum, EMA,
-  weight decay) is read from ``recipe_sources.PUBLISHED``, which cites where
-  each number was read (jax_privacy's official configs for De et al. 2022;
-  the TAN README and scripts). These are ``wrn16_4_cifar10_eps1``,
-  ``wrn16_4_cifar10_eps8`` (TAN's CIFAR-10 reference run),
-  ``nf_resnet50_imagenet_eps8``, ``nf_resnet50_imagenet_tan_eps8`` and
-  ``wrn28_10_cifar100_finetune_eps1``. sigma is the source's, never
-  recalibrated; where dp_zoo's accountant gives another epsilon than the
-  source states (accountant, delta, N), ``recipe_epsilons`` says so.
-- **dp_zoo's own choice** (``recipe.source`` None): every other recipe. The
-  CIFAR-10 eps=2/4 and WRN-40-4 recipes keep the eps=1 configuration's 875
-  steps and calibrate sigma with dp_zoo's RDP accountant; the fine-tuning
-  recipes' B and steps follow jax_privacy's CIFAR-100 config (CIFAR-10) or are
-  dp_zoo's (NFNet-F3, 1000 steps). These configurations were not run by any
-  paper, so they show no published accuracy. Their sigma is calibrated for
-  the recipe's q, steps and delta, rounded up to 4 decimals (the accountant's
-  epsilon never exceeds the target); ``tests/train/test_recipes.py``
-  recomputes each.
-
-A published accuracy is attached only to a publication's configuration, and
-only where the source states it for that configuration (see
-``recipe_sources``).
+  weight decay) comes from ``recipe_sources.PUBLISHED``, which cites where
+  each number was read: ``wrn16_4_cifar10_eps1``, ``nf_resnet50_imagenet_eps8``
+  and ``wrn28_10_cifar100_finetune_eps1`` (De et al. 2022, jax_privacy's
+  configs), ``wrn16_4_cifar10_eps8`` and ``nf_resnet50_imagenet_tan_eps8``
+  (TAN's reference runs). sigma is the source's, never recalibrated; where
+  dp_zoo's accountant gives another epsilon than the source states,
+  ``recipe_epsilons`` says so.
+- **dp_zoo's own choice** (``recipe.source`` None): every other recipe, e.g.
+  CIFAR-10 eps=2/4 and WRN-40-4 (the eps=1 configuration's 875 steps, sigma
+  calibrated), the fine-tuning recipes (B and steps of jax_privacy's CIFAR-100
+  config, or dp_zoo's 1000 steps for NFNet-F3), digits. No paper ran them, so
+  they show no published accuracy. Their sigma is calibrated with dp_zoo's
+  accountant, rounded up to 4 decimals (epsilon never exceeds the target);
+  ``tests/train/test_recipes.py`` recomputes each.
 """
 
 import dataclasses
@@ -86,6 +79,11 @@ class Recipe:
         return self.published.publication if self.published else OWN_CHOICE
 
     @property
+    def provenance_label(self):
+        """A short label for tables: "De2022", "TAN2023" or "own"."""
+        return recipe_sources.LABELS[self.provenance] if self.published else "own"
+
+    @property
     def published_accuracy(self):
         """The source's top-1 (%) for exactly this configuration, or None."""
         return self.published.accuracy if self.published else None
@@ -98,7 +96,8 @@ class Recipe:
     @property
     def tan_simulation(self):
         """(factor, citation) of the source's own TAN simulation of this run, or None."""
-        return recipe_sources.TAN_SIMULATION.get(self.source)
+        sim = recipe_sources.TAN_SIMULATION.get(self.source)
+        return (self.config.batch_size // sim[0], sim[1]) if sim else None
 
     @property
     def simulation_command(self):
@@ -204,6 +203,10 @@ def _published_notes(key, extra=""):
     parts = [f"{p.publication}'s configuration (every setting cited in recipe_sources.PUBLISHED[{key!r}])."]
     if p.differences:
         parts.append(f"Differences: {p.differences}")
+    sim = recipe_sources.TAN_SIMULATION.get(key)
+    if sim:
+        parts.append(f"TAN's own scaled-down simulation of it (batch {sim[0]}, sigma divided likewise, same steps; "
+                     f"NOT private at the stated eps) is --tan-simulate {p.value('batch_size') // sim[0]}.")
     if extra:
         parts.append(extra)
     return " ".join(parts)
@@ -246,8 +249,7 @@ def _imagenet_recipes(r):
         _published_config(key, physical_batch_size=64, eval_every=2000, checkpoint_every=200,
                           augmult_style="imagenet", image_size=224),
         _IMAGENET_N, reference="ImageNet from scratch (TAN reference run)", sigma_source="paper", source=key,
-        notes=_published_notes(key, "TAN's own scaled-down simulation of it (batch 256, sigma/128, same steps, "
-                                    "NOT private at eps=8): --tan-simulate 128."),
+        notes=_published_notes(key),
     )
     for eps, sigma in _NFNET_FT_SIGMA.items():
         name = f"nfnet_f3_imagenet_finetune_eps{eps:g}"
@@ -334,6 +336,8 @@ def _table():
         pub = f", {r.published_accuracy}% top-1 ({r.accuracy_source})" if r.published_accuracy is not None else ""
         init = " --init PATH" if requires_init(r) else ""
         lines.append(f"    {r.command}{init}  -> {r.provenance}{pub}")
+        if r.simulation_command:
+            lines.append(f"    {r.simulation_command}  -> the source's TAN simulation, NOT private at its eps")
     return "\n".join(lines)
 
 
