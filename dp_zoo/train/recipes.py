@@ -200,7 +200,8 @@ _OWN_CIFAR_NOTE = (
 
 def _published_notes(key, extra=""):
     p = recipe_sources.PUBLISHED[key]
-    parts = [f"{p.publication}'s configuration (every setting cited in recipe_sources.PUBLISHED[{key!r}])."]
+    parts = [f"{p.publication}'s configuration (every setting cited in recipe_sources.PUBLISHED[{key!r}]; "
+             f"dp_zoo's RDP and PLD eps for it, beside the stated eps={p.epsilon:g}, in recipe_epsilons.json)."]
     if p.differences:
         parts.append(f"Differences: {p.differences}")
     sim = recipe_sources.TAN_SIMULATION.get(key)
