@@ -205,3 +205,16 @@ def test_every_architecture_has_a_default_recipe():
     assert recipes.default_recipe_for("resnet18") is None
     assert recipes.requires_init(recipes.get("nfnet_f3_imagenet_finetune_eps8"))
     assert not recipes.requires_init(recipes.get("wrn_digits_eps8"))
+
+
+def test_readme_zoo_table_shows_the_accountants_epsilon_of_each_published_recipe():
+    """README's model-zoo rows for a publication's configuration carry recipe_epsilons' RDP / PLD and its source."""
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| `")}
+    table = recipe_epsilons.load()
+    for name in PUBLISHED_RECIPES:
+        row = rows[f"`{name}`"]
+        assert f"{table[name]['rdp']:.3f} / {table[name]['pld']:.3f}" in row, name
+        assert {"De2022": "De et al. 2022", "TAN2023": "TAN 2023"}[recipes.RECIPES[name].provenance_label] in row, name
