@@ -30,7 +30,7 @@ import sys
 import warnings
 
 from dp_zoo import cli, download, manifest
-from dp_zoo.train import recipes
+from dp_zoo.train import recipe_epsilons, recipes
 
 TABLE_PATH = pathlib.Path(__file__).with_name("zoo_entries.json")
 REPO_SAVED_MODELS = pathlib.Path(__file__).resolve().parent.parent / "saved_models"
@@ -60,11 +60,17 @@ def _read_table():
     return table
 
 
+@functools.lru_cache(maxsize=1)
+def _recipe_epsilons():
+    return recipe_epsilons.load()
+
+
 def recipe_facts(recipe):
-    """What the zoo says about the entry a recipe produces, all of it from the recipe."""
+    """What the zoo says about the entry a recipe produces, all of it from the recipe (see ``list_models``)."""
     c = recipe.config
     private = c.dp.enabled
     published = recipe.published_accuracy
+    eps = _recipe_epsilons().get(recipe.name, {}) if private else {}
     return {
         "recipe": recipe.name,
         "architecture": c.model,
@@ -72,8 +78,13 @@ def recipe_facts(recipe):
         "private": private,
         "target_epsilon": c.dp.target_epsilon if private else None,
         "delta": c.dp.delta if private else None,
+        "config_source": recipe.provenance,
+        "config_label": recipe.provenance_label,
+        "epsilon_rdp": eps.get("rdp"),
+        "epsilon_pld": eps.get("pld"),
+        "epsilon_note": eps.get("note") or None,
         "published_accuracy": published,
-        "published_accuracy_source": recipe.reference if published is not None else None,
+        "published_accuracy_source": recipe.accuracy_source if published is not None else None,
         "needs_accelerator": recipe.needs_accelerator,
     }
 
@@ -232,15 +243,20 @@ def list_models():
 
     Returns:
       list of dicts: name, architecture, dataset, private, target_epsilon,
-      delta, published_accuracy (the paper's, %), epsilon and accuracy
-      (measured here, from the card, if the weights are available),
-      available (bool), status, command (the recipe's training command).
+      delta, config_source (whose configuration: a publication or "dp_zoo's
+      own choice") and config_label, epsilon_rdp / epsilon_pld (dp_zoo's
+      accountant, ``recipe_epsilons``), epsilon_note (where it differs from
+      the source's ε), published_accuracy (the source's, %, only for a
+      publication's configuration), epsilon and accuracy (measured here,
+      from the card, if the weights are available), available (bool),
+      status, command (the recipe's training command).
     """
     out = []
     for name, e in sorted(entries().items()):
         row = {
             "name": name, "architecture": e["architecture"], "dataset": e["dataset"],
             "private": e["private"], "target_epsilon": e["target_epsilon"], "delta": e["delta"],
+            **{k: e[k] for k in ("config_source", "config_label", "epsilon_rdp", "epsilon_pld", "epsilon_note")},
             "published_accuracy": e.get("published_accuracy"), "epsilon": None, "accuracy": None,
             "available": False, "command": f"python -m dp_zoo.train --recipe {e['recipe']}",
         }
@@ -330,17 +346,26 @@ def register(name, directory, *, remote=None, archive_sha256=None):
 
 
 def format_models(rows=None):
-    """The ``list_models()`` table as text."""
+    """The ``list_models()`` table as text, with the ε notes under it."""
     rows = list_models() if rows is None else rows
-    head = f"{'name':38s} {'dataset':12s} {'eps':>6s} {'acc (ours)':>10s} {'acc (paper)':>11s}  status"
+    head = (f"{'name':36s} {'dataset':12s} {'config':7s} {'eps':>5s} {'RDP/PLD':>14s} {'acc (ours)':>10s} "
+            f"{'acc (paper)':>11s}  status")
     lines = [head, "-" * len(head)]
+    notes = []
     for r in rows:
         eps = r["epsilon"] if r["epsilon"] is not None else r["target_epsilon"]
         eps_s = "-" if eps is None else f"{eps:.3g}"
+        acct = "-" if r["epsilon_rdp"] is None else f"{r['epsilon_rdp']:.3f}/{r['epsilon_pld']:.3f}"
+        if r["epsilon_note"]:
+            notes.append(f"  [{len(notes) + 1}] {r['name']}: {r['epsilon_note']}")
+            acct += f"[{len(notes)}]"
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
         pub = "-" if r["published_accuracy"] is None else f"{r['published_accuracy']:.1f}%"
-        lines.append(f"{r['name']:38s} {r['dataset']:12s} {eps_s:>6s} {acc:>10s} {pub:>11s}  {r['status']}")
-    return "\n".join(lines)
+        lines.append(f"{r['name']:36s} {r['dataset']:12s} {r['config_label']:7s} {eps_s:>5s} "
+                     f"{acct:>14s} {acc:>10s} {pub:>11s}  {r['status']}")
+    legend = ("config: whose configuration it is (De2022: De et al. 2022; TAN2023: Sander et al. 2023; own: dp_zoo's "
+              "own choice, no paper figure). eps: the card's, else the target; RDP/PLD: dp_zoo's accountant.")
+    return "\n".join(lines + ["", legend] + notes)
 
 
 def main(argv=None):

@@ -19,14 +19,10 @@ from tests import _zoo_helpers as H
 PAPER_ENTRIES = (
     [f"wrn16_4_cifar10_eps{e}" for e in (1, 2, 4, 8)]
     + [f"wrn40_4_cifar10_eps{e}" for e in (1, 2, 4, 8)]
-    + ["nf_resnet50_imagenet_eps8", "nfnet_f3_imagenet_finetune_eps0.5", "nfnet_f3_imagenet_finetune_eps8"]
+    + ["nf_resnet50_imagenet_eps8", "nf_resnet50_imagenet_tan_eps8", "nfnet_f3_imagenet_finetune_eps0.5",
+       "nfnet_f3_imagenet_finetune_eps8", "wrn28_10_cifar100_finetune_eps1"]
 )
 DIGITS_ENTRIES = [f"wrn_digits_eps{e}" for e in (1, 2, 4, 8)] + ["wrn_digits_nonprivate"]
-# The papers' top-1 (%): De et al. 2022, arXiv 2204.13650; Klause et al. 2022 for ScaleNorm.
-PAPER_ACCURACY = {"wrn16_4_cifar10_eps1": 56.8, "wrn16_4_cifar10_eps8": 79.5, "wrn40_4_cifar10_eps8": 81.4,
-                  "wrn16_4_scalenorm_cifar10_eps8": 82.5, "nf_resnet50_imagenet_eps8": 32.4,
-                  "nfnet_f3_imagenet_finetune_eps0.5": 83.8, "nfnet_f3_imagenet_finetune_eps8": 86.7,
-                  "wrn28_10_cifar10_finetune_eps1": 94.7, "wrn28_10_cifar10_finetune_eps8": 96.7}
 
 
 @pytest.fixture
@@ -71,13 +67,17 @@ def test_every_recipe_is_an_entry_described_by_its_recipe():
         assert e["target_epsilon"] == r.config.dp.target_epsilon, name
         assert e["delta"] == (r.config.dp.delta if e["private"] else None), name
         assert e["published_accuracy"] == r.published_accuracy, name
+        assert e["config_source"] == r.provenance, name
         if e["published_accuracy"] is not None:
-            # labelled as a paper's figure, never as measured here
-            assert re.match(r"\w+ et al\. 20\d\d", e["published_accuracy_source"]), name
+            # a figure only next to a publication's configuration, labelled as its source's
+            assert e["config_source"] != recipes.OWN_CHOICE and e["published_accuracy_source"], name
         else:
             assert e["published_accuracy_source"] is None, name
-    for name, acc in PAPER_ACCURACY.items():
-        assert table[name]["published_accuracy"] == acc, name
+        # dp_zoo's accountant beside the target, for every private entry
+        assert (e["epsilon_rdp"] is None) == (e["epsilon_pld"] is None) == (not e["private"]), name
+    # dp_zoo's own configurations (here: WRN-40-4, recalibrated sigma) carry no paper figure.
+    assert table["wrn40_4_cifar10_eps8"]["config_source"] == recipes.OWN_CHOICE
+    assert table["wrn40_4_cifar10_eps8"]["published_accuracy"] is None
     assert table["wrn_digits_nonprivate"]["delta"] is None and table["wrn16_4_cifar10_eps8"]["delta"] == 1e-5
 
 
@@ -111,7 +111,7 @@ def test_unpublished_entry_gives_the_command(isolated):
     rows = {r["name"]: r for r in dp_zoo.list_models()}
     assert rows["wrn40_4_cifar10_eps8"]["available"] is False
     assert rows["wrn40_4_cifar10_eps8"]["accuracy"] is None  # ours: none measured
-    assert rows["wrn40_4_cifar10_eps8"]["published_accuracy"] == 81.4  # the paper's
+    assert rows["wrn40_4_cifar10_eps8"]["published_accuracy"] is None  # dp_zoo's own configuration
     assert rows["wrn_digits_eps2"]["command"] == "python -m dp_zoo.train --recipe wrn_digits_eps2"
 
 
@@ -133,7 +133,8 @@ def test_registered_artifact_loads_with_its_card(isolated, artifact):
     assert row["available"] and row["status"] == "available"
     assert row["epsilon"] == rec["privacy"]["epsilon"]
     assert row["accuracy"] == rec["metrics"]["test_accuracy_ema"]
-    assert "wrn_digits_eps8" in zoo.format_models()
+    text = zoo.format_models()
+    assert "wrn_digits_eps8" in text
     pts = zoo.privacy_utility_points("digits")
     assert {"name": "wrn_digits_eps8", "epsilon": rec["privacy"]["epsilon"],
             "accuracy": rec["metrics"]["test_accuracy_ema"], "source": "measured"} in pts
@@ -293,3 +294,21 @@ def test_register_command_records_only_the_checksum(isolated, artifact, capsys):
         zoo.main(["register", "wrn_digits_eps8"])
     assert e.value.code == 2
     assert zoo.main([]) == 0 and "wrn_digits_eps8" in capsys.readouterr().out
+
+
+def test_the_table_shows_whose_configuration_and_the_accountants_epsilon():
+    """Each line says De2022 / TAN2023 / own, and RDP/PLD; an eps differing from the source's is footnoted."""
+    from dp_zoo.train import recipe_epsilons
+
+    lines = {ln.split()[0]: ln for ln in zoo.format_models().splitlines() if ln.split()}
+    eps = recipe_epsilons.load()
+    for name, r in recipes.RECIPES.items():
+        cols = lines[name].split()
+        assert cols[2] == r.provenance_label, name
+        if r.config.dp.enabled:
+            rdp_pld = cols[4].split("[")[0]
+            assert rdp_pld == f"{eps[name]['rdp']:.3f}/{eps[name]['pld']:.3f}", name
+            if eps[name]["note"]:
+                footnote = cols[4].split("[")[1].rstrip("]")
+                assert f"  [{footnote}] {name}: {eps[name]['note']}" in lines[f"[{footnote}]"], name
+    assert lines["wrn16_4_cifar10_eps8"].split()[2] == "TAN2023" and "[" in lines["wrn16_4_cifar10_eps8"]

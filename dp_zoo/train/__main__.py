@@ -10,7 +10,8 @@ Examples::
     python -m dp_zoo.train                                  # embedded default
     python -m dp_zoo.train --recipe wrn16_4_cifar10_eps8    # reproduce a recipe
     python -m dp_zoo.train --model wrn16_4 --epsilon 4 --steps 1000
-    python -m dp_zoo.train --recipe wrn16_4_cifar10_eps8 --tan-simulate 16
+    python -m dp_zoo.train --recipe wrn16_4_cifar10_eps8 --tan-simulate 16   # TAN's own simulation
+    python -m dp_zoo.train --recipe nf_resnet50_imagenet_tan_eps8 --tan-simulate 128
     python -m dp_zoo.train --model nfnet_f3 --init weights.keras
     python -m dp_zoo.train --model nfnet_f3 --init dm_nfnet_f3.safetensors   # timm weights
 
@@ -309,9 +310,9 @@ def run_options(args):
 
 def _list_recipes():
     for n, r in sorted(recipes.RECIPES.items()):
-        pub = f"published {r.published_accuracy}%" if r.published_accuracy else ""
+        pub = f" published {r.published_accuracy}%" if r.published_accuracy else ""
         extra = " (needs --init)" if recipes.requires_init(r) else ""
-        print(f"{n:40s} {r.config.model:18s} {r.config.data.dataset:13s} {pub}{extra}")
+        print(f"{n:40s} {r.config.model:18s} {r.config.data.dataset:13s} {r.provenance_label:8s}{pub}{extra}")
 
 
 def main(argv=None):

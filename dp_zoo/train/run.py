@@ -198,7 +198,7 @@ def _announce(trainer, config, recipe, train_set, run_dir):
         print("WARNING: --deterministic derives batch selection and noise from --seed, which is published: "
               "this run is NOT differentially private (its card says so).", file=sys.stderr)
     if recipe.published_accuracy is not None and config == recipe.config:
-        print(f"Recipe {recipe.name}: {recipe.reference} reports {recipe.published_accuracy}% top-1.")
+        print(f"Recipe {recipe.name}: {recipe.accuracy_source} reports {recipe.published_accuracy}% top-1.")
     if trainer.private:
         print(f"Training {config.model} on {train_set.name} (N={len(train_set)}) with DP-SGD: "
               f"sigma={trainer.noise_multiplier:.4f}, q={trainer.q:.4g}, {trainer.total_steps} steps, "

@@ -1,4 +1,4 @@
-"""The paper's CIFAR-10 recipe end to end, reduced, on tfds.testing.mock_data."""
+"""The CIFAR-10 eps=8 recipe (TAN's reference run, recipe_sources) end to end, reduced, on tfds.testing.mock_data."""
 
 import dataclasses
 

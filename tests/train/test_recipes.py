@@ -1,16 +1,19 @@
-"""Recipes: names, valid configs, and every sigma re-checked by the accountant."""
+"""Recipes: names, valid configs, sources, and every sigma re-checked by the accountant."""
+
+import dataclasses
+import math
 
 import pytest
 
-from dp_zoo import accounting
-from dp_zoo.train import recipes
+from dp_zoo import accounting, tan
+from dp_zoo.train import recipe_epsilons, recipe_sources, recipes
 
 EXPECTED = (
     [f"wrn16_4_cifar10_eps{e}" for e in (1, 2, 4, 8)]
     + [f"wrn40_4_cifar10_eps{e}" for e in (1, 2, 4, 8)]
-    + ["wrn16_4_scalenorm_cifar10_eps8", "nf_resnet50_imagenet_eps8"]
+    + ["wrn16_4_scalenorm_cifar10_eps8", "nf_resnet50_imagenet_eps8", "nf_resnet50_imagenet_tan_eps8"]
     + [f"nfnet_f3_imagenet_finetune_eps{e}" for e in ("0.5", 1, 2, 4, 8)]
-    + [f"wrn28_10_cifar10_finetune_eps{e}" for e in (1, 2, 4, 8)]
+    + [f"wrn28_10_cifar10_finetune_eps{e}" for e in (1, 2, 4, 8)] + ["wrn28_10_cifar100_finetune_eps1"]
     + [f"wrn_digits_eps{e}" for e in (1, 2, 4, 8)] + ["wrn_digits_nonprivate"]
 )
 
@@ -29,9 +32,10 @@ def test_sigma_meets_the_target_by_the_accountant(name):
         steps=c.steps, delta=c.dp.delta, accountant=c.dp.accountant,
     )
     if r.sigma_source == "paper":
-        # The paper's sigma for the paper's N: its epsilon rounds to the target
-        # (NF-ResNet-50: RDP 8.00009 at N=1,271,167; below 8 at TFDS's 1,281,167).
-        assert eps <= c.dp.target_epsilon * 1.001, (name, eps)
+        # A source's sigma, not recalibrated: dp_zoo's epsilon may be below the
+        # stated one (recipe_epsilons notes it), never above beyond the rounding
+        # of sigma (NF-ResNet-50: RDP 8.00009 at jax_privacy's N).
+        assert eps <= c.dp.target_epsilon * (1 + recipe_epsilons.TOLERANCE), (name, eps)
     else:
         assert eps <= c.dp.target_epsilon, (name, eps)  # calibrated here, rounded up: never above
     if r.sigma_source.startswith("calibrated"):
@@ -39,15 +43,119 @@ def test_sigma_meets_the_target_by_the_accountant(name):
         assert eps >= c.dp.target_epsilon * 0.99, (name, eps)
 
 
-def test_paper_sigma_recipes_reproduce_paper_epsilon():
-    r = recipes.get("wrn16_4_cifar10_eps1")
-    assert r.config.dp.noise_multiplier == 10.0 and r.config.steps == 875
-    r = recipes.get("nf_resnet50_imagenet_eps8")
-    c = r.config
-    eps = accounting.epsilon(noise_multiplier=2.5, sampling_probability=16384 / 1_271_167,
-                             steps=71_589, delta=8e-7, accountant="rdp")
-    assert (c.dp.noise_multiplier, c.steps, c.batch_size) == (2.5, 71_589, 16384)
-    assert abs(eps - 8.0) / 8.0 < 0.005
+# How each recipe_sources setting reads off a TrainConfig (the test's own mapping).
+_CONFIG_VALUE = {
+    "model": lambda c: c.model, "dataset": lambda c: c.data.dataset, "batch_size": lambda c: c.batch_size,
+    "steps": lambda c: c.steps, "noise_multiplier": lambda c: c.dp.noise_multiplier,
+    "l2_clip": lambda c: c.dp.l2_clip, "delta": lambda c: c.dp.delta, "augmult": lambda c: c.augmult.num_views,
+    "learning_rate": lambda c: c.optim.learning_rate, "momentum": lambda c: c.optim.momentum,
+    "ema_decay": lambda c: c.ema.decay, "weight_decay": lambda c: c.optim.weight_decay,
+}
+PUBLISHED_RECIPES = sorted(n for n, r in recipes.RECIPES.items() if r.source)
+
+
+def test_published_recipes_are_the_ones_the_docs_name():
+    assert set(_CONFIG_VALUE) == set(recipe_sources.SETTINGS)
+    # Every source entry is some recipe; the recipes named in recipes.py's docstring are the published ones.
+    assert {recipes.RECIPES[n].source for n in PUBLISHED_RECIPES} == set(recipe_sources.PUBLISHED)
+    for name in PUBLISHED_RECIPES:
+        assert f"``{name}``" in recipes.__doc__, name
+
+
+@pytest.mark.parametrize("name", PUBLISHED_RECIPES)
+def test_a_published_recipe_is_its_source_setting_by_setting(name):
+    r = recipes.RECIPES[name]
+    p = r.published
+    assert r.provenance == p.publication != recipes.OWN_CHOICE and r.sigma_source == "paper"
+    for setting in recipe_sources.SETTINGS:
+        value, citation = p.settings[setting]
+        # a citation names a repository at a commit and a file
+        assert "@" in citation and (".py" in citation or "README.md" in citation), (setting, citation)
+        got = _CONFIG_VALUE[setting](r.config)
+        assert got == value and type(got) is type(value), (setting, got, value)
+    assert r.config.dp.target_epsilon == p.epsilon
+    assert r.config.dp.accountant == "rdp"  # what De et al. and TAN (Opacus RDP) report
+
+
+@pytest.mark.parametrize("name", PUBLISHED_RECIPES)
+def test_the_accountant_reproduces_the_stated_epsilon_or_says_why_not(name):
+    r = recipes.RECIPES[name]
+    p, c = r.published, r.config
+    at_source_n = accounting.epsilon(noise_multiplier=c.dp.noise_multiplier,
+                                     sampling_probability=c.batch_size / p.dataset_size,
+                                     steps=c.steps, delta=c.dp.delta, accountant="rdp")
+    # Never above the stated epsilon beyond sigma's rounding: the source's claim holds for our run.
+    assert at_source_n <= p.epsilon * (1 + recipe_epsilons.TOLERANCE), (name, at_source_n)
+    # Nor far below: a source sizes sigma and steps for its budget (TAN's CIFAR-10 run, the
+    # loosest, spends 0.89 of its label), so a mistyped sigma or step count shows here.
+    assert at_source_n >= 0.85 * p.epsilon, (name, at_source_n)
+    row = recipe_epsilons.load()[name]
+    assert math.isclose(row["rdp_at_stated_dataset_size"], at_source_n, rel_tol=1e-9)
+    if abs(at_source_n - p.epsilon) > recipe_epsilons.TOLERANCE * p.epsilon or p.dataset_size != r.dataset_size:
+        assert row["note"] and (f"eps={p.epsilon:g}" in row["note"] or f"{p.dataset_size:,}" in row["note"]), row
+    else:
+        assert not row["note"], row
+
+
+def test_the_tan_reference_run_is_noted_below_its_stated_epsilon():
+    """TAN's CIFAR-10 run (sigma 3, 2500 steps) is labelled eps=8; RDP gives about 7.1: said, not recalibrated."""
+    r = recipes.get("wrn16_4_cifar10_eps8")
+    row = recipe_epsilons.load()[r.name]
+    assert r.config.dp.noise_multiplier == r.published.value("noise_multiplier")
+    assert row["rdp"] < 0.95 * r.published.epsilon and "below it" in row["note"]
+
+
+def test_only_a_publications_configuration_shows_an_accuracy(monkeypatch):
+    for name, r in recipes.RECIPES.items():
+        if r.published_accuracy is not None:
+            assert r.source and r.accuracy_source, name
+        if not r.source:
+            assert r.published_accuracy is None and r.provenance == recipes.OWN_CHOICE, name
+    # The plumbing: an entry with a figure shows it on its recipe and in the zoo, with its source.
+    key = "de2022_cifar10_wrn16_4_eps1"
+    entry = dataclasses.replace(recipe_sources.PUBLISHED[key], accuracy=12.3, accuracy_source="Somebody et al. 2099")
+    monkeypatch.setitem(recipe_sources.PUBLISHED, key, entry)
+    from dp_zoo import zoo
+
+    facts = zoo.recipe_facts(recipes.get("wrn16_4_cifar10_eps1"))
+    assert (facts["published_accuracy"], facts["published_accuracy_source"]) == (12.3, "Somebody et al. 2099")
+    assert zoo.recipe_facts(recipes.get("wrn16_4_cifar10_eps2"))["published_accuracy"] is None
+
+
+@pytest.mark.parametrize("name", sorted(n for n, r in recipes.RECIPES.items() if r.tan_simulation))
+def test_tan_companion_is_the_sources_simulation(name):
+    r = recipes.RECIPES[name]
+    factor, citation = r.tan_simulation
+    sim_batch, _ = recipe_sources.TAN_SIMULATION[r.source]
+    sim = tan.simulate(r.config, factor, dataset_size=r.dataset_size)
+    assert sim.batch_size == sim_batch and sim.steps == r.config.steps and "README.md" in citation
+    assert math.isclose(sim.dp.noise_multiplier, r.config.dp.noise_multiplier * sim_batch / r.config.batch_size)
+    assert sim.tan_simulation_factor == factor and sim.dp.target_epsilon is None
+    assert r.simulation_command == f"{r.command} --tan-simulate {factor}"
+    assert r.simulation_command in recipes.__doc__
+
+
+def test_recipe_epsilons_table_is_for_the_current_recipes():
+    """Quick: the checked-in table's inputs are the recipes' (a stale table fails here)."""
+    table = recipe_epsilons.load()
+    assert set(table) == set(recipe_epsilons.private_recipes())
+    for name, r in recipe_epsilons.private_recipes().items():
+        row = table[name]
+        assert {k: row[k] for k in recipe_epsilons.inputs(r)} == recipe_epsilons.inputs(r), name
+        assert row["dataset_size"] == r.dataset_size and row.get("stated_epsilon") == (
+            r.published.epsilon if r.published else None), name
+        assert row["pld"] <= row["rdp"], name  # PLD is the tighter bound
+
+
+@pytest.mark.slow
+def test_recipe_epsilons_table_recomputes():
+    """The checked-in epsilons are what the accountant gives now (one PLD per recipe: ~15 s)."""
+    table = recipe_epsilons.load()
+    for name, row in recipe_epsilons.compute_all().items():
+        for k in ("rdp", "pld", "rdp_at_stated_dataset_size"):
+            if k in row:
+                assert math.isclose(table[name][k], row[k], rel_tol=1e-9), (name, k)
+        assert table[name]["note"] == row["note"], name
 
 
 def test_unknown_recipe_lists_close_names():
@@ -74,8 +182,8 @@ def test_every_recipe_config_is_valid(name):
     assert TrainConfig.from_dict(c.to_dict()) == c
     data.make_augment_fn(c.augmult)  # style and K accepted
     if c.dp.enabled:
-        # delta about 1/N or below (the paper's ImageNet 8e-7 is 1.02/N).
-        assert c.dp.noise_multiplier > 0 and c.dp.target_epsilon > 0 and 0 < c.dp.delta <= 1.02 / r.dataset_size
+        # delta about 1/N or below (the papers' ImageNet 8e-7 is 1.025/N at TFDS's N=1,281,167).
+        assert c.dp.noise_multiplier > 0 and c.dp.target_epsilon > 0 and 0 < c.dp.delta <= 1.03 / r.dataset_size
         assert c.dp.accountant in ("pld", "rdp") and c.dp.sampling == "poisson"
         assert r.sigma_source in ("paper", f"calibrated ({c.dp.accountant})")
     if c.data.dataset == "imagenet2012":
@@ -83,15 +191,7 @@ def test_every_recipe_config_is_valid(name):
     assert name.startswith(c.model) or name.startswith(c.model.replace("_scalenorm", ""))
     assert r.command == f"python -m dp_zoo.train --recipe {name}"
     if r.published_accuracy is not None:
-        assert 0 < r.published_accuracy < 100 and r.reference
-
-
-def test_published_figures_are_the_papers():
-    p = {n: r.published_accuracy for n, r in recipes.RECIPES.items()}
-    assert (p["wrn16_4_cifar10_eps1"], p["wrn16_4_cifar10_eps8"], p["wrn40_4_cifar10_eps8"]) == (56.8, 79.5, 81.4)
-    assert p["wrn16_4_scalenorm_cifar10_eps8"] == 82.5 and p["nf_resnet50_imagenet_eps8"] == 32.4
-    assert (p["nfnet_f3_imagenet_finetune_eps0.5"], p["nfnet_f3_imagenet_finetune_eps8"]) == (83.8, 86.7)
-    assert [p[f"wrn28_10_cifar10_finetune_eps{e}"] for e in (1, 2, 4, 8)] == [94.7, 95.4, 96.1, 96.7]
+        assert 0 < r.published_accuracy < 100 and r.accuracy_source
 
 
 def test_every_architecture_has_a_default_recipe():
@@ -105,3 +205,16 @@ def test_every_architecture_has_a_default_recipe():
     assert recipes.default_recipe_for("resnet18") is None
     assert recipes.requires_init(recipes.get("nfnet_f3_imagenet_finetune_eps8"))
     assert not recipes.requires_init(recipes.get("wrn_digits_eps8"))
+
+
+def test_readme_zoo_table_shows_the_accountants_epsilon_of_each_published_recipe():
+    """README's model-zoo rows for a publication's configuration carry recipe_epsilons' RDP / PLD and its source."""
+    import pathlib
+
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): line for line in readme.splitlines() if line.startswith("| `")}
+    table = recipe_epsilons.load()
+    for name in PUBLISHED_RECIPES:
+        row = rows[f"`{name}`"]
+        assert f"{table[name]['rdp']:.3f} / {table[name]['pld']:.3f}" in row, name
+        assert {"De2022": "De et al. 2022", "TAN2023": "TAN 2023"}[recipes.RECIPES[name].provenance_label] in row, name
