@@ -110,6 +110,13 @@ class TrialDistribution:
         raise ValueError(f"bad trial distribution {spec!r}: use poisson:MEAN (e.g. poisson:3) "
                          "or negbin:ETA,GAMMA (e.g. negbin:1,0.3).")
 
+    @classmethod
+    def from_dict(cls, d):
+        """The distribution a card's ``privacy.tuning.trial_distribution`` names."""
+        if d.get("kind") == "poisson":
+            return cls("poisson", mean=d["mean"])
+        return cls(d.get("kind"), eta=d.get("eta"), gamma=d.get("gamma"))
+
     def expected_trials(self):
         """E[K]."""
         if self.kind == "poisson":
@@ -261,7 +268,14 @@ def calibrate(target_epsilon, runs_for_sigma, score_noise, dist, delta, *, lo=0.
     def total(s):
         return total_epsilon(runs_for_sigma(s), score_noise, dist, delta)
 
-    for _ in range(40):
+    # With no training at all (sigma -> infinity) the score and the number
+    # of trials still spend this much: no sigma can go below it.
+    floor = epsilon_from_rdp(ORDERS, tuned_rdp(ORDERS, gaussian_rdp(score_noise), dist), delta)[0]
+    if floor >= target_epsilon:
+        raise ValueError(f"the score noise and the number of trials alone spend epsilon {floor:.4f} >= "
+                         f"the total {target_epsilon:g}: no noise multiplier meets it. Raise --score-noise "
+                         "or the target, or lower the mean number of trials.")
+    for _ in range(16):
         if total(hi) <= target_epsilon:
             break
         lo, hi = hi, hi * 2
