@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dp_zoo import tune
+from dp_zoo import model_card, tune
 from dp_zoo.accounting import tuning
 from dp_zoo.train import recipes, run
 
@@ -70,7 +70,8 @@ def test_tuning_publishes_the_best_trial_with_the_total_epsilon(tmp_path, capsys
     assert p["epsilon"] == tt["total_epsilon"] == record["privacy"]["epsilon"] <= 8.0
     assert p["epsilon"] == pytest.approx(tuning.total_epsilon(t.runs, 10.0, t.dist, p["delta"]), rel=1e-12)
     assert tt["selected_trial_epsilon"]["rdp"] < tt["per_trial_epsilon"] < p["epsilon"]
-    assert card["headline"].startswith(f"({p['epsilon']:.4g}"[:4]) and "hyper-parameter tuning" in card["headline"]
+    assert card["headline"].startswith(f"({model_card.fmt_eps(p['epsilon'])}, ")  # the total, rounded up
+    assert "hyper-parameter tuning (2 trial(s)" in card["headline"]
     assert "Covered as well: the hyper-parameter search" in card["scope"]
     assert card["data"]["train_size"] == recipes.DIGITS_N - 300 and card["metrics"]["evaluated_on"] == "test"
     readme = (tmp_path / "pub" / "README.md").read_text()
