@@ -76,3 +76,49 @@ def test_tuning_publishes_the_best_trial_with_the_total_epsilon(tmp_path, capsys
     assert card["data"]["train_size"] == recipes.DIGITS_N - 300 and card["metrics"]["evaluated_on"] == "test"
     readme = (tmp_path / "pub" / "README.md").read_text()
     assert "trials run (drawn secretly; data-independent) | 2 |" in readme
+
+
+def _tuned_record():
+    from tests import _zoo_helpers as zh
+
+    rec = zh.run_record()
+    p = rec["privacy"]
+    runs = ((p["noise_multiplier"], p["sampling_probability"], p["steps"]),)
+    section = tune.tuning_section(dist=tuning.TrialDistribution("poisson", mean=3), trials=4, grid=[{"lr": 1.0}],
+                                  runs=runs, score_noise=10.0, validation_size=300, delta=p["delta"],
+                                  selected={"lr": 1.0}, noisy_score=250.0)
+    tune.apply_tuning(p, section, target_epsilon=None)
+    return rec
+
+
+def test_a_tuned_card_states_the_total_and_what_the_search_covered():
+    from dp_zoo import run_record
+
+    rec = _tuned_record()
+    p, t = rec["privacy"], rec["privacy"]["tuning"]
+    own = t["selected_trial_epsilon"]["rdp"]
+    assert p["epsilon"] == t["total_epsilon"] > t["per_trial_epsilon"] > own and p["accountant"] == "rdp"
+    run_record.check_run_record(rec)
+    card = model_card.ModelCard.from_run_record("wrn_digits_eps8", rec)
+    assert card.headline().startswith(f"({model_card.fmt_eps(t['total_epsilon'])}, 1e-05)-differentially private")
+    assert "hyper-parameter tuning (4 trial(s), poisson" in card.headline()
+    j = card.to_json()
+    assert j["scope"] != model_card.SCOPE and "Covered as well: the hyper-parameter search" in j["scope"]
+    assert "NOT covered: the choice of hyper-parameters" in model_card.SCOPE  # an untuned card still says so
+    md = card.to_markdown()
+    assert "| trials run (drawn secretly; data-independent) | 4 |" in md and "{'lr': 1.0} / 0.8333" in md
+
+
+@pytest.mark.parametrize("tamper,match", [
+    (lambda p: p.update(epsilon=p["tuning"]["per_trial_epsilon"]), "total_epsilon"),
+    (lambda p: p["tuning"].update(total_epsilon=0.1, per_trial_epsilon=0.2) or p.update(epsilon=0.1), "below one trial"),
+    (lambda p: p["tuning"].update(trials_run=0), "no trial ran"),
+    (lambda p: p["tuning"].pop("runs"), "lacks \\['runs'\\]"),
+])
+def test_an_inconsistent_tuned_record_is_refused(tamper, match):
+    from dp_zoo import run_record
+
+    rec = _tuned_record()
+    tamper(rec["privacy"])
+    with pytest.raises(ValueError, match=match):
+        run_record.check_run_record(rec)
