@@ -134,6 +134,10 @@ def apply_tuning(privacy, section, target_epsilon):
     return privacy
 
 
+class StoppedError(RuntimeError):
+    """The tuning was stopped (SIGTERM) before its last trial; nothing was published."""
+
+
 class Tuner:
     """One tuning job (``run``); ``secret`` (>= 16 bytes) defaults to fresh OS entropy."""
 
@@ -189,6 +193,10 @@ class Tuner:
                                      augment_fn=_augment(config), run_dir=os.path.join(run_dir, f"trial_{i}"),
                                      strategy=strategy, progress=False)
             record = trainer.fit()
+            if record is None:  # SIGTERM: a tuning never resumes (K would be redrawn)
+                raise StoppedError(
+                    f"stopped by SIGTERM in trial {i + 1}/{trials}; nothing is published. The trials run so far "
+                    "touched the data: a new tuning of the same data composes with them (docs/privacy.md).")
             weights = "ema" if trainer.ema_vars is not None else "last"
             correct = round(trainer.evaluate(self.val_set, weights)["accuracy"] * len(self.val_set))
             score = correct + float(noise.normal(0.0, self.score_noise))
@@ -265,7 +273,7 @@ def main(argv=None):
                       validation_size=args.validation_size, score_noise=args.score_noise,
                       options=options, model=args.model)
         tuner.run()
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, StoppedError) as e:
         print(f"dp_zoo.tune: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     return 0
