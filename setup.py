@@ -59,6 +59,7 @@ setup(
             "dp-zoo-privacy=dp_zoo.scripts:privacy",
             "dp-zoo-audit=dp_zoo.scripts:audit",
             "dp-zoo-zoo=dp_zoo.scripts:zoo",
+            "dp-zoo-tune=dp_zoo.scripts:tune",
         ]
     },
 )

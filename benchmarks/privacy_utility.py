@@ -7,6 +7,13 @@ path as ``dp_zoo.load``), prints a Markdown table (epsilon from each card's
 accountant, test accuracy measured on the held-out test split), draws
 accuracy vs epsilon with the non-private baseline as a line, and writes
 benchmarks/results/privacy_utility_<dataset>.{json,png}.
+
+Where benchmarks/results/privacy_utility_<dataset>_uncovered.json exists (the
+rows of the models published before their hyper-parameter search was covered:
+their epsilon is one run's, the search on their training data is not counted),
+the plot shows them beside the current cards, labelled as such. A card whose
+privacy.tuning is set (``python -m dp_zoo.tune``) states the total epsilon,
+search included.
 """
 
 import argparse
@@ -29,6 +36,9 @@ def collect(dataset):
             "delta": p["delta"] if p["private"] else None, "steps": p["steps"],
             "noise_multiplier": p["noise_multiplier"] if p["private"] else None,
             "test_accuracy_ema": m.get("test_accuracy_ema"), "test_accuracy_last": m.get("test_accuracy_last"),
+            "tuned": bool(p.get("tuning")),
+            "trials_run": (p.get("tuning") or {}).get("trials_run"),
+            "per_trial_epsilon": (p.get("tuning") or {}).get("per_trial_epsilon"),
         })
     return sorted(rows, key=lambda r: (r["epsilon"] is None, r["epsilon"] or 0))
 
@@ -59,13 +69,22 @@ def main():
 
     acc = lambda r: r["test_accuracy_ema"] if r["test_accuracy_ema"] is not None else r["test_accuracy_last"]
     pts = [(r["epsilon"], acc(r)) for r in rows if r["private"]]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    tuned = any(r.get("tuned") for r in rows if r["private"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
     if pts:
-        ax.plot(*zip(*pts), marker="o", label="DP-SGD (ε from the accountant)")
+        ax.plot(*zip(*pts), marker="o", label="tuned privately: ε covers the search" if tuned
+                else "DP-SGD (ε from the accountant)")
+    uncovered = f"benchmarks/results/privacy_utility_{a.dataset}_uncovered.json"
+    if tuned and os.path.exists(uncovered):
+        with open(uncovered) as f:
+            old = [(r["epsilon"], acc(r)) for r in json.load(f) if r["private"]]
+        ax.plot(*zip(*old), marker="s", ls=":", color="tab:red",
+                label="earlier: search on training data NOT in ε")
     for r in rows:
         if not r["private"]:
             ax.axhline(acc(r), color="gray", ls="--", label="non-private baseline")
     ax.set_xlabel("ε (δ = 1e-5)")
+    ax.set_ylim(0, 1)
     ax.set_ylabel("test accuracy")
     ax.set_title(f"dp_zoo privacy-utility, {a.dataset}")
     ax.legend()

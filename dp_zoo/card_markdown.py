@@ -123,6 +123,8 @@ def _privacy_rows(p, audit, is_simulation):
         rows.append(("steps skipped for non-finite gradients (still accounted)", p["nonfinite_steps_skipped"]))
     if p.get("target_epsilon") is not None:
         rows.append(("target epsilon (budget the run was stopped at)", p["target_epsilon"]))
+    if p.get("tuning"):
+        rows += _tuning_rows(p["tuning"])
     if audit:
         rows.append(("empirical audit: epsilon lower bound", audit.get("epsilon_lower_bound")))
     if is_simulation:
@@ -134,6 +136,23 @@ def _privacy_rows(p, audit, is_simulation):
             ("batch size of the full run", ts["batch_size_full_run"]),
         ]
     return rows
+
+
+def _tuning_rows(t):
+    """Rows for ``privacy.tuning``: the epsilon above is the tuning's total."""
+    dist = t["trial_distribution"]
+    params = ", ".join(f"{k}={v}" for k, v in dist.items() if k != "kind")
+    return [
+        ("hyper-parameter tuning (epsilon above is the total)", t["method"]),
+        ("number of trials: distribution", f"{dist['kind']} ({params})"),
+        ("trials run (drawn secretly; data-independent)", t["trials_run"]),
+        ("grid (each trial draws a point uniformly)", "; ".join(
+            ", ".join(f"{k}={v}" for k, v in point.items()) for point in t["grid"])),
+        ("epsilon of one trial (RDP, training + score)", t["per_trial_epsilon"]),
+        ("selection score", f"{t['score']['mechanism']}; noise std {t['score']['noise_std']}, "
+                            f"{t['score']['validation_size']} validation examples"),
+        ("selected point / its noisy validation accuracy", f"{t['selected']} / {t['score']['noisy_accuracy']}"),
+    ]
 
 
 def _privacy_section(j, is_simulation):

@@ -56,6 +56,14 @@ SCOPE = (
 )
 
 
+SCOPE_TUNED = SCOPE.replace(
+    "NOT covered: the choice of hyper-parameters, if they were searched on "
+    "this data set (the search's own runs are not counted); ",
+    "Covered as well: the hyper-parameter search that chose this model (privacy.tuning: a random "
+    "number of private trials, each scored through a Gaussian mechanism on held-out training data, "
+    "the best released; Papernot & Steinke 2022); epsilon is the total. NOT covered: ")
+
+
 def ceil_sig(x, digits=4):
     """``x`` rounded *up* to ``digits`` significant digits (for display).
 
@@ -136,10 +144,17 @@ class ModelCard:
             return f"NOT differentially private ({np_['reason']}): {np_['detail']}."
         if not p["private"]:
             return "NOT PRIVATE: a non-private baseline trained without clipping or noise; no privacy guarantee."
+        tuned = ""
+        if p.get("tuning"):
+            t = p["tuning"]
+            tuned = (f" Total over private hyper-parameter tuning ({t['trials_run']} trial(s), "
+                     f"{t['trial_distribution']['kind']} number of trials; each trial alone "
+                     f"{fmt_eps(t['per_trial_epsilon'])}).")
         return (
             f"({fmt_eps(p['epsilon'])}, {p['delta']:g})-differentially private "
             f"({p['accountant'].upper()} accountant, {p['sampling']} sampling, "
             f"{p['adjacency'].replace('_', '-')} adjacency, privacy unit: one {p['privacy_unit']})."
+            + tuned
         )
 
     def accuracy(self):
@@ -183,7 +198,7 @@ class ModelCard:
             "software": r["software"],
             "hardware": r["hardware"],
             "operational": r.get("operational"),
-            "scope": SCOPE,
+            "scope": SCOPE_TUNED if p.get("tuning") else SCOPE,
             "threat_model": THREAT_MODEL,
             "config": c,
             "history": r["history"],

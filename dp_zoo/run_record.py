@@ -52,9 +52,27 @@ def check_run_record(record):
             raise ValueError("the run is marked private but names no accountant.")
     elif p.get("epsilon") is not None:
         raise ValueError("a non-private run record carries an epsilon; the record is inconsistent.")
+    if p.get("tuning") is not None:
+        _check_tuning(p)
     for k in ("test_accuracy_last",):
         if k not in record["metrics"]:
             raise ValueError(f"run record's metrics lack {k!r}.")
+
+
+TUNING_KEYS = ("method", "trial_distribution", "trials_run", "grid", "runs", "per_trial_epsilon",
+               "total_epsilon", "score")
+
+
+def _check_tuning(p):
+    """A tuned record's epsilon is the tuning's total, at least one trial's (dp_zoo.tune)."""
+    t = p["tuning"]
+    missing = [k for k in TUNING_KEYS if k not in t]
+    if missing:
+        raise ValueError(f"run record's privacy.tuning lacks {missing}; it must come from dp_zoo.tune.")
+    if not p["private"] or p["epsilon"] != t["total_epsilon"]:
+        raise ValueError("a tuned run record's epsilon must be the tuning's total_epsilon.")
+    if not t["total_epsilon"] >= t["per_trial_epsilon"] or t["trials_run"] < 1:
+        raise ValueError("privacy.tuning is inconsistent: the total is below one trial's, or no trial ran.")
 
 
 def complete(record, *, metrics, data, init, entry_name, published_weights):

@@ -1,7 +1,7 @@
 """The console scripts that ``pip install`` puts on the PATH (setup.py's ``entry_points``).
 
 Each one is ``python -m dp_zoo.<cli>`` under another name: ``dp-zoo-train``,
-``dp-zoo-export``, ``dp-zoo-serve``, ``dp-zoo-privacy``, ``dp-zoo-audit`` and ``dp-zoo-zoo``.
+``dp-zoo-export``, ``dp-zoo-serve``, ``dp-zoo-privacy``, ``dp-zoo-audit``, ``dp-zoo-zoo`` and ``dp-zoo-tune``.
 They live here, apart from the CLIs, because some CLI modules import
 TensorFlow when they are imported, and its start-up noise must be silenced
 first (``cli.quiet_tensorflow``).
@@ -55,5 +55,13 @@ def audit():
 def zoo():
     """``dp-zoo-zoo``: ``python -m dp_zoo.zoo`` (list the zoo, register an artifact)."""
     from dp_zoo import zoo as command  # no TensorFlow: nothing to silence
+
+    sys.exit(command.main())
+
+
+def tune():
+    """``dp-zoo-tune``: ``python -m dp_zoo.tune`` (private hyper-parameter tuning)."""
+    cli.quiet_tensorflow()
+    from dp_zoo import tune as command
 
     sys.exit(command.main())

@@ -46,12 +46,32 @@ def test_card_accuracy_is_reproduced_on_the_test_split(name):
 @pytest.mark.parametrize("name", [n for n in SHIPPED if "nonprivate" not in n])
 def test_card_epsilon_is_recomputed_by_the_accountant(name):
     p = dp_zoo.card(name)["privacy"]
-    eps = accounting.epsilon(noise_multiplier=p["noise_multiplier"], sampling_probability=p["sampling_probability"],
-                             steps=p["steps"], delta=p["delta"], accountant=p["accountant"])
+    if p.get("tuning"):
+        eps = recompute_tuned_epsilon(p)
+    else:
+        eps = accounting.epsilon(noise_multiplier=p["noise_multiplier"], sampling_probability=p["sampling_probability"],
+                                 steps=p["steps"], delta=p["delta"], accountant=p["accountant"])
     assert eps == pytest.approx(p["epsilon"], rel=1e-9)
     assert p["sampling"] == "poisson" and p["randomness"].startswith("secret")
     target = zoo.entries()[name]["target_epsilon"]
     assert eps <= target
+
+
+def recompute_tuned_epsilon(p):
+    """A tuned card's total, from its stated runs, score noise and trial distribution (dp_zoo.tune);
+    never below the selected run's own epsilon, which is recomputed too."""
+    from dp_zoo.accounting import tuning
+
+    t = p["tuning"]
+    runs = tuple((r["noise_multiplier"], r["sampling_probability"], r["steps"]) for r in t["runs"])
+    assert (p["noise_multiplier"], p["sampling_probability"], p["steps"]) in runs
+    dist = tuning.TrialDistribution.from_dict(t["trial_distribution"])
+    total = tuning.total_epsilon(runs, t["score"]["noise_std"], dist, p["delta"])
+    own = accounting.epsilon(noise_multiplier=p["noise_multiplier"], sampling_probability=p["sampling_probability"],
+                             steps=p["steps"], delta=p["delta"], accountant="rdp")
+    assert own == pytest.approx(t["selected_trial_epsilon"]["rdp"], rel=1e-9)
+    assert own < t["per_trial_epsilon"] < total and t["trials_run"] >= 1
+    return total
 
 
 def test_nonprivate_baseline_claims_nothing():

@@ -21,6 +21,7 @@ from typing import Optional
 
 PRIVATE_SAME_DATA = "private_same_data"
 NONPRIVATE_SAME_DATA = "nonprivate_same_data"
+TUNED_SAME_DATA = "tuned_same_data"
 PUBLIC_PRETRAINING = "public_pretraining"
 DECLARED_PUBLIC = "declared_public"
 
@@ -106,6 +107,13 @@ def provenance(init_checkpoint, dataset, *, card=None):
     if data != dataset:
         return InitProvenance(init_checkpoint, PUBLIC_PRETRAINING, data, (), privacy.get("epsilon"),
                               f"{name}, trained on {data}: another data set, public pretraining for this run")
+    if privacy.get("private") and privacy.get("tuning"):
+        # Its epsilon is a tuning total (dp_zoo.tune), not a DP-SGD event that
+        # dp-accounting can compose: composing only the selected run's steps
+        # would drop the search's cost. Refused by check_allowed.
+        return InitProvenance(init_checkpoint, TUNED_SAME_DATA, data, (), privacy["epsilon"],
+                              f"{name}, chosen by a private hyper-parameter search on {data} "
+                              f"(total epsilon={privacy['epsilon']})")
     if privacy.get("private") and privacy.get("epsilon") is not None:
         return InitProvenance(init_checkpoint, PRIVATE_SAME_DATA, data, _runs_of(privacy), privacy["epsilon"],
                               f"{name}, trained privately on {data} (epsilon={privacy['epsilon']}): its steps are "
@@ -120,7 +128,14 @@ def check_allowed(prov, *, allow_nonprivate):
 
     Raises:
       NonPrivateInitError: with a one-line message naming the reason and the fix.
+      ValueError: the checkpoint was chosen by a private hyper-parameter search
+        on the same data: its total cannot be composed with a new run yet.
     """
+    if prov is not None and prov.kind == TUNED_SAME_DATA:
+        raise ValueError(
+            f"--init {prov.source}: {prov.detail}; dp_zoo cannot yet compose a tuning total with a new run on "
+            f"{prov.dataset} (composing only the selected run would drop the search's cost). Start from scratch "
+            "or from weights trained on other data.")
     if prov is not None and prov.kind == NONPRIVATE_SAME_DATA and not allow_nonprivate:
         raise NonPrivateInitError(
             f"--init {prov.source}: {prov.detail}, so a model fine-tuned from it on {prov.dataset} has no "

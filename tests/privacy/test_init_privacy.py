@@ -1,15 +1,17 @@
 """Item 3: --init from a model trained on the same data composes its privacy, or is refused.
 
-The shipped digits models are the initial checkpoints: ``wrn_digits_eps8``
-(private, digits) and ``wrn_digits_nonprivate`` (a baseline on digits).
+The shipped digits models are the initial checkpoints: ``wrn_digits_eps8`` (private, digits,
+chosen by private tuning: refused, and, with a card for its selected run alone, composed) and
+``wrn_digits_nonprivate`` (a baseline on digits).
 """
 
 import json
+import shutil
 
 import pytest
 
 import dp_zoo
-from dp_zoo import accounting
+from dp_zoo import accounting, zoo
 from dp_zoo.model_card import ModelCard
 from dp_zoo.train import init_privacy
 
@@ -24,9 +26,24 @@ def _record(run_dir):
         return json.load(f)
 
 
+def _untuned_private_init(tmp_path):
+    """A private digits checkpoint whose card states one DP-SGD run (no tuning): the shipped
+    wrn_digits_eps8's weights with a card for its selected run alone (a test fixture)."""
+    src = zoo.locate("wrn_digits_eps8")[0]
+    dst = tmp_path / "init"
+    shutil.copytree(src, dst)
+    card = json.loads((dst / "card.json").read_text())
+    p = card["privacy"]
+    p["epsilon"] = accounting.epsilon(noise_multiplier=p["noise_multiplier"], sampling_probability=p["sampling_probability"],
+                                      steps=p["steps"], delta=p["delta"])
+    del p["tuning"]
+    (dst / "card.json").write_text(json.dumps(card))
+    return str(dst / "model.keras"), p
+
+
 def test_a_private_init_on_the_same_data_is_composed(tmp_path):
-    init = dp_zoo.card("wrn_digits_eps8")["privacy"]
-    assert run_cli([*TINY, "--init", "wrn_digits_eps8", "--noise-multiplier", "3.0",
+    path, init = _untuned_private_init(tmp_path)
+    assert run_cli([*TINY, "--init", path, "--noise-multiplier", "3.0",
                     "--run-dir", str(tmp_path / "r")]) == 0
     p = _record(tmp_path / "r")["privacy"]
     prior = ((init["noise_multiplier"], init["sampling_probability"], init["steps"]),)
@@ -37,6 +54,16 @@ def test_a_private_init_on_the_same_data_is_composed(tmp_path):
     assert p["epsilon"] > init["epsilon"]  # never below the initial checkpoint's
     card = ModelCard.from_run_record("x", _record(tmp_path / "r"))
     assert "composed with the initial checkpoint" in card.to_markdown()
+
+
+def test_a_tuned_init_on_the_same_data_is_refused_in_one_line(tmp_path, capsys):
+    """The shipped private digits models were tuned (dp_zoo.tune): their epsilon is a tuning total,
+    and composing only the selected run's steps would under-state a fine-tuned model's epsilon."""
+    assert dp_zoo.card("wrn_digits_eps8")["privacy"]["tuning"]
+    assert run_cli([*TINY, "--init", "wrn_digits_eps8", "--run-dir", str(tmp_path / "r")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "private hyper-parameter search" in err[0] and "cannot yet compose" in err[0]
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_non_private_init_on_the_same_data_is_refused_in_one_line(tmp_path, capsys):
