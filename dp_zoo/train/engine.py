@@ -45,7 +45,7 @@ import tensorflow as tf
 
 from dp_zoo import accounting
 from dp_zoo.train import (checkpoint, evaluation, optim, record_sections, reporting, resolve, run_secret,
-                          sampling, step as step_lib)
+                          sampling, step as step_lib, trainable)
 
 MAX_CONSECUTIVE_NONFINITE = 5
 
@@ -59,9 +59,13 @@ class Trainer:
 
     Args:
       model: a Keras model mapping normalized images to logits. It must not
-        mix examples (no BatchNorm).
+        mix examples (a BatchNorm layer must be frozen). Only the variables
+        that ``config.trainable`` selects train (``trainable.apply``
+        freezes the others in place).
       config: ``TrainConfig``.
-      train: training ``Dataset`` (uint8 images, labels, mean/std).
+      train: training ``Dataset`` (uint8 images, labels, mean/std), or a
+        ``linear_probe.FeatureSet`` (``[N, K, D]`` features, used as the
+        K views as they are: no normalisation, no augmentation).
       eval_data: optional ``Dataset`` evaluated every ``eval_every`` steps.
       augment_fn: ``fn(images [b,H,W,C], seed [2]) -> [b,K,H,W,C]``;
         default: one un-augmented view.
@@ -90,6 +94,10 @@ class Trainer:
                  strategy=None, progress=True, write_run_dir=True, prior_runs=(), add_noise=True,
                  tan_simulation=None):
         resolve.validate(config, train)
+        if not model.built:
+            model.build((None,) + tuple(train.input_shape))
+        # Before the optimizer and the averages are built: they cover the trained variables only.
+        self.trained = trainable.apply(model, config.trainable)
         self.model = model
         self.config = config
         self.train = train
@@ -147,6 +155,7 @@ class Trainer:
         fns = step_lib.build_step_functions(
             self.model, self.optimizer, self.config, self.averages, strategy=self.strategy,
             augment_fn=self.augment_fn, mean=self.mean, std=self.std, private=self.private,
+            prepared_views=bool(getattr(self.train, "features", False)),
             noise_multiplier=self.noise_multiplier, expected_batch_size=self.q * len(self.train))
         self._step_fns = fns
         self._local_sum, self._distributed_sum, self._apply = fns
@@ -276,16 +285,17 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------
 
-    def _weights_for(self, params):
+    def weights_for(self, params="last"):
+        """The ``params`` weights ("last", "ema" or "polyak") as numpy arrays, in trained-variable order."""
         return evaluation.weights_for(self.model, self.ema_vars, self.polyak_vars, params)
 
     def model_for(self, params="last"):
         """A copy of the model carrying the ``params`` weights ("last", "ema" or "polyak")."""
-        return evaluation.model_copy(self.model, self.train.input_shape, self._weights_for(params))
+        return evaluation.model_copy(self.model, self.train.input_shape, self.weights_for(params))
 
     def evaluate(self, dataset, params="last", batch_size=512):
         """Accuracy and mean loss of ``params`` weights on ``dataset``."""
-        return evaluation.evaluate(self.model, self._weights_for(params), dataset, self.mean, self.std,
+        return evaluation.evaluate(self.model, self.weights_for(params), dataset, self.mean, self.std,
                                    batch_size)
 
     # -- the loop ---------------------------------------------------------------
@@ -395,4 +405,4 @@ class Trainer:
             config=self.config, ledger=self.ledger, model=self.model, train=self.train, strategy=self.strategy,
             history=self.history, wall_time_s=self.wall_time_s, steps_planned=self.total_steps,
             steps_completed=self.step, nonfinite_steps=self.nonfinite_steps, add_noise=self.add_noise,
-            tan_simulation=self.tan_simulation)
+            tan_simulation=self.tan_simulation, trained=self.trained)
