@@ -201,6 +201,7 @@ def _build():
             notes="Fine-tuning from the public ImageNet32 WRN-28-10 (weights not bundled: pass "
                   "--init PATH.keras).",
         )
+    _add_linear_probes(r)
     for eps in (1, 2, 4, 8):
         name = f"wrn_digits_eps{eps}"
         r[name] = Recipe(
@@ -214,6 +215,28 @@ def _build():
         notes="Non-private baseline: no clipping, no noise, no epsilon.",
     )
     return r
+
+
+# Rows per micro-batch of a linear probe: per-example gradients of one Dense
+# layer (NFNet-F3: 3072 x 1000 weights, 12 MB per example; WRN-28-10: 640 x 10).
+_PROBE_PHYSICAL_BATCH = {"nfnet_f3": 256, "wrn28_10": 4096}
+
+
+def _add_linear_probes(r):
+    """``<fine-tune>_linear_probe`` next to each fine-tuning recipe: the same privacy (q, steps, sigma),
+    the classifier trained on the frozen backbone's features (``dp_zoo.train.linear_probe``)."""
+    for name in [n for n in r if "_finetune_" in n]:
+        ft = r[name]
+        c = ft.config
+        r[f"{name}_linear_probe"] = dataclasses.replace(
+            ft, name=f"{name}_linear_probe", published_accuracy=None, reference="",
+            config=c.replace(trainable="head", linear_probe=True,
+                             physical_batch_size=_PROBE_PHYSICAL_BATCH.get(c.model, c.physical_batch_size)),
+            notes=f"Linear probe of {name}: the classifier alone, trained with DP-SGD on the frozen "
+                  "--init backbone's features (computed once, K views per example, cached in the run "
+                  "directory; Mehta et al. 2022). Same sampling, sigma and epsilon as the full fine-tune; "
+                  "no published figure (the paper fine-tunes every layer). The training split's features "
+                  "must fit in memory (N x K x feature width float32). " + ft.notes)
 
 
 RECIPES = _build()
