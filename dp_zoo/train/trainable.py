@@ -149,6 +149,8 @@ def unfreeze(copy, original):
     if not frozen:
         return copy
     copy.trainable = True
+    for layer in _leaf_layers(copy):
+        layer.trainable = True  # a clone's layers come from configs that say False
     for v in copy.variables:
         if v.path in frozen:
             v.trainable = True
