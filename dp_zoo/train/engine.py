@@ -58,14 +58,10 @@ class Trainer:
     """Trains a Keras model with DP-SGD as docs/design.md defines it.
 
     Args:
-      model: a Keras model mapping normalized images to logits. It must not
-        mix examples (a BatchNorm layer must be frozen). Only the variables
-        that ``config.trainable`` selects train (``trainable.apply``
-        freezes the others in place).
-      config: ``TrainConfig``.
+      model: Keras model, normalized images -> logits, mixing no examples (BatchNorm only frozen).
+      config: ``TrainConfig`` (only ``config.trainable``'s variables train).
       train: training ``Dataset`` (uint8 images, labels, mean/std), or a
-        ``linear_probe.FeatureSet`` (``[N, K, D]`` features, used as the
-        K views as they are: no normalisation, no augmentation).
+        ``linear_probe.FeatureSet`` (``[N, K, D]`` features: the K views).
       eval_data: optional ``Dataset`` evaluated every ``eval_every`` steps.
       augment_fn: ``fn(images [b,H,W,C], seed [2]) -> [b,K,H,W,C]``;
         default: one un-augmented view.
@@ -94,10 +90,7 @@ class Trainer:
                  strategy=None, progress=True, write_run_dir=True, prior_runs=(), add_noise=True,
                  tan_simulation=None):
         resolve.validate(config, train)
-        if not model.built:
-            model.build((None,) + tuple(train.input_shape))
-        # Before the optimizer and the averages are built: they cover the trained variables only.
-        self.trained = trainable.apply(model, config.trainable)
+        self.trained = trainable.apply(model, config.trainable, input_shape=train.input_shape)
         self.model = model
         self.config = config
         self.train = train
@@ -140,8 +133,6 @@ class Trainer:
     def _build_state(self):
         cfg = self.config
         with self.strategy.scope():
-            if not self.model.built:
-                self.model.build((None,) + self.train.input_shape)
             self.optimizer = optim.make_optimizer(cfg.optim, self.total_steps)
             self.optimizer.build(self.model.trainable_variables)
             # In the strategy's scope, so the averages are mirrored like the weights.

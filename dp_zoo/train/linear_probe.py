@@ -69,7 +69,9 @@ def backbone(model):
     """``model`` up to its classifier: a Keras model whose output is the classifier's input."""
     head = trainable.classifier_layer(model)
     try:
-        return keras.Model(model.inputs, head.input, name=f"{model.name}_backbone")
+        # One input as a tensor, not a list, so that it is called as the model is.
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        return keras.Model(inputs, head.input, name=f"{model.name}_backbone")
     except (AttributeError, ValueError, TypeError):
         raise trainable.TrainableError(
             f"--linear-probe needs a functional Keras model whose classifier is called once; {model.name!r} "

@@ -104,14 +104,20 @@ def check_batchnorm(model):
                 "leaves it out (--trainable head, or a regex), or use a normalisation-free model.")
 
 
-def apply(model, spec):
+def apply(model, spec, input_shape=None):
     """Freezes every variable of ``model`` that ``spec`` does not select; returns the record's summary.
+
+    Call it before an optimizer or averages are built: they must cover the
+    trained variables only. An unbuilt model is first built for
+    ``input_shape`` (one example's shape).
 
     Returns:
       ``{"spec", "patterns", "variables", "variables_total", "params",
       "params_total"}``: the setting, what it matched, and how many
       variables and parameters train out of all trainable ones.
     """
+    if not model.built and input_shape is not None:
+        model.build((None,) + tuple(input_shape))
     total = list(model.trainable_variables)
     chosen, patterns = select(model, spec)
     keep = {id(v) for v in chosen}
