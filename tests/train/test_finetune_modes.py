@@ -15,7 +15,7 @@ import pytest
 import dp_zoo
 from dp_zoo.dp import clipped_grad_sum
 from dp_zoo.train import config as C, data, engine, linear_probe, trainable
-from tests.helpers import TINY_TRAIN_ARGS, train_in_process
+from tests.helpers import TINY_TRAIN_ARGS, clip_and_sum, naive_per_example_grads, train_in_process
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,28 @@ def test_linear_probe_equals_head_only_clipped_sums():
     # Not one view's gradient: with the flipped view dropped the sums differ.
     one, _ = clipped_grad_sum(probe, feats[:, :1], y, l2_clip=0.05, mask=mask)
     assert not np.allclose(one[0].numpy(), got[0].numpy(), rtol=1e-3)
+
+
+def test_partial_fine_tune_clips_over_the_trained_variables_only():
+    """A regex over a WS model (its frozen WS layers leave the fast path): each example's gradient is clipped
+    by its norm over the trained variables alone, as the naive per-example loop on those variables says."""
+    keras.utils.set_random_seed(0)
+    model = dp_zoo.create_model("nf_resnet_test", num_classes=10, input_shape=(16, 16, 3))
+    full = dp_zoo.create_model("nf_resnet_test", num_classes=10, input_shape=(16, 16, 3))
+    full.set_weights(model.get_weights())
+    trainable.apply(model, "stage4|logits")
+    picked = [i for i, v in enumerate(full.trainable_variables) if "stage4" in v.path or "logits" in v.path]
+    assert 0 < len(picked) < len(full.trainable_variables)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 2, 16, 16, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 3)
+    naive = [[g[i] for i in picked] for g in naive_per_example_grads(full, x, y)]
+    want, want_norms = clip_and_sum(naive, 0.1, [1.0, 1.0, 1.0])
+    got, norms = clipped_grad_sum(model, x, y, l2_clip=0.1)
+    assert np.all(want_norms > 0.1)  # every example is clipped, by its trained-variable norm
+    np.testing.assert_allclose(norms.numpy(), want_norms, rtol=1e-4)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a.numpy(), b, rtol=1e-3, atol=1e-6)
 
 
 def _bn_model():
