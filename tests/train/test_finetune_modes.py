@@ -215,3 +215,20 @@ def test_card_row_states_the_trained_variables():
                     "variables_total": 57, "params": 900, "params_total": 35510}, {"linear_probe": False})
     assert row == "variables matching `stage4\\|logits`: 5 of 57 variables, 900 of 35510 parameters"
     assert _trained(None, {}) == "all"  # records written before fine-tuning modes trained everything
+
+
+@pytest.mark.parametrize("flags,trainable_spec,probe,suffix", [
+    (["--linear-probe"], "head", True, "_linear_probe"),
+    (["--trainable", "head"], "head", False, "_head"),
+    (["--trainable", "stage3|logits"], "stage3|logits", False, "_partial"),
+])
+def test_cli_flags_set_the_config_and_name_the_run(flags, trainable_spec, probe, suffix):
+    from dp_zoo.train import __main__ as cli
+
+    name, config, _ = cli.resolve(cli._parser().parse_args(["--recipe", "wrn_digits_eps8", *flags]))
+    assert (config.trainable, config.linear_probe, name) == (trainable_spec, probe, "wrn_digits_eps8" + suffix)
+    # The recipes' probes: same privacy as their fine-tune, the classifier on features.
+    lp = cli.recipes.get("wrn28_10_cifar10_finetune_eps8_linear_probe").config
+    ft = cli.recipes.get("wrn28_10_cifar10_finetune_eps8").config
+    assert (lp.trainable, lp.linear_probe) == ("head", True)
+    assert (lp.dp, lp.steps, lp.batch_size, lp.augmult) == (ft.dp, ft.steps, ft.batch_size, ft.augmult)
