@@ -27,7 +27,7 @@ def weights_for(model, ema_vars, polyak_vars, params):
 
 
 def model_copy(model, input_shape, weights):
-    """A copy of ``model`` whose trained (trainable) variables carry ``weights``, the rest copied; all of it trainable."""
+    """A copy of ``model`` whose trained variables carry ``weights``, the rest copied; nothing in it frozen."""
     clone = keras.models.clone_model(model)
     clone.build((None,) + input_shape)
     clone.set_weights(model.get_weights())

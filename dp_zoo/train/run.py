@@ -378,7 +378,7 @@ def train(name, config, recipe, options=RunOptions()):
         json.dump(record, f, indent=2, sort_keys=True)
     _report(record, eval_split, worker)
     if options.publish:
-        weights = record["published_weights"]
-        _publish(probe.published(trainer.weights_for(weights)) if probe is not None else trainer.model_for(weights),
-                 record, name, options)
+        which = record["published_weights"]
+        published = probe.published(trainer.weights_for(which)) if probe else trainer.model_for(which)
+        _publish(published, record, name, options)
     return record
