@@ -60,8 +60,7 @@ class Trainer:
     Args:
       model: Keras model, normalized images -> logits, mixing no examples (BatchNorm only frozen).
       config: ``TrainConfig`` (only ``config.trainable``'s variables train).
-      train: training ``Dataset`` (uint8 images, labels, mean/std), or a
-        ``linear_probe.FeatureSet`` (``[N, K, D]`` features: the K views).
+      train: training ``Dataset`` (uint8 images, labels, mean/std) or ``linear_probe.FeatureSet``.
       eval_data: optional ``Dataset`` evaluated every ``eval_every`` steps.
       augment_fn: ``fn(images [b,H,W,C], seed [2]) -> [b,K,H,W,C]``;
         default: one un-augmented view.
@@ -90,7 +89,9 @@ class Trainer:
                  strategy=None, progress=True, write_run_dir=True, prior_runs=(), add_noise=True,
                  tan_simulation=None):
         resolve.validate(config, train)
-        self.trained = trainable.apply(model, config.trainable, input_shape=train.input_shape)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():  # an unbuilt model's variables are created here, placed like the rest
+            self.trained = trainable.apply(model, config.trainable, input_shape=train.input_shape)
         self.model = model
         self.config = config
         self.train = train
@@ -98,7 +99,6 @@ class Trainer:
         self.run_dir = run_dir
         self.write_run_dir = bool(write_run_dir)
         self.progress = progress
-        self.strategy = strategy or tf.distribute.get_strategy()
         self.augment_fn = augment_fn
         n = len(train)
         self.total_steps = resolve.resolve_steps(config, n)
