@@ -192,6 +192,7 @@ def _training_section(j):
         f"| parameters | {mod['num_params']} |",
         f"| input shape (H, W, C) | {mod['input_shape']} |",
         f"| classes | {mod['num_classes']} |",
+        f"| trained variables | {_trained(mod.get('trained'), j.get('config') or {})} |",
         f"| logical batch size | {t['logical_batch_size']} |",
         f"| physical batch size | {t['physical_batch_size']} |",
         f"| augmentation multiplicity K | {t['augmult_k']} |",
@@ -205,6 +206,21 @@ def _training_section(j):
         f"| wall time (s; operational, not covered by the guarantee) | {wall_time} |",
         "",
     ]
+
+
+def _trained(trained, config):
+    """What trained (records before fine-tuning modes trained every variable)."""
+    if not trained:
+        return "all"
+    spec = trained["spec"]
+    # A regex may hold "|", which would split the table's cell.
+    what = {"all": "all", "head": f"the classifier (layer `{trained['patterns'][0]}`)"}.get(
+        spec, "variables matching `" + spec.replace("|", "\\|") + "`")
+    text = (f"{what}: {trained['variables']} of {trained['variables_total']} variables, "
+            f"{trained['params']} of {trained['params_total']} parameters")
+    if config.get("linear_probe"):
+        text += "; linear probe (classifier trained on the frozen backbone's cached features)"
+    return text
 
 
 def _data_section(j):

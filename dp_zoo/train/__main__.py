@@ -119,6 +119,13 @@ def _parser():
              "a DeepMind NFNet / jax_privacy WRN Haiku checkpoint, or a timm state dict of an NF model "
              "(.pth/.pt/.bin/.safetensors, or .npz of numpy arrays); a classifier of another class count is "
              "re-initialised.")
+    p.option("trainable", help="Which variables train: 'all' (default), 'head' (the classifier) or a regex "
+             "searched in each variable's path (e.g. 'stage4|logits'); the rest stay frozen, and per-example "
+             "clipping and noise cover the trained variables only.")
+    p.switch("linear-probe", default=None, help="Linear probing: compute the frozen backbone's features once "
+             "(K augmented views per training example; cached in the run directory), then train the classifier "
+             "on them with DP-SGD (same sampling and accounting). Implies --trainable head; publishes the full "
+             "network.")
     p.switch("allow-nonprivate-init", default=False, help="Allow an --init checkpoint trained on the same data set "
              "without privacy; the result is then published as NOT differentially private (docs/privacy.md).")
     p.option("dataset", help="Train on this data set instead of the recipe's (digits, cifar10, cifar100, "
@@ -272,11 +279,39 @@ def _apply_init(config, args, recipe):
     return config
 
 
+def _apply_trainable(config, args):
+    """``config`` with --trainable and --linear-probe (which trains the classifier only)."""
+    if args.linear_probe is not None:
+        config = config.replace(linear_probe=bool(args.linear_probe))
+        if args.linear_probe and args.trainable is None:
+            config = config.replace(trainable="head")
+    if args.trainable is not None:
+        if not args.trainable.strip():
+            raise UsageError("--trainable is empty; use 'all', 'head' or a regex of variable paths.")
+        config = config.replace(trainable=args.trainable)
+    if config.linear_probe and config.trainable != "head":
+        raise UsageError(f"--linear-probe trains the classifier only; drop --trainable {config.trainable!r} "
+                         "(or pass --trainable head).")
+    if config.trainable not in ("all", "head"):
+        import re
+
+        try:
+            re.compile(config.trainable)
+        except re.error as e:
+            raise UsageError(f"--trainable {config.trainable!r} is not a valid regular expression ({e}); use "
+                             "'all', 'head' or a Python regex such as 'stage4|logits'.") from None
+    return config
+
+
 def _run_name(recipe, config, non_private):
     """The run's (and its published model's) name: the recipe's, after the data it trained on."""
     name, old = recipe.name, recipe.config.data.dataset
     if config.data.dataset != old:
         name = name.replace(old, config.data.dataset, 1) if old in name else f"{name}_{config.data.dataset}"
+    if config.linear_probe and not recipe.config.linear_probe:
+        name = f"{name}_linear_probe"
+    elif config.trainable != recipe.config.trainable and config.trainable != "all":
+        name = f"{name}_head" if config.trainable == "head" else f"{name}_partial"
     if non_private:
         name = "wrn_digits_nonprivate" if name.startswith("wrn_digits_eps") else f"{name}_nonprivate"
     return name
@@ -293,6 +328,7 @@ def resolve(args):
     recipe = _recipe(args)
     config, stale = _apply_overrides(recipe.config, args)
     config = _apply_init(config, args, recipe)
+    config = _apply_trainable(config, args)
     config, data_stale = _apply_data(config, args)
     config = _apply_privacy(config, args, stale or data_stale)
     if config.physical_batch_size > config.batch_size:

@@ -144,6 +144,13 @@ class TrainConfig:
         converted checkpoint); None trains from scratch.
       tan_simulation_factor: if set, this is a TAN simulation of a run with
         batch and sigma this many times larger (see ``dp_zoo.tan``).
+      trainable: which variables train: "all", "head" (the classifier) or a
+        regular expression searched in each variable's path
+        (``dp_zoo.train.trainable``); the others stay frozen, and clipping
+        and noise cover the trained ones only.
+      linear_probe: train the classifier on the frozen backbone's features,
+        computed once and cached in the run directory (requires
+        ``trainable="head"``; ``dp_zoo.train.linear_probe``).
     """
 
     model: str = "wrn_digits"
@@ -158,6 +165,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     init_checkpoint: Optional[str] = None
     tan_simulation_factor: Optional[float] = None
+    trainable: str = "all"
+    linear_probe: bool = False
     dp: DPConfig = DPConfig()
     augmult: AugmultConfig = AugmultConfig()
     ema: EMAConfig = EMAConfig()

@@ -45,7 +45,7 @@ import tensorflow as tf
 
 from dp_zoo import accounting
 from dp_zoo.train import (checkpoint, evaluation, optim, record_sections, reporting, resolve, run_secret,
-                          sampling, step as step_lib)
+                          sampling, step as step_lib, trainable)
 
 MAX_CONSECUTIVE_NONFINITE = 5
 
@@ -58,10 +58,9 @@ class Trainer:
     """Trains a Keras model with DP-SGD as docs/design.md defines it.
 
     Args:
-      model: a Keras model mapping normalized images to logits. It must not
-        mix examples (no BatchNorm).
-      config: ``TrainConfig``.
-      train: training ``Dataset`` (uint8 images, labels, mean/std).
+      model: Keras model, normalized images -> logits, mixing no examples (BatchNorm only frozen).
+      config: ``TrainConfig`` (only ``config.trainable``'s variables train).
+      train: training ``Dataset`` (uint8 images, labels, mean/std) or ``linear_probe.FeatureSet``.
       eval_data: optional ``Dataset`` evaluated every ``eval_every`` steps.
       augment_fn: ``fn(images [b,H,W,C], seed [2]) -> [b,K,H,W,C]``;
         default: one un-augmented view.
@@ -90,6 +89,9 @@ class Trainer:
                  strategy=None, progress=True, write_run_dir=True, prior_runs=(), add_noise=True,
                  tan_simulation=None):
         resolve.validate(config, train)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():  # an unbuilt model's variables are created here, placed like the rest
+            self.trained = trainable.apply(model, config.trainable, input_shape=train.input_shape)
         self.model = model
         self.config = config
         self.train = train
@@ -97,7 +99,6 @@ class Trainer:
         self.run_dir = run_dir
         self.write_run_dir = bool(write_run_dir)
         self.progress = progress
-        self.strategy = strategy or tf.distribute.get_strategy()
         self.augment_fn = augment_fn
         n = len(train)
         self.total_steps = resolve.resolve_steps(config, n)
@@ -132,8 +133,6 @@ class Trainer:
     def _build_state(self):
         cfg = self.config
         with self.strategy.scope():
-            if not self.model.built:
-                self.model.build((None,) + self.train.input_shape)
             self.optimizer = optim.make_optimizer(cfg.optim, self.total_steps)
             self.optimizer.build(self.model.trainable_variables)
             # In the strategy's scope, so the averages are mirrored like the weights.
@@ -147,6 +146,7 @@ class Trainer:
         fns = step_lib.build_step_functions(
             self.model, self.optimizer, self.config, self.averages, strategy=self.strategy,
             augment_fn=self.augment_fn, mean=self.mean, std=self.std, private=self.private,
+            prepared_views=bool(getattr(self.train, "features", False)),
             noise_multiplier=self.noise_multiplier, expected_batch_size=self.q * len(self.train))
         self._step_fns = fns
         self._local_sum, self._distributed_sum, self._apply = fns
@@ -276,16 +276,17 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------
 
-    def _weights_for(self, params):
+    def weights_for(self, params="last"):
+        """The ``params`` weights ("last", "ema" or "polyak") as numpy arrays, in trained-variable order."""
         return evaluation.weights_for(self.model, self.ema_vars, self.polyak_vars, params)
 
     def model_for(self, params="last"):
         """A copy of the model carrying the ``params`` weights ("last", "ema" or "polyak")."""
-        return evaluation.model_copy(self.model, self.train.input_shape, self._weights_for(params))
+        return evaluation.model_copy(self.model, self.train.input_shape, self.weights_for(params))
 
     def evaluate(self, dataset, params="last", batch_size=512):
         """Accuracy and mean loss of ``params`` weights on ``dataset``."""
-        return evaluation.evaluate(self.model, self._weights_for(params), dataset, self.mean, self.std,
+        return evaluation.evaluate(self.model, self.weights_for(params), dataset, self.mean, self.std,
                                    batch_size)
 
     # -- the loop ---------------------------------------------------------------
@@ -395,4 +396,4 @@ class Trainer:
             config=self.config, ledger=self.ledger, model=self.model, train=self.train, strategy=self.strategy,
             history=self.history, wall_time_s=self.wall_time_s, steps_planned=self.total_steps,
             steps_completed=self.step, nonfinite_steps=self.nonfinite_steps, add_noise=self.add_noise,
-            tan_simulation=self.tan_simulation)
+            tan_simulation=self.tan_simulation, trained=self.trained)

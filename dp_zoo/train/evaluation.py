@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from dp_zoo import preprocessing
+from dp_zoo.train import trainable
 
 
 def weights_for(model, ema_vars, polyak_vars, params):
@@ -26,13 +27,18 @@ def weights_for(model, ema_vars, polyak_vars, params):
 
 
 def model_copy(model, input_shape, weights):
-    """A copy of ``model`` whose trainable variables carry ``weights`` (the rest copied as they are)."""
+    """A copy of ``model`` whose trained variables carry ``weights``, the rest copied; nothing in it frozen."""
     clone = keras.models.clone_model(model)
     clone.build((None,) + input_shape)
     clone.set_weights(model.get_weights())
-    for v, w in zip(clone.trainable_variables, weights):
-        v.assign(w)
-    return clone
+    # ``weights`` follow the model's trained variables (a fine-tune may freeze
+    # some, and the clone's trainable flags need not match): placed by position.
+    position = {id(v): i for i, v in enumerate(model.trainable_variables)}
+    for c, v in zip(clone.variables, model.variables):
+        if id(v) in position:
+            c.assign(weights[position[id(v)]])
+    # Published copies load and fine-tune like any other model: nothing frozen.
+    return trainable.unfreeze(clone, model)
 
 
 def evaluate(model, weights, dataset, mean, std, batch_size=512):
@@ -46,8 +52,12 @@ def evaluate(model, weights, dataset, mean, std, batch_size=512):
         for v, w in zip(model.trainable_variables, weights):
             v.assign(w)
         correct, loss_sum = 0, 0.0
+        features = bool(getattr(dataset, "features", False))
         for i in range(0, len(dataset), batch_size):
-            x = preprocessing.normalize(dataset.images[i:i + batch_size], mean, std)
+            if features:  # linear probing: [b, 1, D], the un-augmented view's features
+                x = dataset.images[i:i + batch_size][:, 0]
+            else:
+                x = preprocessing.normalize(dataset.images[i:i + batch_size], mean, std)
             y = dataset.labels[i:i + batch_size]
             logits = model(x, training=False)
             correct += int(np.sum(np.argmax(logits.numpy(), 1) == y))

@@ -39,6 +39,7 @@ import tensorflow as tf
 from dp_zoo import accounting
 from dp_zoo.dp import clipped_grad_sum, noisy_normalized_sum
 from dp_zoo.train import sampling
+from dp_zoo.train import trainable as trainable_lib
 
 
 class PrivateModel(keras.Model):
@@ -194,12 +195,12 @@ class PrivateModel(keras.Model):
 
 def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=None,
                  target_epsilon=None, delta=1e-5, epochs=None, steps=None,
-                 physical_batch_size=None, accountant="pld", seed=None):
+                 physical_batch_size=None, accountant="pld", seed=None, trainable="all"):
     """Returns a Keras model whose ``fit()`` trains ``model`` with DP-SGD.
 
     Args:
       model: a Keras model producing logits, without cross-example layers
-        (no BatchNorm); its weights are trained in place.
+        (a BatchNorm layer must be frozen); its weights are trained in place.
       l2_clip: per-example clipping norm C.
       dataset_size: N, the number of training examples ``fit`` will get.
       batch_size: expected logical batch size B (q = B / N).
@@ -211,6 +212,10 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
       accountant: "pld" or "rdp".
       seed: derives sampling and noise from this seed: reproducible and NOT
         private (``is_private`` is False). Leave None for a private run.
+      trainable: "all" (the model's trainable variables), "head" (its
+        classifier) or a regex of variable paths; the others are frozen in
+        ``model`` (``dp_zoo.train.trainable``), and clipping and noise cover
+        the trained variables only.
 
     Returns:
       A ``PrivateModel``; ``compile`` it with an optimizer, then ``fit``.
@@ -230,6 +235,7 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
         raise ValueError(f"l2_clip must be > 0, got {l2_clip}.")
     if not 0 < batch_size <= dataset_size:
         raise ValueError(f"batch_size must be in (0, dataset_size={dataset_size}], got {batch_size}.")
+    trainable_lib.apply(model, trainable)
     return PrivateModel(model, l2_clip=l2_clip, noise_multiplier=noise_multiplier,
                         dataset_size=dataset_size, batch_size=batch_size, delta=delta,
                         target_epsilon=target_epsilon, physical_batch_size=physical_batch_size,

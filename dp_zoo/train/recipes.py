@@ -323,9 +323,31 @@ def _digits_recipes(r):
 
 def _build():
     r = {}
-    for add in (_cifar_recipes, _imagenet_recipes, _finetune_recipes, _digits_recipes):
+    for add in (_cifar_recipes, _imagenet_recipes, _finetune_recipes, _add_linear_probes, _digits_recipes):
         add(r)
     return r
+
+
+# Rows per micro-batch of a linear probe: per-example gradients of one Dense
+# layer (NFNet-F3: 3072 x 1000 weights, 12 MB per example; WRN-28-10: 640 x 10).
+_PROBE_PHYSICAL_BATCH = {"nfnet_f3": 256, "wrn28_10": 4096}
+
+
+def _add_linear_probes(r):
+    """``<fine-tune>_linear_probe`` next to each fine-tuning recipe: the same privacy (q, steps, sigma),
+    the classifier trained on the frozen backbone's features (``dp_zoo.train.linear_probe``)."""
+    for name in [n for n in r if "_finetune_" in n]:
+        ft = r[name]
+        c = ft.config
+        r[f"{name}_linear_probe"] = dataclasses.replace(
+            ft, name=f"{name}_linear_probe", source=None, reference="",
+            config=c.replace(trainable="head", linear_probe=True,
+                             physical_batch_size=_PROBE_PHYSICAL_BATCH.get(c.model, c.physical_batch_size)),
+            notes=f"dp_zoo's own choice. Linear probe of {name}: the classifier alone, trained with DP-SGD on the frozen "
+                  "--init backbone's features (computed once, K views per example, cached in the run "
+                  "directory; Mehta et al. 2022). Same sampling, sigma and epsilon as the full fine-tune; "
+                  "no published figure (the paper fine-tunes every layer). The training split's features "
+                  "must fit in memory (N x K x feature width float32). " + ft.notes)
 
 
 RECIPES = _build()

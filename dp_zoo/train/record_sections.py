@@ -46,7 +46,7 @@ def mark_not_private(privacy, reason, detail):
 
 
 def engine_sections(*, config, ledger, model, train, strategy, history, wall_time_s, steps_planned,
-                    steps_completed, nonfinite_steps, add_noise=True, tan_simulation=None):
+                    steps_completed, nonfinite_steps, add_noise=True, tan_simulation=None, trained=None):
     """The run record without "data"/"metrics" (the CLI adds those); ``Trainer.record()`` returns it.
 
     Args:
@@ -59,6 +59,7 @@ def engine_sections(*, config, ledger, model, train, strategy, history, wall_tim
         the trainer's counters.
       add_noise: False for the audit's noiseless run (marked not private).
       tan_simulation: ``dp_zoo.tan.tan_info``'s dict, or None.
+      trained: ``trainable.apply``'s summary of the trained variables.
     """
     private = bool(config.dp.enabled)
     tan = tan_simulation if config.tan_simulation_factor else None
@@ -86,6 +87,7 @@ def engine_sections(*, config, ledger, model, train, strategy, history, wall_tim
             "input_shape": list(train.input_shape),
             "num_classes": int(train.num_classes),
             "init_checkpoint": config.init_checkpoint,
+            "trained": trained,
         },
         "software": {
             "dp_zoo": dp_zoo_version,

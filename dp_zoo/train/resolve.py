@@ -61,5 +61,8 @@ def validate(config, train):
         raise ValueError(f"augmult must be >= 1, got {config.augmult.num_views}.")
     if config.ema.decay is not None and not 0 <= config.ema.decay < 1:
         raise ValueError(f"EMA decay must be in [0, 1), got {config.ema.decay}.")
+    if config.linear_probe and config.trainable != "head":
+        raise ValueError(f"linear probing trains the classifier only: trainable must be 'head', got "
+                         f"{config.trainable!r}.")
     if config.optim.learning_rate <= 0:
         raise ValueError(f"learning rate must be > 0, got {config.optim.learning_rate}.")

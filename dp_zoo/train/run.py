@@ -244,17 +244,19 @@ def _check_same_weights(record, strategy, worker):
         )
 
 
-def _complete_record(record, trainer, train_set, test_set, eval_split, prov, name):
-    """Adds what only the chief knows at the end: evaluation, data, the init's provenance, names."""
+def _complete_record(record, trainer, train_set, test_set, eval_split, prov, name, eval_set=None):
+    """Adds what only the chief knows at the end: evaluation (on ``eval_set``, default ``test_set``),
+    data, the init's provenance, names."""
     from dp_zoo import run_record
     from dp_zoo.train import record_sections
 
-    metrics = {"test_accuracy_last": trainer.evaluate(test_set, "last")["accuracy"],
+    ev = test_set if eval_set is None else eval_set
+    metrics = {"test_accuracy_last": trainer.evaluate(ev, "last")["accuracy"],
                "test_accuracy_ema": None, "test_accuracy_polyak": None, "evaluated_on": eval_split}
     if trainer.ema_vars is not None:
-        metrics["test_accuracy_ema"] = trainer.evaluate(test_set, "ema")["accuracy"]
+        metrics["test_accuracy_ema"] = trainer.evaluate(ev, "ema")["accuracy"]
     if trainer.polyak_vars is not None:
-        metrics["test_accuracy_polyak"] = trainer.evaluate(test_set, "polyak")["accuracy"]
+        metrics["test_accuracy_polyak"] = trainer.evaluate(ev, "polyak")["accuracy"]
     data = {
         "dataset": train_set.name, "train_split": train_set.split, "test_split": test_set.split,
         "train_size": len(train_set), "test_size": len(test_set),
@@ -294,7 +296,7 @@ def _report(record, eval_split, worker):
         print("privacy: none (non-private baseline)")
 
 
-def _publish(trainer, record, name, options):
+def _publish(published, record, name, options):
     from dp_zoo import export, zoo
 
     publish_dir, overwrite = options.publish_dir, options.overwrite
@@ -304,7 +306,7 @@ def _publish(trainer, record, name, options):
             base = str(zoo.cache_dir())
         publish_dir = os.path.join(base, name)
         overwrite = True  # the user's own cache / home
-    export.export_model(trainer.model_for(record["published_weights"]), record, publish_dir,
+    export.export_model(published, record, publish_dir,
                         entry_name=name, overwrite=overwrite,
                         zoo_points=zoo.points_for_new_card(record["data"]["dataset"], name))
     print(f"published: {publish_dir}  (load with dp_zoo.load({publish_dir!r}))")
@@ -334,10 +336,20 @@ def train(name, config, recipe, options=RunOptions()):
     # Multi-worker runs share one run directory (a shared file system, as with
     # TensorFlow's BackupAndRestore): every worker resumes from the chief's
     # checkpoints and privacy journal, and only the chief writes them.
+    augment_fn, probe = data_lib.make_augment_fn(config.augmult), None
+    fit_train, fit_eval, fit_model = train_set, test_set, model
+    if config.linear_probe:
+        # The classifier trains on the frozen backbone's features (cached in run_dir); the
+        # full network, with the trained classifier written back, is what is published.
+        from dp_zoo.train import linear_probe
+
+        probe = linear_probe.Probe(model, config, train_set, test_set, augment_fn=augment_fn, run_dir=run_dir,
+                                   write=chief, strategy=strategy)
+        fit_train, fit_eval, fit_model, augment_fn = probe.train, probe.eval, probe.head, None
     trainer = engine.Trainer(
-        model, config, train_set, write_run_dir=chief,
-        eval_data=test_set if config.eval_every and chief else None,
-        augment_fn=data_lib.make_augment_fn(config.augmult), run_dir=run_dir,
+        fit_model, config, fit_train, write_run_dir=chief,
+        eval_data=fit_eval if config.eval_every and chief else None,
+        augment_fn=augment_fn, run_dir=run_dir,
         strategy=strategy, progress=options.progress and chief,
         prior_runs=prov.prior_runs if prov is not None else (), tan_simulation=tan_info,
     )
@@ -349,7 +361,9 @@ def train(name, config, recipe, options=RunOptions()):
     if trainer.stopped_by_signal:
         print("Stopped by SIGTERM; re-run the same command to resume.")
         return record
-    record["weights_sha256"] = weights_sha256(model)
+    if probe is not None:
+        probe.complete_record(record)
+    record["weights_sha256"] = weights_sha256(fit_model)
     if multiworker:
         _check_same_weights(record, strategy, worker)
     if not chief:
@@ -359,10 +373,12 @@ def train(name, config, recipe, options=RunOptions()):
         print(f"{worker}: finished {record['steps_completed']} steps, {eps}, weights sha256 "
               f"{record['weights_sha256']} (same on all workers); the chief writes {run_dir}.")
         return record
-    _complete_record(record, trainer, train_set, test_set, eval_split, prov, name)
+    _complete_record(record, trainer, train_set, test_set, eval_split, prov, name, eval_set=fit_eval)
     with open(os.path.join(run_dir, "run_record.json"), "w") as f:
         json.dump(record, f, indent=2, sort_keys=True)
     _report(record, eval_split, worker)
     if options.publish:
-        _publish(trainer, record, name, options)
+        which = record["published_weights"]
+        published = probe.published(trainer.weights_for(which)) if probe else trainer.model_for(which)
+        _publish(published, record, name, options)
     return record

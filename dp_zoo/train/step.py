@@ -55,12 +55,14 @@ def make_averages(trainable_variables, ema_config):
     return Averages(ema_vars, polyak_vars, tf.Variable(0, dtype=tf.int64, trainable=False))
 
 
-def _replica_sum_fn(model, config, augment_fn, mean, std, private):
+def _replica_sum_fn(model, config, augment_fn, mean, std, private, prepared_views=False):
     """The per-replica sum: ``fn(images_u8, labels, mask, seed) -> (grads, norms)``."""
     k = config.augmult.num_views
     l2_clip = float(config.dp.l2_clip)
 
     def views(images_u8, seed):
+        if prepared_views:
+            return images_u8  # linear probing: [b, K, D] features, the K views already made
         # Looked up on the module at trace time, so a patched normalize is honoured.
         x = preprocessing.normalize(images_u8, mean, std)
         if augment_fn is None:
@@ -137,7 +139,7 @@ def _apply_fn(model, optimizer, config, averages, *, private, noise_multiplier, 
 
 
 def build_step_functions(model, optimizer, config, averages, *, strategy, augment_fn, mean, std,
-                         private, noise_multiplier, expected_batch_size):
+                         private, noise_multiplier, expected_batch_size, prepared_views=False):
     """The ``StepFunctions`` of one logical step.
 
     Args:
@@ -151,8 +153,10 @@ def build_step_functions(model, optimizer, config, averages, *, strategy, augmen
       private: clip and add noise (False: the plain mean gradient).
       noise_multiplier: sigma (0 draws no noise; None only when not private).
       expected_batch_size: B = q N, what the noisy sum is divided by.
+      prepared_views: the inputs are already ``[b, K, ...]`` views (linear
+        probing's features): used as they are.
     """
-    replica_sum = _replica_sum_fn(model, config, augment_fn, mean, std, private)
+    replica_sum = _replica_sum_fn(model, config, augment_fn, mean, std, private, prepared_views)
     return StepFunctions(
         local_sum=tf.function(replica_sum, reduce_retracing=True),
         distributed_sum=_distributed_sum_fn(strategy, replica_sum),

@@ -40,4 +40,6 @@ def test_records_written_with_num_classes_still_read():
     old = json.loads((root / "saved_models" / "wrn_digits_nonprivate" / "run_record.json").read_text())["config"]
     assert "num_classes" in old
     back = cfg.TrainConfig.from_dict(old)
-    assert back.to_dict() == {k: v for k, v in old.items() if k != "num_classes"}
+    # Fields added since (fine-tuning modes) read as their defaults: every variable trained, no probe.
+    assert back.to_dict() == {**{k: v for k, v in old.items() if k != "num_classes"},
+                              "trainable": "all", "linear_probe": False}
