@@ -178,6 +178,7 @@ def _training_section(j):
         f"| augmentation multiplicity K | {t['augmult_k']} |",
         f"| augmentation | {t['augmentation']} |",
         f"| EMA decay | {t['ema_decay']} |",
+        f"| precision | {_precision(t.get('precision', 'float32'))} |",
         f"| optimizer | {t['optimizer']['name']} |",
         f"| learning rate | {t['optimizer']['learning_rate']} |",
         f"| steps completed | {t['steps_completed']} |",
@@ -186,6 +187,14 @@ def _training_section(j):
         f"| wall time (s; operational, not covered by the guarantee) | {wall_time} |",
         "",
     ]
+
+
+def _precision(name):
+    """The card's words for a training precision (``TrainConfig.precision``)."""
+    if name == "bf16":
+        return ("bf16 (Keras mixed_bfloat16: bfloat16 forward/backward passes; float32 weights, per-example "
+                "norms, clipping, noise and optimizer)")
+    return name
 
 
 def _data_section(j):

@@ -11,6 +11,8 @@ The DP semantics these fields control are in docs/design.md and docs/privacy.md.
 import dataclasses
 from typing import Optional
 
+from dp_zoo.precision import check_precision
+
 
 @dataclasses.dataclass(frozen=True)
 class DPConfig:
@@ -144,6 +146,10 @@ class TrainConfig:
         converted checkpoint); None trains from scratch.
       tan_simulation_factor: if set, this is a TAN simulation of a run with
         batch and sigma this many times larger (see ``dp_zoo.tan``).
+      precision: "float32" or "bf16" (Keras' ``mixed_bfloat16`` for the DP
+        step's forward and backward passes; per-example norms, clipping,
+        sums, noise, the optimizer and the averages stay float32:
+        ``dp_zoo.precision``). Records written before it existed ran float32.
     """
 
     model: str = "wrn_digits"
@@ -158,11 +164,15 @@ class TrainConfig:
     checkpoint_every: int = 50
     init_checkpoint: Optional[str] = None
     tan_simulation_factor: Optional[float] = None
+    precision: str = "float32"
     dp: DPConfig = DPConfig()
     augmult: AugmultConfig = AugmultConfig()
     ema: EMAConfig = EMAConfig()
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
+
+    def __post_init__(self):
+        check_precision(self.precision)
 
     def replace(self, **changes):
         """Returns a copy with top-level fields replaced."""
