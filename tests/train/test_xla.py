@@ -23,9 +23,12 @@ def _max_diff(xs, ys):
 
 
 @pytest.mark.slow  # XLA compiles of whole DP steps: 25-130 s each on 2 cores
-@pytest.mark.parametrize("name,shape,ghost", [("wrn_test", (8, 8, 1), True), ("wrn_test", (8, 8, 1), False),
-                                              ("nfnet_test", (16, 16, 3), "auto")])
-def test_clipped_grad_sum_compiles_with_xla_and_matches(name, shape, ghost):
+@pytest.mark.parametrize("name,shape,ghost,precision", [
+    ("wrn_test", (8, 8, 1), True, "float32"), ("wrn_test", (8, 8, 1), False, "float32"),
+    ("nfnet_test", (16, 16, 3), "auto", "float32"),
+    # bf16 as on a TPU: mixed_bfloat16 forward/backward, float32 norms, ghost Grams and sums.
+    ("wrn_test", (8, 8, 1), True, "bf16"), ("nfnet_test", (16, 16, 3), "auto", "bf16")])
+def test_clipped_grad_sum_compiles_with_xla_and_matches(name, shape, ghost, precision):
     keras.utils.set_random_seed(1)
     m = dp_zoo.create_model(name, num_classes=5, input_shape=shape)
     rng = np.random.default_rng(1)
@@ -34,12 +37,15 @@ def test_clipped_grad_sum_compiles_with_xla_and_matches(name, shape, ghost):
     mask = np.array([1, 1, 0, 1], np.float32)
 
     def step():
-        return dp.clipped_grad_sum(m, x, y, l2_clip=0.1, mask=mask, ghost=ghost)
+        return dp.clipped_grad_sum(m, x, y, l2_clip=0.1, mask=mask, ghost=ghost, precision=precision)
 
     want, want_norms = tf.function(step)()
     got, norms = tf.function(step, jit_compile=True)()
-    np.testing.assert_allclose(norms.numpy(), want_norms.numpy(), rtol=1e-4)
-    assert _max_diff(got, want) <= 1e-4 * max(float(tf.reduce_max(tf.abs(w))) for w in want)
+    assert norms.dtype == tf.float32 and all(g.dtype == tf.float32 for g in got)
+    # XLA fuses bf16 ops and rounds at other points than the CPU kernels: bf16 agrees to its precision.
+    tol = 1e-4 if precision == "float32" else 3e-2
+    np.testing.assert_allclose(norms.numpy(), want_norms.numpy(), rtol=tol)
+    assert _max_diff(got, want) <= tol * max(float(tf.reduce_max(tf.abs(w))) for w in want)
 
 
 def test_sum_of_squares_uses_an_xla_op_only_under_xla():
