@@ -127,7 +127,8 @@ def main():
                              "dp_views_per_s_over_nonprivate_k1_examples_per_s":
                                  (a.batch * k / t_dp) / plain_k1 if plain_k1 else None,
                              "slowdown": t_dp / t_plain})
-    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'ghost':>5s} {'fold':>5s} {'prec':>7s} {'DP s/step':>10s} {'plain s/step':>12s} "
+    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'ghost':>5s} {'fold':>5s} {'prec':>7s} {'DP s/step':>10s} "
+          f"{'plain s/step':>12s} "
           f"{'DP ex/s':>9s} {'plain ex/s':>10s} {'DP/plain':>8s} {'views/s vs plain K=1':>20s} "
           f"{'DP 1st s':>8s} {'peak MiB':>8s}")
     for r in rows:

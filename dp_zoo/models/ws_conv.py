@@ -208,7 +208,8 @@ class ScaledWSConv2D(keras.layers.Layer):
             pad = "valid"
         override = overridden_kernel(self)
         if override is None and self.groups > 1 and in_per_example_context():
-            y = grouped_conv(x, self.standardized_kernel(x.dtype), strides=self.strides, padding=pad, groups=self.groups)
+            y = grouped_conv(x, self.standardized_kernel(x.dtype), strides=self.strides, padding=pad,
+                             groups=self.groups)
         elif override is None:
             y = ops.conv(x, self.standardized_kernel(x.dtype), strides=self.strides, padding=pad)
         else:
