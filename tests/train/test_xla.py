@@ -62,13 +62,14 @@ def test_sum_of_squares_uses_an_xla_op_only_under_xla():
 
 
 @pytest.mark.slow  # an XLA compile of the engine's step and update: ~100 s on 2 cores
-def test_engine_replica_step_and_update_compile_with_xla():
+@pytest.mark.parametrize("precision", ["float32", "bf16"])
+def test_engine_replica_step_and_update_compile_with_xla(precision):
     """The engine's per-replica clipped sum (augmentation, K=2 views, padding rows) and its update."""
     ds = data.load_dataset(C.DataConfig(), "train")
     c = C.TrainConfig(model="wrn_test", batch_size=64, physical_batch_size=16, steps=1, seed=3,
                       deterministic=True, dp=C.DPConfig(noise_multiplier=1.0, l2_clip=1.0, delta=1e-5),
                       augmult=C.AugmultConfig(num_views=2), ema=C.EMAConfig(decay=0.9),
-                      optim=C.OptimConfig(learning_rate=0.5))
+                      optim=C.OptimConfig(learning_rate=0.5), precision=precision)
     keras.utils.set_random_seed(0)
     t = engine.Trainer(dp_zoo.create_model("wrn_test", num_classes=10), c, ds, progress=False, write_run_dir=False)
     idx = np.arange(16)
@@ -77,8 +78,9 @@ def test_engine_replica_step_and_update_compile_with_xla():
     args = (tf.constant(t.train.images[idx]), tf.constant(t.train.labels[idx]), tf.constant(mask), step.step_seed(c.seed, 0, 1))
     want, want_norms = t._local_sum(*args)
     got, norms = tf.function(t._local_sum.python_function, jit_compile=True)(*args)
-    np.testing.assert_allclose(norms.numpy(), want_norms.numpy(), rtol=1e-4)
-    assert _max_diff(got, want) <= 1e-4 * max(float(tf.reduce_max(tf.abs(w))) for w in want)
+    tol = 1e-4 if precision == "float32" else 3e-2  # XLA rounds bf16 at other points than the CPU kernels
+    np.testing.assert_allclose(norms.numpy(), want_norms.numpy(), rtol=tol)
+    assert _max_diff(got, want) <= tol * max(float(tf.reduce_max(tf.abs(w))) for w in want)
 
     # The update, XLA-compiled: plain SGD, so w_after = w_before - lr * (clipped sum + noise) / B. XLA's
     # stateless normal draws other numbers than the CPU kernel for the same seed, so the noise is checked
