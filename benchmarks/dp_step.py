@@ -1,7 +1,8 @@
 """DP-SGD step cost vs a non-private step, same model and batch, same run.
 
     python benchmarks/dp_step.py [--model wrn_digits] [--batch 64] [--augmult 1 4] [--repeats 5]
-                                 [--ghost auto off] [--fold auto off] [--out benchmarks/results/dp_step.json]
+                                 [--ghost auto off] [--fold auto off] [--precision bf16]
+                                 [--out benchmarks/results/dp_step.json]
 
 Prints a table and writes the rows as JSON to --out. Timings are
 wall-clock medians after a warm-up call (tf.function tracing excluded), all
@@ -12,6 +13,9 @@ layer, ``on``: ghost norms for every WS layer) and ``--fold`` its
 gain-folding modes (``fold_gain``: ``auto``, ``off``, ``on``); every
 combination is timed against the same non-private step. ``views/s vs plain K=1`` is the DP step's augmented views
 per second over the non-private step's examples per second at K=1.
+``--precision bf16`` adds the same steps under Keras' mixed_bfloat16 (both
+the DP and the non-private step: the ratio compares like with like), after
+the float32 rows, which are always timed as the reference.
 """
 
 import argparse
@@ -83,8 +87,11 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ghost", nargs="+", default=["auto"], choices=list(MODES))
     p.add_argument("--fold", nargs="+", default=["auto"], choices=list(MODES))
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bf16"],
+                   help="bf16 adds mixed_bfloat16 rows next to the float32 ones")
     p.add_argument("--out", default="benchmarks/results/dp_step.json")
     a = p.parse_args()
+    precisions = ["float32"] + [q for q in a.precision if q != "float32"]
     model = dp_zoo.create_model(a.model, num_classes=10, input_shape=tuple(a.input))
     rows = []
     ws_path = bool(dp.ws_kernels(model))
@@ -93,42 +100,48 @@ def main():
     for k in a.augmult:
         x = tf.random.normal([a.batch, k] + a.input)
         y = tf.random.uniform([a.batch], 0, 10, tf.int32)
-        fns[(k, "plain")] = tf.function(lambda x=x, y=y: dp.mean_grad(model, x, y)[0])
-        for mode in modes:
-            fns[(k, mode)] = tf.function(
-                lambda x=x, y=y, g=MODES[mode[0]], f=MODES[mode[1]]:
-                dp.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g, fold_gain=f)[0])
+        for q in precisions:
+            fns[(q, k, "plain")] = tf.function(lambda x=x, y=y, q=q: dp.mean_grad(model, x, y, precision=q)[0])
+            for mode in modes:
+                fns[(q, k, mode)] = tf.function(
+                    lambda x=x, y=y, g=MODES[mode[0]], f=MODES[mode[1]], q=q:
+                    dp.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g, fold_gain=f, precision=q)[0])
     first = {key: first_call_time(fn) for key, fn in fns.items()}
     # Every step of every K in each round: the ratios across K (views/s at K
     # against examples/s at K=1) compare steps timed minutes apart otherwise.
     times = interleaved_medians(fns, a.repeats)
-    plain_k1 = a.batch / times[(1, "plain")] if (1, "plain") in times else None
-    for k in a.augmult:
-        t_plain = times[(k, "plain")]
-        for mode in modes:
-            t_dp = times[(k, mode)]
-            rows.append({"model": a.model, "batch": a.batch, "augmult": k, "ghost": mode[0], "fold_gain": mode[1],
-                         "path": _path(model, ws_path, *mode, k, a.input),
-                         "dp_first_step_s": first[(k, mode)], "nonprivate_first_step_s": first[(k, "plain")],
-                         "peak_rss_mib_after": peak_rss_mib(),
-                         "dp_step_s": t_dp, "nonprivate_step_s": t_plain,
-                         "dp_examples_per_s": a.batch / t_dp, "nonprivate_examples_per_s": a.batch / t_plain,
-                         "dp_views_per_s": a.batch * k / t_dp,
-                         "dp_views_per_s_over_nonprivate_k1_examples_per_s":
-                             (a.batch * k / t_dp) / plain_k1 if plain_k1 else None,
-                         "slowdown": t_dp / t_plain})
-    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'ghost':>5s} {'fold':>5s} {'DP s/step':>10s} {'plain s/step':>12s} "
+    for q in precisions:
+        plain_k1 = a.batch / times[(q, 1, "plain")] if (q, 1, "plain") in times else None
+        for k in a.augmult:
+            t_plain = times[(q, k, "plain")]
+            for mode in modes:
+                t_dp = times[(q, k, mode)]
+                rows.append({"model": a.model, "batch": a.batch, "augmult": k, "ghost": mode[0],
+                             "fold_gain": mode[1], "precision": q,
+                             "path": _path(model, ws_path, *mode, k, a.input),
+                             "dp_first_step_s": first[(q, k, mode)], "nonprivate_first_step_s": first[(q, k, "plain")],
+                             "peak_rss_mib_after": peak_rss_mib(),
+                             "dp_step_s": t_dp, "nonprivate_step_s": t_plain,
+                             "dp_examples_per_s": a.batch / t_dp, "nonprivate_examples_per_s": a.batch / t_plain,
+                             "dp_views_per_s": a.batch * k / t_dp,
+                             "dp_views_per_s_over_nonprivate_k1_examples_per_s":
+                                 (a.batch * k / t_dp) / plain_k1 if plain_k1 else None,
+                             "slowdown": t_dp / t_plain})
+    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'ghost':>5s} {'fold':>5s} {'prec':>7s} {'DP s/step':>10s} "
+          f"{'plain s/step':>12s} "
           f"{'DP ex/s':>9s} {'plain ex/s':>10s} {'DP/plain':>8s} {'views/s vs plain K=1':>20s} "
           f"{'DP 1st s':>8s} {'peak MiB':>8s}")
     for r in rows:
         vs = r["dp_views_per_s_over_nonprivate_k1_examples_per_s"]
         print(f"{r['model']:12s} {r['batch']:5d} {r['augmult']:3d} {r['ghost']:>5s} {r['fold_gain']:>5s} "
+              f"{r['precision']:>7s} "
               f"{r['dp_step_s']:10.4f} "
               f"{r['nonprivate_step_s']:12.4f} {r['dp_examples_per_s']:9.1f} {r['nonprivate_examples_per_s']:10.1f} "
               f"{1 / r['slowdown']:7.2f}x {('%.2fx' % vs) if vs else '-':>20s} "
               f"{r['dp_first_step_s']:8.1f} {r['peak_rss_mib_after']:8.0f}")
     for r in rows:
-        print(f"path (K={r['augmult']}, ghost {r['ghost']}, fold {r['fold_gain']}): {r['path']}")
+        if r["precision"] == precisions[0]:
+            print(f"path (K={r['augmult']}, ghost {r['ghost']}, fold {r['fold_gain']}): {r['path']}")
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"host": platform.platform(), "cpu_count": os.cpu_count(),

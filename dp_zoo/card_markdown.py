@@ -198,6 +198,7 @@ def _training_section(j):
         f"| augmentation multiplicity K | {t['augmult_k']} |",
         f"| augmentation | {t['augmentation']} |",
         f"| EMA decay | {t['ema_decay']} |",
+        f"| precision | {_precision(t.get('precision', 'float32'))} |",
         f"| optimizer | {t['optimizer']['name']} |",
         f"| learning rate | {t['optimizer']['learning_rate']} |",
         f"| steps completed | {t['steps_completed']} |",
@@ -221,6 +222,14 @@ def _trained(trained, config):
     if config.get("linear_probe"):
         text += "; linear probe (classifier trained on the frozen backbone's cached features)"
     return text
+
+
+def _precision(name):
+    """The card's words for a training precision (``TrainConfig.precision``)."""
+    if name == "bf16":
+        return ("bf16 (Keras mixed_bfloat16: bfloat16 forward/backward passes; float32 weights, per-example "
+                "norms, clipping, noise and optimizer)")
+    return name
 
 
 def _data_section(j):

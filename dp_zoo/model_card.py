@@ -187,6 +187,8 @@ class ModelCard:
                 "augmentation": c["augmult"]["style"],
                 "ema_decay": c["ema"]["decay"],
                 "optimizer": c["optim"],
+                # Records from before the option ran float32 (there was no other).
+                "precision": c.get("precision", "float32"),
                 "steps_planned": r.get("steps_planned"),
                 "steps_completed": r.get("steps_completed"),
                 "seed": c["seed"],

@@ -199,3 +199,14 @@ def test_card_does_not_alias_the_record():
     card = ModelCard.from_run_record("x", rec)
     rec["privacy"]["epsilon"] = 123.0
     assert card.to_json()["privacy"]["epsilon"] != 123.0
+
+
+def test_card_states_the_training_precision():
+    """A bf16 run's card says so; a record from before the option (no ``precision``) ran float32."""
+    rec = H.run_record()
+    old = dict(rec, config={k: v for k, v in rec["config"].items() if k != "precision"})
+    assert table_rows(ModelCard.from_run_record("x", old).to_markdown())["precision"] == "float32"
+    bf16 = dict(rec, config=dict(rec["config"], precision="bf16"))
+    card = ModelCard.from_run_record("x", bf16)
+    assert card.to_json()["training"]["precision"] == "bf16"
+    assert table_rows(card.to_markdown())["precision"].startswith("bf16 (Keras mixed_bfloat16: bfloat16 forward")

@@ -12,11 +12,13 @@ import keras
 import tensorflow as tf
 
 from dp_zoo.dp import ws_fast_path
-from dp_zoo.dp.per_example import finite_rows, global_norms, masked_clip_factors, per_example_grads, weighted_sum
+from dp_zoo.dp.per_example import (finite_rows, float32_logits, global_norms, masked_clip_factors, per_example_grads,
+                                   weighted_sum)
+from dp_zoo.precision import compute_precision
 
 
 def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True, ghost="auto",
-                     fold_gain="auto"):
+                     fold_gain="auto", precision="float32"):
     """Sum over examples of per-example gradients clipped to norm ``l2_clip``.
 
     Args:
@@ -47,39 +49,49 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
         per example (``ws_fast_path.FOLD_COST_RATIO``; in WRN-16-4 at 32x32,
         the 32x32 stage, and at K=4 the 16x16 one too); ``True``: all;
         ``False``: none. The result is the same either way.
+      precision: ``"float32"`` (the model's own policy) or ``"bf16"``: the
+        forward and backward passes run under Keras' ``mixed_bfloat16``
+        (``dp_zoo.precision.compute_precision``); per-example gradients,
+        norms, clip factors and the sum are float32 either way, and so are
+        the WS norms and ghost Grams (docs/design.md, "Precision").
 
     Returns:
       ``(grad_sum, norms)``: list aligned with ``model.trainable_variables``
-      and the unclipped per-example norms ``[B]``.
+      and the unclipped per-example norms ``[B]``, all float32.
 
     Raises:
-      ValueError: ``ghost`` or ``fold_gain`` is none of the above.
+      ValueError: ``ghost``, ``fold_gain`` or ``precision`` is none of the above.
       TypeError: a WS layer does not follow the fast path's protocol
         (``ws_fast_path``).
     """
     ws_fast_path.check_path_options(ghost, fold_gain)
     ws = ws_fast_path.ws_kernels(model) if vectorized else []
-    if ws:
-        return ws_fast_path.clipped_grad_sum_ws(model, images, labels, ws, l2_clip=l2_clip, mask=mask,
-                                                ghost=ghost, fold_gain=fold_gain)
-    grads, _ = per_example_grads(model, images, labels, vectorized=vectorized)
+    with compute_precision(model, precision):
+        if ws:
+            return ws_fast_path.clipped_grad_sum_ws(model, images, labels, ws, l2_clip=l2_clip, mask=mask,
+                                                    ghost=ghost, fold_gain=fold_gain)
+        grads, _ = per_example_grads(model, images, labels, vectorized=vectorized)
+    # Per-example gradients w.r.t. float32 variables are float32; the cast
+    # covers a model built with bfloat16 variables: norms and sums stay float32.
+    grads = [tf.cast(g, tf.float32) for g in grads]
     norms = global_norms(grads)
     mask = finite_rows(norms, mask)
     factors = masked_clip_factors(norms, l2_clip, mask)
     return weighted_sum(grads, factors, mask, norms), norms
 
 
-def mean_grad(model, images, labels, mask=None):
+def mean_grad(model, images, labels, mask=None, precision="float32"):
     """Non-private baseline: ``(gradient of the summed loss of the real rows, their number)``.
 
     Each row's loss is the mean over its K views; the caller divides the
-    sum over micro-batches by the total number of real rows.
+    sum over micro-batches by the total number of real rows. ``precision``
+    as in ``clipped_grad_sum``.
     """
-    with tf.GradientTape() as tape:
+    with compute_precision(model, precision), tf.GradientTape() as tape:
         b = tf.shape(images)[0]
         k = tf.shape(images)[1]
         flat = tf.reshape(images, tf.concat([[b * k], tf.shape(images)[2:]], 0))
-        logits = model(flat, training=True)
+        logits = float32_logits(model(flat, training=True))
         losses = keras.losses.sparse_categorical_crossentropy(
             tf.repeat(tf.cast(labels, tf.int32), k), logits, from_logits=True
         )

@@ -16,11 +16,21 @@ from dp_zoo.models.ws_override import standardized_kernel_override
 
 
 def views_loss(model, params, non_trainable, views, label):
-    """Mean cross-entropy over the K views ``[K, H, W, C]`` of one example."""
+    """Mean cross-entropy over the K views ``[K, H, W, C]`` of one example, in float32.
+
+    Under a mixed policy the logits come in bfloat16; softmax and
+    cross-entropy run in float32 (``float32_logits``).
+    """
     logits, _ = model.stateless_call(params, non_trainable, views, training=True)
+    logits = float32_logits(logits)
     labels = tf.fill([tf.shape(views)[0]], tf.cast(label, tf.int32))
     losses = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
     return tf.reduce_mean(losses)
+
+
+def float32_logits(logits):
+    """``logits`` as float32: a mixed-precision model's bfloat16 logits would round the loss to 3 digits."""
+    return tf.cast(logits, tf.float32)
 
 
 def per_example_grads(model, images, labels, *, vectorized=True):

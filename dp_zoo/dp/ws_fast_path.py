@@ -212,6 +212,7 @@ class _Layer:
         self.gain = params[gain_index] * scale
         self.gained = self.ds * self.gain
         self.kind = None  # "plain" | "fold" | "ghost", decided while the per-example function is traced
+        self.pre_dtype = None  # a ghost layer's compute dtype (bfloat16 under mixed_bfloat16), set likewise
         self.rows = self.q_rows = self.inputs = None  # per-example [B, ...] outputs
 
 
@@ -272,6 +273,9 @@ def _per_example_outputs(model, params, images, labels, entries, others, ghost, 
         for e in entries:
             e.kind = tap.choices.get(id(e.layer), "plain")
         tapped = _ghost_taps(tap, entries)
+        for e in entries:
+            if e.kind == "ghost":
+                e.pre_dtype = tapped[id(e.layer)][1].dtype
         wrt = [params[i] for i in others]
         wrt += [tapped[id(e.layer)][1] if e.kind == "ghost" else e.gained if e.kind == "fold" else e.ds
                 for e in entries]
@@ -280,7 +284,11 @@ def _per_example_outputs(model, params, images, labels, entries, others, ghost, 
         grads = tape.gradient(loss, wrt + own, unconnected_gradients=tf.UnconnectedGradients.NONE)
         _check_own_variables_unused(entries, grads[len(wrt):])
         grads = [tf.zeros_like(t) if g is None else g for g, t in zip(grads[:len(wrt)], wrt)]
-        return grads + [tapped[id(e.layer)][0] for e in entries if e.kind == "ghost"]
+        # Float32 from here on: gradients w.r.t. the float32 parameters and
+        # override tensors are float32 already; a ghost layer's output
+        # gradient and input are in its compute dtype (bfloat16 under a
+        # mixed policy), and its Grams subtract large terms.
+        return [tf.cast(t, tf.float32) for t in grads + [tapped[id(e.layer)][0] for e in entries if e.kind == "ghost"]]
 
     outs = tf.vectorized_map(one, (images, labels), fallback_to_while_loop=True)
     n = len(others)
@@ -333,13 +341,33 @@ def _layer_sq_norms(e, batch):
     if e.kind == "plain":
         moments = ws_kernel_moments(e.rows, e.ds, sigma)
         return ws_sq_norms_from_moments(*moments, e.ds, e.s, e.c, sigma=sigma), q
-    # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
-    pa = q * tf.reshape(e.gain, [-1])
     dpre = e.rows
+    if e.pre_dtype == tf.float32:
+        # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
+        pa = q * tf.reshape(e.gain, [-1])
+    else:
+        pa = _float32_projection(e, batch)
     sq = ghost_ws_sq_norms(*patch_gram(e.inputs, e.layer, centred=True),
                            tf.reshape(dpre, [batch, -1, dpre.shape[-1]]), pa, e.ds, e.s, e.c,
                            centred=True, sigma=sigma)
     return sq, q
+
+
+def _float32_projection(e, batch):
+    """A ghost layer's ``sum(a * d * s)`` ``[B, cout]`` as ``sum_t dpre_t . conv(x, d * s)_t``, all float32.
+
+    Under a mixed policy the forward pass (and with it the gain's gradient
+    ``q``) rounds to bfloat16, 2^16 times float32's unit roundoff, which is
+    all that ``ghost.ghost_ws_sq_norms`` allows for the error of this
+    projection: a norm could then fall below the exact one. One batched
+    float32 convolution of the float32-cast inputs recomputes it.
+    """
+    x = e.inputs
+    geom = conv_geometry(e.layer, x.shape[2], x.shape[3])
+    pre = tf.nn.conv2d(tf.reshape(x, [-1, *x.shape[2:]]), e.ds, strides=[1, *geom["strides"], 1],
+                       padding=geom["padding"])
+    cout = e.ds.shape[-1]
+    return tf.einsum("bto,bto->bo", tf.reshape(e.rows, [batch, -1, cout]), tf.reshape(pre, [batch, -1, cout]))
 
 
 def _ghost_kernel_sums(entries, factors, mask):

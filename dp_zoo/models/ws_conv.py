@@ -60,8 +60,11 @@ class WSConv2D(keras.layers.Conv2D):
         )
 
     def standardized_kernel(self):
-        """The kernel actually convolved with (mean 0, variance 1/fan_in)."""
-        return standardize_kernel(self.kernel, self.gain, eps=self.eps, eps_mode="deepmind")
+        """The kernel actually convolved with (mean 0, variance 1/fan_in), float32."""
+        # In float32 also under a mixed policy (whose autocast hands the call
+        # bfloat16 variables): the variance subtracts large terms.
+        return standardize_kernel(ops.cast(self.kernel, "float32"), ops.cast(self.gain, "float32"),
+                                  eps=self.eps, eps_mode="deepmind")
 
     def ws_parts(self):
         """``(kernel, gain, gain_scale, eps, eps_mode)``: w_hat = standardize(kernel, gain * gain_scale).
@@ -76,7 +79,8 @@ class WSConv2D(keras.layers.Conv2D):
     def call(self, inputs):
         override = overridden_kernel(self)
         if override is None:
-            out = ops.conv(inputs, self.standardized_kernel(), strides=self.strides, padding=self.padding,
+            kernel = ops.cast(self.standardized_kernel(), inputs.dtype)
+            out = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
                            dilation_rate=self.dilation_rate, data_format=self.data_format)
         else:
             ghost_ok = self.groups == 1 and self.data_format == "channels_last" and max(self.dilation_rate) == 1
@@ -185,9 +189,12 @@ class ScaledWSConv2D(keras.layers.Layer):
             self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if self.use_bias else None
         )
 
-    def standardized_kernel(self):
-        """The kernel actually convolved with."""
-        return standardize_kernel(self.kernel, self.gain * self.gamma, eps=self.eps, eps_mode=self.eps_mode)
+    def standardized_kernel(self, dtype="float32"):
+        """The kernel actually convolved with, standardized in float32 and returned in ``dtype``."""
+        # In float32 also under a mixed policy (see WSConv2D.standardized_kernel).
+        w = standardize_kernel(ops.cast(self.kernel, "float32"), ops.cast(self.gain, "float32") * self.gamma,
+                               eps=self.eps, eps_mode=self.eps_mode)
+        return ops.cast(w, dtype)
 
     def ws_parts(self):
         """``(kernel, gain, gain_scale, eps, eps_mode)``: w_hat = standardize(kernel, gain * gain_scale)."""
@@ -201,9 +208,10 @@ class ScaledWSConv2D(keras.layers.Layer):
             pad = "valid"
         override = overridden_kernel(self)
         if override is None and self.groups > 1 and in_per_example_context():
-            y = grouped_conv(x, self.standardized_kernel(), strides=self.strides, padding=pad, groups=self.groups)
+            y = grouped_conv(x, self.standardized_kernel(x.dtype), strides=self.strides, padding=pad,
+                             groups=self.groups)
         elif override is None:
-            y = ops.conv(x, self.standardized_kernel(), strides=self.strides, padding=pad)
+            y = ops.conv(x, self.standardized_kernel(x.dtype), strides=self.strides, padding=pad)
         else:
             kernel, gain, _ = override_choice(self, x, override, ghost_ok=False)
             y = apply_gain(grouped_conv(x, kernel, strides=self.strides, padding=pad, groups=self.groups), gain)

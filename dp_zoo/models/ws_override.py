@@ -75,14 +75,18 @@ def override_choice(layer, inputs, override, ghost_ok):
     """``(kernel, gain or None, choice)`` to convolve with, for ``override = overridden_kernel(layer)``.
 
     ``choice`` is the tap's (``"plain"`` without one); the layer computes
-    ``conv(inputs, kernel)``, times ``gain`` unless it is None. ``ghost_ok``:
+    ``conv(inputs, kernel)``, times ``gain`` unless it is None. Both come
+    in the inputs' dtype (bfloat16 under ``mixed_bfloat16``). ``ghost_ok``:
     whether the layer can take the ghost path (then it must ``record_ghost``).
     """
     tap = getattr(_KERNEL_OVERRIDE, "tap", None)
     choice = tap.choose(layer, inputs, ghost_ok) if tap is not None else "plain"
+    # The override's tensors are float32 (computed from the float32
+    # variables); under a mixed policy the layer computes in its inputs'
+    # dtype, and the cast's gradient brings the cotangents back to float32.
     if choice == "fold":
-        return override[2], None, choice
-    return override[0], override[1], choice
+        return ops.cast(override[2], inputs.dtype), None, choice
+    return ops.cast(override[0], inputs.dtype), ops.cast(override[1], inputs.dtype), choice
 
 
 def record_ghost(layer, inputs, pre):

@@ -65,6 +65,15 @@ def _ema_decay(flag, v):
     return v or None
 
 
+def _precision(flag, v):
+    from dp_zoo.precision import PRECISIONS
+
+    if v not in PRECISIONS:
+        raise UsageError(f"--precision {v!r} is not supported: use {' or '.join(PRECISIONS)} (bf16 = Keras' "
+                         "mixed_bfloat16: bfloat16 compute, float32 weights, norms, clipping and noise).")
+    return v
+
+
 class _Override(NamedTuple):
     """A flag that sets one ``TrainConfig`` field when given."""
 
@@ -95,6 +104,9 @@ _OVERRIDES = (
     _Override("augmult", "augmult.num_views", int, "Augmentation multiplicity K.", _positive),
     _Override("ema", "ema.decay", float, "EMA decay (0 turns EMA off).", _ema_decay),
     _Override("lr", "optim.learning_rate", float, "Learning rate.", _positive),
+    _Override("precision", "precision", str,
+              "float32 (default) or bf16: the DP step's forward/backward passes in Keras' mixed_bfloat16; "
+              "weights, per-example norms, clipping, noise and the optimizer stay float32.", _precision),
     _Override("data-dir", "data.data_dir", str, "TFDS data directory."),
     _Override("manual-dir", "data.manual_dir", str, "TFDS manual download directory (ImageNet)."),
 )

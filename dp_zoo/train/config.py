@@ -11,6 +11,8 @@ The DP semantics these fields control are in docs/design.md and docs/privacy.md.
 import dataclasses
 from typing import Optional
 
+from dp_zoo.precision import check_precision
+
 
 @dataclasses.dataclass(frozen=True)
 class DPConfig:
@@ -151,6 +153,10 @@ class TrainConfig:
       linear_probe: train the classifier on the frozen backbone's features,
         computed once and cached in the run directory (requires
         ``trainable="head"``; ``dp_zoo.train.linear_probe``).
+      precision: "float32" or "bf16" (Keras' ``mixed_bfloat16`` for the DP
+        step's forward and backward passes; per-example norms, clipping,
+        sums, noise, the optimizer and the averages stay float32:
+        ``dp_zoo.precision``). Records written before it existed ran float32.
     """
 
     model: str = "wrn_digits"
@@ -167,11 +173,15 @@ class TrainConfig:
     tan_simulation_factor: Optional[float] = None
     trainable: str = "all"
     linear_probe: bool = False
+    precision: str = "float32"
     dp: DPConfig = DPConfig()
     augmult: AugmultConfig = AugmultConfig()
     ema: EMAConfig = EMAConfig()
     optim: OptimConfig = OptimConfig()
     data: DataConfig = DataConfig()
+
+    def __post_init__(self):
+        check_precision(self.precision)
 
     def replace(self, **changes):
         """Returns a copy with top-level fields replaced."""

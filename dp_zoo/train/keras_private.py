@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from dp_zoo import accounting
 from dp_zoo.dp import clipped_grad_sum, noisy_normalized_sum
+from dp_zoo.precision import check_precision
 from dp_zoo.train import sampling
 from dp_zoo.train import trainable as trainable_lib
 
@@ -50,9 +51,10 @@ class PrivateModel(keras.Model):
 
     def __init__(self, inner, *, l2_clip, noise_multiplier, dataset_size, batch_size,
                  delta, target_epsilon=None, physical_batch_size=None, accountant="pld",
-                 seed=None, **kwargs):
+                 seed=None, precision="float32", **kwargs):
         super().__init__(**kwargs)
         self.inner = inner
+        self.precision = check_precision(precision)
         self.l2_clip = float(l2_clip)
         self.noise_multiplier = float(noise_multiplier)
         self.dataset_size = int(dataset_size)
@@ -90,7 +92,8 @@ class PrivateModel(keras.Model):
 
     def train_step(self, data):
         (x, mask, last, noise_seed), y = data
-        grads, _ = clipped_grad_sum(self.inner, x[:, None], y, l2_clip=self.l2_clip, mask=mask)
+        grads, _ = clipped_grad_sum(self.inner, x[:, None], y, l2_clip=self.l2_clip, mask=mask,
+                                    precision=self.precision)
         for a, g in zip(self._acc, grads):
             a.assign_add(g)
 
@@ -195,7 +198,8 @@ class PrivateModel(keras.Model):
 
 def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=None,
                  target_epsilon=None, delta=1e-5, epochs=None, steps=None,
-                 physical_batch_size=None, accountant="pld", seed=None, trainable="all"):
+                 physical_batch_size=None, accountant="pld", seed=None, trainable="all",
+                 precision="float32"):
     """Returns a Keras model whose ``fit()`` trains ``model`` with DP-SGD.
 
     Args:
@@ -216,6 +220,11 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
         classifier) or a regex of variable paths; the others are frozen in
         ``model`` (``dp_zoo.train.trainable``), and clipping and noise cover
         the trained variables only.
+      precision: "float32" or "bf16": the forward and backward passes of the
+        per-example gradients under Keras' ``mixed_bfloat16`` (the model's
+        own policy is put back after each trace, so ``model`` keeps
+        predicting in it); norms, clipping, accumulators, noise and the
+        optimizer stay float32 (``dp_zoo.precision``).
 
     Returns:
       A ``PrivateModel``; ``compile`` it with an optimizer, then ``fit``.
@@ -239,4 +248,4 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
     return PrivateModel(model, l2_clip=l2_clip, noise_multiplier=noise_multiplier,
                         dataset_size=dataset_size, batch_size=batch_size, delta=delta,
                         target_epsilon=target_epsilon, physical_batch_size=physical_batch_size,
-                        accountant=accountant, seed=seed)
+                        accountant=accountant, seed=seed, precision=precision)

@@ -59,6 +59,9 @@ def _replica_sum_fn(model, config, augment_fn, mean, std, private, prepared_view
     """The per-replica sum: ``fn(images_u8, labels, mask, seed) -> (grads, norms)``."""
     k = config.augmult.num_views
     l2_clip = float(config.dp.l2_clip)
+    # bf16: the forward/backward passes only; the sums come back float32
+    # and the update (noise, optimizer, averages) is float32.
+    precision = config.precision
 
     def views(images_u8, seed):
         if prepared_views:
@@ -72,9 +75,9 @@ def _replica_sum_fn(model, config, augment_fn, mean, std, private, prepared_view
     def replica_sum(images_u8, labels, mask, seed):
         x = views(images_u8, seed)
         if private:
-            grads, norms = clipped_grad_sum(model, x, labels, l2_clip=l2_clip, mask=mask)
+            grads, norms = clipped_grad_sum(model, x, labels, l2_clip=l2_clip, mask=mask, precision=precision)
         else:
-            grads, _ = mean_grad(model, x, labels, mask)
+            grads, _ = mean_grad(model, x, labels, mask, precision=precision)
             norms = tf.zeros_like(mask)
         return grads, norms
 

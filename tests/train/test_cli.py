@@ -49,6 +49,7 @@ DIGITS_N, RECIPE_B, RECIPE_STEPS, RECIPE_DELTA = 1437, 256, 120, 1e-5
     (["--dataset", "imagenet2012"], "needs a fixed image size"),
     (["--streaming", "--steps", "1"], "always held in memory"),
     (["--deterministic-noise"], "replaced by --deterministic"),
+    (["--precision", "fp8"], "--precision 'fp8' is not supported: use float32 or bf16"),
 ])
 def test_bad_flags_exit_2_with_one_line_naming_the_problem(args, match, tmp_path, capsys):
     code = train_in_process(*args, "--run-dir", str(tmp_path / "r"), "--nopublish", "--noprogress")

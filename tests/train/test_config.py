@@ -40,6 +40,15 @@ def test_records_written_with_num_classes_still_read():
     old = json.loads((root / "saved_models" / "wrn_digits_nonprivate" / "run_record.json").read_text())["config"]
     assert "num_classes" in old
     back = cfg.TrainConfig.from_dict(old)
-    # Fields added since (fine-tuning modes) read as their defaults: every variable trained, no probe.
+    # Fields added since read as their defaults: every variable trained, no probe (fine-tuning
+    # modes), float32 (the only precision there was).
+    assert "precision" not in old and back.precision == "float32"
     assert back.to_dict() == {**{k: v for k, v in old.items() if k != "num_classes"},
-                              "trainable": "all", "linear_probe": False}
+                              "trainable": "all", "linear_probe": False, "precision": "float32"}
+
+
+def test_precision_round_trips_and_an_unknown_one_is_a_clear_error():
+    c = cfg.TrainConfig(precision="bf16")
+    assert cfg.TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))).precision == "bf16"
+    with pytest.raises(ValueError, match="precision 'fp16' is not supported: use one of 'float32', 'bf16'"):
+        cfg.TrainConfig(precision="fp16")
