@@ -99,6 +99,13 @@ def base_config(recipe_config, *, validation_size, model=None):
         raise ValueError("the recipe is not private; tuning is for private recipes.")
     if validation_size < 1:
         raise ValueError("--validation-size must be >= 1 (the score is computed on it).")
+    if recipe_config.init_checkpoint:
+        # The trials would start from it without composing its privacy (train/init_privacy.py).
+        raise ValueError(f"the recipe starts from --init {recipe_config.init_checkpoint!r}; the tuner trains "
+                         "from scratch only: tune a recipe without an initial checkpoint.")
+    if recipe_config.linear_probe:
+        raise ValueError("the recipe is a linear probe; the tuner runs full trainings only: tune the recipe "
+                         "without _linear_probe.")
     c = recipe_config
     c = c.replace(eval_every=0, deterministic=False, tan_simulation_factor=None,
                   data=dataclasses.replace(c.data, validation_size=int(validation_size)),
@@ -224,7 +231,7 @@ class Tuner:
         print(f"privacy: the epsilon above is the TOTAL over the tuning ({section['trials_run']} trial(s)); "
               f"selected {point}, noisy validation accuracy {section['score']['noisy_accuracy']:.4f}")
         if self.options.publish:
-            run._publish(trainer, record, self.name, self.options)
+            run._publish(trainer.model_for(record["published_weights"]), record, self.name, self.options)
         return record
 
 

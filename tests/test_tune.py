@@ -26,11 +26,19 @@ def _secret_with(dist, trials):
     (["--recipe", "wrn_digits_eps8"], "no --grid"),
     (["--recipe", "wrn_digits_nonprivate", "--grid", "lr=1", "--epsilon", "8"], "not private"),
     (["--recipe", "wrn_digits_eps8", "--grid", "lr=1", "--score-noise", "0"], "--score-noise"),
+    # trials would start from the init without composing its privacy
+    (["--recipe", "wrn28_10_cifar100_finetune_eps1", "--grid", "lr=1"], "trains from scratch only"),
 ])
 def test_bad_command_lines_are_one_line_and_exit_2(argv, match, capsys):
     assert tune.main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("dp_zoo.tune: error: ") and match in err
+
+
+def test_a_linear_probe_recipe_is_refused():
+    config = recipes.get("wrn28_10_cifar10_finetune_eps8_linear_probe").config.replace(init_checkpoint=None)
+    with pytest.raises(ValueError, match="linear probe; the tuner runs full trainings only"):
+        tune.base_config(config, validation_size=300)
 
 
 def _tuner(tmp_path, secret, grid=("lr=0.5,1", "steps=2,3")):
