@@ -20,6 +20,7 @@ This module imports nothing from dp_zoo, so that every CLI can use it.
 import argparse
 import contextlib
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -43,13 +44,30 @@ def quiet_tensorflow():
     (warnings and info off, errors kept) and filters the start-up lines that
     ignore that setting out of stderr while TensorFlow is imported (whenever
     that happens; other stderr output passes through). A user who sets
-    ``TF_CPP_MIN_LOG_LEVEL`` themselves gets TensorFlow's own output untouched.
+    ``TF_CPP_MIN_LOG_LEVEL`` themselves gets TensorFlow's own output untouched,
+    except pfor's "uses a while_loop. Fix that!" warnings, which are always
+    dropped (``_DropPforAdvice``).
     """
+    tf_logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _DropPforAdvice) for f in tf_logger.filters):
+        tf_logger.addFilter(_DropPforAdvice())
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         return
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _QuietTensorFlowFinder())
+
+
+class _DropPforAdvice(logging.Filter):
+    """Drops pfor's "<Op> uses a while_loop. Fix that!" warnings.
+
+    Vectorised per-example gradients trace ops that pfor has no batched rule
+    for; it says so once per op and trace, advice for TensorFlow's developers
+    that a user of a CLI can do nothing about.
+    """
+
+    def filter(self, record):
+        return "uses a while_loop. Fix that!" not in record.getMessage()
 
 
 class _QuietTensorFlowFinder:

@@ -3,6 +3,7 @@ scripts, and a start without TensorFlow's C++ noise. Each CLI's own behaviour is
 (tests/train/test_cli.py, test_serve.py, test_export.py, test_privacy_cli.py, test_audit.py)."""
 
 import importlib.metadata
+import logging
 import os
 import re
 import subprocess
@@ -75,6 +76,20 @@ def test_console_scripts_run_their_cli(monkeypatch, capsys):
             script()
         assert e.value.code == 0
         assert capsys.readouterr().out.startswith(f"usage: python -m {module} ")
+
+
+def test_cli_hides_pfor_advice_but_not_other_tensorflow_warnings():
+    cli.quiet_tensorflow()
+    cli.quiet_tensorflow()  # idempotent: one filter
+    logger = logging.getLogger("tensorflow")
+    assert sum(isinstance(f, cli._DropPforAdvice) for f in logger.filters) == 1
+
+    def shown(msg):
+        record = logger.makeRecord("tensorflow", logging.WARNING, "pfor.py", 1, msg, (), None)
+        return all(f.filter(record) for f in logger.filters)
+
+    assert not shown("Conv2DBackpropFilter uses a while_loop. Fix that!")
+    assert shown("Something else went wrong")
 
 
 # What TensorFlow prints on start-up on a machine without a GPU (TF 2.21), unless silenced.
