@@ -9,6 +9,16 @@ A new family is one module that defines its config dataclass, its
 calls ``_registry.register_family``, and is imported below.
 """
 
+import sys
+
 from dp_zoo.models import layers, ws_conv  # noqa: F401  (the shared layers)
 from dp_zoo.models import nf_resnet, nfnet, wide_resnet  # noqa: F401  (the families)
 from dp_zoo.models._registry import create_model, list_architectures  # noqa: F401
+
+# Keras walks a functional graph recursively when it builds, clones or loads a
+# model, one Python frame per layer on the path: NFNet-F6/F7 (84/96 blocks,
+# ~2,000 layers deep) exceed Python's default limit of 1,000 frames with a
+# RecursionError. 10,000 frames fit in the default thread stack.
+_MIN_RECURSION_LIMIT = 10_000
+if sys.getrecursionlimit() < _MIN_RECURSION_LIMIT:
+    sys.setrecursionlimit(_MIN_RECURSION_LIMIT)

@@ -172,3 +172,20 @@ def test_published_parameter_count_of_the_built_model(name):
         del m
         keras.backend.clear_session()
         gc.collect()
+
+
+def test_a_graph_as_deep_as_nfnet_f7_builds_and_clones():
+    """NFNet-F6/F7 are ~2,000 layers deep, and Keras recurses once per layer when it builds,
+    clones or loads a functional model; ``import dp_zoo.models`` makes room for that (the
+    very_slow F6/F7 counts above failed with RecursionError before). A cheap chain of 2,500
+    layers stands in for them here."""
+    import keras
+
+    import dp_zoo.models  # noqa: F401
+
+    inputs = keras.Input((4,))
+    x = inputs
+    for i in range(2500):
+        x = keras.layers.Identity(name=f"id{i}")(x)
+    model = keras.Model(inputs, x)
+    assert len(keras.models.clone_model(model).layers) == 2501
