@@ -158,10 +158,10 @@ PUBLISHED = {
                  ema_decay=(0.9999, ": src/models/EMA_without_class.py update(decay=0.9999)"),
                  weight_decay=(0.0, ": optim.SGD without weight_decay"))},
         epsilon=8.0, dataset_size=50_000,
-        differences="the README calls this run eps=8, but for its sigma, steps, q and delta RDP gives about "
-                    "7.1 (recipe_epsilons): the run spends less than its label, and sigma is kept. TAN warms its "
-                    "EMA up (decay min(0.9999, (1+t)/(10+t))) and uses 16 GroupNorm groups; dp_zoo's EMA has no "
-                    "warm-up and its WRN uses its own normalisation.",
+        differences="the README calls this run eps=8, but for its sigma, steps, q and delta dp_zoo's accountant "
+                    "gives less (the figure is recipe_epsilons' note): the run spends less than its label, and "
+                    "sigma is kept. TAN's WRN uses 16 GroupNorm groups; dp_zoo's uses its own normalisation "
+                    "(the EMA warm-up, decay min(0.9999, (1+t)/(10+t)), is the same in both).",
     ),
     "tan2023_imagenet_nf_resnet50_eps8": Published(
         TAN2023,
