@@ -30,7 +30,6 @@ private like any run directory.
 
 import dataclasses
 import itertools
-import json
 import os
 import secrets
 import sys
@@ -183,7 +182,7 @@ class Tuner:
         return self._finish(best, section)
 
     def _trials(self, trials):
-        from dp_zoo.train import engine, run
+        from dp_zoo.train import engine, evaluation, run
 
         run_dir = self.options.run_dir or os.path.join("runs", f"{self.name}_tune")
         if os.path.exists(run_dir):
@@ -204,7 +203,7 @@ class Tuner:
                 raise StoppedError(
                     f"stopped by SIGTERM in trial {i + 1}/{trials}; nothing is published. The trials run so far "
                     "touched the data: a new tuning of the same data composes with them (docs/privacy.md).")
-            weights = "ema" if trainer.ema_vars is not None else "last"
+            weights = evaluation.published_weights(trainer.ema_vars)
             correct = round(trainer.evaluate(self.val_set, weights)["accuracy"] * len(self.val_set))
             score = correct + float(noise.normal(0.0, self.score_noise))
             # Only the count of trials run is printed: scores are released for the winner alone.
@@ -215,8 +214,8 @@ class Tuner:
 
     def _finish(self, best, section):
         from dp_zoo import run_record
+        from dp_zoo.train import checkpoint, run
         from dp_zoo.train import data as data_lib
-        from dp_zoo.train import run
 
         score, trainer, record, point, run_dir = best
         test_set = data_lib.load_dataset(trainer.config.data, "test")
@@ -225,8 +224,7 @@ class Tuner:
         apply_tuning(record["privacy"], section, self.target_epsilon)
         record["weights_sha256"] = run.weights_sha256(trainer.model)
         run_record.check_run_record(record)
-        with open(os.path.join(run_dir, "run_record.json"), "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
+        checkpoint.atomic_write_json(os.path.join(run_dir, "run_record.json"), record)
         run._report(record, "test", None)
         print(f"privacy: the epsilon above is the TOTAL over the tuning ({section['trials_run']} trial(s)); "
               f"selected {point}, noisy validation accuracy {section['score']['noisy_accuracy']:.4f}")

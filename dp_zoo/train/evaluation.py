@@ -11,6 +11,11 @@ from dp_zoo import preprocessing
 from dp_zoo.train import trainable
 
 
+def published_weights(ema_vars):
+    """Which weights a run publishes, and a tuning trial is scored on: "ema" when EMA is on, else "last"."""
+    return "ema" if ema_vars is not None else "last"
+
+
 def weights_for(model, ema_vars, polyak_vars, params):
     """The ``params`` weights ("last", "ema" or "polyak") as numpy arrays, in trainable-variable order."""
     if params == "last":

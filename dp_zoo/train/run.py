@@ -8,7 +8,6 @@ directory and publishes the model with its card.
 """
 
 import dataclasses
-import json
 import os
 import sys
 from typing import Optional
@@ -248,7 +247,7 @@ def _complete_record(record, trainer, train_set, test_set, eval_split, prov, nam
     """Adds what only the chief knows at the end: evaluation (on ``eval_set``, default ``test_set``),
     data, the init's provenance, names."""
     from dp_zoo import run_record
-    from dp_zoo.train import record_sections
+    from dp_zoo.train import evaluation, record_sections
 
     ev = test_set if eval_set is None else eval_set
     metrics = {"test_accuracy_last": trainer.evaluate(ev, "last")["accuracy"],
@@ -266,7 +265,7 @@ def _complete_record(record, trainer, train_set, test_set, eval_split, prov, nam
         "streaming": bool(getattr(train_set, "streaming", False)),
     }
     run_record.complete(record, metrics=metrics, data=data, init=prov.to_dict() if prov is not None else None,
-                        entry_name=name, published_weights="ema" if trainer.ema_vars is not None else "last")
+                        entry_name=name, published_weights=evaluation.published_weights(trainer.ema_vars))
     if prov is not None and prov.kind == init_privacy.NONPRIVATE_SAME_DATA and record["privacy"]["private"]:
         record_sections.mark_not_private(record["privacy"], "non-private initial checkpoint",
                                          init_privacy.not_private_detail(prov))
@@ -314,8 +313,8 @@ def _publish(published, record, name, options):
 
 def train(name, config, recipe, options=RunOptions()):
     """Runs the whole job named ``name`` (``config`` derived from ``recipe``); returns the run record."""
+    from dp_zoo.train import checkpoint, engine
     from dp_zoo.train import data as data_lib
-    from dp_zoo.train import engine
 
     # First: MultiWorkerMirroredStrategy and logical CPUs must configure
     # TensorFlow before it runs any op (TFDS loading runs tf.data ops).
@@ -374,8 +373,7 @@ def train(name, config, recipe, options=RunOptions()):
               f"{record['weights_sha256']} (same on all workers); the chief writes {run_dir}.")
         return record
     _complete_record(record, trainer, train_set, test_set, eval_split, prov, name, eval_set=fit_eval)
-    with open(os.path.join(run_dir, "run_record.json"), "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
+    checkpoint.atomic_write_json(os.path.join(run_dir, "run_record.json"), record)
     _report(record, eval_split, worker)
     if options.publish:
         which = record["published_weights"]
