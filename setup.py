@@ -22,7 +22,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["dp_zoo", "dp_zoo.*"]),
-    package_data={"dp_zoo": ["py.typed", "zoo_entries.json"]},
+    package_data={"dp_zoo": ["py.typed", "zoo_entries.json", "known_weights.json"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.10,<4",

@@ -266,8 +266,8 @@ def _complete_record(record, trainer, train_set, test_set, eval_split, prov, nam
     }
     run_record.complete(record, metrics=metrics, data=data, init=prov.to_dict() if prov is not None else None,
                         entry_name=name, published_weights=evaluation.published_weights(trainer.ema_vars))
-    if prov is not None and prov.kind == init_privacy.NONPRIVATE_SAME_DATA and record["privacy"]["private"]:
-        record_sections.mark_not_private(record["privacy"], "non-private initial checkpoint",
+    if prov is not None and prov.kind in init_privacy.VOID and record["privacy"]["private"]:
+        record_sections.mark_not_private(record["privacy"], init_privacy.not_private_reason(prov),
                                          init_privacy.not_private_detail(prov))
 
 
