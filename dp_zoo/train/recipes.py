@@ -105,7 +105,7 @@ class Recipe:
 
     @property
     def provenance_label(self):
-        """A short label for tables: "De2022", "TAN2023", "De2022~" (inferred), "De2022s" (the paper's sigma) or "own"."""
+        """A short label for tables: "De2022", "TAN2023", "De2022~" (inferred), "De2022s" (the paper's sigma), "own"."""
         if self.published:
             return recipe_sources.LABELS[self.provenance]
         return self.partly_published.label if self.partly_published else "own"
