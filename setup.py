@@ -60,6 +60,7 @@ setup(
             "dp-zoo-audit=dp_zoo.scripts:audit",
             "dp-zoo-zoo=dp_zoo.scripts:zoo",
             "dp-zoo-tune=dp_zoo.scripts:tune",
+            "dp-zoo-data=dp_zoo.scripts:data",
         ]
     },
 )

@@ -363,8 +363,10 @@ def format_models(rows=None):
         pub = "-" if r["published_accuracy"] is None else f"{r['published_accuracy']:.1f}%"
         lines.append(f"{r['name']:36s} {r['dataset']:12s} {r['config_label']:7s} {eps_s:>5s} "
                      f"{acct:>14s} {acc:>10s} {pub:>11s}  {r['status']}")
-    legend = ("config: whose configuration it is (De2022: De et al. 2022; TAN2023: Sander et al. 2023; own: dp_zoo's "
-              "own choice, no paper figure). eps: the card's, else the target; RDP/PLD: dp_zoo's accountant.")
+    legend = ("config: whose configuration it is (De2022: De et al. 2022; TAN2023: Sander et al. 2023; De2022~: almost "
+              "certainly De et al. 2022's, inferred, unverified; De2022s: De et al. 2022's sigma as remembered, "
+              "unverified, steps computed by dp_zoo; own: dp_zoo's own choice, no paper figure). eps: the card's, "
+              "else the target; RDP/PLD: dp_zoo's accountant.")
     return "\n".join(lines + ["", legend] + notes)
 
 

@@ -15,7 +15,7 @@ from dp_zoo import cli
 
 SCRIPTS = {"dp-zoo-train": "dp_zoo.train", "dp-zoo-export": "dp_zoo.export", "dp-zoo-serve": "dp_zoo.serve",
            "dp-zoo-privacy": "dp_zoo.privacy", "dp-zoo-audit": "dp_zoo.audit",
-           "dp-zoo-zoo": "dp_zoo.zoo", "dp-zoo-tune": "dp_zoo.tune"}
+           "dp-zoo-zoo": "dp_zoo.zoo", "dp-zoo-tune": "dp_zoo.tune", "dp-zoo-data": "dp_zoo.data"}
 
 
 def _parser():

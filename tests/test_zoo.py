@@ -75,9 +75,12 @@ def test_every_recipe_is_an_entry_described_by_its_recipe():
             assert e["published_accuracy_source"] is None, name
         # dp_zoo's accountant beside the target, for every private entry
         assert (e["epsilon_rdp"] is None) == (e["epsilon_pld"] is None) == (not e["private"]), name
-    # dp_zoo's own configurations (here: WRN-40-4, recalibrated sigma) carry no paper figure.
-    assert table["wrn40_4_cifar10_eps8"]["config_source"] == recipes.OWN_CHOICE
-    assert table["wrn40_4_cifar10_eps8"]["published_accuracy"] is None
+    # dp_zoo's own configurations (here: WRN-40-4 at eps=1, MNIST) carry no paper figure; nor do the
+    # configurations built on the paper's remembered, unverified sigma, which say so.
+    for name in ("wrn40_4_cifar10_eps1", "wrn_mnist_eps8"):
+        assert table[name]["config_source"] == recipes.OWN_CHOICE and table[name]["published_accuracy"] is None
+    e = table["wrn40_4_cifar10_eps8"]
+    assert e["config_label"] == "De2022s" and "unverified" in e["config_source"] and e["published_accuracy"] is None
     assert table["wrn_digits_nonprivate"]["delta"] is None and table["wrn16_4_cifar10_eps8"]["delta"] == 1e-5
 
 

@@ -15,6 +15,11 @@ from typing import Optional
 from dp_zoo.train import init_privacy
 from dp_zoo.train.init_weights import load_init_weights
 
+SHA256_NOTE = ("SHA-256 of the split's images (uint8 [N, H, W, C], C order) and labels (int64 little-endian), "
+               "recorded only for data public by construction (scikit-learn's embedded digits, dp_zoo's "
+               "MNIST copy checked against the standard arrays); null for other sources, where a hash of the "
+               "training data would identify it (docs/privacy.md)")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
@@ -263,6 +268,9 @@ def _complete_record(record, trainer, train_set, test_set, eval_split, prov, nam
         "public_pretraining_data": prov.detail if prov is not None and prov.kind in (
             init_privacy.PUBLIC_PRETRAINING, init_privacy.DECLARED_PUBLIC) else None,
         "streaming": bool(getattr(train_set, "streaming", False)),
+        # Public arrays only (Dataset.sha256): None for sources that could hold private data.
+        "train_sha256": getattr(train_set, "sha256", None), "test_sha256": getattr(test_set, "sha256", None),
+        "sha256_note": SHA256_NOTE,
     }
     run_record.complete(record, metrics=metrics, data=data, init=prov.to_dict() if prov is not None else None,
                         entry_name=name, published_weights=evaluation.published_weights(trainer.ema_vars))
