@@ -31,11 +31,14 @@ theorems, docs/privacy.md "Hyper-parameter tuning" the argument):
    leaves the tuner.
 
 The run directory (``--run-dir``, default ``runs/<name>_tune``) is private
-like any run directory: it holds the trials, and ``PRIVATE_tuning_log.json``
-(K, the trials' timings), which must never be published.
+like any run directory: it holds the trials, ``PRIVATE_tuning_log.json``
+(K, the trials' timings) and ``PRIVATE_trials_console.log`` (whatever the
+trials printed), which must never be published.
 """
 
+import contextlib
 import dataclasses
+import io
 import itertools
 import os
 import secrets
@@ -64,6 +67,7 @@ CALIBRATION = ("per grid point: each run's sigma is the smallest whose own RDP (
 NO_TIMING = ("a tuning publishes no timing: the selected trial's wall time could tell which trial won, "
              "and the total would grow with the secret number of trials")
 PRIVATE_LOG = "PRIVATE_tuning_log.json"
+PRIVATE_CONSOLE = "PRIVATE_trials_console.log"
 PRIVATE_NOTE = ("PRIVATE: the number of trials and their timings; publishing any of it voids the tuned "
                 "card's epsilon (docs/privacy.md, 'Hyper-parameter tuning')")
 
@@ -226,16 +230,27 @@ class Tuner:
               f"{self.target_epsilon:g}, delta={self.base.dp.delta:g}. The number of trials is secret, drawn from "
               f"{self.dist.describe()} (E[K] = {self.dist.expected_trials():.3g}); nothing is printed per trial.",
               flush=True)
-        trials = tuning.draw_trials(self.dist, tuning.trial_rng(self._secret, "trials"))
-        return self._finish(self._trials(trials), section)
-
-    def _trials(self, trials):
-        from dp_zoo.train import checkpoint, engine, evaluation, run
-
         run_dir = self.options.run_dir or os.path.join("runs", f"{self.name}_tune")
         if os.path.exists(run_dir):
             raise FileExistsError(f"{run_dir} exists; tuning never resumes (K would be redrawn). "
                                   "Remove it or pass another --run-dir.")
+        os.makedirs(run_dir)
+        trials = tuning.draw_trials(self.dist, tuning.trial_rng(self._secret, "trials"))
+        # From here to the release, TensorFlow's and Python's output goes to the private run
+        # directory (a warning per trace or per trial would show K by its count); only the
+        # released result's lines, collected in ``public``, are printed.
+        public = io.StringIO()
+        with _output_to(os.path.join(run_dir, PRIVATE_CONSOLE)):
+            best = self._trials(trials, run_dir)
+            with contextlib.redirect_stdout(public):
+                record = self._finish(best, section)
+        sys.stdout.write(public.getvalue())
+        sys.stdout.flush()
+        return record
+
+    def _trials(self, trials, run_dir):
+        from dp_zoo.train import checkpoint, engine, evaluation, run
+
         pick, noise = tuning.trial_rng(self._secret, "grid"), tuning.trial_rng(self._secret, "score")
         strategy = run.make_strategy()
         best, timings, points = None, [], []
@@ -286,6 +301,34 @@ class Tuner:
         if self.options.publish:
             run._publish(trainer.model_for(record["published_weights"]), record, self.name, self.options)
         return record
+
+
+@contextlib.contextmanager
+def _output_to(path):
+    """Sends everything printed while the trials run, by Python or by TensorFlow's C++ logging
+    (file descriptors 1 and 2 included), to ``path`` in the private run directory: any line a
+    trial prints, even a warning per trace, would show K by its count on the console."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved_streams = sys.stdout, sys.stderr
+    with open(path, "a") as f:
+        try:
+            saved_fds = [os.dup(1), os.dup(2)]
+        except OSError:  # no file descriptors (an embedded interpreter): Python's streams only
+            saved_fds = None
+        try:
+            if saved_fds:
+                os.dup2(f.fileno(), 1)
+                os.dup2(f.fileno(), 2)
+            sys.stdout = sys.stderr = f
+            yield
+        finally:
+            f.flush()
+            sys.stdout, sys.stderr = saved_streams
+            if saved_fds:
+                for fd, saved in zip((1, 2), saved_fds):
+                    os.dup2(saved, fd)
+                    os.close(saved)
 
 
 def _no_scalars(entry):
