@@ -240,7 +240,7 @@ class Tuner:
         # directory (a warning per trace or per trial would show K by its count); only the
         # released result's lines, collected in ``public``, are printed.
         public = io.StringIO()
-        with _output_to(os.path.join(run_dir, PRIVATE_CONSOLE)):
+        with cli.output_to(os.path.join(run_dir, PRIVATE_CONSOLE)):
             best = self._trials(trials, run_dir)
             with contextlib.redirect_stdout(public):
                 record = self._finish(best, section)
@@ -301,34 +301,6 @@ class Tuner:
         if self.options.publish:
             run._publish(trainer.model_for(record["published_weights"]), record, self.name, self.options)
         return record
-
-
-@contextlib.contextmanager
-def _output_to(path):
-    """Sends everything printed while the trials run, by Python or by TensorFlow's C++ logging
-    (file descriptors 1 and 2 included), to ``path`` in the private run directory: any line a
-    trial prints, even a warning per trace, would show K by its count on the console."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved_streams = sys.stdout, sys.stderr
-    with open(path, "a") as f:
-        try:
-            saved_fds = [os.dup(1), os.dup(2)]
-        except OSError:  # no file descriptors (an embedded interpreter): Python's streams only
-            saved_fds = None
-        try:
-            if saved_fds:
-                os.dup2(f.fileno(), 1)
-                os.dup2(f.fileno(), 2)
-            sys.stdout = sys.stderr = f
-            yield
-        finally:
-            f.flush()
-            sys.stdout, sys.stderr = saved_streams
-            if saved_fds:
-                for fd, saved in zip((1, 2), saved_fds):
-                    os.dup2(saved, fd)
-                    os.close(saved)
 
 
 def _no_scalars(entry):
