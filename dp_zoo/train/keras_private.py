@@ -56,8 +56,8 @@ _WHY = {
     "validation": "fit() takes no validation data (validation_split would carve it out of the training set "
                   "whose N the accounting uses); evaluate the trained model on held-out data afterwards, "
                   "e.g. with private.predict(x_test)",
-    "weight": "fit() takes no per-example weights: each example's clipped gradient is bounded by C, and a "
-              "weight would scale it past the bound the accountant assumes; drop them",
+    "weight": "fit() takes no per-example weights: each example's gradient is clipped to the norm C the "
+              "accountant assumes, and a weight would scale it past that bound; drop them",
     "steps": "fit() counts logical DP steps: pass steps= or epochs= instead",
 }
 _TOPIC = {"batch_size": "batch_size", "shuffle": "batch_size", "sample_weight": "weight", "class_weight": "weight",
