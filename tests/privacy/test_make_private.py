@@ -1,4 +1,5 @@
-"""make_private counts every noisy update, never carries a partial sum, reports logical steps only, logs nothing private."""
+"""make_private counts every noisy update, never carries a partial sum, reports logical steps only and
+logs nothing private."""
 
 import re
 
