@@ -43,7 +43,8 @@ setup(
     ],
     extras_require={
         # pytest-xdist: the README's test command runs on two worker processes.
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        # pyyaml: tests/test_model_card.py parses the card README's YAML front matter.
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "pyyaml>=6,<7"],
         # Numerical parity against timm (PyTorch). torch 2.13.0 CPU lies on
         # the project's machines; timm imports torchvision, whose PyPI build does
         # not load beside the 2.13.0 CPU torch, so the pair 2.14.1/0.29.1 (also

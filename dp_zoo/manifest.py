@@ -2,8 +2,9 @@
 
 Export writes the manifest last; the zoo verifies every file against it, and
 the manifest itself against the zoo table's SHA-256, before anything is
-loaded. Only the standard library is used here, so that listing and checking
-artifacts never needs TensorFlow.
+loaded. Only the standard library is used for files, so that listing and checking
+artifacts never needs TensorFlow; ``weights_sha256`` (the digest of a model's
+weights that a run record binds to its published model) needs numpy.
 """
 
 import hashlib
@@ -20,6 +21,34 @@ def sha256_file(path):
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+WEIGHTS_DIGEST_PREFIX = b"dp_zoo weights sha256 v1\n"
+
+
+def weights_sha256(arrays):
+    """Hex SHA-256 of a model's weights: ``arrays`` in order (for a Keras model, ``model.get_weights()``).
+
+    The digest is over the prefix ``WEIGHTS_DIGEST_PREFIX`` and then, for
+    each array in the given order, the line ``"<dtype> <shape>\\n"`` (numpy's
+    little-endian ``dtype.str``, e.g. ``<f4``, and the shape as a list, e.g.
+    ``[3, 3, 1, 16]``) followed by its values as C-order little-endian bytes.
+    ``model.get_weights()`` lists every weight variable of the model
+    (trainable and not, no optimizer state or random seeds) in Keras' order
+    of ``model.weights``: the layers in build order, each layer's variables
+    in creation order, which ``keras.models.load_model`` restores, so the
+    digest recomputed from a loaded ``model.keras`` equals the one taken
+    before it was saved (``dp_zoo.export`` checks that on every export).
+    """
+    import numpy as np
+
+    h = hashlib.sha256(WEIGHTS_DIGEST_PREFIX)
+    for a in arrays:
+        a = np.asarray(a)
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+        h.update(f"{a.dtype.str} {list(a.shape)}\n".encode())
+        h.update(a.tobytes())
     return h.hexdigest()
 
 

@@ -16,6 +16,10 @@ built in ``dp_zoo.train.engine`` and everything after them here.
 import math
 
 
+# manifest.weights_sha256 of the published model's weights (docs/design.md, "The run record").
+# Records written before it existed lack it; the artifacts shipped with them are checked by
+# their MANIFEST only.
+PUBLISHED_WEIGHTS_SHA256 = "published_weights_sha256"
 REQUIRED_SECTIONS = ("config", "privacy", "history", "model", "data", "metrics", "software", "hardware")
 REQUIRED_PRIVACY = (
     "private", "epsilon", "delta", "accountant", "noise_multiplier", "sampling",
@@ -57,6 +61,10 @@ def check_run_record(record):
     for k in ("test_accuracy_last",):
         if k not in record["metrics"]:
             raise ValueError(f"run record's metrics lack {k!r}.")
+    digest = record.get(PUBLISHED_WEIGHTS_SHA256)
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                   and all(c in "0123456789abcdef" for c in digest)):
+        raise ValueError(f"run record's {PUBLISHED_WEIGHTS_SHA256} is {digest!r}, not a hex SHA-256.")
 
 
 TUNING_KEYS = ("method", "trial_distribution", "grid", "runs", "per_trial_epsilon", "total_epsilon", "score",

@@ -207,10 +207,15 @@ def load(name):
       A ``keras.Model`` whose input is the normalized image (the SavedModel
       under ``saved_model/1`` takes uint8 images directly; mean/std are in
       ``model.card["data"]``), with ``model.card`` (the card.json dict).
+      ``model.card["artifact"]["published_weights_sha256"]`` is the digest
+      of the loaded weights, checked against the run record's; None for an
+      artifact whose record predates that field (checked by its manifest
+      only).
 
     Raises:
-      ValueError: unknown name (lists close names), or a missing, truncated
-        or modified file (named in the message).
+      ValueError: unknown name (lists close names), a missing, truncated
+        or modified file (named in the message), or weights other than the
+        ones the run record publishes.
       ArtifactNotPublishedError: a known entry without weights; the message
         gives the command that produces them.
     """
@@ -226,9 +231,37 @@ def load(name):
             stacklevel=2,
         )
     model = keras.models.load_model(directory / "model.keras")
+    card_ = _read_card(directory, registered)
+    card_["artifact"]["published_weights_sha256"] = _check_published_weights(model, directory)
     # Plain attribute: Keras would otherwise wrap the dict as tracked state.
-    object.__setattr__(model, "card", _read_card(directory, registered))
+    object.__setattr__(model, "card", card_)
     return model
+
+
+def _check_published_weights(model, directory):
+    """The digest of the loaded weights when the run record publishes one and they match; None for a
+    record from before ``published_weights_sha256`` existed (its files are checked by the manifest only).
+
+    Raises:
+      ValueError: the loaded weights are not the ones the run record publishes.
+    """
+    from dp_zoo.run_record import PUBLISHED_WEIGHTS_SHA256
+
+    path = pathlib.Path(directory) / "run_record.json"
+    if not path.exists():
+        raise ValueError(f"{directory} has no run_record.json; it is not a complete dp_zoo artifact. Re-export it.")
+    with open(path) as f:
+        want = json.load(f).get(PUBLISHED_WEIGHTS_SHA256)
+    if want is None:
+        return None
+    got = manifest.weights_sha256(model.get_weights())
+    if got != want:
+        raise ValueError(
+            f"{directory}/model.keras does not hold the weights its run record publishes "
+            f"({PUBLISHED_WEIGHTS_SHA256} {want[:16]}..., the model's {got[:16]}...); refusing to load it. "
+            "Re-export the model with its own run record (python -m dp_zoo.export)."
+        )
+    return got
 
 
 def _find_local(name):

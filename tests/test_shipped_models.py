@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import dp_zoo
-from dp_zoo import accounting, run_record, zoo
+from dp_zoo import accounting, manifest, run_record, zoo
 from dp_zoo.preprocessing import normalize
 from dp_zoo.train import config as C, data
 
@@ -28,6 +28,10 @@ def test_shipped_artifact_is_registered_and_verified(name):
     assert size < 5 * 2**20
     model = dp_zoo.load(name)  # verifies every file and the manifest checksum
     assert model.card["artifact"]["registered"] is True
+    # Loading checks the weights against the record's published_weights_sha256; a record from before
+    # that field (None) is checked by its manifest only.
+    digest = model.card["artifact"]["published_weights_sha256"]
+    assert digest in (None, manifest.weights_sha256(model.get_weights()))
 
 
 @pytest.mark.parametrize("name", SHIPPED)

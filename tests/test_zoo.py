@@ -126,7 +126,8 @@ def test_registered_artifact_loads_with_its_card(isolated, artifact):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a registered artifact loads without a warning
         m = dp_zoo.load("wrn_digits_eps8")
-    assert m.card["artifact"] == {"path": str(d), "registered": True, "manifest_sha256": digest}
+    assert m.card["artifact"] == {"path": str(d), "registered": True, "manifest_sha256": digest,
+                                  "published_weights_sha256": manifest.weights_sha256(model.get_weights())}
     assert m.card["privacy"] == rec["privacy"]
     x = preprocessing.normalize(H.images(3), rec["data"]["mean"], rec["data"]["std"])
     np.testing.assert_allclose(np.asarray(m(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
@@ -315,3 +316,27 @@ def test_the_table_shows_whose_configuration_and_the_accountants_epsilon():
                 footnote = cols[4].split("[")[1].rstrip("]")
                 assert f"  [{footnote}] {name}: {eps[name]['note']}" in lines[f"[{footnote}]"], name
     assert lines["wrn16_4_cifar10_eps8"].split()[2] == "TAN2023" and "[" in lines["wrn16_4_cifar10_eps8"]
+
+
+def test_load_refuses_weights_other_than_those_the_run_record_publishes(isolated, artifact):
+    """A self-consistent artifact (its manifest rewritten) whose model.keras is another model's."""
+    d = _copy(artifact, isolated["tmp"] / "swapped")
+    H.tiny_model(seed=1).save(d / "model.keras")
+    manifest.write(str(d), "wrn_digits_eps8")
+    with pytest.raises(ValueError, match="does not hold the weights its run record publishes") as e:
+        dp_zoo.load(str(d))
+    assert "\n" not in str(e.value)
+
+
+def test_an_artifact_whose_record_predates_the_weights_digest_loads_on_its_manifest(isolated, artifact):
+    """Records from before published_weights_sha256 (the shipped wrn_digits_nonprivate's): the digest check
+    is skipped, and the card says it was not made; the manifest still checks every file."""
+    d = _copy(artifact, isolated["tmp"] / "old")
+    rec = json.loads((d / "run_record.json").read_text())
+    del rec["published_weights_sha256"]
+    (d / "run_record.json").write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="run_record.json"):
+        dp_zoo.load(str(d))  # the manifest still lists the old bytes
+    manifest.write(str(d), "wrn_digits_eps8")
+    m = dp_zoo.load(str(d))
+    assert m.card["artifact"]["published_weights_sha256"] is None

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from dp_zoo import manifest, preprocessing
 from dp_zoo.model_card import ModelCard
+from dp_zoo.run_record import PUBLISHED_WEIGHTS_SHA256
 
 SERVING_VERSION = "1"
 
@@ -89,8 +90,27 @@ def _probe_images(model, n=4, seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
 
 
-def _check_roundtrip(model, directory, mean, std):
-    """The written .keras and SavedModel must give the model's own outputs."""
+def bind_published_weights(model, run_record):
+    """``run_record`` with ``published_weights_sha256`` = the digest of ``model``'s weights (a copy).
+
+    Raises:
+      ValueError: the record already names other weights (this is not the
+        model the run published).
+    """
+    digest = manifest.weights_sha256(model.get_weights())
+    recorded = run_record.get(PUBLISHED_WEIGHTS_SHA256)
+    if recorded is not None and recorded != digest:
+        raise ValueError(
+            f"The model's weights hash to {digest[:16]}..., but its run record publishes weights with "
+            f"{PUBLISHED_WEIGHTS_SHA256} {recorded[:16]}...: this is not the model the run published. Export the "
+            f"run's published ({run_record.get('published_weights') or 'last'}) weights with that run's record."
+        )
+    return {**run_record, PUBLISHED_WEIGHTS_SHA256: digest}
+
+
+def _check_roundtrip(model, directory, mean, std, digest):
+    """The written .keras must hold the published weights (``digest``), and it and the SavedModel must give
+    the model's own outputs."""
     import keras
 
     import dp_zoo.models  # noqa: F401  registers custom layers for load_model
@@ -99,6 +119,9 @@ def _check_roundtrip(model, directory, mean, std):
     x = preprocessing.normalize(images, mean, std)
     ref = np.asarray(model(x, training=False), np.float32)
     reloaded = keras.models.load_model(os.path.join(directory, "model.keras"))
+    if manifest.weights_sha256(reloaded.get_weights()) != digest:
+        raise ValueError("the exported model.keras does not reload with the weights it was saved with (their "
+                         "digest differs); not publishing it. A custom layer may not serialize its weights in order.")
     got_keras = np.asarray(reloaded(x, training=False), np.float32)
     served = tf.saved_model.load(os.path.join(directory, "saved_model", SERVING_VERSION))
     got_sm = served.signatures["serving_default"](images=tf.constant(images))["logits"].numpy()
@@ -118,7 +141,10 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
         publish (e.g. the EMA weights; the record's "published_weights" says
         which).
       run_record: the complete run record (schema: docs/design.md),
-        with "data" (train mean/std) and "metrics".
+        with "data" (train mean/std) and "metrics". The artifact's copy
+        carries ``published_weights_sha256``, the digest of ``model``'s
+        weights (``manifest.weights_sha256``); a record that already has one
+        must name these weights.
       out_dir: target directory (e.g. ``saved_models/<entry>``).
       entry_name: the zoo entry name written into the card.
       overwrite: replace an existing artifact.
@@ -132,8 +158,9 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
 
     Raises:
       FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
-      ValueError: non-finite weights, a model/record mismatch, an incomplete
-        record, or an export that does not reproduce the model.
+      ValueError: non-finite weights, a model/record mismatch (weights
+        other than the record's ``published_weights_sha256`` included), an
+        incomplete record, or an export that does not reproduce the model.
     """
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
@@ -142,6 +169,7 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
             "or choose another directory."
         )
     check_publishable(model, run_record)
+    run_record = bind_published_weights(model, run_record)
     card = ModelCard.from_run_record(entry_name, run_record)
     data = run_record["data"]
     parent = os.path.dirname(out_dir)
@@ -156,7 +184,7 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
         card.write(tmp, zoo_points=zoo_points)
         with open(os.path.join(tmp, "run_record.json"), "w") as f:
             json.dump(run_record, f, indent=2, sort_keys=True)
-        _check_roundtrip(model, tmp, data["mean"], data["std"])
+        _check_roundtrip(model, tmp, data["mean"], data["std"], run_record[PUBLISHED_WEIGHTS_SHA256])
         manifest.write(tmp, entry_name)
         if os.path.exists(out_dir):
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)

@@ -130,7 +130,9 @@ def _all_workers_agree(strategy, value):
 
 
 def weights_sha256(model):
-    """SHA-256 of the model's trainable weights (float32 bytes, in order)."""
+    """SHA-256 of the model's trainable weights (float32 bytes, in order): the run record's
+    ``weights_sha256``, the LAST weights, which every worker must agree on. Not the published
+    weights' digest (``published_weights_sha256``, ``manifest.weights_sha256``)."""
     import hashlib
 
     import numpy as np
@@ -321,6 +323,7 @@ def _publish(published, record, name, options):
 
 def train(name, config, recipe, options=RunOptions()):
     """Runs the whole job named ``name`` (``config`` derived from ``recipe``); returns the run record."""
+    from dp_zoo import manifest, run_record
     from dp_zoo.train import checkpoint, engine
     from dp_zoo.train import data as data_lib
 
@@ -381,10 +384,12 @@ def train(name, config, recipe, options=RunOptions()):
               f"{record['weights_sha256']} (same on all workers); the chief writes {run_dir}.")
         return record
     _complete_record(record, trainer, train_set, test_set, eval_split, prov, name, eval_set=fit_eval)
+    which = record["published_weights"]
+    published = probe.published(trainer.weights_for(which)) if probe else trainer.model_for(which)
+    # The record binds the weights it publishes; export checks the model it is given against it.
+    record[run_record.PUBLISHED_WEIGHTS_SHA256] = manifest.weights_sha256(published.get_weights())
     checkpoint.atomic_write_json(os.path.join(run_dir, "run_record.json"), record)
     _report(record, eval_split, worker)
     if options.publish:
-        which = record["published_weights"]
-        published = probe.published(trainer.weights_for(which)) if probe else trainer.model_for(which)
         _publish(published, record, name, options)
     return record
