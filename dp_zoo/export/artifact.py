@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from dp_zoo import manifest, preprocessing
+from dp_zoo import card_check, manifest, preprocessing
 from dp_zoo.model_card import ModelCard
 
 SERVING_VERSION = "1"
@@ -230,7 +230,8 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
       manifest_sha256, headline, version_notes, uploaded (bool).
 
     Raises:
-      ValueError: a bad handle, an artifact failing verification, a TAN
+      ValueError: a bad handle, an artifact failing verification (its
+        files, or its card against its run record: ``card_check``), a TAN
         simulation without ``allow_simulation``.
       ImportError: not a dry run and ``kagglehub`` is not installed.
     """
@@ -242,6 +243,8 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
     digest = manifest.verify(artifact_dir)
     with open(os.path.join(artifact_dir, "card.json")) as f:
         card = json.load(f)
+    with open(os.path.join(artifact_dir, "run_record.json")) as f:
+        card_check.check(card, json.load(f), artifact_dir)  # never publish a card its record does not give
     if card["privacy"].get("tan_simulation") and not allow_simulation:
         raise ValueError(
             f"{artifact_dir} is a TAN simulation (not private at the stated epsilon); refusing to publish it "
