@@ -229,7 +229,7 @@ class Tuner:
         print(f"privacy: the epsilon above is the TOTAL over the tuning ({section['trials_run']} trial(s)); "
               f"selected {point}, noisy validation accuracy {section['score']['noisy_accuracy']:.4f}")
         if self.options.publish:
-            run._publish(trainer.model_for(record["published_weights"]), record, self.name, self.options)
+            run._publish(trainer.model_for(record["published_weights"]), record, self.name, self.options, run_dir)
         return record
 
 

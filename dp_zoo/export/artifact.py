@@ -131,16 +131,20 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
       ``manifest.sha256_file(os.path.join(path, manifest.FILENAME))``.
 
     Raises:
-      FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+      FileExistsError: ``out_dir`` exists and ``overwrite`` is False, or
+        it is not a dp_zoo artifact (``manifest.check_replaceable``: only an
+        empty directory or one holding nothing but what its MANIFEST lists
+        is ever replaced).
       ValueError: non-finite weights, a model/record mismatch, an incomplete
         record, or an export that does not reproduce the model.
     """
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not overwrite:
+    if os.path.lexists(out_dir) and not overwrite:
         raise FileExistsError(
             f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it, "
             "or choose another directory."
         )
+    manifest.check_replaceable(out_dir)
     check_publishable(model, run_record)
     card = ModelCard.from_run_record(entry_name, run_record)
     data = run_record["data"]
@@ -158,7 +162,11 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
             json.dump(run_record, f, indent=2, sort_keys=True)
         _check_roundtrip(model, tmp, data["mean"], data["std"])
         manifest.write(tmp, entry_name)
-        if os.path.exists(out_dir):
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the published model from other users
+        if os.path.lexists(out_dir):
+            manifest.check_replaceable(out_dir)  # again: files may have appeared while exporting
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)
             os.rmdir(old)
             os.replace(out_dir, old)
