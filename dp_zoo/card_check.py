@@ -25,8 +25,10 @@ digits models). It is cached by the SHA-256 of the run record (with the
 dp-accounting version and ``CACHE_VERSION``): in this process, and on disk
 in a directory the caller names (the zoo uses the user's cache directory,
 never ``DP_ZOO_HOME`` or an artifact, which may come from someone else), one
-small JSON file per record, written atomically. The cached values are what is
-compared, so the cache directory must be writable only by its user.
+small JSON file per record, written atomically. A cached value that disagrees
+with the record is recomputed before anything is refused (a damaged cache
+never refuses a good model); one that agrees is trusted, so the cache
+directory must be writable only by its user.
 """
 
 import contextlib
@@ -36,7 +38,6 @@ import math
 import os
 import tempfile
 
-from dp_zoo import accounting
 from dp_zoo.model_card import ModelCard, record_sha256
 from dp_zoo.run_record import check_run_record
 
@@ -46,6 +47,23 @@ CACHE_SUBDIR = "epsilon_checks"
 # last-digit noise; a real disagreement is many orders larger.
 REL_TOL = 1e-6
 _memory = {}
+
+
+def _accounting():
+    # Imported only to recompute (a cache miss): importing dp-accounting (scipy.signal) takes
+    # seconds, and a cached check, or listing the zoo, needs none of it.
+    from dp_zoo import accounting
+
+    return accounting
+
+
+def _dp_accounting_version():
+    from importlib import metadata
+
+    try:
+        return metadata.version("dp-accounting")
+    except metadata.PackageNotFoundError:  # pragma: no cover - installed with dp_zoo
+        return _accounting().dp_accounting_version()
 
 
 def clear_memory_cache():
@@ -76,25 +94,33 @@ def _check_types(p):
     for key in ("epsilon", "epsilon_pld", "epsilon_rdp"):
         need(key, lambda x: x is None or (finite(x) and x >= 0), "null or a finite number >= 0")
     if p["private"]:
-        need("accountant", lambda x: x in accounting.ACCOUNTANTS, f"one of {list(accounting.ACCOUNTANTS)}")
+        # Which accountants exist is checked by the recomputation (dp_zoo.accounting refuses others).
+        need("accountant", lambda x: isinstance(x, str) and x, "the accountant's name")
         need("noise_multiplier", lambda x: x > 0, "> 0 for a private run")
         if p.get("epsilon_" + p["accountant"]) != p["epsilon"]:
             raise ValueError(f"privacy.epsilon ({p['epsilon']!r}) is not privacy.epsilon_{p['accountant']} "
                              f"({p.get('epsilon_' + p['accountant'])!r}), the accountant it names")
+    if p.get("tuning") is not None:
+        # What dp_zoo.tune writes: an RDP total, no PLD figure, no initial checkpoint's runs.
+        if p["accountant"] != "rdp" or p.get("epsilon_pld") is not None or p.get("prior_runs"):
+            raise ValueError("a tuned record's epsilon is an RDP total (accountant rdp, no epsilon_pld) of "
+                             "trials trained from scratch (no prior_runs)")
 
 
 # -- recomputation --------------------------------------------------------------------------------
 
 
-def _runs(p):
-    prior = tuple((float(r["noise_multiplier"]), float(r["sampling_probability"]), int(r["steps"]))
-                  for r in p.get("prior_runs") or ())
-    return prior
+def _runs(runs):
+    """``((sigma, q, steps), ...)`` of a record's list of run dicts."""
+    return tuple((float(r["noise_multiplier"]), float(r["sampling_probability"]), int(r["steps"]))
+                 for r in runs or ())
 
 
 def _dp_sgd(p, accountant):
-    return accounting.epsilon(noise_multiplier=p["noise_multiplier"], sampling_probability=p["sampling_probability"],
-                              steps=p["steps"], delta=p["delta"], accountant=accountant, prior_runs=_runs(p))
+    """The ε of the record's own run, composed with its prior runs, with ``accountant``."""
+    return _accounting().epsilon(noise_multiplier=p["noise_multiplier"],
+                                 sampling_probability=p["sampling_probability"], steps=p["steps"],
+                                 delta=p["delta"], accountant=accountant, prior_runs=_runs(p.get("prior_runs")))
 
 
 def _recompute(p):
@@ -104,8 +130,7 @@ def _recompute(p):
     if p["private"] and t:
         from dp_zoo.accounting import tuning
 
-        runs = tuple((float(r["noise_multiplier"]), float(r["sampling_probability"]), int(r["steps"]))
-                     for r in t["runs"])
+        runs = _runs(t["runs"])
         dist = tuning.TrialDistribution.from_dict(t["trial_distribution"])
         noise = float(t["score"]["noise_std"])
         total = tuning.total_epsilon(runs, noise, dist, p["delta"])
@@ -116,7 +141,9 @@ def _recompute(p):
                 out[f"privacy.tuning.selected_trial_epsilon.{acc}"] = _dp_sgd(p, acc)
         return out
     if p["private"]:
-        for acc in accounting.ACCOUNTANTS:
+        if p["accountant"] not in _accounting().ACCOUNTANTS:
+            raise ValueError(f"privacy.accountant {p['accountant']!r} is not one of {list(_accounting().ACCOUNTANTS)}")
+        for acc in _accounting().ACCOUNTANTS:
             if p.get("epsilon_" + acc) is not None:
                 out["privacy.epsilon_" + acc] = _dp_sgd(p, acc)
         out["privacy.epsilon"] = out["privacy.epsilon_" + p["accountant"]]
@@ -140,7 +167,7 @@ def _quiet_absl():
 
 
 def _cache_path(cache_dir, key):
-    return os.path.join(cache_dir, f"{key}-{accounting.dp_accounting_version()}-v{CACHE_VERSION}.json")
+    return os.path.join(cache_dir, f"{key}-{_dp_accounting_version()}-v{CACHE_VERSION}.json")
 
 
 def _read_cache(cache_dir, key):
@@ -165,7 +192,7 @@ def _write_cache(cache_dir, key, values):
         os.makedirs(cache_dir, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=cache_dir)
         with os.fdopen(fd, "w") as f:
-            json.dump({"record_sha256": key, "dp_accounting": accounting.dp_accounting_version(),
+            json.dump({"record_sha256": key, "dp_accounting": _dp_accounting_version(),
                        "recomputed": values}, f)
         os.replace(tmp, _cache_path(cache_dir, key))
     except OSError:
@@ -173,16 +200,31 @@ def _write_cache(cache_dir, key, values):
             os.remove(tmp)
 
 
-def recomputed_epsilons(record, cache_dir=None):
-    """``{"privacy.<field>": ε}`` recomputed by dp-accounting for ``record`` (cached, see the module)."""
+def _epsilons(record, cache_dir, fresh):
+    """(values, whether they came from a cache); ``fresh`` recomputes and rewrites the cache."""
     key = record_sha256(record)
-    values = _memory.get(key) or _read_cache(cache_dir, key)
-    if values is None:
+    values = None if fresh else (_memory.get(key) or _read_cache(cache_dir, key))
+    cached = values is not None
+    if not cached:
         with _quiet_absl():
             values = _recompute(record["privacy"])
         _write_cache(cache_dir, key, values)
     _memory[key] = values
-    return values
+    return values, cached
+
+
+def recomputed_epsilons(record, cache_dir=None):
+    """``{"privacy.<field>": ε}`` recomputed by dp-accounting for ``record`` (cached, see the module)."""
+    return _epsilons(record, cache_dir, fresh=False)[0]
+
+
+def _disagreement(record, values):
+    """The first ``(field, stated, recomputed)`` where the record is not what ``values`` say, or None."""
+    for field, want in values.items():
+        got = _stated(record, field)
+        if not (_is_number(got) and math.isclose(got, want, rel_tol=REL_TOL, abs_tol=1e-12)):
+            return field, got, want
+    return None
 
 
 def _stated(record, field):
@@ -266,17 +308,20 @@ def check(card, record, where, *, cache_dir=None):
                          f"{', ...' if len(diff) > 6 else ''}): the card states {_stated(card, k)!r} for {k}, the "
                          f"record gives {_stated(expected, k)!r}. {fix}")
     try:
-        values = recomputed_epsilons(record, cache_dir)
+        values, cached = _epsilons(record, cache_dir, fresh=False)
+        if cached and _disagreement(record, values):
+            # Before refusing, recompute: a damaged or stale cache entry must never refuse a good record.
+            values, _ = _epsilons(record, cache_dir, fresh=True)
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{where}/run_record.json: its privacy section cannot be recomputed ({e}). {fix}") from None
     p = record["privacy"]
-    for field, want in values.items():
-        got = _stated(record, field)
-        if not (_is_number(got) and math.isclose(got, want, rel_tol=REL_TOL, abs_tol=1e-12)):
-            raise ValueError(
-                f"{where}/run_record.json states {field}={got!r}, but the accountant gives {want!r} for its "
-                f"sigma={p['noise_multiplier']!r}, q={p['sampling_probability']!r}, steps={p['steps']!r}, "
-                f"delta={p['delta']!r}{' and its tuning' if p.get('tuning') else ''} (dp-accounting "
-                f"{accounting.dp_accounting_version()}; the record was written with "
-                f"{p.get('dp_accounting_version')}). {fix}")
+    bad = _disagreement(record, values)
+    if bad:
+        field, got, want = bad
+        raise ValueError(
+            f"{where}/run_record.json states {field}={got!r}, but the accountant gives {want!r} for its "
+            f"sigma={p['noise_multiplier']!r}, q={p['sampling_probability']!r}, steps={p['steps']!r}, "
+            f"delta={p['delta']!r}{' and its tuning' if p.get('tuning') else ''} (dp-accounting "
+            f"{_dp_accounting_version()}; the record was written with "
+            f"{p.get('dp_accounting_version')}). {fix}")
     return values

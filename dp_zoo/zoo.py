@@ -17,7 +17,8 @@ cache. Every artifact is verified file by file against its MANIFEST.json
 unlisted), and the manifest against the table's SHA-256 when the table has
 one, before anything is loaded; its card must then be what its run record
 gives and the record's epsilon what the accountant gives (``card_check``,
-recomputed once per run record and cached in ``<user cache>/epsilon_checks``). An artifact the table has no checksum for (a model you
+recomputed once per run record and cached in ``<user cache>/epsilon_checks``).
+An artifact the table has no checksum for (a model you
 trained yourself with ``python -m dp_zoo.train``) loads with a warning and
 ``model.card["artifact"]["registered"] = False``.
 

@@ -131,9 +131,9 @@ def _parser():
     p.switch("non-private", default=False, help="Train a non-private baseline (no clipping, no noise, no epsilon).")
     p.option("tan-simulate", type=float, help="Run the TAN simulation with batch and sigma divided by this factor.")
     p.option("init", help="Weights to fine-tune from: a .keras model of the same architecture, a zoo model name, "
-             "an exported artifact directory (verified, with its card), a DeepMind NFNet / jax_privacy WRN Haiku checkpoint, or a timm state dict of an NF model "
-             "(.pth/.pt/.bin/.safetensors, or .npz of numpy arrays); a classifier of another class count is "
-             "re-initialised.")
+             "an exported artifact directory (verified, with its card), a DeepMind NFNet / jax_privacy WRN Haiku "
+             "checkpoint, or a timm state dict of an NF model (.pth/.pt/.bin/.safetensors, or .npz of numpy "
+             "arrays); a classifier of another class count is re-initialised.")
     p.option("trainable", help="Which variables train: 'all' (default), 'head' (the classifier) or a regex "
              "searched in each variable's path (e.g. 'stage4|logits'); the rest stay frozen, and per-example "
              "clipping and noise cover the trained variables only.")

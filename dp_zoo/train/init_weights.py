@@ -2,10 +2,11 @@
 
 ``--init`` takes a ``.keras`` model of the same architecture, a zoo model
 name, an exported artifact directory (verified as ``dp_zoo.load`` verifies
-it; its card gives the provenance, as a zoo model's does), a DeepMind NFNet / jax_privacy WRN Haiku checkpoint, or a timm state
-dict of an NF model (``.pth/.pt/.bin/.safetensors``, or ``.npz`` of numpy
-arrays). A classifier of another class count is re-initialised; every other
-layer must match.
+it; its card gives the provenance, as a zoo model's does), a DeepMind
+NFNet / jax_privacy WRN Haiku checkpoint, or a timm state dict of an NF
+model (``.pth/.pt/.bin/.safetensors``, or ``.npz`` of numpy arrays). A
+classifier of another class count is re-initialised; every other layer must
+match.
 
 What an initial checkpoint means for the run's privacy is in
 ``init_privacy.py``.

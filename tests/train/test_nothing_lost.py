@@ -142,16 +142,16 @@ def test_a_failed_publish_is_one_line_and_keeps_the_model_with_the_command(tmp_p
     def full_disk(*a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(export, "export_model", full_disk)
     pub = tmp_path / "pub"
-    assert _train(tmp_path, "--publish-dir", str(pub)) == 1
+    with monkeypatch.context() as m:
+        m.setattr(export, "export_model", full_disk)
+        assert _train(tmp_path, "--publish-dir", str(pub)) == 1
     err = capsys.readouterr().err
     _one_error_line(err, "No space left on device")
     assert (tmp_path / "run" / "model.keras").is_file() and not pub.exists()
     command = err.split("publish it with: ", 1)[1].strip()
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "dp_zoo.export"]
-    monkeypatch.undo()
     from dp_zoo.export import __main__ as export_cli
 
     assert export_cli.main(argv[3:]) == 0, capsys.readouterr().err[-3000:]
