@@ -299,7 +299,7 @@ class Tuner:
               f"E[K] = {self.dist.expected_trials():.3g}); selected {point}, noisy validation accuracy "
               f"{section['score']['noisy_accuracy']:.4f}")
         if self.options.publish:
-            run._publish(trainer.model_for(record["published_weights"]), record, self.name, self.options)
+            run._publish(trainer.model_for(record["published_weights"]), record, self.name, self.options, run_dir)
         return record
 
 

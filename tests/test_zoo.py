@@ -255,8 +255,14 @@ def test_a_same_named_directory_in_cwd_does_not_bypass_the_table(isolated, artif
     zoo.register("wrn_digits_eps8", d)
     stray = isolated["tmp"] / "cwd"
     _copy(artifact, stray)
-    card = stray / "wrn_digits_eps8" / "card.json"
-    card.write_text(card.read_text().replace('"wall_time_s": 12.345', '"wall_time_s": 2.0'))
+    # Another self-consistent artifact: its record edited, its card rebuilt from it.
+    from dp_zoo.model_card import ModelCard
+
+    rec = json.loads((stray / "wrn_digits_eps8" / "run_record.json").read_text())
+    rec["operational"]["wall_time_s"] = 2.0
+    (stray / "wrn_digits_eps8" / "run_record.json").write_text(json.dumps(rec))
+    (stray / "wrn_digits_eps8" / "card.json").write_text(
+        json.dumps(ModelCard.from_run_record("wrn_digits_eps8", rec).to_json()))
     manifest.write(str(stray / "wrn_digits_eps8"))
     monkeypatch.chdir(stray)
     assert dp_zoo.card("wrn_digits_eps8")["artifact"]["path"] == str(d)

@@ -14,7 +14,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from dp_zoo import manifest, preprocessing
+from dp_zoo import card_check, manifest, preprocessing
 from dp_zoo.model_card import ModelCard
 from dp_zoo.run_record import PUBLISHED_WEIGHTS_SHA256
 
@@ -157,17 +157,21 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
       ``manifest.sha256_file(os.path.join(path, manifest.FILENAME))``.
 
     Raises:
-      FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
+      FileExistsError: ``out_dir`` exists and ``overwrite`` is False, or
+        it is not a dp_zoo artifact (``manifest.check_replaceable``: only an
+        empty directory or one holding nothing but what its MANIFEST lists
+        is ever replaced).
       ValueError: non-finite weights, a model/record mismatch (weights
         other than the record's ``published_weights_sha256`` included), an
         incomplete record, or an export that does not reproduce the model.
     """
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not overwrite:
+    if os.path.lexists(out_dir) and not overwrite:
         raise FileExistsError(
             f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it, "
             "or choose another directory."
         )
+    manifest.check_replaceable(out_dir)
     check_publishable(model, run_record)
     run_record = bind_published_weights(model, run_record)
     card = ModelCard.from_run_record(entry_name, run_record)
@@ -186,7 +190,11 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
             json.dump(run_record, f, indent=2, sort_keys=True)
         _check_roundtrip(model, tmp, data["mean"], data["std"], run_record[PUBLISHED_WEIGHTS_SHA256])
         manifest.write(tmp, entry_name)
-        if os.path.exists(out_dir):
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the published model from other users
+        if os.path.lexists(out_dir):
+            manifest.check_replaceable(out_dir)  # again: files may have appeared while exporting
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)
             os.rmdir(old)
             os.replace(out_dir, old)
@@ -258,7 +266,8 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
       manifest_sha256, headline, version_notes, uploaded (bool).
 
     Raises:
-      ValueError: a bad handle, an artifact failing verification, a TAN
+      ValueError: a bad handle, an artifact failing verification (its
+        files, or its card against its run record: ``card_check``), a TAN
         simulation without ``allow_simulation``.
       ImportError: not a dry run and ``kagglehub`` is not installed.
     """
@@ -270,6 +279,8 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
     digest = manifest.verify(artifact_dir)
     with open(os.path.join(artifact_dir, "card.json")) as f:
         card = json.load(f)
+    with open(os.path.join(artifact_dir, "run_record.json")) as f:
+        card_check.check(card, json.load(f), artifact_dir)  # never publish a card its record does not give
     if card["privacy"].get("tan_simulation") and not allow_simulation:
         raise ValueError(
             f"{artifact_dir} is a TAN simulation (not private at the stated epsilon); refusing to publish it "

@@ -83,13 +83,14 @@ class NonPrivateInitError(ValueError):
 def init_card(init_checkpoint):
     """The dp_zoo card (a dict) that comes with ``init_checkpoint``, or None.
 
-    A zoo name (``zoo:<name>``) has its verified card; a ``.keras`` file has
-    one when it sits in a published artifact (``card.json`` beside it).
+    A zoo name (``zoo:<name>``) and an artifact directory have their verified
+    cards; a ``.keras`` file has one when it sits in a published artifact
+    (``card.json`` beside it).
     """
-    if init_checkpoint.startswith("zoo:"):
+    if init_checkpoint.startswith("zoo:") or os.path.isdir(init_checkpoint):
         from dp_zoo import zoo
 
-        return zoo.card(init_checkpoint[len("zoo:"):])
+        return zoo.card(init_checkpoint[len("zoo:"):] if init_checkpoint.startswith("zoo:") else init_checkpoint)
     if init_checkpoint.endswith(".keras"):
         path = os.path.join(os.path.dirname(os.path.abspath(init_checkpoint)), "card.json")
         if os.path.exists(path):

@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Optional
 
-from dp_zoo.train import init_privacy
+from dp_zoo.train import init_privacy, publishing, run_lock
 from dp_zoo.train.init_weights import load_init_weights
 
 SHA256_NOTE = ("SHA-256 of the split's images (uint8 [N, H, W, C], C order) and labels (int64 little-endian), "
@@ -30,8 +30,9 @@ class RunOptions:
         resumed. None: ``runs/<name>``.
       publish: export the trained model with its card.
       publish_dir: where to publish. None: ``$DP_ZOO_HOME/<name>``, else the
-        zoo cache (``~/.cache/dp_zoo/<name>``), replaced if it exists.
-      overwrite: replace an existing artifact in ``publish_dir``.
+        zoo cache (``~/.cache/dp_zoo/<name>``), replaced if it is an artifact.
+      overwrite: replace an existing artifact in ``publish_dir`` (never a
+        directory that is not a dp_zoo artifact; checked before training).
       strategy: "default", "mirrored", "multiworker" or "tpu".
       tpu: with strategy "tpu", the TPU's name or ``grpc://`` address (None:
         the one the environment names).
@@ -176,7 +177,11 @@ def _tan_simulation(name, config, factor, dataset_size):
     print(f"TAN SIMULATION (factor {factor:g}): NOT private at the full run's "
           f"epsilon={tan_info['epsilon_full_run']:.4f}; batch {config.batch_size}, "
           f"sigma {config.dp.noise_multiplier:.4f}, {config.steps} steps.")
-    return f"{name}_tan{factor:g}", config, tan_info
+    return _tan_name(name, factor), config, tan_info
+
+
+def _tan_name(name, factor):
+    return f"{name}_tan{factor:g}"
 
 
 def _build_model(config, train_set, strategy):
@@ -305,28 +310,14 @@ def _report(record, eval_split, worker):
         print("privacy: none (non-private baseline)")
 
 
-def _publish(published, record, name, options):
-    from dp_zoo import export, zoo
-
-    publish_dir, overwrite = options.publish_dir, options.overwrite
-    if publish_dir is None:
-        base = os.environ.get("DP_ZOO_HOME")
-        if base is None:
-            base = str(zoo.cache_dir())
-        publish_dir = os.path.join(base, name)
-        overwrite = True  # the user's own cache / home
-    export.export_model(published, record, publish_dir,
-                        entry_name=name, overwrite=overwrite,
-                        zoo_points=zoo.points_for_new_card(record["data"]["dataset"], name))
-    print(f"published: {publish_dir}  (load with dp_zoo.load({publish_dir!r}))")
-
-
 def train(name, config, recipe, options=RunOptions()):
-    """Runs the whole job named ``name`` (``config`` derived from ``recipe``); returns the run record."""
-    from dp_zoo import manifest, run_record
-    from dp_zoo.train import checkpoint, engine
-    from dp_zoo.train import data as data_lib
+    """Runs the whole job named ``name`` (``config`` derived from ``recipe``); returns the run record.
 
+    Raises:
+      run_lock.RunDirInUseError: another training holds the run directory.
+      FileExistsError, publishing.PublishError: the publish target is refused
+        (before training) or publishing failed (after it; the model is kept).
+    """
     # First: MultiWorkerMirroredStrategy and logical CPUs must configure
     # TensorFlow before it runs any op (TFDS loading runs tf.data ops).
     strategy = make_strategy(options.strategy, tpu=options.tpu, logical_cpus=options.logical_cpus)
@@ -335,13 +326,34 @@ def train(name, config, recipe, options=RunOptions()):
 
         # Bit-identical reruns (and crash replays that reuse a lost step's budget).
         tf.config.experimental.enable_op_determinism()
+    final_name = name if options.tan_simulate is None else _tan_name(name, options.tan_simulate)
+    run_dir = options.run_dir or os.path.join("runs", final_name)
+    lock = None
+    if _is_chief(strategy):
+        # Before the first step: what would make the publish at the end refuse, and a second
+        # training on this run directory (only the chief writes it).
+        if options.publish:
+            publishing.check_target(*publishing.target(final_name, options))
+        lock = run_lock.acquire(run_dir)
+    try:
+        return _train(name, config, recipe, options, strategy, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(name, config, recipe, options, strategy, run_dir):
+    """``train`` once the run directory is locked and the publish target checked."""
+    from dp_zoo import manifest, run_record
+    from dp_zoo.train import checkpoint, engine
+    from dp_zoo.train import data as data_lib
+
     chief, worker = _is_chief(strategy), _worker_label(strategy)
     train_set, test_set, eval_split = _load_data(config, options.streaming)
     tan_info = None
     if options.tan_simulate is not None:
         name, config, tan_info = _tan_simulation(name, config, options.tan_simulate, len(train_set))
     model = _build_model(config, train_set, strategy)
-    run_dir = options.run_dir or os.path.join("runs", name)
     prov = init_provenance(config, allow_nonprivate=options.allow_nonprivate_init)
     # Multi-worker runs share one run directory (a shared file system, as with
     # TensorFlow's BackupAndRestore): every worker resumes from the chief's
@@ -391,5 +403,11 @@ def train(name, config, recipe, options=RunOptions()):
     checkpoint.atomic_write_json(os.path.join(run_dir, "run_record.json"), record)
     _report(record, eval_split, worker)
     if options.publish:
-        _publish(published, record, name, options)
+        _publish(published, record, name, options, run_dir)
     return record
+
+
+def _publish(published, record, name, options, run_dir):
+    """Publishes ``published`` (``publishing.publish``; a failure keeps it in ``run_dir``) and says where."""
+    publish_dir = publishing.publish(published, record, name, options, run_dir)
+    print(f"published: {publish_dir}  (load with dp_zoo.load({publish_dir!r}))")
