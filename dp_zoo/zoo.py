@@ -262,7 +262,6 @@ def load(name):
             stacklevel=2,
         )
     model = keras.models.load_model(directory / "model.keras")
-    card_ = _read_card(directory, registered)
     card_["artifact"]["published_weights_sha256"] = _check_published_weights(model, directory)
     # Plain attribute: Keras would otherwise wrap the dict as tracked state.
     object.__setattr__(model, "card", card_)
