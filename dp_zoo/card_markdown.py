@@ -286,7 +286,12 @@ def _use_section(j):
         "```python",
         "import dp_zoo",
         f'model = dp_zoo.load("{j["name"]}")   # model.card holds this card',
+        f"logits = model.predict(images)   # images: uint8 (or 0..255 float) [N, {shape[0]}, {shape[1]}, {shape[2]}]",
         "```",
+        "",
+        "The loaded Keras model takes pixels and normalises them inside (the mean/std under Data); it returns "
+        "logits (`keras.ops.softmax` gives probabilities). `dp_zoo.load(name, include_preprocessing=False)` "
+        "gives the bare network, whose input is the normalised image.",
         "",
         f"Serving: `saved_model/1/` (TF Serving layout), signature `serving_default`: uint8 images "
         f"`[N, {shape[0]}, {shape[1]}, {shape[2]}]` -> `probabilities`, `logits`.",

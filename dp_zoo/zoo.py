@@ -196,17 +196,24 @@ def card(name):
     return _read_card(*locate(name))
 
 
-def load(name):
+def load(name, *, include_preprocessing=True):
     """Loads a published private model with its card attached.
 
     Args:
       name: zoo entry, e.g. ``"wrn_digits_eps8"`` (see ``list_models()``),
         or the path of an exported artifact directory.
+      include_preprocessing: True (the default): the model takes images as
+        the card states them, pixels in 0..255 (uint8, or floats in that
+        range) ``[N, H, W, C]``, and normalises them inside with the card's
+        constant mean/std (``card["data"]``), as the SavedModel does. False:
+        the bare network as trained, whose input is the normalised image
+        (``dp_zoo.preprocessing.normalize``); what fine-tuning starts from.
 
     Returns:
-      A ``keras.Model`` whose input is the normalized image (the SavedModel
-      under ``saved_model/1`` takes uint8 images directly; mean/std are in
-      ``model.card["data"]``), with ``model.card`` (the card.json dict).
+      A ``keras.Model`` that returns **logits** ``[N, num_classes]`` (apply
+      ``keras.ops.softmax`` for probabilities; the SavedModel under
+      ``saved_model/1`` returns both), with ``model.card`` (the card.json
+      dict).
 
     Raises:
       ValueError: unknown name (lists close names), or a missing, truncated
@@ -217,6 +224,7 @@ def load(name):
     import keras
 
     import dp_zoo.models  # noqa: F401  registers custom layers
+    from dp_zoo.models.layers import with_pixel_input
 
     directory, registered = locate(name)
     if not registered and str(name) in entries():
@@ -225,9 +233,14 @@ def load(name):
             "for it); its files match its own manifest. Loading it as a local model.",
             stacklevel=2,
         )
+    card_dict = _read_card(directory, registered)
+    # model.keras is the network as trained (normalised input); the registered
+    # checksums cover that file, so the pixel input is added here, at load time.
     model = keras.models.load_model(directory / "model.keras")
+    if include_preprocessing:
+        model = with_pixel_input(model, card_dict["data"]["mean"], card_dict["data"]["std"])
     # Plain attribute: Keras would otherwise wrap the dict as tracked state.
-    object.__setattr__(model, "card", _read_card(directory, registered))
+    object.__setattr__(model, "card", card_dict)
     return model
 
 

@@ -3,6 +3,7 @@ cards' claims reproduced (accuracy by evaluation, epsilon by the accountant)."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import dp_zoo
 from dp_zoo import accounting, zoo
@@ -36,11 +37,22 @@ def test_card_accuracy_is_reproduced_on_the_test_split(name):
     card = model.card
     test = data.load_dataset(C.DataConfig(), "test")
     assert card["data"]["test_split"] == test.split
-    x = normalize(test.images, card["data"]["mean"], card["data"]["std"])
-    acc = float(np.mean(np.argmax(model.predict(x, verbose=0), 1) == test.labels))
+    assert test.images.dtype == np.uint8 and list(test.images.shape[1:]) == card["model"]["input_shape"]
     m = card["metrics"]
     claimed = m["test_accuracy_ema"] if m.get("test_accuracy_ema") is not None else m["test_accuracy_last"]
+    # Fed as the card states its input: uint8 images [N, H, W, C], and the same pixels as floats in 0..255.
+    for pixels in (test.images, test.images.astype(np.float32)):
+        acc = float(np.mean(np.argmax(model.predict(pixels, verbose=0), 1) == test.labels))
+        assert abs(acc - claimed) <= 0.005, (acc, claimed)
+    # The bare network (what fine-tuning starts from) takes the normalised image.
+    network = dp_zoo.load(name, include_preprocessing=False)
+    x = normalize(test.images, card["data"]["mean"], card["data"]["std"])
+    acc = float(np.mean(np.argmax(network.predict(x, verbose=0), 1) == test.labels))
     assert abs(acc - claimed) <= 0.005, (acc, claimed)
+    # Logits, as the docstring says: the SavedModel's "logits" output, not its probabilities.
+    served = tf.saved_model.load(str(zoo.REPO_SAVED_MODELS / name / "saved_model" / "1"))
+    out = served.signatures["serving_default"](images=tf.constant(test.images[:8]))
+    np.testing.assert_allclose(model.predict(test.images[:8], verbose=0), out["logits"].numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED if "nonprivate" not in n])

@@ -178,7 +178,7 @@ def load_init_weights(path, model, config, input_shape):
         return transfer_weights(keras.models.load_model(path), model)
     if fmt == "zoo":
         # Verified against the zoo table's checksum before it is used.
-        return transfer_weights(dp_zoo.load(path[len("zoo:"):]), model)
+        return transfer_weights(dp_zoo.load(path[len("zoo:"):], include_preprocessing=False), model)
     if fmt == "haiku":
         from dp_zoo.models.convert import load_haiku_checkpoint, load_haiku_into
 
