@@ -199,9 +199,9 @@ class Tuner:
                                      augment_fn=_augment(config), run_dir=os.path.join(run_dir, f"trial_{i}"),
                                      strategy=strategy, progress=False)
             record = trainer.fit()
-            if record is None:  # SIGTERM: a tuning never resumes (K would be redrawn)
+            if record is None:  # SIGTERM or Ctrl-C: a tuning never resumes (K would be redrawn)
                 raise StoppedError(
-                    f"stopped by SIGTERM in trial {i + 1}/{trials}; nothing is published. The trials run so far "
+                    f"stopped by {trainer.stop_signal} in trial {i + 1}/{trials}; nothing is published. The trials run so far "
                     "touched the data: a new tuning of the same data composes with them (docs/privacy.md).")
             weights = evaluation.published_weights(trainer.ema_vars)
             correct = round(trainer.evaluate(self.val_set, weights)["accuracy"] * len(self.val_set))

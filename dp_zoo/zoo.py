@@ -124,6 +124,32 @@ def search_path():
     return dirs
 
 
+def user_runs_dir():
+    """Where ``python -m dp_zoo.train`` / ``.tune`` publish a user's own models by default.
+
+    ``$DP_ZOO_HOME/runs`` (else ``<user cache>/runs``): a namespace of its
+    own, so a user's model never sits where ``load(<entry>)`` looks for a
+    shipped entry (``<dir>/<entry>``), and never shadows it.
+    """
+    base = os.environ.get("DP_ZOO_HOME") or str(cache_dir())
+    return pathlib.Path(base) / "runs"
+
+
+def shadowed_entry(directory):
+    """The registered entry a model published at ``directory`` would shadow in ``load``, else None.
+
+    ``<search dir>/<entry>`` for an entry the table has a checksum or remote
+    for: ``load(<entry>)`` would find the user's model there before (or
+    instead of) the published one and refuse it.
+    """
+    d = pathlib.Path(os.path.abspath(directory))
+    entry = entries().get(d.name)
+    if entry is None or not (entry.get("manifest_sha256") or entry.get("remote")):
+        return None
+    parents = {pathlib.Path(os.path.abspath(b)) for b in search_path() if b != REPO_SAVED_MODELS}
+    return d.name if d.parent in parents else None
+
+
 def _check_against_table(directory, entry, name):
     """Verifies the files, then the manifest against the table; returns 'registered'."""
     got = manifest.verify(str(directory))
@@ -131,8 +157,9 @@ def _check_against_table(directory, entry, name):
     if want and got != want:
         raise ValueError(
             f"Checksum mismatch for {directory}/{manifest.FILENAME}: the zoo table expects {want[:16]}..., "
-            f"found {got[:16]}.... This is not the published {name!r}; refusing to load it. "
-            "Remove the directory to re-download, or re-export and re-register the model."
+            f"found {got[:16]}.... This is not the published {name!r}; refusing to load it. If it is a "
+            f"model of your own, move it out of {directory.parent} (it loads from anywhere with "
+            "dp_zoo.load(PATH)); the published model then loads."
         )
     return bool(want)
 
@@ -144,7 +171,8 @@ def _not_published(name, entry):
     return ArtifactNotPublishedError(
         f"The weights of zoo entry {name!r} are not published yet (searched {where}; no remote). "
         f"Produce them with:\n    {cmd}{note}\n"
-        f"which publishes into $DP_ZOO_HOME/{name} (or the user cache), where dp_zoo.load({name!r}) finds them."
+        "which publishes into $DP_ZOO_HOME/runs/ (or the user cache's runs/) and prints the "
+        "dp_zoo.load(PATH) that loads the model."
     )
 
 

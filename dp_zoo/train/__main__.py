@@ -35,6 +35,9 @@ from dp_zoo import cli
 from dp_zoo.train import init_weights, recipes, run
 
 
+EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C
+
+
 class UsageError(ValueError):
     """A bad flag combination (printed as one line, exit code 2)."""
 
@@ -148,8 +151,8 @@ def _parser():
              "`tfds build NAME --file_format=array_record`.")
     p.option("run-dir", "workdir", help="Run directory (checkpoints; resumes if it exists). Default runs/<name>. "
              "Also --workdir.")
-    p.option("publish-dir", help="Where to publish the model and card. Default: $DP_ZOO_HOME/<name> or "
-             "~/.cache/dp_zoo/<name>.")
+    p.option("publish-dir", help="Where to publish the model and card. Default: a new "
+             "$DP_ZOO_HOME/runs/<name>-<date>-<time> (else ~/.cache/dp_zoo/runs/...); load it with dp_zoo.load(PATH).")
     p.switch("publish", default=True, help="Publish the trained model with its card.")
     p.switch("overwrite", default=False, help="Replace an existing artifact in --publish-dir.")
     p.option("strategy", default="default", choices=["default", "mirrored", "multiworker", "tpu"],
@@ -364,7 +367,23 @@ def _list_recipes():
 
 
 def main(argv=None):
-    """Runs ``python -m dp_zoo.train`` with the flags ``argv``; returns the exit status."""
+    """Runs ``python -m dp_zoo.train`` with the flags ``argv``; returns the exit status.
+
+    Ctrl-C during training finishes the step in hand, saves a checkpoint and
+    exits with 130 after one line saying where it stopped and how to resume.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the step loop (start-up, calibration, evaluation, export) or a second one
+        # inside it: the privacy journal already counts every step whose noise was drawn.
+        print("\ndp_zoo.train: interrupted; run the same command again to resume from the run directory's last "
+              "checkpoint (if there is none, training restarts and the steps already spent stay counted).",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv):
     from absl import logging
 
     args = _parser().parse_args(argv)
@@ -390,6 +409,9 @@ def main(argv=None):
     except (DataUnavailableError, TrainingError, BudgetExceededError, FileExistsError, ValueError) as e:
         print(f"dp_zoo.train: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+    except run.Interrupted as e:
+        print(f"dp_zoo.train: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -16,6 +16,10 @@ from dp_zoo.train import init_privacy
 from dp_zoo.train.init_weights import load_init_weights
 
 
+class Interrupted(Exception):
+    """Ctrl-C stopped the run after a step, with a checkpoint saved; the message says how to resume."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
     """How a run is carried out (none of it changes what is trained).
@@ -24,8 +28,10 @@ class RunOptions:
       run_dir: checkpoints, privacy journal and run record; an existing one is
         resumed. None: ``runs/<name>``.
       publish: export the trained model with its card.
-      publish_dir: where to publish. None: ``$DP_ZOO_HOME/<name>``, else the
-        zoo cache (``~/.cache/dp_zoo/<name>``), replaced if it exists.
+      publish_dir: where to publish. None: a new
+        ``$DP_ZOO_HOME/runs/<name>-<date>-<time>`` (else under the zoo cache,
+        ``~/.cache/dp_zoo/runs/``), never an entry's own ``<dir>/<name>``,
+        which would shadow a published entry.
       overwrite: replace an existing artifact in ``publish_dir``.
       strategy: "default", "mirrored", "multiworker" or "tpu".
       tpu: with strategy "tpu", the TPU's name or ``grpc://`` address (None:
@@ -295,20 +301,42 @@ def _report(record, eval_split, worker):
         print("privacy: none (non-private baseline)")
 
 
+def check_publish_dir(publish_dir):
+    """Refuses (ValueError) an explicit ``--publish-dir`` where the model would shadow a shipped zoo entry."""
+    from dp_zoo import zoo
+
+    if publish_dir is not None and zoo.shadowed_entry(publish_dir):
+        entry = zoo.shadowed_entry(publish_dir)
+        raise ValueError(f"--publish-dir {publish_dir} would put your model where dp_zoo.load({entry!r}) looks "
+                         f"for the published {entry!r} (and it would then refuse both); publish elsewhere, "
+                         f"e.g. the default {zoo.user_runs_dir()}/.")
+
+
+def default_publish_dir(name):
+    """``<zoo.user_runs_dir()>/<name>-<UTC date and time>``: a user's own model never takes an entry's name."""
+    import time
+
+    from dp_zoo import zoo
+
+    base = zoo.user_runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return str(path)
+
+
 def _publish(published, record, name, options):
     from dp_zoo import export, zoo
 
     publish_dir, overwrite = options.publish_dir, options.overwrite
+    check_publish_dir(publish_dir)
     if publish_dir is None:
-        base = os.environ.get("DP_ZOO_HOME")
-        if base is None:
-            base = str(zoo.cache_dir())
-        publish_dir = os.path.join(base, name)
-        overwrite = True  # the user's own cache / home
+        publish_dir = default_publish_dir(name)
     export.export_model(published, record, publish_dir,
                         entry_name=name, overwrite=overwrite,
                         zoo_points=zoo.points_for_new_card(record["data"]["dataset"], name))
-    print(f"published: {publish_dir}  (load with dp_zoo.load({publish_dir!r}))")
+    print(f"published: {publish_dir}\n  load it with: dp_zoo.load({publish_dir!r})")
 
 
 def train(name, config, recipe, options=RunOptions()):
@@ -318,6 +346,8 @@ def train(name, config, recipe, options=RunOptions()):
 
     # First: MultiWorkerMirroredStrategy and logical CPUs must configure
     # TensorFlow before it runs any op (TFDS loading runs tf.data ops).
+    if options.publish:
+        check_publish_dir(options.publish_dir)  # before the run, not after it
     strategy = make_strategy(options.strategy, tpu=options.tpu, logical_cpus=options.logical_cpus)
     if config.deterministic:
         import tensorflow as tf
@@ -358,7 +388,12 @@ def train(name, config, recipe, options=RunOptions()):
     _announce(trainer, config, recipe, train_set, run_dir)
     record = _fit(trainer, train_set)
     if trainer.stopped_by_signal:
-        print("Stopped by SIGTERM; re-run the same command to resume.")
+        where = "" if options.run_dir else f" in {os.getcwd()}"
+        message = (f"stopped by {trainer.stop_signal} at step {trainer.step} of {trainer.total_steps}; checkpoint "
+                   f"saved in {run_dir}. To resume from step {trainer.step}, run the same command again{where}.")
+        if trainer.stop_signal == "SIGINT":
+            raise Interrupted(message)
+        print(f"dp_zoo.train: {message}", file=sys.stderr)
         return record
     if probe is not None:
         probe.complete_record(record)
