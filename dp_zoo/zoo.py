@@ -323,7 +323,10 @@ def list_models():
 
 
 def privacy_utility_points(dataset, exclude=None):
-    """Points for a privacy-utility plot: measured local cards and the paper's figures.
+    """Points for a privacy-utility plot: the registered zoo models' cards and the paper's figures.
+
+    Only artifacts that match the zoo table's checksum count as "measured"
+    (a user's unregistered local copy is not the zoo's model).
 
     Returns:
       list of dicts {name, epsilon, accuracy, source}; accuracy as a
@@ -333,7 +336,7 @@ def privacy_utility_points(dataset, exclude=None):
     for row in list_models():
         if row["dataset"] != dataset or row["name"] == exclude:
             continue
-        if row["available"] and row["accuracy"] is not None:
+        if row["status"] == "available" and row["accuracy"] is not None:
             pts.append({"name": row["name"], "epsilon": row["epsilon"], "accuracy": row["accuracy"],
                         "source": "measured"})
         elif row["published_accuracy"] is not None:

@@ -101,7 +101,7 @@ def test_ctrl_c_stops_after_the_step_with_one_line_and_the_resumed_run_says_from
     (exit status 130); the same command then says it resumed, and from which step."""
     run_dir = tmp_path / "run"
     p = start(run_dir)
-    wait_for_step(run_dir, 2)
+    wait_for_step(run_dir, 2, timeout=600)  # start-up and tracing take minutes on a loaded 2-core machine
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, err[-3000:]
