@@ -279,8 +279,13 @@ def _find_local(name):
     return None
 
 
-def list_models():
+def list_models(pattern=None):
     """Entries with epsilon, dataset, accuracy and local availability.
+
+    Args:
+      pattern: optional shell-style pattern of entry names, as in timm's
+        ``list_models("resnet*")``: ``"wrn_digits*"``, ``"*eps8"``. A pattern
+        without ``*``, ``?`` or ``[`` matches names that contain it.
 
     Returns:
       list of dicts: name, architecture, dataset, private, target_epsilon,
@@ -289,17 +294,22 @@ def list_models():
       accountant, ``recipe_epsilons``), epsilon_note (where it differs from
       the source's ε), published_accuracy (the source's, %, only for a
       publication's configuration), epsilon and accuracy (measured here,
-      from the card, if the weights are available), available (bool),
-      status, command (the recipe's training command).
+      from the card, if the weights are available), card_epsilon_rdp /
+      card_epsilon_pld / card_tuned (the available model's own accountant
+      values from its card, and whether its epsilon is the total over a
+      private hyper-parameter search), available (bool), status, command
+      (the recipe's training command).
     """
     out = []
     for name, e in sorted(entries().items()):
+        if not _matches(name, pattern):
+            continue
         row = {
             "name": name, "architecture": e["architecture"], "dataset": e["dataset"],
             "private": e["private"], "target_epsilon": e["target_epsilon"], "delta": e["delta"],
             **{k: e[k] for k in ("config_source", "config_label", "epsilon_rdp", "epsilon_pld", "epsilon_note")},
             "published_accuracy": e.get("published_accuracy"), "epsilon": None, "accuracy": None,
-            "available": False, "command": f"python -m dp_zoo.train --recipe {e['recipe']}",
+            "card_epsilon_rdp": None, "card_epsilon_pld": None, "card_tuned": False, "available": False, "command": f"python -m dp_zoo.train --recipe {e['recipe']}",
         }
         local = _find_local(name)
         status = "recipe only" + (" (needs an accelerator)" if e.get("needs_accelerator") else "")
@@ -311,6 +321,9 @@ def list_models():
             else:
                 row["available"] = True
                 row["epsilon"] = c["privacy"]["epsilon"]
+                row["card_epsilon_rdp"] = c["privacy"].get("epsilon_rdp")
+                row["card_epsilon_pld"] = c["privacy"].get("epsilon_pld")
+                row["card_tuned"] = bool(c["privacy"].get("tuning"))
                 m = c.get("metrics") or {}
                 row["accuracy"] = m.get("test_accuracy_ema") if m.get("test_accuracy_ema") is not None \
                     else m.get("test_accuracy_last")
@@ -320,6 +333,16 @@ def list_models():
         row["status"] = status
         out.append(row)
     return out
+
+
+def _matches(name, pattern):
+    import fnmatch
+
+    if not pattern:
+        return True
+    if not any(ch in pattern for ch in "*?["):
+        return pattern in name
+    return fnmatch.fnmatchcase(name, pattern)
 
 
 def privacy_utility_points(dataset, exclude=None):
@@ -389,8 +412,22 @@ def register(name, directory, *, remote=None, archive_sha256=None):
     return digest
 
 
+def _eps_text(x, decimals=3):
+    """An epsilon for the table, rounded *up* (a rounded-down epsilon would claim more than was computed)."""
+    import math
+
+    return "-" if x is None else f"{math.ceil(x * 10**decimals - 1e-9) / 10**decimals:.{decimals}f}"
+
+
 def format_models(rows=None):
-    """The ``list_models()`` table as text, with the ε notes under it."""
+    """The ``list_models()`` table as text, with the ε notes under it.
+
+    An available model's row shows its own card's epsilon (RDP / PLD as the
+    card records them); other rows show dp_zoo's accountant for the recipe.
+    Every epsilon is rounded up.
+    """
+    from dp_zoo.card_markdown import fmt_eps
+
     rows = list_models() if rows is None else rows
     head = (f"{'name':36s} {'dataset':12s} {'config':7s} {'eps':>5s} {'RDP/PLD':>14s} {'acc (ours)':>10s} "
             f"{'acc (paper)':>11s}  status")
@@ -398,17 +435,25 @@ def format_models(rows=None):
     notes = []
     for r in rows:
         eps = r["epsilon"] if r["epsilon"] is not None else r["target_epsilon"]
-        eps_s = "-" if eps is None else f"{eps:.3g}"
-        acct = "-" if r["epsilon_rdp"] is None else f"{r['epsilon_rdp']:.3f}/{r['epsilon_pld']:.3f}"
-        if r["epsilon_note"]:
-            notes.append(f"  [{len(notes) + 1}] {r['name']}: {r['epsilon_note']}")
+        eps_s = "-" if eps is None else fmt_eps(eps)
+        if r["available"]:
+            rdp, pld, note = r["card_epsilon_rdp"], r["card_epsilon_pld"], None
+            if r["card_tuned"]:
+                note = ("the card's epsilon is the total over the private hyper-parameter search that chose the "
+                        "model (RDP, Papernot & Steinke 2022; no PLD for it)")
+        else:
+            rdp, pld, note = r["epsilon_rdp"], r["epsilon_pld"], r["epsilon_note"]
+        acct = "-" if rdp is None and pld is None else f"{_eps_text(rdp)}/{_eps_text(pld)}"
+        if note:
+            notes.append(f"  [{len(notes) + 1}] {r['name']}: {note}")
             acct += f"[{len(notes)}]"
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
         pub = "-" if r["published_accuracy"] is None else f"{r['published_accuracy']:.1f}%"
         lines.append(f"{r['name']:36s} {r['dataset']:12s} {r['config_label']:7s} {eps_s:>5s} "
                      f"{acct:>14s} {acc:>10s} {pub:>11s}  {r['status']}")
     legend = ("config: whose configuration it is (De2022: De et al. 2022; TAN2023: Sander et al. 2023; own: dp_zoo's "
-              "own choice, no paper figure). eps: the card's, else the target; RDP/PLD: dp_zoo's accountant.")
+              "own choice, no paper figure). eps: the card's, else the target; RDP/PLD: an available model's own "
+              "card, else dp_zoo's accountant for the recipe; every epsilon rounded up.")
     return "\n".join(lines + ["", legend] + notes)
 
 

@@ -89,3 +89,16 @@ def recompute_tuned_epsilon(p):
 def test_nonprivate_baseline_claims_nothing():
     p = dp_zoo.card("wrn_digits_nonprivate")["privacy"]
     assert p["private"] is False and p["epsilon"] is None
+
+
+def test_zoo_table_shows_each_shipped_models_own_epsilon():
+    """The table's RDP/PLD column of a shipped model is its card's (rounded up), not its recipe's untuned
+    figures (which put RDP 1.096 beside the eps=1 model)."""
+    lines = {ln.split()[0]: ln.split() for ln in zoo.format_models().splitlines() if ln.startswith("wrn_digits")}
+    for name in [n for n in SHIPPED if "nonprivate" not in n]:
+        p = dp_zoo.card(name)["privacy"]
+        rdp, pld = lines[name][4].split("[")[0].split("/")
+        assert 0 <= float(rdp) - p["epsilon_rdp"] < 1e-3, (name, lines[name])
+        assert pld == "-" if p["epsilon_pld"] is None else 0 <= float(pld) - p["epsilon_pld"] < 1e-3
+        assert float(rdp) <= zoo.entries()[name]["target_epsilon"], lines[name]
+        assert float(lines[name][3]) >= p["epsilon"]  # the eps column, rounded up
