@@ -15,7 +15,6 @@ if __name__ == "__main__":
     cli.quiet_tensorflow()  # before anything below imports TensorFlow
 
 from dp_zoo import manifest, zoo  # noqa: E402
-from dp_zoo.export.artifact import export_model, package, publish  # noqa: E402
 
 
 def _parser():
@@ -38,6 +37,9 @@ def main(argv=None):
     """Runs ``python -m dp_zoo.export`` with the flags ``argv``; returns the exit status."""
     args = _parser().parse_args(argv)
     artifact = args.artifact
+    # After parsing: a bad command line is answered without loading TensorFlow (seconds).
+    from dp_zoo.export.artifact import export_model, package, publish
+
     try:
         if args.model or args.run_record:
             if not (args.model and args.run_record and args.entry):

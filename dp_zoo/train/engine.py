@@ -36,6 +36,7 @@ compiled step functions are built by ``dp_zoo.train.step``; ``resolve``,
 ``dp_zoo.train``) hold the rest of the Trainer's pieces.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -43,7 +44,7 @@ import time
 
 import tensorflow as tf
 
-from dp_zoo import accounting
+from dp_zoo import accounting, cli
 from dp_zoo.train import (checkpoint, evaluation, optim, record_sections, reporting, resolve, run_secret,
                           sampling, step as step_lib, trainable)
 
@@ -334,12 +335,17 @@ class Trainer:
         self._say_resumed()
         previous = self._install_signal_handlers()
         bar = self._progress_bar()
+        first = self.progress
         try:
             while self.step < self.total_steps and not self._stop_requested:
                 if not self._within_budget():
                     break
                 t0 = time.time()
-                self.train_step(self.step)
+                # The first step traces and compiles the DP step (seconds to minutes): say so.
+                with (cli.announce_after(2.0, "\nTracing and compiling the DP step (only the first step is slow)...")
+                      if first else contextlib.nullcontext()):
+                    self.train_step(self.step)
+                first = False
                 self.wall_time_s += time.time() - t0
                 self._after_step(bar)
         except accounting.AccountingInterrupted:

@@ -169,7 +169,7 @@ def load_init_weights(path, model, config, input_shape):
     """Fills ``model`` from ``--init`` (.keras, zoo name, Haiku or timm); returns the re-initialised layer names."""
     import keras
 
-    import dp_zoo
+    import dp_zoo.models  # the registry's create_model (dp_zoo.create_model adds the zoo's weights)
 
     fmt = "zoo" if path.startswith("zoo:") else init_format(path)
     if fmt == "keras":
@@ -191,7 +191,7 @@ def load_init_weights(path, model, config, input_shape):
         # Another class count (e.g. ImageNet-1k weights, CIFAR-10 run):
         # convert into a model with the checkpoint's head, then copy all
         # but the classifier.
-        source = dp_zoo.create_model(config.model, num_classes=int(head.shape[0]), input_shape=input_shape,
+        source = dp_zoo.models.create_model(config.model, num_classes=int(head.shape[0]), input_shape=input_shape,
                                      **dict(config.model_kwargs))
         from_timm_state_dict(source, sd)
         return transfer_weights(source, model)

@@ -182,11 +182,11 @@ def _build_model(config, train_set, strategy):
     """The run's model in ``strategy``'s scope, from ``config.init_checkpoint`` when there is one."""
     import keras
 
-    import dp_zoo
+    import dp_zoo.models  # the registry's create_model (dp_zoo.create_model adds the zoo's weights)
 
     with strategy.scope():
         keras.utils.set_random_seed(config.seed)
-        model = dp_zoo.create_model(
+        model = dp_zoo.models.create_model(
             config.model, num_classes=train_set.num_classes, input_shape=train_set.input_shape,
             **dict(config.model_kwargs),
         )
