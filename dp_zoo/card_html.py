@@ -234,7 +234,8 @@ _STYLE = (
     "table{border-collapse:collapse;margin:.5em 0 1em}th,td{border:1px solid #ccc;padding:.25em .6em;"
     "text-align:left;vertical-align:top}thead th{background:#f0f0f0}tbody th{font-weight:normal;color:#444}"
     "td[title]{text-decoration:underline dotted #999}code{background:#f4f4f4;padding:0 .2em}"
-    "pre{background:#f4f4f4;padding:.8em;overflow-x:auto}pre code{padding:0;background:none}figure{display:inline-block;margin:.5em 1em .5em 0}"
+    "pre{background:#f4f4f4;padding:.8em;overflow-x:auto}pre code{padding:0;background:none}"
+    "figure{display:inline-block;margin:.5em 1em .5em 0}"
     "figcaption{font-size:.9em;color:#555}.note{color:#555;font-size:.9em}"
 )
 

@@ -304,6 +304,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.name}: error: {message} (see --help)\n")
 
 
+def unknown_name_message(kind, name, known):
+    """An error message for an unknown ``name`` that lists close matches (no TensorFlow needed)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else f" Known {kind}s: {', '.join(known)}."
+    return f"Unknown {kind} {name!r}.{hint}"
+
+
 def _spellings(name, *aliases):
     """``--name``, ``--name_with_underscores`` and ``--alias`` for each alias, without repeats."""
     out = []

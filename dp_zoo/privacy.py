@@ -103,7 +103,8 @@ def _absl_warnings_into(messages):
             orders = sorted({float(a) for m in excluded for a in re.findall(r"alpha=(\d+(?:\.\d+)?)", m)})
             messages.append(f"dp-accounting could not compute {len(excluded)} RDP order(s) (alpha "
                             f"{', '.join(f'{a:g}' for a in orders[:6])}{', ...' if len(orders) > 6 else ''}) and "
-                            "excluded them; the RDP epsilon is the minimum over the other orders, still an upper bound.")
+                            "excluded them; the RDP epsilon is the minimum over the other orders, still an upper "
+                            "bound.")
         messages.extend(m for m in dict.fromkeys(records) if not _EXCLUDED_ORDER.search(m))
 
 

@@ -299,6 +299,14 @@ def main(argv=None):
         parser.error("give the model to serve either as an argument or with --model"
                      if args.entry else "the model to serve is missing: python -m dp_zoo.serve MODEL")
     model = args.entry or args.model
+    if not os.path.isdir(model):
+        from dp_zoo import zoo
+
+        if model not in zoo.entries():  # a usage error (exit 2), not a broken artifact (exit 1)
+            what = "no such directory" if os.sep in model else cli.unknown_name_message(
+                "zoo entry", model, sorted(zoo.entries()))
+            parser.error(f"MODEL {model!r}: {what}; give an artifact directory or a zoo entry "
+                         "(python -m dp_zoo.zoo lists them)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without authentication", file=sys.stderr)
     try:

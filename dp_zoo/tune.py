@@ -201,8 +201,8 @@ class Tuner:
             record = trainer.fit()
             if record is None:  # SIGTERM or Ctrl-C: a tuning never resumes (K would be redrawn)
                 raise StoppedError(
-                    f"stopped by {trainer.stop_signal} in trial {i + 1}/{trials}; nothing is published. The trials run so far "
-                    "touched the data: a new tuning of the same data composes with them (docs/privacy.md).")
+                    f"stopped by {trainer.stop_signal} in trial {i + 1}/{trials}; nothing is published. The trials run "
+                    "so far touched the data: a new tuning of the same data composes with them (docs/privacy.md).")
             weights = evaluation.published_weights(trainer.ema_vars)
             correct = round(trainer.evaluate(self.val_set, weights)["accuracy"] * len(self.val_set))
             score = correct + float(noise.normal(0.0, self.score_noise))

@@ -103,9 +103,7 @@ def entries():
 def _entry(name):
     table = entries()
     if name not in table:
-        from dp_zoo.models._registry import unknown_name_message
-
-        raise ValueError(unknown_name_message("zoo entry", name, sorted(table)) + " See dp_zoo.list_models().")
+        raise ValueError(cli.unknown_name_message("zoo entry", name, sorted(table)) + " See dp_zoo.list_models().")
     return table[name]
 
 
@@ -367,7 +365,8 @@ def list_models(pattern=None):
             "private": e["private"], "target_epsilon": e["target_epsilon"], "delta": e["delta"],
             **{k: e[k] for k in ("config_source", "config_label", "epsilon_rdp", "epsilon_pld", "epsilon_note")},
             "published_accuracy": e.get("published_accuracy"), "epsilon": None, "accuracy": None,
-            "card_epsilon_rdp": None, "card_epsilon_pld": None, "card_tuned": False, "available": False, "command": f"python -m dp_zoo.train --recipe {e['recipe']}",
+            "card_epsilon_rdp": None, "card_epsilon_pld": None, "card_tuned": False, "available": False,
+            "command": f"python -m dp_zoo.train --recipe {e['recipe']}",
         }
         local = _find_local(name)
         status = "recipe only" + (" (needs an accelerator)" if e.get("needs_accelerator") else "")
@@ -533,6 +532,12 @@ def main(argv=None):
     if args.command != "register":
         print(format_models())
         return 0
+    # What the command line names must exist (exit 2, as argparse's errors); a bad artifact is exit 1.
+    if args.entry not in recipes.RECIPES:
+        unknown = cli.unknown_name_message("zoo entry", args.entry, sorted(recipes.RECIPES))
+        reg.error(f"ENTRY: {unknown} A zoo entry is a recipe; add one to dp_zoo/train/recipes.py first")
+    if not os.path.isdir(args.artifact_dir):
+        reg.error(f"ARTIFACT_DIR {args.artifact_dir}: no such directory")
     try:
         digest = register(args.entry, args.artifact_dir, remote=args.remote, archive_sha256=args.archive_sha256)
     except (ValueError, OSError) as e:

@@ -223,3 +223,21 @@ def test_malformed_bodies_are_400_not_500(server, body, headers, match):
     assert status == 400 and re.search(match, got["error"]), (status, got)
     # The server keeps serving.
     assert _http(s.url)[0] == 200
+
+
+@pytest.mark.parametrize("model, match", [("wrn_digits_eps9", "Unknown zoo entry 'wrn_digits_eps9'. Did you mean"),
+                                          ("no/such/dir", "no such directory")])
+def test_a_model_that_does_not_exist_is_a_usage_error_exit_2(model, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        serve.main([model, "--port", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("dp_zoo.serve: error:") and match in err[0]
+
+
+def test_export_names_a_missing_path_as_a_usage_error_exit_2(tmp_path, capsys):
+    from dp_zoo.export import __main__ as export_cli
+
+    with pytest.raises(SystemExit) as e:
+        export_cli.main(["--artifact", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--artifact" in err[0] and "no such file" in err[0]

@@ -287,12 +287,18 @@ def test_register_command_records_only_the_checksum(isolated, artifact, capsys):
     assert json.loads(zoo.TABLE_PATH.read_text())["entries"]["wrn_digits_eps8"] == {
         "manifest_sha256": digest, "remote": "file:///a.tar.gz", "archive_sha256": "a" * 64}
     capsys.readouterr()
-    for argv, message in ((["register", "no_such_entry", str(d)], "not a zoo entry"),
-                          (["register", "wrn_digits_eps4", str(d)], "not 'wrn_digits_eps4'"),
+    for argv, message in ((["register", "wrn_digits_eps4", str(d)], "not 'wrn_digits_eps4'"),
                           (["register", "wrn_digits_eps8", str(isolated["tmp"])], "has no MANIFEST.json")):
-        assert zoo.main(argv) == 1
+        assert zoo.main(argv) == 1  # what the command names exists, but is not a good artifact
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("dp_zoo.zoo: error:") and message in err[0], err
+    # A name or path on the command line that does not exist is a usage error: exit 2, as argparse's.
+    for argv, message in ((["register", "no_such_entry", str(d)], "Unknown zoo entry 'no_such_entry'"),
+                          (["register", "wrn_digits_eps8", str(isolated["tmp"] / "nowhere")], "no such directory")):
+        with pytest.raises(SystemExit) as e:
+            zoo.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and message in err[0], err
     with pytest.raises(SystemExit) as e:
         zoo.main(["register", "wrn_digits_eps8"])
     assert e.value.code == 2
