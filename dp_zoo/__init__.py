@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute)
 _LAZY = {
-    "create_model": ("dp_zoo.zoo", "create_model"),  # the registry's, plus pretrained=True
+    "create_model": ("dp_zoo.pretrained", "create_model"),  # the registry's, plus pretrained=True
     "list_architectures": ("dp_zoo.models._registry", "list_architectures"),
     "load": ("dp_zoo.zoo", "load"),
     "list_models": ("dp_zoo.zoo", "list_models"),

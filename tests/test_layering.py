@@ -31,7 +31,7 @@ LAYERS = (
     ("zoo/serve/commands", ("dp_zoo.zoo", "dp_zoo.download", "dp_zoo.serve", "dp_zoo.privacy", "dp_zoo.scripts",
                             "dp_zoo.train.run", "dp_zoo.train.__main__", "dp_zoo.train.init_weights",
                             "dp_zoo.train.init_privacy", "dp_zoo.export.__main__", "dp_zoo.audit.__main__",
-                            "dp_zoo.tune")),
+                            "dp_zoo.tune", "dp_zoo.pretrained")),
 )
 
 
