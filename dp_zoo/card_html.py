@@ -188,12 +188,20 @@ def _rounded(v, text):
     return isinstance(v, str) and text != v
 
 
+# A Python dict literal inside a composed string ("{'lr': 2.0, 'steps': 60} / 0.85"): spelled "lr=2.0, steps=60".
+_DICT_LITERAL = re.compile(r"\{('[^'{}]*': [^{}]*)\}")
+
+
+def _spell_dicts(text):
+    return _DICT_LITERAL.sub(lambda m: re.sub(r"'([^']*)': ", r"\1=", m.group(1)), text)
+
+
 def _cell(quantity, v):
     """``<td>`` of a value; a rounded number keeps the exact one as its tooltip."""
     is_eps = "epsilon" in quantity.lower()
     text = _value(v, epsilon=is_eps)
     if isinstance(v, str):
-        text = _LONG_DECIMAL.sub(lambda m: _number(float(m.group()), epsilon=is_eps), v)
+        text = _LONG_DECIMAL.sub(lambda m: _number(float(m.group()), epsilon=is_eps), _spell_dicts(v))
     title = f" title='{html.escape(str(v), quote=True)}'" if _rounded(v, text) else ""
     return f"<td{title}>{_inline(text)}</td>"
 

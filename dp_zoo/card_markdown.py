@@ -181,8 +181,7 @@ def _tuning_rows(t):
         ("epsilon of one trial (RDP, training + score)", t["per_trial_epsilon"]),
         ("selection score", f"{t['score']['mechanism']}; noise std {t['score']['noise_std']}, "
                             f"{t['score']['validation_size']} validation examples"),
-        ("selected point / its noisy validation accuracy",
-         f"{', '.join(f'{k}={v}' for k, v in t['selected'].items())} / {t['score']['noisy_accuracy']}"),
+        ("selected point / its noisy validation accuracy", f"{t['selected']} / {t['score']['noisy_accuracy']}"),
     ]
 
 
