@@ -22,7 +22,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["dp_zoo", "dp_zoo.*"]),
-    package_data={"dp_zoo": ["py.typed", "zoo_entries.json"]},
+    package_data={"dp_zoo": ["py.typed", "zoo_entries.json", "known_weights.json"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.10,<4",
@@ -43,7 +43,8 @@ setup(
     ],
     extras_require={
         # pytest-xdist: the README's test command runs on two worker processes.
-        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4"],
+        # pyyaml: tests/test_model_card.py parses the card README's YAML front matter.
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "pyyaml>=6,<7"],
         # Numerical parity against timm (PyTorch). torch 2.13.0 CPU lies on
         # the project's machines; timm imports torchvision, whose PyPI build does
         # not load beside the 2.13.0 CPU torch, so the pair 2.14.1/0.29.1 (also
@@ -60,6 +61,7 @@ setup(
             "dp-zoo-audit=dp_zoo.scripts:audit",
             "dp-zoo-zoo=dp_zoo.scripts:zoo",
             "dp-zoo-tune=dp_zoo.scripts:tune",
+            "dp-zoo-data=dp_zoo.scripts:data",
         ]
     },
 )

@@ -37,7 +37,8 @@ def collect(dataset):
             "noise_multiplier": p["noise_multiplier"] if p["private"] else None,
             "test_accuracy_ema": m.get("test_accuracy_ema"), "test_accuracy_last": m.get("test_accuracy_last"),
             "tuned": bool(p.get("tuning")),
-            "trials_run": (p.get("tuning") or {}).get("trials_run"),
+            # No number of trials: it is secret (docs/privacy.md, "Hyper-parameter tuning").
+            "expected_trials": ((p.get("tuning") or {}).get("trial_distribution") or {}).get("expected_trials"),
             "per_trial_epsilon": (p.get("tuning") or {}).get("per_trial_epsilon"),
         })
     return sorted(rows, key=lambda r: (r["epsilon"] is None, r["epsilon"] or 0))

@@ -169,16 +169,21 @@ def privacy_rows(p, audit, is_simulation):
 
 
 def _tuning_rows(t):
-    """Rows for ``privacy.tuning``: the epsilon above is the tuning's total."""
+    """Rows for ``privacy.tuning``: the epsilon above is the tuning's total. The number of trials
+    is secret and has no row; its distribution and E[K] are public."""
     dist = t["trial_distribution"]
-    params = ", ".join(f"{k}={v}" for k, v in dist.items() if k != "kind")
+    params = ", ".join(f"{k}={v}" for k, v in dist.items() if k not in ("kind", "expected_trials"))
     return [
         ("hyper-parameter tuning (epsilon above is the total)", t["method"]),
-        ("number of trials: distribution", f"{dist['kind']} ({params})"),
-        ("trials run (drawn secretly; data-independent)", t["trials_run"]),
+        ("number of trials K", f"secret, never published; drawn from {dist['kind']} ({params})"),
+        ("expected number of trials E[K]", dist["expected_trials"]),
+        ("base configuration and grid chosen from", t["search_space_source"]),
         ("grid (each trial draws a point uniformly)", "; ".join(
             ", ".join(f"{k}={v}" for k, v in point.items()) for point in t["grid"])),
-        ("epsilon of one trial (RDP, training + score)", t["per_trial_epsilon"]),
+        ("each point's run: sigma, q, steps, epsilon (training + score)", "; ".join(
+            f"sigma={r['noise_multiplier']:.6g}, q={r['sampling_probability']:.6g}, {r['steps']} steps, "
+            f"epsilon={r['epsilon']:.6g}" for r in t["runs"])),
+        ("epsilon of one trial (RDP, training + score; max over the points)", t["per_trial_epsilon"]),
         ("selection score", f"{t['score']['mechanism']}; noise std {t['score']['noise_std']}, "
                             f"{t['score']['validation_size']} validation examples"),
         ("selected point / its noisy validation accuracy", f"{t['selected']} / {t['score']['noisy_accuracy']}"),

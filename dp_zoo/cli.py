@@ -320,3 +320,34 @@ def _spellings(name, *aliases):
         if f"--{n}" not in out:
             out.append(f"--{n}")
     return out
+
+
+@contextlib.contextmanager
+def output_to(path):
+    """Sends everything this process prints inside the block, by Python or by TensorFlow's C++
+    logging (file descriptors 1 and 2 included), to the file ``path`` (appended).
+
+    ``dp_zoo.tune`` runs its trials inside it: any line a trial prints, even a warning per
+    trace, would show the secret number of trials by its count on the console.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved_streams = sys.stdout, sys.stderr
+    with open(path, "a") as f:
+        try:
+            saved_fds = [os.dup(1), os.dup(2)]
+        except OSError:  # no file descriptors (an embedded interpreter): Python's streams only
+            saved_fds = None
+        try:
+            if saved_fds:
+                os.dup2(f.fileno(), 1)
+                os.dup2(f.fileno(), 2)
+            sys.stdout = sys.stderr = f
+            yield
+        finally:
+            f.flush()
+            sys.stdout, sys.stderr = saved_streams
+            if saved_fds:
+                for fd, saved in zip((1, 2), saved_fds):
+                    os.dup2(saved, fd)
+                    os.close(saved)

@@ -4,7 +4,9 @@ A remote is an ``https://`` or ``file://`` URL of a ``.tar.gz`` holding
 ``<entry>/`` (``dp_zoo.export.package`` writes one), or
 ``kaggle:<owner>/<model>/<framework>/<variation>`` (needs ``kagglehub``).
 Nothing is put in place until the archive's checksum and the caller's check
-have passed; a failed download leaves nothing behind.
+have passed (the zoo's: ``manifest.verify``, which refuses links, devices,
+paths outside the artifact and unlisted files, then the card against its run
+record); a failed download leaves nothing behind.
 """
 
 import os
@@ -61,7 +63,8 @@ def _from_kaggle(name, remote, tmp):
         raise ImportError(f"{name!r} is hosted on Kaggle Models; pip install kagglehub") from e
     src = kagglehub.model_download(remote[len("kaggle:"):])
     root = os.path.join(tmp, name)
-    shutil.copytree(src, root)
+    # symlinks=True copies a link as a link (which verification then refuses), never the file it points to.
+    shutil.copytree(src, root, symlinks=True)
     return root
 
 
@@ -79,6 +82,6 @@ def _from_url(name, remote, tmp, archive_sha256):
         # filter="data" refuses absolute paths, links out of the tree, devices.
         t.extractall(os.path.join(tmp, "x"), filter="data")
     root = os.path.join(tmp, "x", name)
-    if not os.path.isdir(root):
-        raise ValueError(f"the archive at {remote} does not contain {name}/")
+    if os.path.islink(root) or not os.path.isdir(root):
+        raise ValueError(f"the archive at {remote} does not contain the directory {name}/")
     return root

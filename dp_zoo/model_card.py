@@ -57,12 +57,24 @@ SCOPE = (
 )
 
 
-SCOPE_TUNED = SCOPE.replace(
-    "NOT covered: the choice of hyper-parameters, if they were searched on "
-    "this data set (the search's own runs are not counted); ",
-    "Covered as well: the hyper-parameter search that chose this model (privacy.tuning: a random "
-    "number of private trials, each scored through a Gaussian mechanism on held-out training data, "
-    "the best released; Papernot & Steinke 2022); epsilon is the total. NOT covered: ")
+_NOT_COVERED_SEARCH = ("NOT covered: the choice of hyper-parameters, if they were searched on "
+                       "this data set (the search's own runs are not counted); ")
+
+
+def scope(privacy):
+    """The card's scope sentence for a run record's ``privacy`` section: ``SCOPE``, or for a tuned
+    run (``privacy.tuning``) what the tuning covers and where its grid came from, as stated."""
+    t = privacy.get("tuning")
+    if not t:
+        return SCOPE
+    return SCOPE.replace(_NOT_COVERED_SEARCH, (
+        "Covered as well: the search among the grid in privacy.tuning that chose this model (a secret "
+        "random number of private trials, never published, each a grid point drawn at random, trained "
+        "with DP-SGD and scored through a Gaussian mechanism on held-out training data, the best "
+        "released; Papernot & Steinke 2022); epsilon is the total. The base configuration and the grid "
+        "were fixed before the tuning, from the source stated in privacy.tuning.search_space_source: "
+        f"\"{t['search_space_source']}\". NOT covered: any use of this data set to choose that base "
+        "configuration or grid; "))
 
 
 def record_sha256(record):
@@ -129,8 +141,9 @@ class ModelCard:
         tuned = ""
         if p.get("tuning"):
             t = p["tuning"]
-            tuned = (f" Total over private hyper-parameter tuning ({t['trials_run']} trial(s), "
-                     f"{t['trial_distribution']['kind']} number of trials; each trial alone "
+            tuned = (f" Total over private hyper-parameter tuning (a secret number of trials, "
+                     f"{t['trial_distribution']['kind']} with E[K] = "
+                     f"{t['trial_distribution']['expected_trials']:.3g}; each trial alone "
                      f"{fmt_eps(t['per_trial_epsilon'])}).")
         return (
             f"({fmt_eps(p['epsilon'])}, {p['delta']:g})-differentially private "
@@ -182,7 +195,7 @@ class ModelCard:
             "software": r["software"],
             "hardware": r["hardware"],
             "operational": r.get("operational"),
-            "scope": SCOPE_TUNED if p.get("tuning") else SCOPE,
+            "scope": scope(p),
             "threat_model": THREAT_MODEL,
             "config": c,
             "history": r["history"],

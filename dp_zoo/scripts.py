@@ -1,7 +1,8 @@
 """The console scripts that ``pip install`` puts on the PATH (setup.py's ``entry_points``).
 
 Each one is ``python -m dp_zoo.<cli>`` under another name: ``dp-zoo-train``,
-``dp-zoo-export``, ``dp-zoo-serve``, ``dp-zoo-privacy``, ``dp-zoo-audit``, ``dp-zoo-zoo`` and ``dp-zoo-tune``.
+``dp-zoo-export``, ``dp-zoo-serve``, ``dp-zoo-privacy``, ``dp-zoo-audit``, ``dp-zoo-zoo``, ``dp-zoo-tune``
+and ``dp-zoo-data``.
 They live here, apart from the CLIs, because some CLI modules import
 TensorFlow when they are imported, and its start-up noise must be silenced
 first (``cli.quiet_tensorflow``).
@@ -63,5 +64,12 @@ def tune():
     """``dp-zoo-tune``: ``python -m dp_zoo.tune`` (private hyper-parameter tuning)."""
     cli.quiet_tensorflow()
     from dp_zoo import tune as command
+
+    sys.exit(command.main())
+
+
+def data():
+    """``dp-zoo-data``: ``python -m dp_zoo.data`` (import a local copy of MNIST)."""
+    from dp_zoo import data as command  # no TensorFlow: nothing to silence
 
     sys.exit(command.main())

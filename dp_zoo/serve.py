@@ -19,9 +19,13 @@ Run::
     python -m dp_zoo.serve --model saved_models/wrn_digits_eps8 --port 8501
     curl -d '{"instances": [...]}' localhost:8501/v1/models/wrn_digits_eps8:predict
 
-The model (the argument, or ``--model``) is an artifact directory, its
-``saved_model`` base directory (the newest numeric version is served, as TF
-Serving does) or a zoo entry.
+The model (the argument, or ``--model``) is a zoo entry, an artifact
+directory or its ``saved_model`` base directory. It is verified exactly as
+``dp_zoo.load`` verifies it (``zoo.verified``: every file against the
+MANIFEST, nothing unlisted, the card against its run record and the
+accountant) before anything is loaded, and only the versions its MANIFEST
+lists are served (the newest, as TF Serving does). A directory without a
+MANIFEST is not served.
 """
 
 import json
@@ -52,33 +56,42 @@ class RequestError(Exception):
         self.status = status
 
 
-def _resolve_base(path_or_name):
-    """(saved_model base dir, model name) for an artifact dir, a base dir or a zoo entry."""
-    p = str(path_or_name)
-    if not os.path.isdir(p):
-        from dp_zoo import zoo
+def _resolve(path_or_name):
+    """(saved_model base dir, model name, listed versions) of a verified zoo entry or artifact directory.
 
-        directory, _ = zoo.locate(p)
-        return os.path.join(directory, "saved_model"), os.path.basename(p)
-    if os.path.isdir(os.path.join(p, "saved_model")):
-        return os.path.join(p, "saved_model"), os.path.basename(os.path.normpath(p))
-    name = os.path.basename(os.path.normpath(p))
-    if name == "saved_model":
-        name = os.path.basename(os.path.dirname(os.path.normpath(p)))
-    return p, name
+    Raises:
+      ValueError: the artifact fails verification, or its MANIFEST lists no SavedModel version.
+    """
+    from dp_zoo import manifest, zoo
+
+    p = str(path_or_name)
+    norm = os.path.normpath(p)
+    if os.path.basename(norm) == "saved_model" and os.path.isdir(norm):
+        # A SavedModel base directory is served as the artifact it belongs to.
+        parent = os.path.dirname(os.path.abspath(norm))
+        if not os.path.exists(os.path.join(parent, manifest.FILENAME)):
+            raise ValueError(f"{p} is not inside a dp_zoo artifact (no {manifest.FILENAME} beside it); serve an "
+                             "exported artifact directory or a zoo entry.")
+        p = parent
+    directory, _ = zoo.verified(p)
+    versions = sorted({int(parts[1]) for parts in (rel.split("/") for rel in manifest.listed_files(str(directory)))
+                       if len(parts) == 3 and parts[0] == "saved_model" and parts[1].isdigit()
+                       and parts[2] == "saved_model.pb"})
+    if not versions:
+        raise ValueError(f"{directory}/{manifest.FILENAME} lists no SavedModel version (saved_model/<n>/"
+                         "saved_model.pb); re-export the model.")
+    # A zoo entry's directory is named after the entry.
+    return os.path.join(directory, "saved_model"), os.path.basename(os.path.normpath(str(directory))), versions
 
 
 class ServedModel:
-    """The newest numeric version under a SavedModel base directory."""
+    """The newest of ``versions`` (numeric, verified by the caller) under a SavedModel base directory."""
 
-    def __init__(self, base_dir, name):
+    def __init__(self, base_dir, name, versions):
         import tensorflow as tf
 
-        versions = sorted(int(v) for v in os.listdir(base_dir) if v.isdigit())
-        if not versions:
-            raise ValueError(f"{base_dir} has no numeric version directory (expected e.g. {base_dir}/1/).")
         self.name = name
-        self.version = versions[-1]
+        self.version = max(versions)
         self._loaded = tf.saved_model.load(os.path.join(base_dir, str(self.version)))
         self.fn = self._loaded.signatures["serving_default"]
         (self.input_name, spec), = self.fn.structured_input_signature[1].items()
@@ -245,15 +258,16 @@ class ModelServer:
     """Serves one model over HTTP in a background thread.
 
     Args:
-      model: artifact directory, SavedModel base directory or zoo entry.
+      model: zoo entry, artifact directory or its SavedModel base directory
+        (verified first; only the versions its MANIFEST lists are served).
       host: interface; loopback by default (there is no authentication).
       port: TCP port; 0 picks a free one (see ``.port``).
       name: model name in the URL; default: the artifact's directory name.
     """
 
     def __init__(self, model, *, host="127.0.0.1", port=8501, name=None):
-        base, default_name = _resolve_base(model)
-        self.model = ServedModel(base, name or default_name)
+        base, default_name, versions = _resolve(model)
+        self.model = ServedModel(base, name or default_name, versions)
         self.httpd = _Server((host, port), _handler(self.model))
         self.host, self.port = self.httpd.server_address[:2]
         self._thread = None
@@ -283,7 +297,7 @@ class ModelServer:
 def _parser():
     p = cli.Parser("dp_zoo.serve", description="Serve an exported model over TF Serving's REST API.")
     p.add_argument("entry", nargs="?", metavar="MODEL",
-                   help="the model to serve: an artifact dir, a SavedModel base dir, or a zoo entry.")
+                   help="the model to serve: a zoo entry, an artifact dir or its saved_model dir (verified first).")
     p.option("model", default=None, help="the model to serve, as a flag (instead of the argument MODEL).")
     p.option("host", default="127.0.0.1", help="Interface (default loopback; there is no authentication).")
     p.option("port", type=int, default=8501, help="TCP port (TF Serving's REST default).")

@@ -2,40 +2,52 @@
 
 Example::
 
-    python -m dp_zoo.tune --recipe wrn_digits_eps8 --grid lr=0.5,1,2 --grid steps=60,120 \\
-        --trials poisson:3
+    python -m dp_zoo.tune --recipe wrn_digits_eps8 --space digits_public --trials poisson:3
 
 The mechanism (Papernot & Steinke 2022; ``dp_zoo.accounting.tuning`` has the
 theorems, docs/privacy.md "Hyper-parameter tuning" the argument):
 
-1. K, the number of trials, is drawn from ``--trials`` (Poisson or truncated
-   negative binomial) with a secret from OS entropy, never from the public
-   seed. K = 0 publishes nothing: that is one of the mechanism's outputs.
+1. K, the number of trials, is drawn from ``--trials`` (Poisson conditioned
+   on K >= 1, or the truncated negative binomial) with a secret from OS
+   entropy, never from the public seed. K is part of the secret: the
+   theorem covers releasing the best trial with K hidden, so nothing that
+   depends on K is printed, written to the card, the record or TensorBoard
+   (no trial count, no per-trial line, no per-trial or total timing). Only
+   its distribution and E[K] are published.
 2. Each trial draws a grid point uniformly at random (secretly) and runs
    DP-SGD on the training split (the recipe's training data minus the last
-   ``--validation-size`` examples) at the per-trial sigma that ``calibrate``
-   finds for the TOTAL ``--epsilon``.
+   ``--validation-size`` examples) at that point's own sigma:
+   ``tuning_calibration.calibrate_points`` gives every point one common
+   per-trial epsilon, the largest whose TOTAL meets ``--epsilon``.
 3. Its score is the count of correct validation predictions plus Gaussian
    noise of std ``--score-noise`` (sensitivity 1), composed additively with
    the run's RDP.
 4. Only the best-scoring trial's model is published, with its card: the
    headline epsilon is the total; ``privacy.tuning`` states the method, the
-   trial distribution, the trials run, the grid, the per-trial and total
-   epsilon and the score mechanism. No other trial's score, model or
-   accuracy leaves the tuner.
+   trial distribution and E[K], the grid, every point's (sigma, q, steps,
+   epsilon), the per-trial and total epsilon, the score mechanism and where
+   the base configuration and grid came from (``--space`` or
+   ``--search-space-source``). No other trial's score, model or accuracy
+   leaves the tuner.
 
-The trials' run directories (``--run-dir``, default ``runs/<name>_tune``) are
-private like any run directory.
+The run directory (``--run-dir``, default ``runs/<name>_tune``) is private
+like any run directory: it holds the trials, ``PRIVATE_tuning_log.json``
+(K, the trials' timings) and ``PRIVATE_trials_console.log`` (whatever the
+trials printed), which must never be published.
 """
 
+import contextlib
 import dataclasses
+import io
 import itertools
 import os
 import secrets
 import sys
+import time
 
 from dp_zoo import cli
-from dp_zoo.accounting import tuning
+from dp_zoo.accounting import tuning, tuning_calibration
+from dp_zoo.train import search_spaces
 
 # --grid keys: how each sets a TrainConfig field, and the value's type.
 GRID_KEYS = {
@@ -47,6 +59,17 @@ GRID_KEYS = {
 }
 SCORE_MECHANISM = ("count of correct validation predictions (published weights) + Gaussian noise, "
                    "sensitivity 1, composed additively with the trial's DP-SGD RDP")
+NUMBER_OF_TRIALS = ("secret: drawn from trial_distribution with OS entropy and never published (the guarantee "
+                    "is for the best trial released with the number of trials hidden); E[K] is public")
+CALIBRATION = ("per grid point: each run's sigma is the smallest whose own RDP (training + score) converts to "
+               "the common per-trial epsilon; the total is computed from the pointwise maximum of the "
+               "points' RDP curves, which dominates each of them at every order")
+NO_TIMING = ("a tuning publishes no timing: the selected trial's wall time could tell which trial won, "
+             "and the total would grow with the secret number of trials")
+PRIVATE_LOG = "PRIVATE_tuning_log.json"
+PRIVATE_CONSOLE = "PRIVATE_trials_console.log"
+PRIVATE_NOTE = ("PRIVATE: the number of trials and their timings; publishing any of it voids the tuned "
+                "card's epsilon (docs/privacy.md, 'Hyper-parameter tuning')")
 
 
 def parse_grid(items):
@@ -85,10 +108,14 @@ def point_config(base, point):
     return base
 
 
-def grid_runs(base, grid, sigma, train_size):
-    """The DP-SGD runs ``((sigma, q, steps), ...)`` of the grid's distinct (batch, steps) at ``sigma``."""
-    shapes = sorted({(c.batch_size, c.steps) for c in (point_config(base, p) for p in grid)})
-    return tuple((float(sigma), b / train_size, int(s)) for b, s in shapes)
+def point_shape(config, train_size):
+    """A point's run shape ``(q, steps)``: what its privacy depends on besides sigma."""
+    return config.batch_size / train_size, int(config.steps)
+
+
+def grid_shapes(base, grid, train_size):
+    """The grid's distinct run shapes ``(q, steps)``."""
+    return sorted({point_shape(point_config(base, p), train_size) for p in grid})
 
 
 def base_config(recipe_config, *, validation_size, model=None):
@@ -112,16 +139,21 @@ def base_config(recipe_config, *, validation_size, model=None):
     return c.replace(model=model) if model else c
 
 
-def tuning_section(*, dist, trials, grid, runs, score_noise, validation_size, delta, selected=None,
-                   noisy_score=None):
-    """The run record's ``privacy.tuning`` (everything public; ``noisy_score`` is the released one)."""
+def tuning_section(*, dist, grid, runs, score_noise, validation_size, delta, search_space_source,
+                   selected=None, noisy_score=None):
+    """The run record's ``privacy.tuning``: public facts only (never K, nor anything that depends
+    on it); ``runs`` are the grid's ``(sigma, q, steps)``, ``noisy_score`` the released one."""
     rdp = tuning.trial_rdp(runs, score_noise)
+    point_eps = tuning_calibration.per_point_epsilons(runs, score_noise, delta)
     return {
         "method": tuning.METHOD,
         "trial_distribution": dist.to_dict(),
-        "trials_run": int(trials),
+        "number_of_trials": NUMBER_OF_TRIALS,
         "grid": grid,
-        "runs": [{"noise_multiplier": s, "sampling_probability": q, "steps": n} for s, q, n in runs],
+        "search_space_source": search_space_source,
+        "runs": [{"noise_multiplier": s, "sampling_probability": q, "steps": n, "epsilon": e}
+                 for (s, q, n), e in zip(runs, point_eps)],
+        "calibration": CALIBRATION,
         "per_trial_epsilon": tuning.epsilon_from_rdp(tuning.ORDERS, rdp, delta)[0],
         "total_epsilon": tuning.epsilon_from_rdp(tuning.ORDERS, tuning.tuned_rdp(tuning.ORDERS, rdp, dist), delta)[0],
         "accountant": "rdp",
@@ -132,12 +164,15 @@ def tuning_section(*, dist, trials, grid, runs, score_noise, validation_size, de
     }
 
 
-def apply_tuning(privacy, section, target_epsilon):
-    """Makes the tuned total the record's epsilon (the selected trial's own stays under ``tuning``)."""
+def apply_tuning(record, section, target_epsilon):
+    """Makes the tuned total the record's epsilon (the selected trial's own stays under ``tuning``)
+    and drops the selected trial's wall time (a per-trial timing: it can tell which trial won)."""
+    privacy = record["privacy"]
     section["selected_trial_epsilon"] = {"pld": privacy.get("epsilon_pld"), "rdp": privacy.get("epsilon_rdp")}
     privacy.update(epsilon=section["total_epsilon"], epsilon_rdp=section["total_epsilon"], epsilon_pld=None,
                    accountant="rdp", target_epsilon=target_epsilon, tuning=section)
-    return privacy
+    record["operational"] = {"wall_time_s": None, "note": NO_TIMING}
+    return record
 
 
 class StoppedError(RuntimeError):
@@ -145,72 +180,107 @@ class StoppedError(RuntimeError):
 
 
 class Tuner:
-    """One tuning job (``run``); ``secret`` (>= 16 bytes) defaults to fresh OS entropy."""
+    """One tuning job (``run``); ``secret`` (>= 16 bytes) defaults to fresh OS entropy.
+
+    ``config`` (default the recipe's) is the base configuration before the
+    tuner's changes; ``search_space_source`` says where it and the grid came
+    from (the card states it).
+    """
 
     def __init__(self, name, recipe, grid, dist, *, target_epsilon, validation_size, score_noise,
-                 options, model=None, secret=None):
+                 options, search_space_source, config=None, model=None, secret=None):
         from dp_zoo.train import data as data_lib
 
+        if dist.prob_zero() > 0:
+            raise ValueError("the trial distribution can draw K = 0, and rerunning until a model comes out is "
+                             "another mechanism: use the zero-truncated Poisson (--trials poisson:MEAN).")
+        if not str(search_space_source or "").strip():
+            raise ValueError("say where the base configuration and grid came from (--search-space-source "
+                             "TEXT, or --space NAME): the card states it.")
         self.name, self.recipe, self.grid, self.dist = name, recipe, grid, dist
         self.target_epsilon, self.score_noise, self.options = float(target_epsilon), float(score_noise), options
-        self.base = base_config(recipe.config, validation_size=validation_size, model=model)
+        self.search_space_source = str(search_space_source).strip()
+        self.base = base_config(config or recipe.config, validation_size=validation_size, model=model)
         for p in grid:
             if point_config(self.base, p).steps is None:
                 raise ValueError("the recipe sets epochs, not steps: add --grid steps=... .")
         self.train_set = data_lib.load_dataset(self.base.data, "train")
         self.val_set = data_lib.load_dataset(self.base.data, "validation")
         self._secret = secret if secret is not None else secrets.token_bytes(32)
-        n, delta = len(self.train_set), self.base.dp.delta
-        self.sigma = tuning.calibrate(self.target_epsilon, lambda s: grid_runs(self.base, grid, s, n),
-                                      self.score_noise, dist, delta)
-        self.runs = grid_runs(self.base, grid, self.sigma, n)
+        n = len(self.train_set)
+        self.sigmas = tuning_calibration.calibrate_points(
+            self.target_epsilon, grid_shapes(self.base, grid, n), self.score_noise, dist, self.base.dp.delta)
+        self.runs = tuple((self.sigmas[shape], *shape) for shape in grid_shapes(self.base, grid, n))
+
+    def point_config(self, point):
+        """The configuration a trial at ``point`` trains with, its own sigma included."""
+        config = point_config(self.base, point)
+        sigma = self.sigmas[point_shape(config, len(self.train_set))]
+        return config.replace(dp=dataclasses.replace(config.dp, noise_multiplier=sigma))
 
     def run(self):
-        """Runs the trials and publishes the best; returns its run record (None when K = 0)."""
-        trials = tuning.draw_trials(self.dist, tuning.trial_rng(self._secret, "trials"))
-        section = tuning_section(dist=self.dist, trials=trials, grid=self.grid, runs=self.runs,
-                                 score_noise=self.score_noise, validation_size=len(self.val_set),
-                                 delta=self.base.dp.delta)
-        print(f"Tuning {self.name}: {len(self.grid)} grid points, sigma={self.sigma:.4f} per trial "
-              f"(epsilon {section['per_trial_epsilon']:.4f} each), total epsilon {section['total_epsilon']:.4f} "
-              f"<= {self.target_epsilon:g}, delta={self.base.dp.delta:g}; {trials} trial(s) drawn.")
-        if trials == 0:
-            print("0 trials drawn (secretly, from the trial distribution): nothing is published. This is one "
-                  "of the mechanism's outputs; the guarantee covers it. Run again to draw again.")
-            return None
-        best = self._trials(trials)
-        return self._finish(best, section)
-
-    def _trials(self, trials):
-        from dp_zoo.train import engine, evaluation, run
-
+        """Runs the trials and publishes the best; returns its run record."""
+        section = tuning_section(dist=self.dist, grid=self.grid, runs=self.runs, score_noise=self.score_noise,
+                                 validation_size=len(self.val_set), delta=self.base.dp.delta,
+                                 search_space_source=self.search_space_source)
+        sig = ", ".join(f"{n} steps at q={q:.4g}: sigma={s:.4f}" for s, q, n in self.runs)
+        # The one line before the trials: all of it public (K is drawn after it and never shown).
+        print(f"Tuning {self.name}: {len(self.grid)} grid points ({sig}); each trial's epsilon "
+              f"{section['per_trial_epsilon']:.4f}, total epsilon {section['total_epsilon']:.4f} <= "
+              f"{self.target_epsilon:g}, delta={self.base.dp.delta:g}. The number of trials is secret, drawn from "
+              f"{self.dist.describe()} (E[K] = {self.dist.expected_trials():.3g}); nothing is printed per trial.",
+              flush=True)
         run_dir = self.options.run_dir or os.path.join("runs", f"{self.name}_tune")
         if os.path.exists(run_dir):
             raise FileExistsError(f"{run_dir} exists; tuning never resumes (K would be redrawn). "
                                   "Remove it or pass another --run-dir.")
+        os.makedirs(run_dir)
+        trials = tuning.draw_trials(self.dist, tuning.trial_rng(self._secret, "trials"))
+        # From here to the release, TensorFlow's and Python's output goes to the private run
+        # directory (a warning per trace or per trial would show K by its count); only the
+        # released result's lines, collected in ``public``, are printed.
+        public = io.StringIO()
+        with cli.output_to(os.path.join(run_dir, PRIVATE_CONSOLE)):
+            best = self._trials(trials, run_dir)
+            with contextlib.redirect_stdout(public):
+                record = self._finish(best, section)
+        sys.stdout.write(public.getvalue())
+        sys.stdout.flush()
+        return record
+
+    def _trials(self, trials, run_dir):
+        from dp_zoo.train import checkpoint, engine, evaluation, run
+
         pick, noise = tuning.trial_rng(self._secret, "grid"), tuning.trial_rng(self._secret, "score")
         strategy = run.make_strategy()
-        best = None
+        best, timings, points = None, [], []
         for i in range(trials):
             point = self.grid[int(pick.integers(len(self.grid)))]
-            config = point_config(self.base, point)
-            config = config.replace(dp=dataclasses.replace(config.dp, noise_multiplier=self.sigma))
+            config = self.point_config(point)
+            t0 = time.time()
             trainer = engine.Trainer(run._build_model(config, self.train_set, strategy), config, self.train_set,
                                      augment_fn=_augment(config), run_dir=os.path.join(run_dir, f"trial_{i}"),
                                      strategy=strategy, progress=False)
+            # No TensorBoard for trials: K event directories beside each other would show K.
+            trainer._log_scalars = _no_scalars
             record = trainer.fit()
             if record is None:  # SIGTERM or Ctrl-C: a tuning never resumes (K would be redrawn)
                 raise StoppedError(
-                    f"stopped by {trainer.stop_signal} in trial {i + 1}/{trials}; nothing is published. The trials run "
-                    "so far touched the data: a new tuning of the same data composes with them (docs/privacy.md).")
+                    # No trial number: it would bound the secret number of trials K.
+                    f"stopped by {trainer.stop_signal}; nothing is published. The trials run so far touched the "
+                    "data: a new tuning of the same data composes with them (docs/privacy.md).")
             weights = evaluation.published_weights(trainer.ema_vars)
             correct = round(trainer.evaluate(self.val_set, weights)["accuracy"] * len(self.val_set))
             score = correct + float(noise.normal(0.0, self.score_noise))
-            # Only the count of trials run is printed: scores are released for the winner alone.
-            print(f"trial {i + 1}/{trials} done")
+            timings.append(round(time.time() - t0, 1))
+            points.append(point)
+            # Nothing is printed here: a line per trial would publish K.
             if best is None or score > best[0]:
-                best = (score, trainer, record, point, run_dir)
-        return best
+                best = (score, trainer, record, point, run_dir, i)
+        checkpoint.atomic_write_json(os.path.join(run_dir, PRIVATE_LOG), {
+            "note": PRIVATE_NOTE, "trials": trials, "selected_trial": best[5], "trial_wall_time_s": timings,
+            "points": points})
+        return best[:5]
 
     def _finish(self, best, section):
         from dp_zoo import run_record
@@ -221,16 +291,21 @@ class Tuner:
         test_set = data_lib.load_dataset(trainer.config.data, "test")
         run._complete_record(record, trainer, self.train_set, test_set, "test", None, self.name)
         section.update(selected=point, score={**section["score"], "noisy_accuracy": score / len(self.val_set)})
-        apply_tuning(record["privacy"], section, self.target_epsilon)
+        apply_tuning(record, section, self.target_epsilon)
         record["weights_sha256"] = run.weights_sha256(trainer.model)
         run_record.check_run_record(record)
         checkpoint.atomic_write_json(os.path.join(run_dir, "run_record.json"), record)
         run._report(record, "test", None)
-        print(f"privacy: the epsilon above is the TOTAL over the tuning ({section['trials_run']} trial(s)); "
-              f"selected {point}, noisy validation accuracy {section['score']['noisy_accuracy']:.4f}")
+        print(f"privacy: the epsilon above is the TOTAL over the tuning (a secret number of trials, "
+              f"E[K] = {self.dist.expected_trials():.3g}); selected {point}, noisy validation accuracy "
+              f"{section['score']['noisy_accuracy']:.4f}")
         if self.options.publish:
-            run._publish(trainer.model_for(record["published_weights"]), record, self.name, self.options)
+            run._publish(trainer.model_for(record["published_weights"]), record, self.name, self.options, run_dir)
         return record
+
+
+def _no_scalars(entry):
+    """A trial's TensorBoard logger: writes nothing (see ``Tuner._trials``)."""
 
 
 def _augment(config):
@@ -243,7 +318,12 @@ def _parser():
     p = cli.Parser("dp_zoo.tune", prog="python -m dp_zoo.tune", description=__doc__.split("\n\n")[0])
     p.option("recipe", required=True, help="the private recipe to tune (python -m dp_zoo.train --list-recipes)")
     p.option("grid", action="append", metavar="KEY=V1,V2", help=f"grid axis; KEY in {sorted(GRID_KEYS)} (repeatable)")
-    p.option("trials", default="poisson:3", help="poisson:MEAN or negbin:ETA,GAMMA (default poisson:3)")
+    p.option("space", help="a named search space from public sources: base configuration and grid "
+             f"(one of {sorted(search_spaces.SPACES)}; dp_zoo/train/search_spaces.py)")
+    p.option("search-space-source", help="with --grid: where the base configuration and grid came from "
+             "(public sources, cited); the card states it")
+    p.option("trials", default="poisson:3",
+             help="poisson:MEAN (conditioned on K >= 1) or negbin:ETA,GAMMA (default poisson:3)")
     p.option("epsilon", type=float, help="TOTAL epsilon, tuning included (default: the recipe's)")
     p.option("validation-size", type=int, default=300, help="training examples held out for the score")
     p.option("score-noise", type=float, default=10.0, help="std of the noise on the correct-count score")
@@ -256,6 +336,22 @@ def _parser():
     return p
 
 
+def _search_space(args, recipe):
+    """(base config, --grid items, search-space source) from ``--space`` or ``--grid`` with
+    ``--search-space-source`` (ValueError naming the fix otherwise)."""
+    if args.space:
+        if args.grid or args.search_space_source:
+            raise ValueError("--space fixes the grid and its source: drop --grid and --search-space-source, "
+                             "or drop --space.")
+        space = search_spaces.get(args.space, recipe.name)
+        return space.apply(recipe.config), space.grid_items(), space.source
+    if args.grid and not (args.search_space_source or "").strip():
+        raise ValueError("say where the base configuration and grid came from: --search-space-source TEXT "
+                         "(public sources; a choice made by looking at this data set is not covered), or use "
+                         "--space NAME.")
+    return recipe.config, args.grid, args.search_space_source
+
+
 def main(argv=None):
     """Runs ``python -m dp_zoo.tune`` with ``argv``; returns the exit status."""
     from absl import logging
@@ -266,7 +362,8 @@ def main(argv=None):
 
     try:
         recipe = recipes.get(args.recipe)
-        grid, dist = parse_grid(args.grid), tuning.TrialDistribution.parse(args.trials)
+        config, grid_items, source = _search_space(args, recipe)
+        grid, dist = parse_grid(grid_items), tuning.TrialDistribution.parse(args.trials)
         target = args.epsilon if args.epsilon is not None else recipe.config.dp.target_epsilon
         if target is None or not target > 0:
             raise ValueError("pass the total budget with --epsilon (the recipe names none).")
@@ -276,7 +373,7 @@ def main(argv=None):
                                  overwrite=args.overwrite, progress=False)
         tuner = Tuner(args.name or recipe.name, recipe, grid, dist, target_epsilon=target,
                       validation_size=args.validation_size, score_noise=args.score_noise,
-                      options=options, model=args.model)
+                      options=options, search_space_source=source, config=config, model=args.model)
         tuner.run()
     except (ValueError, FileExistsError, StoppedError) as e:
         print(f"dp_zoo.tune: error: {e}", file=sys.stderr)

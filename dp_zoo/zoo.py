@@ -12,9 +12,13 @@ A new entry is one recipe plus ``python -m dp_zoo.zoo register <entry> <artifact
 ``load(name)`` looks for ``<name>/`` in, in order: ``$DP_ZOO_HOME``, the
 repository's ``saved_models/``, the user cache (``$XDG_CACHE_HOME/dp_zoo``
 or ``~/.cache/dp_zoo``), then downloads the remote artifact once into the
-cache. Every artifact is verified file by file against its MANIFEST.json,
-and the manifest against the table's SHA-256 when the table has one, before
-anything is loaded. An artifact the table has no checksum for (a model you
+cache. Every artifact is verified file by file against its MANIFEST.json
+(``manifest.verify``: only regular files inside the artifact, nothing
+unlisted), and the manifest against the table's SHA-256 when the table has
+one, before anything is loaded; its card must then be what its run record
+gives and the record's epsilon what the accountant gives (``card_check``,
+recomputed once per run record and cached in ``<user cache>/epsilon_checks``).
+An artifact the table has no checksum for (a model you
 trained yourself with ``python -m dp_zoo.train``) loads with a warning and
 ``model.card["artifact"]["registered"] = False``.
 
@@ -29,7 +33,7 @@ import pathlib
 import sys
 import warnings
 
-from dp_zoo import cli, download, manifest
+from dp_zoo import card_check, cli, download, manifest
 from dp_zoo.train import recipe_epsilons, recipes
 
 TABLE_PATH = pathlib.Path(__file__).with_name("zoo_entries.json")
@@ -198,18 +202,43 @@ def locate(name):
         if candidate.is_dir():
             return candidate, _check_against_table(candidate, entry, name)
     if entry.get("remote"):
+        def check(root):
+            _read_card(root, _check_against_table(root, entry, name))
+
         d = download.fetch(name, entry["remote"], cache_dir() / name, archive_sha256=entry.get("archive_sha256"),
-                           check=lambda root: _check_against_table(root, entry, name))
+                           check=check)
         return d, _check_against_table(d, entry, name)
     raise _not_published(name, entry)
 
 
+def _read_json(directory, filename):
+    """A verified artifact's JSON file; one line if it is missing or not JSON."""
+    path = pathlib.Path(directory) / filename
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"{directory} has no {filename}; it is not a complete dp_zoo artifact. "
+                         "Re-download or re-export the model.") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-download or re-export the model.") from None
+
+
 def _read_card(directory, registered):
-    with open(pathlib.Path(directory) / "card.json") as f:
-        c = json.load(f)
+    """The card of a verified artifact, checked against its run record (``card_check``), plus "artifact"."""
+    c = _read_json(directory, "card.json")
+    card_check.check(c, _read_json(directory, "run_record.json"), str(directory),
+                     cache_dir=str(cache_dir() / card_check.CACHE_SUBDIR))
     c["artifact"] = {"path": str(directory), "registered": registered,
                      "manifest_sha256": manifest.sha256_file(pathlib.Path(directory) / manifest.FILENAME)}
     return c
+
+
+def verified(name):
+    """``(directory, card)`` of a zoo entry or artifact directory, verified as ``load`` verifies it
+    (files against the MANIFEST and the zoo table, card against its run record and the accountant)."""
+    directory, registered = locate(name)
+    return directory, _read_card(directory, registered)
 
 
 def card(name):
@@ -219,7 +248,7 @@ def card(name):
       ValueError: unknown name or failed verification.
       ArtifactNotPublishedError: the entry has no weights yet.
     """
-    return _read_card(*locate(name))
+    return verified(name)[1]
 
 
 def load(name, *, include_preprocessing=True):
@@ -239,11 +268,17 @@ def load(name, *, include_preprocessing=True):
       A ``keras.Model`` that returns **logits** ``[N, num_classes]`` (apply
       ``keras.ops.softmax`` for probabilities; the SavedModel under
       ``saved_model/1`` returns both), with ``model.card`` (the card.json
-      dict).
+      dict). ``model.card["artifact"]["published_weights_sha256"]`` is the
+      digest of the loaded network's weights, checked against the run
+      record's; None for an artifact whose record predates that field
+      (checked by its manifest only).
 
     Raises:
-      ValueError: unknown name (lists close names), or a missing, truncated
-        or modified file (named in the message).
+      ValueError: unknown name (lists close names), a missing, truncated,
+        modified or unlisted file, or a path outside the artifact (named in
+        the message); a card that is not what its run record gives, or a
+        record whose epsilon the accountant does not give (``card_check``);
+        weights other than the ones the run record publishes.
       ArtifactNotPublishedError: a known entry without weights; the message
         gives the command that produces them.
     """
@@ -252,22 +287,49 @@ def load(name, *, include_preprocessing=True):
     import dp_zoo.models  # noqa: F401  registers custom layers
     from dp_zoo.models.layers import with_pixel_input
 
-    directory, registered = locate(name)
-    if not registered and str(name) in entries():
+    directory, card_ = verified(name)
+    if not card_["artifact"]["registered"] and str(name) in entries():
         warnings.warn(
             f"{directory} is not the registered zoo artifact of {name!r} (the table has no checksum "
             "for it); its files match its own manifest. Loading it as a local model.",
             stacklevel=2,
         )
-    card_dict = _read_card(directory, registered)
     # model.keras is the network as trained (normalised input); the registered
     # checksums cover that file, so the pixel input is added here, at load time.
     model = keras.models.load_model(directory / "model.keras")
+    # The run record's digest covers the network as trained, so it is checked before any wrapping.
+    card_["artifact"]["published_weights_sha256"] = _check_published_weights(model, directory)
     if include_preprocessing:
-        model = with_pixel_input(model, card_dict["data"]["mean"], card_dict["data"]["std"])
+        model = with_pixel_input(model, card_["data"]["mean"], card_["data"]["std"])
     # Plain attribute: Keras would otherwise wrap the dict as tracked state.
-    object.__setattr__(model, "card", card_dict)
+    object.__setattr__(model, "card", card_)
     return model
+
+
+def _check_published_weights(model, directory):
+    """The digest of the loaded weights when the run record publishes one and they match; None for a
+    record from before ``published_weights_sha256`` existed (its files are checked by the manifest only).
+
+    Raises:
+      ValueError: the loaded weights are not the ones the run record publishes.
+    """
+    from dp_zoo.run_record import PUBLISHED_WEIGHTS_SHA256
+
+    path = pathlib.Path(directory) / "run_record.json"
+    if not path.exists():
+        raise ValueError(f"{directory} has no run_record.json; it is not a complete dp_zoo artifact. Re-export it.")
+    with open(path) as f:
+        want = json.load(f).get(PUBLISHED_WEIGHTS_SHA256)
+    if want is None:
+        return None
+    got = manifest.weights_sha256(model.get_weights())
+    if got != want:
+        raise ValueError(
+            f"{directory}/model.keras does not hold the weights its run record publishes "
+            f"({PUBLISHED_WEIGHTS_SHA256} {want[:16]}..., the model's {got[:16]}...); refusing to load it. "
+            "Re-export the model with its own run record (python -m dp_zoo.export)."
+        )
+    return got
 
 
 def _find_local(name):
@@ -394,8 +456,7 @@ def register(name, directory, *, remote=None, archive_sha256=None):
                          "dp_zoo/train/recipes.py first.")
     table = _read_table()
     digest = manifest.verify(str(directory))
-    with open(os.path.join(directory, "card.json")) as f:
-        c = json.load(f)
+    c = _read_card(directory, False)
     if c.get("name") != name:
         raise ValueError(f"{directory} holds the card of {c.get('name')!r}, not {name!r}.")
     row = table["entries"].setdefault(name, {})
@@ -450,9 +511,11 @@ def format_models(rows=None):
         pub = "-" if r["published_accuracy"] is None else f"{r['published_accuracy']:.1f}%"
         lines.append(f"{r['name']:36s} {r['dataset']:12s} {r['config_label']:7s} {eps_s:>5s} "
                      f"{acct:>14s} {acc:>10s} {pub:>11s}  {r['status']}")
-    legend = ("config: whose configuration it is (De2022: De et al. 2022; TAN2023: Sander et al. 2023; own: dp_zoo's "
-              "own choice, no paper figure). eps: the card's, else the target; RDP/PLD: an available model's own "
-              "card, else dp_zoo's accountant for the recipe; every epsilon rounded up.")
+    legend = ("config: whose configuration it is (De2022: De et al. 2022; TAN2023: Sander et al. 2023; De2022~: almost "
+              "certainly De et al. 2022's, inferred, unverified; De2022s: De et al. 2022's sigma as remembered, "
+              "unverified, steps computed by dp_zoo; own: dp_zoo's own choice, no paper figure). eps: the card's, "
+              "else the target; RDP/PLD: an available model's own card, else dp_zoo's accountant for the recipe; "
+              "every epsilon rounded up.")
     return "\n".join(lines + ["", legend] + notes)
 
 

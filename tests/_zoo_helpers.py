@@ -10,12 +10,19 @@ import numpy as np
 from dp_zoo import accounting
 
 N, B, SIGMA, STEPS, DELTA, CLIP = 1437, 128, 1.1, 6, 1e-5, 1.0
+# The budget guard of a private record: far above the epsilon spent (about 1.85), so that a card
+# stating the target instead of the accountant's epsilon shows a different number.
+TARGET = 8.0
 
 
 def run_record(*, input_shape=(8, 8, 1), num_params=0, num_classes=10, tan=False, private=True,
                architecture="wrn_test"):
-    """A run record as ``python -m dp_zoo.train`` writes it (contract fields + engine extras)."""
+    """A run record as ``python -m dp_zoo.train`` writes it (contract fields + engine extras).
+
+    A private one has ``target_epsilon`` TARGET, which differs from its epsilon.
+    """
     q = B / N
+    target = TARGET if private else None
     c = input_shape[-1]
     history = []
     for step in range(2, STEPS + 1, 2):
@@ -35,7 +42,7 @@ def run_record(*, input_shape=(8, 8, 1), num_params=0, num_classes=10, tan=False
         "epsilon_rdp": eps_rdp, "epsilon_pld": eps_pld, "dp_accounting_version": accounting.dp_accounting_version(),
         "noise_multiplier": SIGMA if private else 0.0, "sampling": "poisson", "sampling_probability": q,
         "dataset_size": N, "expected_batch_size": q * N, "steps": STEPS, "l2_clip": CLIP if private else None,
-        "target_epsilon": None, "adjacency": "add_or_remove_one", "privacy_unit": "example",
+        "target_epsilon": target, "adjacency": "add_or_remove_one", "privacy_unit": "example",
         "tan_simulation": None, "nonfinite_steps_skipped": 0,
         "randomness": "secret: test record" if private else None,
     }
@@ -46,7 +53,7 @@ def run_record(*, input_shape=(8, 8, 1), num_params=0, num_classes=10, tan=False
         "model": architecture, "model_kwargs": [], "batch_size": B,
         "physical_batch_size": 64, "steps": STEPS, "epochs": None, "seed": 7, "deterministic": False,
         "eval_every": 2, "checkpoint_every": 0, "init_checkpoint": None, "tan_simulation_factor": None,
-        "dp": {"l2_clip": CLIP, "noise_multiplier": SIGMA, "target_epsilon": None, "delta": DELTA,
+        "dp": {"l2_clip": CLIP, "noise_multiplier": SIGMA, "target_epsilon": target, "delta": DELTA,
                "accountant": "pld", "sampling": "poisson", "enabled": private},
         "augmult": {"num_views": 2, "style": "flip_crop", "pad": 1, "augment_first_view": False},
         "ema": {"decay": 0.999, "polyak_start": None},

@@ -1,9 +1,10 @@
 """Shared test settings: quiet TensorFlow, and every test isolated from the user's files.
 
 Every test, and every subprocess it starts (they inherit the environment and
-the working directory), gets its own empty ``DP_ZOO_HOME``, ``XDG_CACHE_HOME``
-and working directory: a model the user published (``python -m dp_zoo.train``
-writes ``$DP_ZOO_HOME/wrn_digits_eps8``) or a ``runs/`` directory in the
+the working directory), gets its own empty ``DP_ZOO_HOME``, ``XDG_CACHE_HOME``,
+``KERAS_HOME`` and working directory: a model the user published (``python -m
+dp_zoo.train`` writes ``$DP_ZOO_HOME/wrn_digits_eps8``), Keras' downloaded
+``mnist.npz`` (which ``--dataset mnist`` imports) or a ``runs/`` directory in the
 checkout can never change what a test sees, and no test writes outside its
 ``tmp_path``. Session-scoped fixtures (which are set up before any test's own
 fixtures) get the same isolation for the session, below.
@@ -19,11 +20,11 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-ISOLATED_VARS = ("DP_ZOO_HOME", "XDG_CACHE_HOME")
+ISOLATED_VARS = ("DP_ZOO_HOME", "XDG_CACHE_HOME", "KERAS_HOME")
 
 
 def _isolate(mp, root):
-    """Points DP_ZOO_HOME, XDG_CACHE_HOME and the working directory into ``root``."""
+    """Points DP_ZOO_HOME, XDG_CACHE_HOME, KERAS_HOME and the working directory into ``root``."""
     for name in ISOLATED_VARS:
         d = root / name.lower()
         d.mkdir(parents=True, exist_ok=True)
@@ -43,7 +44,7 @@ def _isolated_session(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _isolated_test(tmp_path_factory, monkeypatch):
-    """Each test's own DP_ZOO_HOME, XDG_CACHE_HOME and working directory (not inside ``tmp_path``,
+    """Each test's own DP_ZOO_HOME, XDG_CACHE_HOME, KERAS_HOME and working directory (not inside ``tmp_path``,
     so a test that lists its ``tmp_path`` sees only what it wrote there)."""
     _isolate(monkeypatch, tmp_path_factory.mktemp("env"))
     yield

@@ -8,6 +8,7 @@ accountant epsilon, and the same configuration with the noise turned off
 (clipping kept) must be caught clearly above eps=2.
 """
 
+import dataclasses
 import json
 import math
 from fractions import Fraction
@@ -173,6 +174,22 @@ def test_result_dict_is_json_and_labels_non_private_runs():
     assert text.splitlines()[-1] == f"*** {A.NOT_PRIVATE_BANNER} ***"
 
 
+def test_an_audit_of_a_reproducible_run_does_not_call_it_private():
+    """audit_small runs with deterministic=True: sampling and noise follow the public seed, so by
+    dp_zoo's own definition the run is NOT private, whatever the audit measures."""
+    cfg = A.audit_small_config()
+    assert cfg.deterministic
+    res = dataclasses.replace(_result(), config=cfg.to_dict())
+    d = res.to_dict()
+    assert d["private"] is False and res.private is False and d["noise_disabled"] is False
+    assert "NOT private" in d["status"] and "reproducible" in d["status"]
+    assert not d["status"].startswith("private")
+    assert "NOT private" in res.summary() and "nominal" in res.summary()
+    # A run keyed by its secret is audited as private.
+    secret = dataclasses.replace(_result(), config=cfg.replace(deterministic=False).to_dict())
+    assert secret.private and secret.to_dict()["status"] == "private (audited DP-SGD run)"
+
+
 def test_card_shows_audit_next_to_accountant_epsilon(tmp_path):
     from dp_zoo.model_card import ModelCard
     from tests import _zoo_helpers as H
@@ -258,7 +275,8 @@ def test_dp_run_lower_bound_below_accountant_epsilon():
     # RDP: sigma is calibrated in milliseconds (PLD: 30-50 s here); the audit does not depend on which.
     cfg = cfg.replace(dp=dataclasses.replace(cfg.dp, accountant="rdp"))
     res = A.run_audit(cfg, A.load_train(cfg, n), num_canaries=200, seed=0, recipe=A.AUDIT_SMALL)
-    assert res.private and res.noise_multiplier > 1
+    assert res.noise_multiplier > 1 and not res.noise_disabled
+    assert res.reproducible and not res.private  # audit_small is deterministic: NOT private, an audit all the same
     assert res.accountant_epsilon == pytest.approx(2.0, abs=1e-3)
     assert res.r == 100
     assert res.epsilon_lower_bound <= res.accountant_epsilon

@@ -37,6 +37,11 @@ def world(tmp_path_factory, trained_run):
     root = tmp_path_factory.mktemp("world")
     shutil.copytree(trained_run["run_dir"], root / "run")
     shutil.copytree(trained_run["artifact"], root / "home" / "wrn_digits_eps8")
+    # Verifying a card caches the accountant's recomputation in the user cache (card_check); done once
+    # here, so that a case that loads or serves the artifact changes nothing.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+        zoo.card(str(root / "home" / "wrn_digits_eps8"))
     return {"root": root, "record": trained_run["record"], "model": trained_run["model"],
             "config": trained_run["config"], "train": trained_run["train"]}
 

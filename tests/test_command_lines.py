@@ -15,7 +15,7 @@ from dp_zoo import cli
 
 SCRIPTS = {"dp-zoo-train": "dp_zoo.train", "dp-zoo-export": "dp_zoo.export", "dp-zoo-serve": "dp_zoo.serve",
            "dp-zoo-privacy": "dp_zoo.privacy", "dp-zoo-audit": "dp_zoo.audit",
-           "dp-zoo-zoo": "dp_zoo.zoo", "dp-zoo-tune": "dp_zoo.tune"}
+           "dp-zoo-zoo": "dp_zoo.zoo", "dp-zoo-tune": "dp_zoo.tune", "dp-zoo-data": "dp_zoo.data"}
 
 
 def _parser():
@@ -107,3 +107,28 @@ def test_no_tensorflow_startup_noise(tmp_path):
     assert not [ln for ln in r.stderr.splitlines() if TF_NOISE.search(ln)], r.stderr
     [line] = r.stderr.splitlines()  # the CLI's own error, after TensorFlow was imported
     assert line.startswith("dp_zoo.export: error: ") and "MANIFEST" in line
+
+
+def test_output_to_takes_python_and_file_descriptor_output_and_restores_the_console(tmp_path, capfd):
+    """What dp_zoo.tune runs its trials inside: Python prints, and C-level writes to fds 1 and 2
+    (TensorFlow's C++ logging), go to the file; the console is back after the block, also after
+    an exception."""
+    import os
+    import sys
+
+    from dp_zoo import cli
+
+    log = tmp_path / "private.log"
+    print("before")
+    with cli.output_to(str(log)):
+        print("python stdout")
+        print("python stderr", file=sys.stderr)
+        os.write(1, b"fd 1\n")
+        os.write(2, b"fd 2\n")
+    with pytest.raises(RuntimeError):
+        with cli.output_to(str(log)):
+            raise RuntimeError("inside")
+    print("after")
+    out, err = capfd.readouterr()
+    assert out == "before\nafter\n" and err == ""
+    assert set(log.read_text().splitlines()) == {"python stdout", "python stderr", "fd 1", "fd 2"}

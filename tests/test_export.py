@@ -28,7 +28,7 @@ def _reference(model, rec, images):
 
 
 def test_layout_and_manifest(art):
-    path, _, rec = art
+    path, model, rec = art
     for rel in ("model.keras", "saved_model/1/saved_model.pb", "card.json", "README.md", "card.html",
                 "run_record.json", "MANIFEST.json", "plots/epsilon_vs_step.png"):
         assert os.path.exists(os.path.join(path, rel)), rel
@@ -39,7 +39,9 @@ def test_layout_and_manifest(art):
     for rel, meta in written["files"].items():
         assert manifest.sha256_file(os.path.join(path, rel)) == meta["sha256"]
     assert written["entry"] == "wrn_digits_eps8"
-    assert json.load(open(os.path.join(path, "run_record.json"))) == rec
+    # The artifact's record is the run's, binding the weights it publishes (manifest.weights_sha256).
+    assert json.load(open(os.path.join(path, "run_record.json"))) == {
+        **rec, "published_weights_sha256": manifest.weights_sha256(model.get_weights())}
     # no temporary directories left beside the artifact
     assert os.listdir(os.path.dirname(path)) == ["wrn_digits_eps8"]
 
@@ -244,3 +246,39 @@ def test_refuses_an_export_that_does_not_reproduce_the_model(tmp_path):
     with pytest.raises(ValueError, match="exported model.keras does not reproduce the model's outputs"):
         export.export_model(model, rec, str(tmp_path / "m"), entry_name="x", zoo_points=[])
     assert os.listdir(tmp_path) == []  # neither the artifact nor its temporary directory is left
+
+
+def test_weights_digest_is_the_documented_one():
+    """manifest.weights_sha256: prefix, then per array "<dtype> <shape>\\n" and its little-endian C-order bytes."""
+    import hashlib
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.array([1.5, -2.0], dtype=">f4")  # big-endian input: hashed as its little-endian values
+    h = hashlib.sha256(b"dp_zoo weights sha256 v1\n")
+    for x in (a, b.astype("<f4")):
+        h.update(f"{x.dtype.str} {list(x.shape)}\n".encode())
+        h.update(x.tobytes())
+    assert manifest.weights_sha256([a, b]) == h.hexdigest()
+    # Order, shape and dtype all count.
+    others = ([b, a], [a.reshape(3, 2), b], [a.astype(np.float64), b], [a])
+    assert len({manifest.weights_sha256(w) for w in others} | {h.hexdigest()}) == 5
+
+
+def test_the_record_binds_the_published_weights_and_export_checks_them(art, tmp_path):
+    import keras
+
+    from dp_zoo import model_card
+
+    path, model, rec = art
+    digest = manifest.weights_sha256(model.get_weights())
+    written = json.load(open(os.path.join(path, "run_record.json")))
+    assert written["published_weights_sha256"] == digest
+    # The card binds the record (its SHA-256), the record binds the weights.
+    assert json.load(open(os.path.join(path, "card.json")))["run_record_sha256"] == model_card.record_sha256(written)
+    reloaded = keras.models.load_model(os.path.join(path, "model.keras"))
+    assert manifest.weights_sha256(reloaded.get_weights()) == digest  # the order survives save and load
+    with pytest.raises(ValueError, match="published_weights_sha256") as e:
+        export.export_model(H.tiny_model(seed=1), written, str(tmp_path / "x"), entry_name="wrn_digits_eps8",
+                            zoo_points=[])
+    assert "not the model the run published" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "x").exists()

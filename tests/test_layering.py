@@ -24,14 +24,15 @@ LAYERS = (
     ("engine", ("dp_zoo.train.optim", "dp_zoo.train.step", "dp_zoo.train.checkpoint", "dp_zoo.train.engine",
                 "dp_zoo.train.resolve", "dp_zoo.train.run_secret", "dp_zoo.train.evaluation",
                 "dp_zoo.train.reporting", "dp_zoo.train.record_sections", "dp_zoo.train.keras_private",
-                "dp_zoo.train.trainable", "dp_zoo.train.linear_probe", "dp_zoo.tan")),
+                "dp_zoo.train.trainable", "dp_zoo.train.linear_probe", "dp_zoo.train.run_lock", "dp_zoo.tan")),
     ("run record", ("dp_zoo.run_record",)),
-    ("card/export/audit", ("dp_zoo.model_card", "dp_zoo.card_markdown", "dp_zoo.card_html", "dp_zoo.export",
-                           "dp_zoo.audit")),
+    ("card/export/audit", ("dp_zoo.model_card", "dp_zoo.card_markdown", "dp_zoo.card_html", "dp_zoo.card_check",
+                           "dp_zoo.export", "dp_zoo.audit")),
     ("zoo/serve/commands", ("dp_zoo.zoo", "dp_zoo.download", "dp_zoo.serve", "dp_zoo.privacy", "dp_zoo.scripts",
-                            "dp_zoo.train.run", "dp_zoo.train.__main__", "dp_zoo.train.init_weights",
-                            "dp_zoo.train.init_privacy", "dp_zoo.export.__main__", "dp_zoo.audit.__main__",
-                            "dp_zoo.tune", "dp_zoo.pretrained")),
+                            "dp_zoo.train.run", "dp_zoo.train.publishing", "dp_zoo.train.__main__",
+                            "dp_zoo.train.init_weights",
+                            "dp_zoo.train.init_privacy", "dp_zoo.train.known_weights", "dp_zoo.export.__main__",
+                            "dp_zoo.audit.__main__", "dp_zoo.tune", "dp_zoo.data", "dp_zoo.pretrained")),
 )
 
 

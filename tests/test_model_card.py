@@ -104,6 +104,21 @@ def test_every_epsilon_shown_comes_from_the_privacy_section(record, written):
     assert shown == ceil_sig(record["privacy"]["epsilon"])
 
 
+def test_the_headline_states_the_accountants_epsilon_never_the_target(record, written):
+    """The record's target (the budget guard) differs from its epsilon; every rendering's headline
+    states the epsilon the accountant computed."""
+    d, _ = written
+    p = record["privacy"]
+    assert p["target_epsilon"] == H.TARGET and fmt_eps(p["target_epsilon"]) != fmt_eps(p["epsilon"])
+    want = f"({fmt_eps(p['epsilon'])}, {p['delta']:g})-differentially private "
+    head = json.loads((d / "card.json").read_text())["headline"]
+    assert head.startswith(want), head
+    md = (d / "README.md").read_text()
+    assert md.split("\n---\n", 1)[1].strip().splitlines()[2] == f"**{head}**"
+    html = (d / "card.html").read_text()
+    assert re.sub(r"<[^>]+>", "\n", html.split("<body>", 1)[1]).strip().splitlines()[0].startswith(want)
+
+
 def test_ceil_sig_rounds_up():
     assert ceil_sig(1.00001) == 1.001
     assert ceil_sig(7.99949) == 8.0  # 4 significant digits: 7.999|49 rounds up to 8.000

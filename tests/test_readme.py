@@ -59,12 +59,12 @@ def test_readme_first_steps_work_as_written():
 
 
 def test_publish_dir_that_would_shadow_a_shipped_entry_is_refused_before_training(tmp_path):
-    from dp_zoo.train import run
+    from dp_zoo.train import publishing
 
     home = pathlib.Path(os.environ["DP_ZOO_HOME"])
     with pytest.raises(ValueError, match="would put your model where dp_zoo.load\\('wrn_digits_eps8'\\) looks"):
-        run.check_publish_dir(str(home / "wrn_digits_eps8"))
-    run.check_publish_dir(str(home / "runs" / "wrn_digits_eps8-x"))  # the default namespace
-    run.check_publish_dir(str(tmp_path / "wrn_digits_eps8"))  # anywhere load() does not search
-    run.check_publish_dir(str(home / "wrn16_4_cifar10_eps8"))  # no published artifact to shadow
-    assert pathlib.Path(run.default_publish_dir("wrn_digits_eps8")).parent == home / "runs"
+        publishing.check_publish_dir(str(home / "wrn_digits_eps8"))
+    publishing.check_publish_dir(str(home / "runs" / "wrn_digits_eps8-x"))  # the default namespace
+    publishing.check_publish_dir(str(tmp_path / "wrn_digits_eps8"))  # anywhere load() does not search
+    publishing.check_publish_dir(str(home / "wrn16_4_cifar10_eps8"))  # no published artifact to shadow
+    assert pathlib.Path(publishing.default_publish_dir("wrn_digits_eps8")).parent == home / "runs"

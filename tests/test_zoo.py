@@ -76,9 +76,12 @@ def test_every_recipe_is_an_entry_described_by_its_recipe():
             assert e["published_accuracy_source"] is None, name
         # dp_zoo's accountant beside the target, for every private entry
         assert (e["epsilon_rdp"] is None) == (e["epsilon_pld"] is None) == (not e["private"]), name
-    # dp_zoo's own configurations (here: WRN-40-4, recalibrated sigma) carry no paper figure.
-    assert table["wrn40_4_cifar10_eps8"]["config_source"] == recipes.OWN_CHOICE
-    assert table["wrn40_4_cifar10_eps8"]["published_accuracy"] is None
+    # dp_zoo's own configurations (here: WRN-40-4 at eps=1, MNIST) carry no paper figure; nor do the
+    # configurations built on the paper's remembered, unverified sigma, which say so.
+    for name in ("wrn40_4_cifar10_eps1", "wrn_mnist_eps8"):
+        assert table[name]["config_source"] == recipes.OWN_CHOICE and table[name]["published_accuracy"] is None
+    e = table["wrn40_4_cifar10_eps8"]
+    assert e["config_label"] == "De2022s" and "unverified" in e["config_source"] and e["published_accuracy"] is None
     assert table["wrn_digits_nonprivate"]["delta"] is None and table["wrn16_4_cifar10_eps8"]["delta"] == 1e-5
 
 
@@ -124,7 +127,8 @@ def test_registered_artifact_loads_with_its_card(isolated, artifact):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a registered artifact loads without a warning
         m = dp_zoo.load("wrn_digits_eps8")
-    assert m.card["artifact"] == {"path": str(d), "registered": True, "manifest_sha256": digest}
+    assert m.card["artifact"] == {"path": str(d), "registered": True, "manifest_sha256": digest,
+                                  "published_weights_sha256": manifest.weights_sha256(model.get_weights())}
     assert m.card["privacy"] == rec["privacy"]
     # The loaded model takes pixels (as the card states) and normalises inside; the network took normalised ones.
     pixels = H.images(3)
@@ -254,8 +258,14 @@ def test_a_same_named_directory_in_cwd_does_not_bypass_the_table(isolated, artif
     zoo.register("wrn_digits_eps8", d)
     stray = isolated["tmp"] / "cwd"
     _copy(artifact, stray)
-    card = stray / "wrn_digits_eps8" / "card.json"
-    card.write_text(card.read_text().replace('"wall_time_s": 12.345', '"wall_time_s": 2.0'))
+    # Another self-consistent artifact: its record edited, its card rebuilt from it.
+    from dp_zoo.model_card import ModelCard
+
+    rec = json.loads((stray / "wrn_digits_eps8" / "run_record.json").read_text())
+    rec["operational"]["wall_time_s"] = 2.0
+    (stray / "wrn_digits_eps8" / "run_record.json").write_text(json.dumps(rec))
+    (stray / "wrn_digits_eps8" / "card.json").write_text(
+        json.dumps(ModelCard.from_run_record("wrn_digits_eps8", rec).to_json()))
     manifest.write(str(stray / "wrn_digits_eps8"))
     monkeypatch.chdir(stray)
     assert dp_zoo.card("wrn_digits_eps8")["artifact"]["path"] == str(d)
@@ -335,3 +345,27 @@ def test_list_models_filters_names_like_timm():
     assert [r["name"] for r in dp_zoo.list_models("*eps8")] == [n for n in every if n.endswith("eps8")]
     assert [r["name"] for r in dp_zoo.list_models("cifar100")] == [n for n in every if "cifar100" in n]
     assert dp_zoo.list_models("no_such_model*") == []
+
+
+def test_load_refuses_weights_other_than_those_the_run_record_publishes(isolated, artifact):
+    """A self-consistent artifact (its manifest rewritten) whose model.keras is another model's."""
+    d = _copy(artifact, isolated["tmp"] / "swapped")
+    H.tiny_model(seed=1).save(d / "model.keras")
+    manifest.write(str(d), "wrn_digits_eps8")
+    with pytest.raises(ValueError, match="does not hold the weights its run record publishes") as e:
+        dp_zoo.load(str(d))
+    assert "\n" not in str(e.value)
+
+
+def test_an_artifact_whose_record_predates_the_weights_digest_loads_on_its_manifest(isolated, artifact):
+    """Records from before published_weights_sha256 (the shipped wrn_digits_nonprivate's): the digest check
+    is skipped, and the card says it was not made; the manifest still checks every file."""
+    d = _copy(artifact, isolated["tmp"] / "old")
+    rec = json.loads((d / "run_record.json").read_text())
+    del rec["published_weights_sha256"]
+    (d / "run_record.json").write_text(json.dumps(rec))
+    with pytest.raises(ValueError, match="run_record.json"):
+        dp_zoo.load(str(d))  # the manifest still lists the old bytes
+    manifest.write(str(d), "wrn_digits_eps8")
+    m = dp_zoo.load(str(d))
+    assert m.card["artifact"]["published_weights_sha256"] is None

@@ -19,6 +19,16 @@ when K = 0). Then, for every order lambda > 1:
   curve at eps_hat (dp-accounting's ``compute_delta``, minimised over orders).
   dp_zoo requires mu >= 1, as dp-accounting does.
 
+* **Zero-truncated Poisson** (what ``dp_zoo.tune`` runs for ``poisson:MU``).
+  K ~ Poisson(mu) conditioned on K >= 1: the Poisson tuner run again until
+  it releases something. Its output "bottom" (K = 0) has probability
+  p0 = e^-mu on every data set, so removing it and renormalising gives, with
+  eps the Poisson tuner's RDP at order lambda (exact given eps, and
+  increasing in it):
+
+      eps_0 = log((e^((lambda-1) eps) - p0) / (1 - p0)) / (lambda - 1)
+            <= eps + log(1 / (1 - p0)) / (lambda - 1).
+
 * **Truncated negative binomial** (Theorem 2). K ~ D_{eta,gamma},
   P[K = k] = (1-gamma)^k / (gamma^-eta - 1) * prod_{l<k} (l + eta)/(l + 1)
   for k >= 1 (eta in (-1, inf), gamma in (0, 1); eta = 0 is the logarithmic
@@ -44,12 +54,18 @@ Canonne, Kamath & Steinke 2020, Prop. 12), minimised over orders.
 
 Q itself, as dp_zoo runs it (docs/privacy.md, "Hyper-parameter tuning"): a
 grid point drawn uniformly at random, a DP-SGD run with that point's
-hyper-parameters, and the count of correct validation predictions plus
-Gaussian noise (sensitivity 1). Its RDP at each order is the largest over
-the grid points of (DP-SGD run's RDP + the score's lambda / (2 sigma_s^2)):
-the two are composed additively (sequential composition, conservative even
-though the validation examples are not trained on), and revealing which
-grid point was drawn costs at most the worst point's divergence.
+hyper-parameters and noise multiplier, and the count of correct validation
+predictions plus Gaussian noise (sensitivity 1). Each point's curve is its
+DP-SGD run's RDP plus the score's lambda / (2 sigma_s^2) (sequential
+composition, conservative even though the validation examples are not
+trained on). Q's curve, the one every theorem above is applied to, is the
+pointwise maximum over the grid points of their curves: Q is a mixture with
+data-independent weights, and even revealing which point was drawn costs at
+most the worst point's divergence at each order. ``calibrate_points`` gives
+each point its own noise multiplier (the smallest whose curve converts to
+one common per-trial epsilon), so a short run does not pay for a long one's
+noise; the total is always computed from the maximum of the points' curves,
+which dominates each of them at every order by construction.
 
 All functions here are pure; the tuner's secret randomness enters only
 through ``trial_rng(secret)``.
@@ -76,12 +92,18 @@ METHOD = "Papernot & Steinke 2022 (ICLR), random number of trials, release the b
 
 @dataclasses.dataclass(frozen=True)
 class TrialDistribution:
-    """The distribution of the number of trials K: ``poisson`` (mean) or ``negbin`` (eta, gamma)."""
+    """The distribution of the number of trials K: ``poisson`` (mean) or ``negbin`` (eta, gamma).
+
+    ``zero_truncated`` (Poisson only): K is Poisson(mean) conditioned on
+    K >= 1, which is what ``parse`` gives and ``dp_zoo.tune`` runs; records
+    written before it existed ran plain Poisson (``from_dict`` reads them so).
+    """
 
     kind: str
     mean: float = None
     eta: float = None
     gamma: float = None
+    zero_truncated: bool = False
 
     def __post_init__(self):
         if self.kind == "poisson":
@@ -92,19 +114,21 @@ class TrialDistribution:
                 raise ValueError(f"negbin trials need eta > -1, got {self.eta!r}; e.g. --trials negbin:1,0.3.")
             if self.gamma is None or not 0 < self.gamma < 1:
                 raise ValueError(f"negbin trials need 0 < gamma < 1, got {self.gamma!r}; e.g. --trials negbin:1,0.3.")
+            if self.zero_truncated:
+                raise ValueError("the negative binomial D_{eta,gamma} has no zero to truncate (K >= 1 already).")
         else:
             raise ValueError(f"unknown trial distribution {self.kind!r}; use one of {KINDS}.")
 
     @classmethod
     def parse(cls, spec):
-        """``"poisson:MEAN"`` or ``"negbin:ETA,GAMMA"`` (ValueError naming the fix otherwise)."""
+        """``"poisson:MEAN"`` (zero-truncated) or ``"negbin:ETA,GAMMA"`` (ValueError naming the fix otherwise)."""
         kind, _, args = str(spec).partition(":")
         try:
             values = [float(v) for v in args.split(",")] if args else []
         except ValueError:
             values = None
         if kind == "poisson" and values is not None and len(values) == 1:
-            return cls("poisson", mean=values[0])
+            return cls("poisson", mean=values[0], zero_truncated=True)
         if kind == "negbin" and values is not None and len(values) == 2:
             return cls("negbin", eta=values[0], gamma=values[1])
         raise ValueError(f"bad trial distribution {spec!r}: use poisson:MEAN (e.g. poisson:3) "
@@ -114,22 +138,32 @@ class TrialDistribution:
     def from_dict(cls, d):
         """The distribution a card's ``privacy.tuning.trial_distribution`` names."""
         if d.get("kind") == "poisson":
-            return cls("poisson", mean=d["mean"])
+            return cls("poisson", mean=d["mean"], zero_truncated=bool(d.get("zero_truncated", False)))
         return cls(d.get("kind"), eta=d.get("eta"), gamma=d.get("gamma"))
 
+    def prob_zero(self):
+        """P[K = 0] (0 for the truncated distributions)."""
+        return math.exp(-self.mean) if self.kind == "poisson" and not self.zero_truncated else 0.0
+
     def expected_trials(self):
-        """E[K]."""
+        """E[K] (public: it depends on the distribution only, never on the draw)."""
         if self.kind == "poisson":
-            return float(self.mean)
+            return float(self.mean) / (-math.expm1(-self.mean) if self.zero_truncated else 1.0)
         g, eta = self.gamma, self.eta
         if eta == 0:
             return (1 / g - 1) / math.log(1 / g)
         return eta * (1 - g) / (g * (1 - g ** eta))
 
+    def describe(self):
+        """The distribution in words (for the console and the card)."""
+        if self.kind == "poisson":
+            return f"Poisson(mean {self.mean:g})" + (" conditioned on K >= 1" if self.zero_truncated else "")
+        return f"truncated negative binomial (eta {self.eta:g}, gamma {self.gamma:g})"
+
     def to_dict(self):
         d = {"kind": self.kind, "expected_trials": self.expected_trials()}
         if self.kind == "poisson":
-            d["mean"] = self.mean
+            d.update(mean=self.mean, zero_truncated=self.zero_truncated)
         else:
             d.update(eta=self.eta, gamma=self.gamma)
         return d
@@ -214,10 +248,30 @@ def negbin_rdp(orders, rdp, eta, gamma):
     return _monotone(out)
 
 
+def zero_truncated_rdp(orders, rdp, p0):
+    """The RDP of a mechanism conditioned on not outputting "bottom", from its ``rdp``, when
+    "bottom" has probability ``p0`` on every data set (the Poisson tuner's K = 0).
+
+    With P, Q the untruncated output distributions, sum_x P^lambda Q^(1-lambda)
+    = e^((lambda-1) eps) and "bottom" contributes p0^lambda p0^(1-lambda) = p0
+    to it; conditioning divides both by 1 - p0. Computed in logs:
+    eps + (log1p(-p0 e^-((lambda-1) eps)) - log1p(-p0)) / (lambda - 1).
+    """
+    orders, rdp = np.asarray(orders, dtype=np.float64), np.asarray(rdp, dtype=np.float64)
+    _check_curve(orders, rdp)
+    if not 0 <= p0 < 1:
+        raise ValueError(f"p0 must be in [0, 1), got {p0!r}.")
+    a = (orders - 1) * np.maximum(rdp, 0.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = rdp + (np.log1p(-p0 * np.exp(-a)) - math.log1p(-p0)) / (orders - 1)
+    return _monotone(np.where(np.isfinite(rdp), out, np.inf))
+
+
 def tuned_rdp(orders, rdp, dist):
     """The tuner's per-order RDP for ``dist`` (a ``TrialDistribution``) from one trial's ``rdp``."""
     if dist.kind == "poisson":
-        return poisson_rdp(orders, rdp, dist.mean)
+        out = poisson_rdp(orders, rdp, dist.mean)
+        return zero_truncated_rdp(orders, out, math.exp(-dist.mean)) if dist.zero_truncated else out
     return negbin_rdp(orders, rdp, dist.eta, dist.gamma)
 
 
@@ -313,7 +367,10 @@ def trial_rng(secret, label):
 def draw_trials(dist, rng):
     """K, the number of trials, drawn from ``dist`` with ``rng`` (use ``trial_rng(secret, "trials")``)."""
     if dist.kind == "poisson":
-        return int(rng.poisson(dist.mean))
+        k = int(rng.poisson(dist.mean))
+        while dist.zero_truncated and k == 0:  # conditioning on K >= 1 by rejection: exact
+            k = int(rng.poisson(dist.mean))
+        return k
     # Inverse CDF from the pmf's recursion P[k+1]/P[k] = (1-gamma)(k+eta)/(k+1),
     # P[1] = (1-gamma) eta / (gamma^-eta - 1) (-> (1-gamma)/log(1/gamma) at eta = 0).
     g, eta = dist.gamma, dist.eta

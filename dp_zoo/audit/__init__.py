@@ -48,6 +48,13 @@ sampling, per-example clipping, division by the expected batch size) kept.
 It exists only to show that the audit has power; its result says
 "noise disabled: NOT private" and carries no accountant epsilon.
 
+The ``audit_small`` preset runs with ``deterministic=True`` (reproducible
+audits: the guesser never reads the seed), so by dp_zoo's definition the
+audited run is NOT private (docs/privacy.md, "Reproducible runs are not
+private"): its result has ``private`` False, a status that says so, and
+the accountant's epsilon labelled nominal. A recipe's audit keys its run by
+a secret, as the recipe does.
+
 Caveat on the accountant. The engine sets q = B / N with N the training
 set size, so q moves slightly with the number of included canaries (by
 well under 1% for the presets); the accountant's epsilon is the one for

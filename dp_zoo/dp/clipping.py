@@ -1,7 +1,8 @@
 """The clipped gradient sum of one micro-batch: the entry point of the DP step.
 
-``clipped_grad_sum`` clips each example's gradient to global L2 norm C and
-sums over the batch; padding and non-finite rows contribute exactly zero
+``clipped_grad_sum`` clips each example's gradient to global L2 norm C (up
+to a relative 1e-6: the norms are float32 computations, docs/privacy.md
+"Clipping bound") and sums over the batch; padding and non-finite rows contribute exactly zero
 (docs/design.md, "DP-SGD semantics"). Models with weight-standardized
 layers take the fast path of ``ws_fast_path``; every other model the
 generic one here (vectorized per-example gradients, ``per_example``).

@@ -78,7 +78,12 @@ def sq_norms(grads):
 
 
 def clip_factors(norms, l2_clip):
-    """``min(1, C / ||g||)``, written as ``C / max(||g||, C)`` (safe at 0)."""
+    """``min(1, C / ||g||)``, written as ``C / max(||g||, C)`` (safe at 0).
+
+    With the computed norm at least the true one times (1 - 1e-6), the
+    clipped gradient has norm at most C (1 + 1e-6), not C exactly
+    (docs/privacy.md, "Clipping bound").
+    """
     return l2_clip / tf.maximum(norms, l2_clip)
 
 

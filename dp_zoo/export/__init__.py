@@ -15,7 +15,9 @@ The SavedModel loads with ``tf.saved_model.load``, ``tensorflow_hub.load``,
 ``keras.layers.TFSMLayer``, ``saved_model_cli`` and TF Serving.
 
 Export is atomic (written to a temporary sibling directory, checked, then
-renamed), refuses to overwrite an existing artifact unless asked, refuses a
+renamed), refuses to overwrite an existing artifact unless asked (and even
+then replaces only a dp_zoo artifact: an empty directory, or one holding
+nothing its MANIFEST does not list; never a folder of someone's files), refuses a
 model with non-finite weights or one that does not match its run record, and
 checks that the written ``.keras`` file and SavedModel reproduce the model's
 outputs before anything is put in place.

@@ -14,8 +14,9 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from dp_zoo import manifest, preprocessing
+from dp_zoo import card_check, manifest, preprocessing
 from dp_zoo.model_card import ModelCard
+from dp_zoo.run_record import PUBLISHED_WEIGHTS_SHA256
 
 SERVING_VERSION = "1"
 
@@ -89,8 +90,27 @@ def _probe_images(model, n=4, seed=0):
     return np.random.default_rng(seed).integers(0, 256, size=(n, h, w, c), dtype=np.uint8)
 
 
-def _check_roundtrip(model, directory, mean, std):
-    """The written .keras and SavedModel must give the model's own outputs."""
+def bind_published_weights(model, run_record):
+    """``run_record`` with ``published_weights_sha256`` = the digest of ``model``'s weights (a copy).
+
+    Raises:
+      ValueError: the record already names other weights (this is not the
+        model the run published).
+    """
+    digest = manifest.weights_sha256(model.get_weights())
+    recorded = run_record.get(PUBLISHED_WEIGHTS_SHA256)
+    if recorded is not None and recorded != digest:
+        raise ValueError(
+            f"The model's weights hash to {digest[:16]}..., but its run record publishes weights with "
+            f"{PUBLISHED_WEIGHTS_SHA256} {recorded[:16]}...: this is not the model the run published. Export the "
+            f"run's published ({run_record.get('published_weights') or 'last'}) weights with that run's record."
+        )
+    return {**run_record, PUBLISHED_WEIGHTS_SHA256: digest}
+
+
+def _check_roundtrip(model, directory, mean, std, digest):
+    """The written .keras must hold the published weights (``digest``), and it and the SavedModel must give
+    the model's own outputs."""
     import keras
 
     import dp_zoo.models  # noqa: F401  registers custom layers for load_model
@@ -99,6 +119,9 @@ def _check_roundtrip(model, directory, mean, std):
     x = preprocessing.normalize(images, mean, std)
     ref = np.asarray(model(x, training=False), np.float32)
     reloaded = keras.models.load_model(os.path.join(directory, "model.keras"))
+    if manifest.weights_sha256(reloaded.get_weights()) != digest:
+        raise ValueError("the exported model.keras does not reload with the weights it was saved with (their "
+                         "digest differs); not publishing it. A custom layer may not serialize its weights in order.")
     got_keras = np.asarray(reloaded(x, training=False), np.float32)
     served = tf.saved_model.load(os.path.join(directory, "saved_model", SERVING_VERSION))
     got_sm = served.signatures["serving_default"](images=tf.constant(images))["logits"].numpy()
@@ -118,7 +141,10 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
         publish (e.g. the EMA weights; the record's "published_weights" says
         which).
       run_record: the complete run record (schema: docs/design.md),
-        with "data" (train mean/std) and "metrics".
+        with "data" (train mean/std) and "metrics". The artifact's copy
+        carries ``published_weights_sha256``, the digest of ``model``'s
+        weights (``manifest.weights_sha256``); a record that already has one
+        must name these weights.
       out_dir: target directory (e.g. ``saved_models/<entry>``).
       entry_name: the zoo entry name written into the card.
       overwrite: replace an existing artifact.
@@ -131,17 +157,23 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
       ``manifest.sha256_file(os.path.join(path, manifest.FILENAME))``.
 
     Raises:
-      FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
-      ValueError: non-finite weights, a model/record mismatch, an incomplete
-        record, or an export that does not reproduce the model.
+      FileExistsError: ``out_dir`` exists and ``overwrite`` is False, or
+        it is not a dp_zoo artifact (``manifest.check_replaceable``: only an
+        empty directory or one holding nothing but what its MANIFEST lists
+        is ever replaced).
+      ValueError: non-finite weights, a model/record mismatch (weights
+        other than the record's ``published_weights_sha256`` included), an
+        incomplete record, or an export that does not reproduce the model.
     """
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not overwrite:
+    if os.path.lexists(out_dir) and not overwrite:
         raise FileExistsError(
             f"{out_dir} already exists; pass overwrite=True (--overwrite) to replace it, "
             "or choose another directory."
         )
+    manifest.check_replaceable(out_dir)
     check_publishable(model, run_record)
+    run_record = bind_published_weights(model, run_record)
     card = ModelCard.from_run_record(entry_name, run_record)
     data = run_record["data"]
     parent = os.path.dirname(out_dir)
@@ -156,9 +188,13 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
         card.write(tmp, zoo_points=zoo_points)
         with open(os.path.join(tmp, "run_record.json"), "w") as f:
             json.dump(run_record, f, indent=2, sort_keys=True)
-        _check_roundtrip(model, tmp, data["mean"], data["std"])
+        _check_roundtrip(model, tmp, data["mean"], data["std"], run_record[PUBLISHED_WEIGHTS_SHA256])
         manifest.write(tmp, entry_name)
-        if os.path.exists(out_dir):
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the published model from other users
+        if os.path.lexists(out_dir):
+            manifest.check_replaceable(out_dir)  # again: files may have appeared while exporting
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old.", dir=parent)
             os.rmdir(old)
             os.replace(out_dir, old)
@@ -230,7 +266,8 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
       manifest_sha256, headline, version_notes, uploaded (bool).
 
     Raises:
-      ValueError: a bad handle, an artifact failing verification, a TAN
+      ValueError: a bad handle, an artifact failing verification (its
+        files, or its card against its run record: ``card_check``), a TAN
         simulation without ``allow_simulation``.
       ImportError: not a dry run and ``kagglehub`` is not installed.
     """
@@ -242,6 +279,8 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
     digest = manifest.verify(artifact_dir)
     with open(os.path.join(artifact_dir, "card.json")) as f:
         card = json.load(f)
+    with open(os.path.join(artifact_dir, "run_record.json")) as f:
+        card_check.check(card, json.load(f), artifact_dir)  # never publish a card its record does not give
     if card["privacy"].get("tan_simulation") and not allow_simulation:
         raise ValueError(
             f"{artifact_dir} is a TAN simulation (not private at the stated epsilon); refusing to publish it "

@@ -13,10 +13,13 @@ Examples::
     python -m dp_zoo.train --recipe wrn16_4_cifar10_eps8 --tan-simulate 16   # TAN's own simulation
     python -m dp_zoo.train --recipe nf_resnet50_imagenet_tan_eps8 --tan-simulate 128
     python -m dp_zoo.train --model nfnet_f3 --init weights.keras
+    python -m dp_zoo.train --model wrn_digits --init saved_models/wrn_digits_eps2   # an artifact directory
     python -m dp_zoo.train --model nfnet_f3 --init dm_nfnet_f3.safetensors   # timm weights
 
 A run directory (``--run-dir``) holds checkpoints and the privacy journal;
-re-running the same command with the same ``--run-dir`` resumes it.
+re-running the same command with the same ``--run-dir`` resumes it. One
+training at a time holds a run directory (a second is refused, naming the
+first one's PID), and the publish target is checked before the first step.
 
 This module only turns the command line into a recipe's ``TrainConfig`` with
 the flags' overrides (``resolve``) and ``run.RunOptions``; ``run.train`` does
@@ -146,9 +149,9 @@ def _parser():
     p.switch("non-private", default=False, help="Train a non-private baseline (no clipping, no noise, no epsilon).")
     p.option("tan-simulate", type=float, help="Run the TAN simulation with batch and sigma divided by this factor.")
     p.option("init", help="Weights to fine-tune from: a .keras model of the same architecture, a zoo model name, "
-             "a DeepMind NFNet / jax_privacy WRN Haiku checkpoint, or a timm state dict of an NF model "
-             "(.pth/.pt/.bin/.safetensors, or .npz of numpy arrays); a classifier of another class count is "
-             "re-initialised.")
+             "an exported artifact directory (verified, with its card), a DeepMind NFNet / jax_privacy WRN Haiku "
+             "checkpoint, or a timm state dict of an NF model (.pth/.pt/.bin/.safetensors, or .npz of numpy "
+             "arrays); a classifier of another class count is re-initialised.")
     p.option("trainable", help="Which variables train: 'all' (default), 'head' (the classifier) or a regex "
              "searched in each variable's path (e.g. 'stage4|logits'); the rest stay frozen, and per-example "
              "clipping and noise cover the trained variables only.")
@@ -169,7 +172,8 @@ def _parser():
     p.option("publish-dir", help="Where to publish the model and card. Default: a new "
              "$DP_ZOO_HOME/runs/<name>-<date>-<time> (else ~/.cache/dp_zoo/runs/...); load it with dp_zoo.load(PATH).")
     p.switch("publish", default=True, help="Publish the trained model with its card.")
-    p.switch("overwrite", default=False, help="Replace an existing artifact in --publish-dir.")
+    p.switch("overwrite", default=False, help="Replace an existing artifact in --publish-dir (only a dp_zoo "
+             "artifact: never a directory holding files its MANIFEST does not list).")
     p.option("strategy", default="default", choices=["default", "mirrored", "multiworker", "tpu"],
              help="tf.distribute strategy.")
     p.option("tpu", help="With --strategy tpu: the TPU's name or grpc:// address (default: the one the "
@@ -414,13 +418,16 @@ def _main(argv):
     from dp_zoo.accounting import BudgetExceededError
     from dp_zoo.train.data import DataUnavailableError
     from dp_zoo.train.engine import TrainingError
+    from dp_zoo.train.publishing import PublishError
+    from dp_zoo.train.run_lock import RunDirInUseError
 
     print(f"Preparing {name}: loading TensorFlow, the data and the model...", flush=True)
     try:
         t0 = time.time()
         run.train(name, config, recipe, run_options(args))
         print(f"done in {time.time() - t0:.1f} s")
-    except (DataUnavailableError, TrainingError, BudgetExceededError, FileExistsError, ValueError) as e:
+    except (DataUnavailableError, TrainingError, BudgetExceededError, FileExistsError, ValueError, PublishError,
+            RunDirInUseError) as e:
         print(f"dp_zoo.train: error: {in_flag_terms(str(e))}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
     except run.Interrupted as e:

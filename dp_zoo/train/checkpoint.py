@@ -102,6 +102,14 @@ def write_journal(run_dir, ledger, identity, step_in_progress):
     })
 
 
+def journalled_steps(run_dir):
+    """The steps the privacy journal of ``run_dir`` says drew noise (0 without a journal)."""
+    if run_dir is None or not os.path.exists(journal_path(run_dir)):
+        return 0
+    with open(journal_path(run_dir)) as f:
+        return int(json.load(f)["ledger"]["steps"])
+
+
 def journal_spent(run_dir, ledger, identity_fn, replayable=True):
     """Steps the journal says were spent, or 0 when the lost ones are replayed bit-identically.
 
@@ -191,6 +199,12 @@ def load(base):
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
         raise ValueError(f"checksum mismatch in {base}.npz")
     return meta, np.load(io.BytesIO(data))
+
+
+def has_checkpoint(run_dir):
+    """Whether ``run_dir`` holds a checkpoint (usable or not: ``load_newest`` tells)."""
+    d = checkpoint_dir(run_dir)
+    return os.path.isdir(d) and any(f.endswith(".json") for f in os.listdir(d))
 
 
 def load_newest(ckpt_dir):

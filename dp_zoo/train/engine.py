@@ -28,7 +28,7 @@ nothing more only if the redone step is provably bit-identical to the lost
 one: same configuration, secret, replica count and device kind, with
 TensorFlow's op determinism on. Only then does the redo reuse the lost step's
 budget; otherwise, and always when no checkpoint is left (a journal-only
-resume), every journalled step is counted.
+resume, which draws a new secret: run_secret.py), every journalled step counts.
 
 Checkpoints and the journal are written by ``dp_zoo.train.checkpoint``; the
 compiled step functions are built by ``dp_zoo.train.step``; ``resolve``,

@@ -1,10 +1,12 @@
 """The weights a run starts from (``--init``): which format, whether it fits the run, loading them.
 
 ``--init`` takes a ``.keras`` model of the same architecture, a zoo model
-name, a DeepMind NFNet / jax_privacy WRN Haiku checkpoint, or a timm state
-dict of an NF model (``.pth/.pt/.bin/.safetensors``, or ``.npz`` of numpy
-arrays). A classifier of another class count is re-initialised; every other
-layer must match.
+name, an exported artifact directory (verified as ``dp_zoo.load`` verifies
+it; its card gives the provenance, as a zoo model's does), a DeepMind
+NFNet / jax_privacy WRN Haiku checkpoint, or a timm state dict of an NF
+model (``.pth/.pt/.bin/.safetensors``, or ``.npz`` of numpy arrays). A
+classifier of another class count is re-initialised; every other layer must
+match.
 
 What an initial checkpoint means for the run's privacy is in
 ``init_privacy.py``.
@@ -18,14 +20,19 @@ HAIKU_SUFFIXES = (".dill", ".pkl", ".pickle")
 
 
 def init_format(path):
-    """"keras", "zoo", "timm", "haiku" or None (unknown) for an ``--init`` value.
+    """"keras", "zoo", "artifact", "timm", "haiku" or None (unknown) for an ``--init`` value.
+
+    A zoo entry's name wins over a same-named directory in the working
+    directory (as in ``dp_zoo.load``); any other directory is an artifact.
 
     ``.npz`` is read to tell timm from Haiku: DeepMind's ``F*_haiku.npz``
     NFNet weights are pickles despite the suffix, and ``np.savez`` archives
     of Haiku trees have ``module/param`` keys, where timm's have dots.
     """
-    if not os.path.exists(path):
+    if not os.path.exists(path) or (os.path.isdir(path) and os.sep not in path and zoo_architecture(path)):
         return "zoo" if zoo_architecture(path) is not None else None
+    if os.path.isdir(path):
+        return "artifact"
     if path.endswith(".keras"):
         return "keras"
     if path.endswith(HAIKU_SUFFIXES):
@@ -85,11 +92,14 @@ def init_changes(init, config):
             raise ValueError(f"--init {init}: no such file, and no published zoo model of that name "
                              "(python -m dp_zoo.zoo lists them).")
         raise ValueError(
-            f"--init {init}: unknown weight format; pass a .keras model, a zoo model name, a timm "
+            f"--init {init}: unknown weight format; pass a .keras model, a zoo model name, an artifact "
+            "directory, a timm "
             f"state dict ({', '.join(TIMM_SUFFIXES)}) or a Haiku checkpoint "
             f"({', '.join(HAIKU_SUFFIXES + ('.npz',))})."
         )
     changes = {"init_checkpoint": f"zoo:{init}" if fmt == "zoo" else os.path.abspath(init)}
+    if fmt == "artifact":
+        _check_artifact(init, config)
     if fmt == "zoo":
         arch = zoo_architecture(init)
         if arch != config.model:
@@ -121,6 +131,20 @@ def init_changes(init, config):
         kw.update(TIMM_CONVENTIONS[family])
         changes["model_kwargs"] = tuple(sorted(kw.items()))
     return changes
+
+
+def _check_artifact(path, config):
+    """An artifact directory must verify (files, card, the accountant's epsilon) and hold ``config.model``."""
+    from dp_zoo import zoo
+
+    try:
+        card = zoo.card(os.path.abspath(path))
+    except (ValueError, OSError) as e:
+        raise ValueError(f"--init {path}: {e}") from None
+    arch = (card.get("model") or {}).get("architecture")
+    if arch != config.model:
+        raise ValueError(f"--init {path} is a {arch} model; this run trains {config.model}. "
+                         f"Pass --model {arch}, or weights of {config.model}.")
 
 
 # Runs in its own process: importing torch after TensorFlow can crash the
@@ -179,6 +203,9 @@ def load_init_weights(path, model, config, input_shape):
     if fmt == "zoo":
         # Verified against the zoo table's checksum before it is used.
         return transfer_weights(dp_zoo.load(path[len("zoo:"):], include_preprocessing=False), model)
+    if fmt == "artifact":
+        # Verified as any load is; the bare network (normalised input), as the zoo name gives it.
+        return transfer_weights(dp_zoo.load(os.path.abspath(path), include_preprocessing=False), model)
     if fmt == "haiku":
         from dp_zoo.models.convert import load_haiku_checkpoint, load_haiku_into
 

@@ -17,6 +17,11 @@ of docs/privacy.md:
   is applied; ``fit`` refuses to start a run that would exceed
   ``target_epsilon``, and the history has only the epsilon spent (no
   training loss or gradient norms: they depend on the private data).
+- What ``fit`` reports counts logical steps, never micro-batches (their
+  number is a function of the secret batch sizes): ``History.params``, the
+  users' callbacks, and a progress line with no timing. Keras ``fit``
+  arguments it cannot honour (validation data, sample or class weights,
+  batch_size, ...) are refused, not dropped.
 - ``seed=`` makes sampling and noise reproducible, and therefore NOT
   private: ``is_private`` is False and a warning says so.
 
@@ -41,6 +46,87 @@ from dp_zoo.dp import clipped_grad_sum, noisy_normalized_sum
 from dp_zoo.precision import check_precision
 from dp_zoo.train import sampling
 from dp_zoo.train import trainable as trainable_lib
+
+
+# Keras fit() arguments that change nothing at these values (Keras' own defaults).
+_NO_OP = {"validation_split": 0.0, "initial_epoch": 0, "validation_freq": 1}
+_WHY = {
+    "batch_size": "make_private models sample Poisson batches themselves; do not pass batch_size or shuffle "
+                  "to fit() (the expected batch size was set in make_private)",
+    "validation": "fit() takes no validation data (validation_split would carve it out of the training set "
+                  "whose N the accounting uses); evaluate the trained model on held-out data afterwards, "
+                  "e.g. with private.predict(x_test)",
+    "weight": "fit() takes no per-example weights: each example's gradient is clipped to the norm C the "
+              "accountant assumes, and a weight would scale it past that bound; drop them",
+    "steps": "fit() counts logical DP steps: pass steps= or epochs= instead",
+}
+_TOPIC = {"batch_size": "batch_size", "shuffle": "batch_size", "sample_weight": "weight", "class_weight": "weight",
+          "steps_per_epoch": "steps", "initial_epoch": "steps"}
+
+
+def _refuse_unsupported(kwargs):
+    """Raises ValueError naming the first Keras ``fit`` argument a private fit would otherwise drop."""
+    for name, value in kwargs.items():
+        if value is None or (name in _NO_OP and value == _NO_OP[name]):
+            continue
+        topic = "validation" if name.startswith("validation") else _TOPIC.get(name)
+        if topic is None:
+            raise ValueError(f"fit() got the unsupported argument {name}=; a make_private model's fit takes x, y, "
+                             "epochs, steps, verbose and callbacks.")
+        raise ValueError(f"{name}= is not supported: {_WHY[topic]}.")
+
+
+class _LogicalSteps(keras.callbacks.Callback):
+    """Drives a fit's callbacks, ledger and progress line by logical DP steps, not micro-batches.
+
+    Keras calls it once per micro-batch. It counts a logical step in the
+    ledger at its first micro-batch (write-ahead, as the engine: a step is
+    counted before its noise is drawn, so an interrupted step is never lost),
+    and forwards to the users' callbacks (with a History) one batch event per
+    logical step, with empty logs, and epoch/train-end logs holding only ε.
+    """
+
+    def __init__(self, private, step_of, n_steps, verbose, callbacks):
+        super().__init__()
+        self._private, self._step_of, self._n, self._verbose = private, step_of, n_steps, verbose
+        self._done, self._eps = 0, None
+        self._users = keras.callbacks.CallbackList(list(callbacks or []), add_history=True, add_progbar=False,
+                                                   model=private, verbose=verbose, epochs=1, steps=n_steps)
+
+    def _end_logs(self):
+        # Computed once per fit, at its end (an exact PLD epsilon can take a while).
+        if self._eps is None:
+            self._eps = self._private.ledger.epsilon()
+        return {"epsilon": self._eps}
+
+    def on_train_begin(self, logs=None):
+        self._users.on_train_begin()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._users.on_epoch_begin(0)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step, first, _ = self._step_of[batch]
+        if first:
+            self._private.ledger.record_step()
+            self._users.on_train_batch_begin(step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, _, last = self._step_of[batch]
+        if last:
+            self._done = step + 1
+            self._users.on_train_batch_end(step, {})
+            if self._verbose == 1:
+                print(f"\rlogical step {self._done}/{self._n}", end="", flush=True)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = self._end_logs()
+        if self._verbose:
+            print(f"\rlogical step {self._done}/{self._n}, epsilon={logs['epsilon']:.4f}", flush=True)
+        self._users.on_epoch_end(0, logs)
+
+    def on_train_end(self, logs=None):
+        self._users.on_train_end(self._end_logs())
 
 
 class PrivateModel(keras.Model):
@@ -110,7 +196,7 @@ class PrivateModel(keras.Model):
         # Keras needs some log, so it gets the public clipping norm.
         return {"l2_clip": tf.constant(self.l2_clip)}
 
-    def fit(self, x, y, *, epochs=1, steps=None, verbose="auto", callbacks=None, **kwargs):
+    def fit(self, x, y, *, epochs=1, steps=None, verbose="auto", callbacks=None, **unsupported):
         """Trains with Poisson-sampled DP-SGD.
 
         Args:
@@ -118,16 +204,23 @@ class PrivateModel(keras.Model):
           y: int labels ``[N]``.
           epochs: logical steps = ceil(epochs * N / batch_size), unless
           steps: is given.
-          verbose, callbacks: as Keras.
+          verbose: 0 silent, 2 one line at the end, 1 (or "auto") a progress
+            line per logical step; it shows no timing (a step's duration grows
+            with its secret batch size).
+          callbacks: Keras callbacks. They see logical DP steps only: one
+            ``on_train_batch_begin``/``end`` per step (batch = its index in
+            this fit, logs empty), ``params["steps"]`` = the number of steps,
+            and at the epoch's end logs holding only "epsilon".
 
         Returns:
-          Keras History with an "epsilon" entry per step-group.
+          Keras History: ``params`` as above, and one "epsilon" entry per fit.
+
+        Raises:
+          ValueError: a Keras ``fit`` argument this model cannot honour
+            (batch_size, shuffle, validation data, sample or class weights,
+            steps_per_epoch, initial_epoch, ...), or x/y of the wrong size.
         """
-        if kwargs.get("batch_size") is not None or kwargs.get("shuffle") is not None:
-            raise ValueError(
-                "make_private models sample Poisson batches themselves; do not pass batch_size "
-                "or shuffle to fit() (the expected batch size was set in make_private)."
-            )
+        _refuse_unsupported(unsupported)
         if getattr(self, "steps_per_execution", 1) != 1:
             # Keras then runs several micro-batches per callback, and the
             # ledger would miss noisy updates.
@@ -155,16 +248,33 @@ class PrivateModel(keras.Model):
         # A previous fit stopped mid-step (an exception, a callback) left a
         # partial, noiseless sum: adding to it would let an example count twice.
         self._zero_accumulators()
+        micro, step_of = self._schedule(n_steps)
+        verbose = 1 if verbose == "auto" else int(verbose)
+        # Keras' own CallbackList would count micro-batches (sum_t ceil(|B_t| / p), a function
+        # of the secret batch sizes) and time them: the users' callbacks and the History get
+        # a list configured for logical steps, driven by _LogicalSteps.
+        outer = keras.callbacks.CallbackList(
+            [_LogicalSteps(self, step_of, n_steps, verbose, callbacks)], add_history=False,
+            add_progbar=False, model=self)
+        return super().fit(self._dataset(x, y, micro), epochs=1, steps_per_epoch=len(micro), verbose=0,
+                           shuffle=False, callbacks=outer)
+
+    def _schedule(self, n_steps):
+        """The micro-batches of the next ``n_steps`` logical steps, and for each one (its step's index in
+        this fit, first of its step, last of its step)."""
         start = self.ledger.steps
         sampler = sampling.PoissonSampler(self.dataset_size, self.ledger.sampling_probability, self.secret,
                                           self.physical_batch_size)
-        micro, first = [], []
+        micro, step_of = [], []
         for t in range(start, start + n_steps):
             mbs = sampler.micro_batches(t)
             seed = np.asarray(self.secret.noise_seed(t), np.int64)
             for j, (i, m) in enumerate(mbs):
                 micro.append((i, m, float(j == len(mbs) - 1), seed))
-                first.append(j == 0)
+                step_of.append((t - start, j == 0, j == len(mbs) - 1))
+        return micro, step_of
+
+    def _dataset(self, x, y, micro):
         p = self.physical_batch_size
 
         def gen():
@@ -173,23 +283,7 @@ class PrivateModel(keras.Model):
 
         spec = ((tf.TensorSpec((p,) + x.shape[1:], tf.float32), tf.TensorSpec((p,), tf.float32),
                  tf.TensorSpec((), tf.float32), tf.TensorSpec((2,), tf.int64)), tf.TensorSpec((p,), tf.int32))
-        ds = tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(2)
-        ledger = self.ledger
-
-        class _Account(keras.callbacks.Callback):
-            def on_train_batch_begin(self_cb, batch, logs=None):
-                # Write-ahead, as the engine: a step is counted before its
-                # noise is drawn (an interrupted step is counted, never lost).
-                if first[batch]:
-                    ledger.record_step()
-
-            def on_epoch_end(self_cb, epoch, logs=None):
-                if logs is not None:
-                    logs.pop("l2_clip", None)
-                    logs["epsilon"] = ledger.epsilon()
-
-        return super().fit(ds, epochs=1, steps_per_epoch=len(micro), verbose=verbose, shuffle=False,
-                           callbacks=[_Account()] + list(callbacks or []))
+        return tf.data.Dataset.from_generator(gen, output_signature=spec).prefetch(2)
 
     def epsilon(self):
         """Epsilon spent so far (from the accountant)."""

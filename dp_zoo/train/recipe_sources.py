@@ -186,6 +186,83 @@ PUBLISHED = {
     ),
 }
 
+# Configurations only partly a publication's, and not read from it: De et al. 2022's CIFAR-10
+# noise multipliers for eps = 2, 4 and 8 (WRN-16-4 and WRN-40-4, B = 4,096, K = 16), as
+# remembered from the paper's appendix C.5 by the author of dp_zoo issue #30. That appendix
+# could not be read here (above), so every sigma below is unverified. eps = 2's step count is
+# inferred, not remembered: sigma 6 with 1,125 steps is the configuration whose RDP eps at
+# delta = 1e-5, N = 50,000 is 2.000, which makes it almost certainly the paper's. For eps = 4
+# and 8 no step count is known: recipes.py takes the largest the budget allows (dp_zoo's RDP
+# accountant; tests/train/test_recipes.py recomputes it). None of them carries an accuracy.
+
+
+@dataclasses.dataclass(frozen=True)
+class Unverified:
+    """A configuration partly from a publication, not read from it.
+
+    Attributes:
+      publication: whose numbers these are meant to be.
+      label: a short label for tables (no spaces).
+      what: whose configuration it is, in a few words (the zoo's "configuration" column).
+      noise_multiplier: sigma, as remembered from the publication.
+      steps: the publication's step count, or None where dp_zoo computes it.
+      epsilon: the budget the configuration is for.
+      how: where each number comes from and how sure it is, for the recipe's notes.
+    """
+
+    publication: str
+    label: str
+    what: str
+    noise_multiplier: float
+    steps: Optional[int]
+    epsilon: float
+    how: str
+
+
+_REMEMBERED = "as remembered from De et al. 2022's appendix C.5, not read here (unverified)"
+INFERRED_LABEL, SIGMA_LABEL = "De2022~", "De2022s"
+UNVERIFIED = {
+    "de2022_cifar10_eps2": Unverified(
+        DE2022, INFERRED_LABEL, "almost certainly De et al. 2022's configuration (inferred)", 6.0, 1125, 2.0,
+        f"Almost certainly De et al. 2022's configuration: sigma 6 ({_REMEMBERED}) with 1,125 steps at B = 4,096 "
+        "gives RDP eps = 2.000 at delta = 1e-5, N = 50,000, which is how the step count was inferred; neither "
+        "number was read from the paper. The other settings are those of its eps = 1 configuration "
+        "(jax_privacy's cifar10_wrn_16_4_eps1.py: K 16, lr 2, EMA 0.999), which may differ from the paper's "
+        "for eps = 2."),
+    "de2022_cifar10_eps4": Unverified(
+        DE2022, SIGMA_LABEL, "the paper's sigma, steps computed by dp_zoo", 4.0, None, 4.0,
+        f"The paper's sigma, steps computed by dp_zoo: sigma 4 ({_REMEMBERED}); the step count is the largest "
+        "whose RDP eps at delta = 1e-5, N = 50,000 stays <= 4 (dp_zoo's accountant), not the paper's. The other "
+        "settings are those of its eps = 1 configuration (jax_privacy's cifar10_wrn_16_4_eps1.py)."),
+    "de2022_cifar10_eps8": Unverified(
+        DE2022, SIGMA_LABEL, "the paper's sigma, steps computed by dp_zoo", 3.0, None, 8.0,
+        f"The paper's sigma, steps computed by dp_zoo: sigma 3 ({_REMEMBERED}); the step count is the largest "
+        "whose RDP eps at delta = 1e-5, N = 50,000 stays <= 8 (dp_zoo's accountant), not the paper's. The other "
+        "settings are those of its eps = 1 configuration (jax_privacy's cifar10_wrn_16_4_eps1.py)."),
+}
+
+# The MNIST recipes (dp_zoo's own: no publication ran a WS-WRN on MNIST with these settings)
+# start from public settings only, each cited; python -m dp_zoo.tune searches around them.
+# Tramer & Boneh 2021's end-to-end CNN on MNIST (98.1% at eps = 3, delta = 1e-5, stated in
+# the README) gives the optimisation; De et al. 2022 the architecture family (WS-WideResNet
+# with GroupNorm, models/wide_resnet.py) and the EMA of the weights.
+TRAMER_BONEH2021 = "Tramer & Boneh 2021 (arXiv 2011.11660)"
+_TB_README = "ftramer/Handcrafted-DP@2a1c3a8 README.md, 'End-to-end CNNs'"
+_TB_CNNS = "ftramer/Handcrafted-DP@1d31943 cnns.py argparse default"
+MNIST_BASE = {
+    "batch_size": (512, f"{TRAMER_BONEH2021}: {_TB_README}: cnns.py --dataset=mnist --batch_size=512"),
+    "epochs": (40, f"{TRAMER_BONEH2021}: {_TB_README}: the noise multipliers consume the budget in 40 epochs "
+                   "(MNIST)"),
+    "learning_rate": (0.5, f"{TRAMER_BONEH2021}: {_TB_README}: --lr=0.5"),
+    "momentum": (0.9, f"{TRAMER_BONEH2021}: {_TB_CNNS} --momentum 0.9 (SGD)"),
+    "l2_clip": (0.1, f"{TRAMER_BONEH2021}: {_TB_CNNS} --max_grad_norm 0.1"),
+    "delta": (1e-5, f"{TRAMER_BONEH2021}: {_TB_README}: (epsilon=3, delta=1e-5)"),
+    "augmult": (1, f"{TRAMER_BONEH2021}: {_TB_CNNS} --augment off (no augmentation); De et al. 2022 use 16 "
+                   "views on CIFAR-10, 16 times the compute, too much for 2 CPU cores"),
+    "ema_decay": (0.999, f"{DE2022}: {_JAXP}{_WRN16_4_EPS1}: averaging.ema_coefficient"),
+    "weight_decay": (0.0, f"{DE2022}: {_JAXP}{_WRN16_4_EPS1}: training.weight_decay"),
+}
+
 # TAN's own simulations of its reference runs (README, "First imitate training ..."): the
 # batch size it simulates at; sigma is divided by the same factor, the steps stay.
 TAN_SIMULATION = {

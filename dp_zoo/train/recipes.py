@@ -6,7 +6,7 @@ data set, privacy budget and published figure from it. Run one with::
 
     python -m dp_zoo.train --recipe NAME
 
-Two kinds of recipe:
+Three kinds of recipe:
 
 - **A publication's configuration** (``recipe.source`` set): every setting
   (model, data, B, steps, sigma, C, delta, K, learning rate, momentum, EMA,
@@ -17,13 +17,22 @@ Two kinds of recipe:
   (TAN's reference runs). sigma is the source's, never recalibrated; where
   dp_zoo's accountant gives another epsilon than the source states,
   ``recipe_epsilons`` says so.
-- **dp_zoo's own choice** (``recipe.source`` None): every other recipe, e.g.
-  CIFAR-10 eps=2/4 and WRN-40-4 (the eps=1 configuration's 875 steps, sigma
-  calibrated), the fine-tuning recipes (B and steps of jax_privacy's CIFAR-100
-  config, or dp_zoo's 1000 steps for NFNet-F3), digits. No paper ran them, so
-  they show no published accuracy. Their sigma is calibrated with dp_zoo's
-  accountant, rounded up to 4 decimals (epsilon never exceeds the target);
-  ``tests/train/test_recipes.py`` recomputes each.
+- **Partly a publication's, unverified** (``recipe.unverified`` set): the
+  CIFAR-10 recipes at eps=2, 4, 8 of WRN-16-4 and WRN-40-4 (WRN-16-4 eps=8
+  is TAN's reference run, above), built on ``recipe_sources.UNVERIFIED``:
+  De et al. 2022's sigma for each eps as remembered from the paper's
+  appendix, not read here. eps=2 (sigma 6, 1,125 steps: RDP eps 2.000) is
+  almost certainly the paper's configuration; at eps=4 and 8 the paper's
+  sigma (4, 3) runs for the most steps the budget allows, computed with
+  dp_zoo's accountant (1,689 and 3,066). The paper's method: sigma stays
+  large and the budget buys steps. No published accuracy is shown.
+- **dp_zoo's own choice** (``recipe.source`` and ``recipe.unverified`` None):
+  every other recipe, e.g. WRN-40-4 at eps=1 (jax_privacy's eps=1
+  configuration), the fine-tuning recipes (B and steps of jax_privacy's
+  CIFAR-100 config, or dp_zoo's 1000 steps for NFNet-F3), MNIST and digits.
+  No paper ran them, so they show no published accuracy. Their sigma is
+  calibrated with dp_zoo's accountant, rounded up to 4 decimals (epsilon
+  never exceeds the target); ``tests/train/test_recipes.py`` recomputes each.
 """
 
 import dataclasses
@@ -36,6 +45,8 @@ from dp_zoo.train.config import (
 
 PAPER = recipe_sources.DE2022
 OWN_CHOICE = "dp_zoo's own choice"
+# sigma_source of a recipe whose sigma is a publication's as remembered, not read (recipe_sources.UNVERIFIED).
+SIGMA_UNVERIFIED = "paper (unverified)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +58,16 @@ class Recipe:
       config: the ``TrainConfig``.
       dataset_size: N of the training split dp_zoo trains on (its q = B / N).
       reference: what the recipe reproduces or trains on, in words.
-      sigma_source: "paper" (the source's sigma), "calibrated (<accountant>)"
-        or "none (not private)".
+      sigma_source: "paper" (the source's sigma), "paper (unverified)" (a
+        publication's sigma as remembered, not read: ``unverified``),
+        "calibrated (<accountant>)" or "none (not private)".
       needs_accelerator: True when a CPU cannot run it in reasonable time.
       notes: anything a user should know.
       source: key of ``recipe_sources.PUBLISHED`` when the recipe is that
         publication's configuration; None for dp_zoo's own choice.
+      unverified: key of ``recipe_sources.UNVERIFIED`` when the recipe is
+        partly a publication's, from numbers not read from it (the paper's
+        CIFAR-10 sigma for eps = 2, 4, 8); None otherwise.
     """
 
     name: str
@@ -63,6 +78,7 @@ class Recipe:
     needs_accelerator: bool = True
     notes: str = ""
     source: Optional[str] = None
+    unverified: Optional[str] = None
 
     @property
     def command(self):
@@ -74,14 +90,25 @@ class Recipe:
         return recipe_sources.PUBLISHED[self.source] if self.source else None
 
     @property
+    def partly_published(self):
+        """The ``recipe_sources.Unverified`` this recipe is built on, or None."""
+        return recipe_sources.UNVERIFIED[self.unverified] if self.unverified else None
+
+    @property
     def provenance(self):
-        """Whose configuration this is: the publication, or dp_zoo's own choice."""
-        return self.published.publication if self.published else OWN_CHOICE
+        """Whose configuration this is: the publication, partly a publication's (unverified), or dp_zoo's own."""
+        if self.published:
+            return self.published.publication
+        if self.partly_published:
+            return f"{self.partly_published.publication}: {self.partly_published.what} (unverified)"
+        return OWN_CHOICE
 
     @property
     def provenance_label(self):
-        """A short label for tables: "De2022", "TAN2023" or "own"."""
-        return recipe_sources.LABELS[self.provenance] if self.published else "own"
+        """A short label for tables: "De2022", "TAN2023", "De2022~" (inferred), "De2022s" (the paper's sigma), "own"."""
+        if self.published:
+            return recipe_sources.LABELS[self.provenance]
+        return self.partly_published.label if self.partly_published else "own"
 
     @property
     def published_accuracy(self):
@@ -124,22 +151,31 @@ def _published_config(key, *, physical_batch_size, eval_every, checkpoint_every,
     )
 
 
-# --- CIFAR-10 from scratch (WRN-16-4 / WRN-40-4): dp_zoo's own, B=4096, 875 steps, K=16 ----
+# --- CIFAR-10 from scratch (WRN-16-4 / WRN-40-4): B=4096, K=16, lr 2, EMA 0.999 -------------
 
-# sigma for eps -> calibrated with RDP (the paper's accountant), q=4096/50000,
-# 875 steps, delta=1e-5; eps=1 is the paper's sigma=10 (RDP eps 0.988).
-_CIFAR_SIGMA = {1: 10.0, 2: 5.3140, 4: 2.9449, 8: 1.7351}
+# eps -> (sigma, steps, recipe_sources.UNVERIFIED key). The paper's method: keep sigma large and
+# spend the budget on steps (De et al. 2022 §3).
+# - eps=1: the paper's configuration (sigma 10, 875 steps; jax_privacy, RDP eps 0.988).
+# - eps=2: sigma 6, 1,125 steps, RDP eps 1.9996 at delta 1e-5, N 50,000: almost certainly the paper's.
+# - eps=4, 8: the paper's sigma (4, 3; remembered, unverified) and the most steps RDP allows, computed
+#   with dp_zoo's accountant (calibrate_steps, q = 4096/50000, delta 1e-5): 1,689 (eps 3.9989) and
+#   3,066 (eps 7.9995); tests/train/test_recipes.py recomputes both.
+_CIFAR_PLAN = {1: (10.0, 875, None), 2: (6.0, 1125, "de2022_cifar10_eps2"),
+               4: (4.0, 1689, "de2022_cifar10_eps4"), 8: (3.0, 3066, "de2022_cifar10_eps8")}
+# WRN-16-4 ScaleNorm at eps=8 keeps dp_zoo's earlier choice: 875 steps, sigma calibrated with RDP.
+_SCALENORM_SIGMA_875 = 1.7351
 
 
-def _cifar(arch, eps):
+def _cifar(arch, eps, sigma=None, steps=None):
+    plan_sigma, plan_steps, _ = _CIFAR_PLAN[eps]
     return TrainConfig(
         model=arch,
         batch_size=4096,
         physical_batch_size=256,
-        steps=875,
+        steps=steps or plan_steps,
         eval_every=100,
         checkpoint_every=25,
-        dp=DPConfig(l2_clip=1.0, noise_multiplier=_CIFAR_SIGMA[eps], target_epsilon=float(eps),
+        dp=DPConfig(l2_clip=1.0, noise_multiplier=sigma or plan_sigma, target_epsilon=float(eps),
                     delta=1e-5, accountant="rdp"),
         augmult=AugmultConfig(num_views=16, style="cifar", pad=4, augment_first_view=True),
         ema=EMAConfig(decay=0.999),
@@ -156,6 +192,51 @@ _IMAGENET_N = 1_281_167  # TFDS imagenet2012 train, which dp_zoo trains on
 _NFNET_FT_SIGMA = {0.5: 3.7129, 1: 2.0614, 2: 1.2631, 4: 0.9020, 8: 0.6956}
 # WRN-28-10 CIFAR-10 fine-tuning (dp_zoo's own): RDP, q=16384/50000, 250 steps, delta=1e-5.
 _WRN_FT_SIGMA = {1: 21.0543, 2: 11.2354, 4: 6.1093, 8: 3.4369}
+
+# --- MNIST (the standard 60,000 training images) -------------------------------------
+
+MNIST_N = 60_000
+# 40 epochs at B = 512 (recipe_sources.MNIST_BASE): ceil(40 * 60,000 / 512) steps.
+_MNIST_STEPS = 4688
+# RDP (the tuner's accountant and the published MNIST results'), q = 512/60,000, 4,688 steps,
+# delta = 1e-5; rounded up: epsilon stays below the target.
+_MNIST_SIGMA = {1: 2.4936, 2: 1.4565, 4: 0.9635, 8: 0.7251}
+
+
+def _mnist(eps):
+    v = {k: value for k, (value, _) in recipe_sources.MNIST_BASE.items()}
+    return TrainConfig(
+        model="wrn_mnist",
+        batch_size=v["batch_size"],
+        # Poisson batches of 512 +- 22: two micro-batches of 256 hold most of them.
+        physical_batch_size=256,
+        steps=_MNIST_STEPS,
+        seed=0,
+        eval_every=0,
+        checkpoint_every=100,
+        dp=DPConfig(l2_clip=v["l2_clip"], noise_multiplier=_MNIST_SIGMA[eps], target_epsilon=float(eps),
+                    delta=v["delta"], accountant="rdp"),
+        augmult=AugmultConfig(num_views=v["augmult"], style="crop", pad=2, augment_first_view=False),
+        ema=EMAConfig(decay=v["ema_decay"]),
+        optim=OptimConfig(name="sgd", learning_rate=v["learning_rate"], momentum=v["momentum"],
+                          weight_decay=v["weight_decay"]),
+        data=DataConfig(dataset="mnist"),
+    )
+
+
+def _mnist_recipes(r):
+    for eps in (1, 2, 4, 8):
+        name = f"wrn_mnist_eps{eps}"
+        r[name] = Recipe(
+            name, _mnist(eps), MNIST_N, reference="MNIST (dp_zoo's local copy or TFDS)",
+            sigma_source="calibrated (rdp)", needs_accelerator=False,
+            notes="dp_zoo's own choice, from public settings only: Tramer & Boneh 2021's MNIST optimisation "
+                  "(B 512, 40 epochs, SGD lr 0.5 with momentum 0.9, C 0.1, no augmentation) on a small "
+                  "WS-WideResNet (De et al. 2022's family: wrn_mnist, 8/16/32 channels, ~20k parameters) with "
+                  "De et al.'s EMA 0.999; sigma calibrated with RDP. Every setting is cited in "
+                  "recipe_sources.MNIST_BASE. A base for python -m dp_zoo.tune, not a tuned result.",
+        )
+
 
 # --- digits (embedded default) -----------------------------------------------------
 
@@ -180,7 +261,9 @@ def _digits(eps):
         augmult=AugmultConfig(num_views=4, style="crop", pad=1, augment_first_view=False),
         ema=EMAConfig(decay=0.99),
         # Chosen by benchmarks/digits_search.py on a validation split (best
-        # mean validation accuracy over eps=2 and eps=8; README "Model zoo").
+        # mean validation accuracy over eps=2 and eps=8; README "Model zoo"):
+        # a search on the data that no epsilon covers, so a tuning never
+        # starts from it (dp_zoo.tune --space digits_public: public sources).
         optim=OptimConfig(name="sgd", learning_rate=1.0),
         data=DataConfig(dataset="digits"),
     )
@@ -191,10 +274,9 @@ _CIFAR_PUBLISHED = {  # name -> recipe_sources key: the CIFAR-10 recipes that ar
     "wrn16_4_cifar10_eps8": "tan2023_cifar10_wrn16_4_eps8",
 }
 _OWN_CIFAR_NOTE = (
-    "dp_zoo's own choice, not a configuration any paper ran: the eps=1 setting of jax_privacy's "
-    "cifar10_wrn_16_4_eps1.py (B=4096, 875 steps, K=16, lr 2, EMA 0.999) with sigma calibrated by "
-    "dp_zoo's RDP accountant for this eps. De et al. 2022 give their own hyper-parameters for it in "
-    "their appendix C.5 (not read here), so no published accuracy is shown."
+    "dp_zoo's own choice, not a configuration any paper ran: the eps=1 configuration of jax_privacy's "
+    "cifar10_wrn_16_4_eps1.py (B=4096, sigma 10, 875 steps, K=16, lr 2, EMA 0.999) for WRN-40-4. No "
+    "published accuracy is shown."
 )
 
 
@@ -223,14 +305,21 @@ def _cifar_recipes(r):
                                            augmult_style="cifar")
                 r[name] = Recipe(name, config, 50_000, reference="CIFAR-10 from scratch", sigma_source="paper",
                                  notes=_published_notes(key), source=key)
-            else:
+            elif eps == 1:
                 r[name] = Recipe(name, _cifar(arch, eps), 50_000, reference="CIFAR-10 from scratch",
-                                 sigma_source="paper" if eps == 1 else "calibrated (rdp)", notes=_OWN_CIFAR_NOTE)
+                                 sigma_source="paper", notes=_OWN_CIFAR_NOTE)
+            else:
+                key = _CIFAR_PLAN[eps][2]
+                r[name] = Recipe(name, _cifar(arch, eps), 50_000, reference="CIFAR-10 from scratch",
+                                 sigma_source=SIGMA_UNVERIFIED, unverified=key,
+                                 notes=recipe_sources.UNVERIFIED[key].how + " No published accuracy is shown.")
     r["wrn16_4_scalenorm_cifar10_eps8"] = Recipe(
-        "wrn16_4_scalenorm_cifar10_eps8", _cifar("wrn16_4_scalenorm", 8), 50_000,
+        "wrn16_4_scalenorm_cifar10_eps8", _cifar("wrn16_4_scalenorm", 8, sigma=_SCALENORM_SIGMA_875, steps=875),
+        50_000,
         reference="CIFAR-10 from scratch, ScaleNorm WRN (Klause et al. 2022)", sigma_source="calibrated (rdp)",
-        notes="dp_zoo's own choice: the ScaleNorm architecture with dp_zoo's CIFAR-10 eps=8 configuration, "
-              "not the ScaleNorm paper's, so its figure is not shown.",
+        notes="dp_zoo's own choice: the ScaleNorm architecture with B=4096, 875 steps, K=16, lr 2, EMA 0.999 "
+              "and sigma calibrated with RDP for eps=8; not the ScaleNorm paper's configuration, so its figure "
+              "is not shown.",
     )
 
 
@@ -323,7 +412,8 @@ def _digits_recipes(r):
 
 def _build():
     r = {}
-    for add in (_cifar_recipes, _imagenet_recipes, _finetune_recipes, _add_linear_probes, _digits_recipes):
+    for add in (_cifar_recipes, _imagenet_recipes, _finetune_recipes, _add_linear_probes, _mnist_recipes,
+                _digits_recipes):
         add(r)
     return r
 
@@ -374,6 +464,7 @@ DEFAULT_FOR_MODEL = {
     "nf_resnet50": "nf_resnet50_imagenet_eps8",
     "nfnet_f3": "nfnet_f3_imagenet_finetune_eps8",
     "wrn_digits": "wrn_digits_eps8",
+    "wrn_mnist": "wrn_mnist_eps8",
 }
 # Other architectures borrow their family's recipe (with the model swapped);
 # the tiny test variants run the digits recipe, so that any architecture can

@@ -12,8 +12,13 @@ import os
 import sys
 from typing import Optional
 
-from dp_zoo.train import init_privacy
+from dp_zoo.train import init_privacy, publishing, run_lock
 from dp_zoo.train.init_weights import load_init_weights
+
+SHA256_NOTE = ("SHA-256 of the split's images (uint8 [N, H, W, C], C order) and labels (int64 little-endian), "
+               "recorded only for data public by construction (scikit-learn's embedded digits, dp_zoo's "
+               "MNIST copy checked against the standard arrays); null for other sources, where a hash of the "
+               "training data would identify it (docs/privacy.md)")
 
 
 class Interrupted(Exception):
@@ -32,7 +37,8 @@ class RunOptions:
         ``$DP_ZOO_HOME/runs/<name>-<date>-<time>`` (else under the zoo cache,
         ``~/.cache/dp_zoo/runs/``), never an entry's own ``<dir>/<name>``,
         which would shadow a published entry.
-      overwrite: replace an existing artifact in ``publish_dir``.
+      overwrite: replace an existing artifact in ``publish_dir`` (never a
+        directory that is not a dp_zoo artifact; checked before training).
       strategy: "default", "mirrored", "multiworker" or "tpu".
       tpu: with strategy "tpu", the TPU's name or ``grpc://`` address (None:
         the one the environment names).
@@ -131,7 +137,9 @@ def _all_workers_agree(strategy, value):
 
 
 def weights_sha256(model):
-    """SHA-256 of the model's trainable weights (float32 bytes, in order)."""
+    """SHA-256 of the model's trainable weights (float32 bytes, in order): the run record's
+    ``weights_sha256``, the LAST weights, which every worker must agree on. Not the published
+    weights' digest (``published_weights_sha256``, ``manifest.weights_sha256``)."""
     import hashlib
 
     import numpy as np
@@ -175,7 +183,11 @@ def _tan_simulation(name, config, factor, dataset_size):
     print(f"TAN SIMULATION (factor {factor:g}): NOT private at the full run's "
           f"epsilon={tan_info['epsilon_full_run']:.4f}; batch {config.batch_size}, "
           f"sigma {config.dp.noise_multiplier:.4f}, {config.steps} steps.")
-    return f"{name}_tan{factor:g}", config, tan_info
+    return _tan_name(name, factor), config, tan_info
+
+
+def _tan_name(name, factor):
+    return f"{name}_tan{factor:g}"
 
 
 def _build_model(config, train_set, strategy):
@@ -269,11 +281,14 @@ def _complete_record(record, trainer, train_set, test_set, eval_split, prov, nam
         "public_pretraining_data": prov.detail if prov is not None and prov.kind in (
             init_privacy.PUBLIC_PRETRAINING, init_privacy.DECLARED_PUBLIC) else None,
         "streaming": bool(getattr(train_set, "streaming", False)),
+        # Public arrays only (Dataset.sha256): None for sources that could hold private data.
+        "train_sha256": getattr(train_set, "sha256", None), "test_sha256": getattr(test_set, "sha256", None),
+        "sha256_note": SHA256_NOTE,
     }
     run_record.complete(record, metrics=metrics, data=data, init=prov.to_dict() if prov is not None else None,
                         entry_name=name, published_weights=evaluation.published_weights(trainer.ema_vars))
-    if prov is not None and prov.kind == init_privacy.NONPRIVATE_SAME_DATA and record["privacy"]["private"]:
-        record_sections.mark_not_private(record["privacy"], "non-private initial checkpoint",
+    if prov is not None and prov.kind in init_privacy.VOID and record["privacy"]["private"]:
+        record_sections.mark_not_private(record["privacy"], init_privacy.not_private_reason(prov),
                                          init_privacy.not_private_detail(prov))
 
 
@@ -301,66 +316,52 @@ def _report(record, eval_split, worker):
         print("privacy: none (non-private baseline)")
 
 
-def check_publish_dir(publish_dir):
-    """Refuses (ValueError) an explicit ``--publish-dir`` where the model would shadow a shipped zoo entry."""
-    from dp_zoo import zoo
-
-    if publish_dir is not None and zoo.shadowed_entry(publish_dir):
-        entry = zoo.shadowed_entry(publish_dir)
-        raise ValueError(f"--publish-dir {publish_dir} would put your model where dp_zoo.load({entry!r}) looks "
-                         f"for the published {entry!r} (and it would then refuse both); publish elsewhere, "
-                         f"e.g. the default {zoo.user_runs_dir()}/.")
-
-
-def default_publish_dir(name):
-    """``<zoo.user_runs_dir()>/<name>-<UTC date and time>``: a user's own model never takes an entry's name."""
-    import time
-
-    from dp_zoo import zoo
-
-    base = zoo.user_runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return str(path)
-
-
-def _publish(published, record, name, options):
-    from dp_zoo import export, zoo
-
-    publish_dir, overwrite = options.publish_dir, options.overwrite
-    check_publish_dir(publish_dir)
-    if publish_dir is None:
-        publish_dir = default_publish_dir(name)
-    export.export_model(published, record, publish_dir,
-                        entry_name=name, overwrite=overwrite,
-                        zoo_points=zoo.points_for_new_card(record["data"]["dataset"], name))
-    print(f"published: {publish_dir}\n  load it with: dp_zoo.load({publish_dir!r})")
-
-
 def train(name, config, recipe, options=RunOptions()):
-    """Runs the whole job named ``name`` (``config`` derived from ``recipe``); returns the run record."""
-    from dp_zoo.train import checkpoint, engine
-    from dp_zoo.train import data as data_lib
+    """Runs the whole job named ``name`` (``config`` derived from ``recipe``); returns the run record.
 
+    Raises:
+      run_lock.RunDirInUseError: another training holds the run directory.
+      FileExistsError, publishing.PublishError: the publish target is refused
+        (before training) or publishing failed (after it; the model is kept).
+    """
     # First: MultiWorkerMirroredStrategy and logical CPUs must configure
     # TensorFlow before it runs any op (TFDS loading runs tf.data ops).
     if options.publish:
-        check_publish_dir(options.publish_dir)  # before the run, not after it
+        publishing.check_publish_dir(options.publish_dir)  # before the run, not after it
     strategy = make_strategy(options.strategy, tpu=options.tpu, logical_cpus=options.logical_cpus)
     if config.deterministic:
         import tensorflow as tf
 
         # Bit-identical reruns (and crash replays that reuse a lost step's budget).
         tf.config.experimental.enable_op_determinism()
+    final_name = name if options.tan_simulate is None else _tan_name(name, options.tan_simulate)
+    run_dir = options.run_dir or os.path.join("runs", final_name)
+    lock = None
+    if _is_chief(strategy):
+        # Before the first step: what would make the publish at the end refuse, and a second
+        # training on this run directory (only the chief writes it).
+        if options.publish:
+            publishing.check_target(*publishing.target(final_name, options))
+        lock = run_lock.acquire(run_dir)
+    try:
+        return _train(name, config, recipe, options, strategy, run_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(name, config, recipe, options, strategy, run_dir):
+    """``train`` once the run directory is locked and the publish target checked."""
+    from dp_zoo import manifest, run_record
+    from dp_zoo.train import checkpoint, engine
+    from dp_zoo.train import data as data_lib
+
     chief, worker = _is_chief(strategy), _worker_label(strategy)
     train_set, test_set, eval_split = _load_data(config, options.streaming)
     tan_info = None
     if options.tan_simulate is not None:
         name, config, tan_info = _tan_simulation(name, config, options.tan_simulate, len(train_set))
     model = _build_model(config, train_set, strategy)
-    run_dir = options.run_dir or os.path.join("runs", name)
     prov = init_provenance(config, allow_nonprivate=options.allow_nonprivate_init)
     # Multi-worker runs share one run directory (a shared file system, as with
     # TensorFlow's BackupAndRestore): every worker resumes from the chief's
@@ -408,10 +409,18 @@ def train(name, config, recipe, options=RunOptions()):
               f"{record['weights_sha256']} (same on all workers); the chief writes {run_dir}.")
         return record
     _complete_record(record, trainer, train_set, test_set, eval_split, prov, name, eval_set=fit_eval)
+    which = record["published_weights"]
+    published = probe.published(trainer.weights_for(which)) if probe else trainer.model_for(which)
+    # The record binds the weights it publishes; export checks the model it is given against it.
+    record[run_record.PUBLISHED_WEIGHTS_SHA256] = manifest.weights_sha256(published.get_weights())
     checkpoint.atomic_write_json(os.path.join(run_dir, "run_record.json"), record)
     _report(record, eval_split, worker)
     if options.publish:
-        which = record["published_weights"]
-        published = probe.published(trainer.weights_for(which)) if probe else trainer.model_for(which)
-        _publish(published, record, name, options)
+        _publish(published, record, name, options, run_dir)
     return record
+
+
+def _publish(published, record, name, options, run_dir):
+    """Publishes ``published`` (``publishing.publish``; a failure keeps it in ``run_dir``) and says where."""
+    publish_dir = publishing.publish(published, record, name, options, run_dir)
+    print(f"published: {publish_dir}\n  load it with: dp_zoo.load({publish_dir!r})")

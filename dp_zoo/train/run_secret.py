@@ -1,17 +1,25 @@
 """The run's secret: where it comes from, and how every worker gets the chief's (docs/privacy.md).
 
 A private run keys batch selection and noise with a 256-bit secret from OS
-entropy, kept in ``run_dir`` (so a resumed run replays its batches) and
-nowhere else; with several workers the chief's secret is shared by an
+entropy, kept in ``run_dir`` (so a run resumed from a checkpoint replays its batches)
+and nowhere else; with several workers the chief's secret is shared by an
 all-reduce, so every worker draws the same batches and adds the SAME noise
 (noise once per logical step, globally). A ``deterministic`` run derives it
 from the public seed instead.
+
+A secret serves one sequence of steps only. Once it has drawn noise (the
+privacy journal counts the steps) and no checkpoint is left to resume, the
+next run in that directory starts at step 0, possibly with another
+configuration: reusing the secret would give it the same batches and the
+same noise as the steps already released, and the noise would cancel
+between the two. Such a run draws a new secret; the journalled steps still
+count (``engine.Trainer.restore``).
 """
 
 import numpy as np
 import tensorflow as tf
 
-from dp_zoo.train import sampling
+from dp_zoo.train import checkpoint, sampling
 
 NO_AGREEMENT = ("The workers could not agree on the run secret (global replica 0 is not on the chief). "
                 "Name the chief in TF_CONFIG (task type 'chief', or 'worker' 0).")
@@ -27,9 +35,23 @@ def run_secret(config, strategy, run_dir, write_run_dir):
     if config.deterministic:
         return sampling.RunSecret.from_seed(config.seed)
     if multi_worker(strategy):
-        own = sampling.load_or_create_secret(run_dir) if write_run_dir else None
+        own = stored_or_new(run_dir) if write_run_dir else None
         return share_from_chief(strategy, own)
-    return sampling.load_or_create_secret(run_dir if write_run_dir else None)
+    return stored_or_new(run_dir if write_run_dir else None)
+
+
+def stored_or_new(run_dir):
+    """The secret of ``run_dir`` while it can only replay its own steps; otherwise a new one.
+
+    The stored secret is kept when a checkpoint is left to resume (the engine
+    refuses one of another configuration) or when it never drew noise; a
+    secret whose journalled steps have no checkpoint behind them is retired.
+    """
+    if run_dir is not None and checkpoint.journalled_steps(run_dir) and not checkpoint.has_checkpoint(run_dir):
+        print(f"{run_dir} has no checkpoint to resume: this run starts at step 0 with a new secret "
+              "(its privacy journal's steps still count).")
+        return sampling.create_secret(run_dir)
+    return sampling.load_or_create_secret(run_dir)
 
 
 def multi_worker(strategy):

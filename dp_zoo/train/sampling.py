@@ -99,6 +99,12 @@ def load_or_create_secret(run_dir):
     if os.path.exists(path):
         with open(path, "rb") as f:
             return RunSecret(f.read())
+    return create_secret(run_dir)
+
+
+def create_secret(run_dir):
+    """A new secret, written to ``run_dir`` (owner-only) in place of any earlier one."""
+    path = os.path.join(run_dir, SECRET_FILE)
     secret = RunSecret.generate()
     os.makedirs(run_dir, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"

@@ -32,7 +32,8 @@ from dp_zoo.models.nf_resnet import TIMM_CONVENTIONS
 from tests.helpers import assert_equals_naive_loop
 
 # Tiny variants and the input shapes they are tested at.
-TINY = {"wrn_test": (8, 8, 1), "wrn_digits": (8, 8, 1), "nf_resnet_test": (16, 16, 3), "nfnet_test": (16, 16, 3)}
+TINY = {"wrn_test": (8, 8, 1), "wrn_digits": (8, 8, 1), "wrn_mnist": (28, 28, 1), "nf_resnet_test": (16, 16, 3),
+        "nfnet_test": (16, 16, 3)}
 
 # Saved and reloaded in a fresh process: every tiny variant, and each family under every convention
 # that changes which layers it is built from (label -> architecture, overrides).

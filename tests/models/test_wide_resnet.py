@@ -93,6 +93,14 @@ def test_digits_model_is_small():
     assert m.count_params() * 4 < 5e6
 
 
+def test_mnist_model_is_a_half_width_wrn10_for_28x28():
+    m = dp_zoo.create_model("wrn_mnist", num_classes=10)
+    assert m.input_shape == (None, 28, 28, 1)
+    convs = [l.filters for l in m.layers if l.name.endswith("_conv2")]
+    assert m.get_layer("stem_conv").filters == 8 and convs == [8, 16, 32]  # one block per stage
+    assert 15_000 < m.count_params() < 25_000
+
+
 @pytest.mark.parametrize("name", ["wrn_test", "wrn_digits"])
 def test_serialization_round_trips(name, tmp_path):
     m = dp_zoo.create_model(name, num_classes=10, scale_norm=True, skip_init=True)

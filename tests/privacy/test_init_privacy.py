@@ -96,7 +96,7 @@ def test_a_keras_file_without_a_card_is_a_declaration_of_public_data(tmp_path):
 
 
 def test_a_card_of_another_data_set_is_public_pretraining_and_chains_compose():
-    card = {"name": "m", "data": {"dataset": "cifar10"},
+    card = {"name": "m", "data": {"dataset": "cifar10"}, "model": {"init": None},
             "privacy": {"private": True, "epsilon": 3.0, "noise_multiplier": 2.0, "sampling_probability": 0.1,
                         "steps": 10}}
     other = init_privacy.provenance("zoo:m", "digits", card=card)

@@ -95,3 +95,27 @@ def test_replay_reuses_the_budget_only_when_everything_matches(digits_train, cra
     with open(path, "w") as f:
         json.dump(journal, f)
     assert _resumed_steps(digits_train, run_dir, cfg) == (2, 3)
+
+
+def test_a_restart_without_checkpoints_never_reuses_the_secret(digits_train, tmp_path):
+    """Issue #26 item 4: checkpoints/ deleted after a finished run (lr 0.5), then a run with lr 1.0 in
+    the same directory. Reusing run_secret.bin would give both released models the same batches and
+    the same noise, which cancels in their difference. The second run draws a new secret (so its
+    batches and noise are independent of the first's), and every journalled step still counts."""
+    import numpy as np
+
+    from dp_zoo.train import config as C
+    from dp_zoo.train import sampling
+
+    run_dir = tmp_path / "run"
+    first = make_trainer(tiny_config(steps=2), digits_train, run_dir=str(run_dir))
+    first.fit()
+    shutil.rmtree(run_dir / "checkpoints")
+    for cfg in (tiny_config(steps=2, optim=C.OptimConfig(learning_rate=1.0)), tiny_config(steps=2)):
+        again = make_trainer(cfg, digits_train, run_dir=str(run_dir))
+        assert again.restore() is None and again.ledger.steps == 2  # the first run's steps still count
+        assert again.secret.to_bytes() != first.secret.to_bytes()
+        assert again.secret.noise_seed(0) != first.secret.noise_seed(0)
+        assert not np.array_equal(again.sampler.indices(0), first.sampler.indices(0))
+        # The new secret is the directory's now: a later resume from its checkpoints replays it.
+        assert (run_dir / sampling.SECRET_FILE).read_bytes() == again.secret.to_bytes()

@@ -20,7 +20,8 @@ WEIGHT_DERIVED_HISTORY = ("loss", "eval_accuracy", "eval_accuracy_ema")
 def _strip(card):
     """A card or record without its weight-derived and operational fields."""
     c = copy.deepcopy(card)
-    for key in ("metrics", "weights_sha256", "run_record_sha256", "operational", "headline"):
+    for key in ("metrics", "weights_sha256", "published_weights_sha256", "run_record_sha256", "operational",
+                "headline"):
         c.pop(key, None)
     for h in c.get("history", []):
         for key in WEIGHT_DERIVED_HISTORY:

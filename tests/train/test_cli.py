@@ -225,6 +225,22 @@ def test_non_private_run_publishes_a_baseline_without_epsilon(tmp_path, capsys):
     assert card["headline"].startswith("NOT PRIVATE") and card["privacy"]["epsilon"] is None
 
 
+def test_the_run_record_binds_the_published_ema_weights(tmp_path, capsys):
+    """run_record.json's published_weights_sha256 is the digest of the weights published (EMA here), the
+    same in the artifact's record and recomputed from the loaded model."""
+    from dp_zoo import manifest
+
+    code = train_in_process(*TINY_TRAIN_ARGS, "--ema", "0.5", "--run-dir", str(tmp_path / "r"),
+                            "--publish-dir", str(tmp_path / "pub"))
+    assert code == 0, capsys.readouterr().err[-3000:]
+    rec = json.load(open(tmp_path / "r" / "run_record.json"))
+    assert rec["published_weights"] == "ema"
+    published = dp_zoo.load(str(tmp_path / "pub"))
+    digest = manifest.weights_sha256(published.get_weights())
+    assert rec["published_weights_sha256"] == digest == published.card["artifact"]["published_weights_sha256"]
+    assert json.load(open(tmp_path / "pub" / "run_record.json")) == rec
+
+
 def test_validation_size_holds_out_examples_and_evaluates_on_them(tmp_path, capsys):
     code = train_in_process(*TINY_TRAIN_ARGS, "--validation-size", "300", "--run-dir", str(tmp_path / "r"),
                             "--nopublish")

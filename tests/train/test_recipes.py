@@ -14,6 +14,7 @@ EXPECTED = (
     + ["wrn16_4_scalenorm_cifar10_eps8", "nf_resnet50_imagenet_eps8", "nf_resnet50_imagenet_tan_eps8"]
     + [f"nfnet_f3_imagenet_finetune_eps{e}" for e in ("0.5", 1, 2, 4, 8)]
     + [f"wrn28_10_cifar10_finetune_eps{e}" for e in (1, 2, 4, 8)] + ["wrn28_10_cifar100_finetune_eps1"]
+    + [f"wrn_mnist_eps{e}" for e in (1, 2, 4, 8)]
     + [f"wrn_digits_eps{e}" for e in (1, 2, 4, 8)] + ["wrn_digits_nonprivate"]
 )
 
@@ -110,7 +111,9 @@ def test_only_a_publications_configuration_shows_an_accuracy(monkeypatch):
         if r.published_accuracy is not None:
             assert r.source and r.accuracy_source, name
         if not r.source:
-            assert r.published_accuracy is None and r.provenance == recipes.OWN_CHOICE, name
+            assert r.published_accuracy is None, name
+            assert r.provenance == (recipes.OWN_CHOICE if not r.unverified else
+                                    f"{r.partly_published.publication}: {r.partly_published.what} (unverified)"), name
     # The plumbing: an entry with a figure shows it on its recipe and in the zoo, with its source.
     key = "de2022_cifar10_wrn16_4_eps1"
     entry = dataclasses.replace(recipe_sources.PUBLISHED[key], accuracy=12.3, accuracy_source="Somebody et al. 2099")
@@ -158,6 +161,65 @@ def test_recipe_epsilons_table_recomputes():
         assert table[name]["note"] == row["note"], name
 
 
+N_CIFAR10 = 50_000
+UNVERIFIED_CIFAR = {f"{arch}_cifar10_eps{e}": e for arch in ("wrn16_4", "wrn40_4") for e in (2, 4, 8)
+                    if (arch, e) != ("wrn16_4", 8)}
+
+
+def test_cifar_recipes_keep_the_papers_sigma_and_spend_the_budget_on_steps():
+    """eps=2: sigma 6, 1,125 steps (RDP 2.000: almost certainly the paper's); eps=4, 8: the paper's sigma
+    (4, 3; remembered, unverified) for the most steps RDP allows. WRN-16-4 eps=8 stays TAN's run."""
+    assert recipes.get("wrn16_4_cifar10_eps8").source == "tan2023_cifar10_wrn16_4_eps8"
+    want = {2: (6.0, 1125), 4: (4.0, 1689), 8: (3.0, 3066)}
+    for name, eps in UNVERIFIED_CIFAR.items():
+        r = recipes.get(name)
+        c, u = r.config, r.partly_published
+        assert (c.dp.noise_multiplier, c.steps) == want[eps], name
+        assert u.noise_multiplier == c.dp.noise_multiplier and u.epsilon == c.dp.target_epsilon == eps, name
+        assert (c.batch_size, c.dp.delta, c.dp.accountant, r.dataset_size) == (4096, 1e-5, "rdp", N_CIFAR10), name
+        assert r.published_accuracy is None and r.source is None and u.how in r.notes, name
+        assert "unverified" in r.provenance and r.provenance_label == {2: "De2022~", 4: "De2022s", 8: "De2022s"}[eps]
+    assert recipe_sources.UNVERIFIED["de2022_cifar10_eps2"].steps == 1125  # inferred, labelled as such
+    assert "almost certainly" in recipes.get("wrn16_4_cifar10_eps2").provenance
+    for eps in (4, 8):  # the steps are dp_zoo's, and say so
+        assert recipe_sources.UNVERIFIED[f"de2022_cifar10_eps{eps}"].steps is None
+        assert "steps computed by dp_zoo" in recipes.get(f"wrn40_4_cifar10_eps{eps}").provenance
+
+
+@pytest.mark.parametrize("name", sorted(UNVERIFIED_CIFAR))
+def test_the_unverified_cifar_steps_are_what_the_accountant_gives(name):
+    r = recipes.get(name)
+    c = r.config
+    kw = dict(noise_multiplier=c.dp.noise_multiplier, sampling_probability=c.batch_size / r.dataset_size,
+              delta=c.dp.delta, accountant="rdp")
+    eps = accounting.epsilon(steps=c.steps, **kw)
+    assert eps <= c.dp.target_epsilon < accounting.epsilon(steps=c.steps + 1, **kw), (name, eps)
+    if r.partly_published.steps is None:  # computed: the largest count within the budget
+        assert c.steps == accounting.calibrate_steps(target_epsilon=c.dp.target_epsilon, **kw)
+    else:  # eps=2's 1,125 steps: RDP eps 2.000 to three decimals, which is why it is the paper's
+        assert round(eps, 3) == 2.0 and c.steps == r.partly_published.steps
+
+
+def test_mnist_recipes_take_every_base_setting_from_their_cited_source():
+    base = recipe_sources.MNIST_BASE
+    for eps in (1, 2, 4, 8):
+        r = recipes.get(f"wrn_mnist_eps{eps}")
+        c = r.config
+        got = {"batch_size": c.batch_size, "learning_rate": c.optim.learning_rate, "momentum": c.optim.momentum,
+               "l2_clip": c.dp.l2_clip, "delta": c.dp.delta, "augmult": c.augmult.num_views,
+               "ema_decay": c.ema.decay, "weight_decay": c.optim.weight_decay,
+               "epochs": c.steps * c.batch_size / r.dataset_size}
+        for setting, (value, citation) in base.items():
+            assert ("@" in citation and ".py" in citation) or "README.md" in citation, setting
+            if setting == "epochs":  # 40 epochs as whole steps: ceil(40 N / B)
+                assert c.steps == math.ceil(value * r.dataset_size / c.batch_size), c.steps
+            else:
+                assert got[setting] == value, (setting, got[setting], value)
+        assert (c.model, c.data.dataset, r.dataset_size, c.dp.accountant) == ("wrn_mnist", "mnist", 60_000, "rdp")
+        assert r.provenance == recipes.OWN_CHOICE and r.published_accuracy is None
+        assert r.sigma_source == "calibrated (rdp)" and not r.needs_accelerator
+
+
 def test_unknown_recipe_lists_close_names():
     with pytest.raises(ValueError, match="wrn16_4_cifar10_eps8"):
         recipes.get("wrn16_4_cifar10_eps9")
@@ -185,7 +247,8 @@ def test_every_recipe_config_is_valid(name):
         # delta about 1/N or below (the papers' ImageNet 8e-7 is 1.025/N at TFDS's N=1,281,167).
         assert c.dp.noise_multiplier > 0 and c.dp.target_epsilon > 0 and 0 < c.dp.delta <= 1.03 / r.dataset_size
         assert c.dp.accountant in ("pld", "rdp") and c.dp.sampling == "poisson"
-        assert r.sigma_source in ("paper", f"calibrated ({c.dp.accountant})")
+        assert r.sigma_source in ("paper", recipes.SIGMA_UNVERIFIED, f"calibrated ({c.dp.accountant})")
+        assert (r.sigma_source == recipes.SIGMA_UNVERIFIED) == bool(r.unverified), name
     if c.data.dataset == "imagenet2012":
         assert c.data.image_size  # ImageNet is held at the model's resolution
     assert name.startswith(c.model) or name.startswith(c.model.replace("_scalenorm", ""))

@@ -3,18 +3,22 @@
 - ``load_dataset(DataConfig, split)`` (``load``): uint8 images
   ``[N, H, W, C]`` and int64 labels in memory, with fixed per-channel
   normalisation constants (``catalogue``). Sources: scikit-learn's digits
-  (``digits``: embedded, no download) and TFDS (``tfds_source``: cifar10,
-  cifar100, svhn_cropped, mnist, fashion_mnist, imagenet2012), held in
-  memory or, when a split does not fit or ``streaming=True``, read by index
-  from array_record files (``streaming``) with Poisson sampling unchanged.
+  (``digits``: embedded, no download), dp_zoo's checked local copy of MNIST
+  (``mnist_local``, imported by ``python -m dp_zoo.data import mnist FILE``
+  from the formats ``mnist_files`` reads; used for mnist when present) and
+  TFDS (``tfds_source``: cifar10, cifar100, svhn_cropped, mnist,
+  fashion_mnist, imagenet2012), held in memory or, when a split does not fit
+  or ``streaming=True``, read by index from array_record files
+  (``streaming``) with Poisson sampling unchanged.
 - ``make_augment_fn(AugmultConfig)`` (``image_ops``): K augmented views per
   example, applied by the engine in-graph on each sampled micro-batch.
 """
 
 from dp_zoo.train.data.catalogue import (DATASETS, SPLITS, TFDS_DATASETS, Dataset, DataUnavailableError,
-                                         normalization_constants)
+                                         array_sha256, normalization_constants)
 from dp_zoo.train.data.image_ops import make_augment_fn
 from dp_zoo.train.data.load import load_dataset
+from dp_zoo.train.data.mnist_files import MnistFormatError
 from dp_zoo.train.data.streaming import StreamingDataset
 
 __all__ = [
@@ -23,7 +27,9 @@ __all__ = [
     "TFDS_DATASETS",
     "Dataset",
     "DataUnavailableError",
+    "MnistFormatError",
     "StreamingDataset",
+    "array_sha256",
     "load_dataset",
     "make_augment_fn",
     "normalization_constants",

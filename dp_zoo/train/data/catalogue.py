@@ -9,6 +9,8 @@ i.e. pixels mapped to [-1, 1], for everything else, digits included.
 """
 
 import dataclasses
+import hashlib
+from typing import Optional
 
 import numpy as np
 
@@ -45,6 +47,11 @@ class Dataset:
       split: exact description of the examples in this split.
       mean, std: per-channel normalisation constants for ``images / 255``
         (``normalization_constants``: fixed, not measured on the data).
+      sha256: ``{"images": hex, "labels": hex}``, the SHA-256 of these arrays
+        (``array_sha256``), set only by sources whose arrays are public by
+        construction (scikit-learn's embedded digits, dp_zoo's checked MNIST
+        copy): a hash of private training data would identify it, so every
+        other source leaves it None.
     """
 
     images: np.ndarray
@@ -54,6 +61,7 @@ class Dataset:
     split: str
     mean: tuple
     std: tuple
+    sha256: Optional[dict] = None
 
     def __len__(self):
         return len(self.labels)
@@ -87,3 +95,16 @@ def normalization_constants(name, channels):
         mean, std = PUBLIC_NORMALIZATION[name]
         return tuple(mean), tuple(std)
     return (0.5,) * channels, (0.5,) * channels
+
+
+def array_sha256(a):
+    """SHA-256 (hex) of an array's bytes, C order: uint8 as is, any other integers as little-endian int64.
+
+    The hash the run record gives for a split's ``images`` (uint8
+    ``[N, H, W, C]``) and ``labels`` (int64): anyone can recompute it with
+    ``hashlib.sha256(images.tobytes())``.
+    """
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        a = a.astype("<i8")
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()

@@ -1,6 +1,6 @@
 """``load_dataset``: one split of a configured data set, from the source that holds it."""
 
-from dp_zoo.train.data import digits, tfds_source
+from dp_zoo.train.data import digits, mnist_local, tfds_source
 from dp_zoo.train.data.catalogue import DATASETS, SPLITS
 
 
@@ -21,6 +21,8 @@ def load_dataset(data_config, split, streaming=None):
       ValueError: unknown data set or split.
       DataUnavailableError: a TFDS data set is not prepared and cannot be
         downloaded; the message says how to get it.
+      MnistFormatError: dp_zoo's MNIST copy (or Keras' mnist.npz, imported on
+        first use) fails its checks.
     """
     _check(data_config, split)
     if data_config.dataset == "digits":
@@ -28,6 +30,11 @@ def load_dataset(data_config, split, streaming=None):
             raise ValueError("streaming reads TFDS data sets prepared as array_record; the embedded digits "
                              "data set is 1,797 small images and is always held in memory.")
         return digits.load(data_config, split)
+    if data_config.dataset == "mnist":
+        # dp_zoo's checked copy (python -m dp_zoo.data import mnist FILE) when there is one, else TFDS.
+        local = mnist_local.load(data_config, split, streaming)
+        if local is not None:
+            return local
     return tfds_source.load(data_config, split, streaming)
 
 

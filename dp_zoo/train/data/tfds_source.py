@@ -189,6 +189,9 @@ def _tfds_unavailable_message(name, data_dir, manual_dir, array_record=False):
             f"(or `python -c \"import tensorflow_datasets as tfds; tfds.load('{name}', data_dir='{where}')\"`), "
             "copy that directory here if needed, and pass --data-dir to it."
         )
+    if name == "mnist":
+        how += (" Or, offline, import a local copy: `python -m dp_zoo.data import mnist FILE` (mnist.pkl.gz, "
+                "Keras' mnist.npz or the four IDX files; README, \"MNIST\").")
     return f"Data set {name!r} is not prepared in {where} and cannot be downloaded now. {how}"
 
 
