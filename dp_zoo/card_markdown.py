@@ -5,8 +5,38 @@ so the Markdown states nothing the JSON does not.
 """
 
 import json
+import math
 
-from dp_zoo.card_html import PLOT_FILES
+# Where ``ModelCard.write`` puts each plot, relative to the card's directory.
+PLOT_FILES = {
+    "epsilon": "plots/epsilon_vs_step.png",
+    "accuracy": "plots/accuracy_vs_step.png",
+    "zoo": "plots/privacy_utility.png",
+}
+PLOT_TITLES = {
+    "epsilon": "epsilon spent vs step",
+    "accuracy": "accuracy vs step",
+    "zoo": "privacy-utility curve of the zoo",
+}
+
+
+def ceil_sig(x, digits=4):
+    """``x`` rounded *up* to ``digits`` significant digits (for display).
+
+    Rounding a privacy loss down would claim a stronger guarantee than the
+    accountant gave; rounding up keeps the statement true.
+    """
+    if x is None or x == 0 or not math.isfinite(x):
+        return x
+    scale = 10 ** (digits - 1 - math.floor(math.log10(abs(x))))
+    # The small tolerance stops 2.0000000000000004-style float noise from
+    # bumping an exactly representable value up a digit.
+    return math.ceil(x * scale - 1e-9) / scale
+
+
+def fmt_eps(x):
+    """Headline formatting of an epsilon: rounded up, at most 4 significant digits."""
+    return f"{ceil_sig(x):g}"
 
 
 def _yaml_scalar(v):
@@ -72,12 +102,12 @@ def _yaml_header(card):
     return lines
 
 
-def render(card):
-    """README.md of ``card`` (a ``ModelCard``)."""
+def render(card, plot_keys=tuple(PLOT_FILES)):
+    """README.md of ``card`` (a ``ModelCard``); ``plot_keys``: the plots written beside it (``PLOT_FILES``)."""
     j = card.to_json()
     lines = (_yaml_header(card) + _title(j) + _privacy_section(j, card.is_simulation) + _results_section(j)
              + _training_section(j) + _data_section(j) + _software_section(j) + _scope_section(j)
-             + _plots_section() + _use_section(j))
+             + _plots_section(plot_keys) + _use_section(j))
     return "\n".join(lines)
 
 
@@ -94,7 +124,7 @@ def _title(j):
     return lines
 
 
-def _privacy_rows(p, audit, is_simulation):
+def privacy_rows(p, audit, is_simulation):
     """(quantity, value) rows of the privacy table: the accountant's inputs and outputs, then extras."""
     rows = [
         ("epsilon (reported accountant)", p["epsilon"]),
@@ -161,57 +191,67 @@ def _tuning_rows(t):
 
 
 def _privacy_section(j, is_simulation):
-    rows = _privacy_rows(j["privacy"], j["audit"], is_simulation)
+    rows = privacy_rows(j["privacy"], j["audit"], is_simulation)
     return ["## Privacy guarantee", "", "| quantity | value |", "|---|---|",
             *[f"| {k} | {v} |" for k, v in rows], ""]
 
 
-def _results_section(j):
+def results_intro(j):
+    """The sentence above the accuracy table."""
     m, d = j["metrics"], j["data"]
+    return (f"Accuracy on the held-out `{m.get('evaluated_on', 'test')}` split (`{d['test_split']}`, "
+            f"{d['test_size']} examples):")
+
+
+def results_rows(j):
+    """(weights, accuracy) rows; None where those weights were not kept."""
+    m = j["metrics"]
+    return [("last", m["test_accuracy_last"]), ("EMA", m.get("test_accuracy_ema")),
+            ("Polyak", m.get("test_accuracy_polyak"))]
+
+
+def _results_section(j):
     return [
         "## Results",
         "",
-        f"Accuracy on the held-out `{m.get('evaluated_on', 'test')}` split (`{d['test_split']}`, "
-        f"{d['test_size']} examples):",
+        results_intro(j),
         "",
         "| weights | accuracy |",
         "|---|---|",
-        f"| last | {m['test_accuracy_last']} |",
-        f"| EMA | {m.get('test_accuracy_ema')} |",
-        f"| Polyak | {m.get('test_accuracy_polyak')} |",
+        *[f"| {k} | {v} |" for k, v in results_rows(j)],
         "",
         f"Published weights: {j['training']['published_weights'] or 'last'}.",
         "",
     ]
 
 
-def _training_section(j):
+def training_rows(j):
+    """(quantity, value) rows of the training table."""
     mod, t = j["model"], j["training"]
-    wall_time = (j["operational"] or {}).get("wall_time_s")
     return [
-        "## Training",
-        "",
-        "| quantity | value |",
-        "|---|---|",
-        f"| architecture | {mod['architecture']} |",
-        f"| parameters | {mod['num_params']} |",
-        f"| input shape (H, W, C) | {mod['input_shape']} |",
-        f"| classes | {mod['num_classes']} |",
-        f"| trained variables | {_trained(mod.get('trained'), j.get('config') or {})} |",
-        f"| logical batch size | {t['logical_batch_size']} |",
-        f"| physical batch size | {t['physical_batch_size']} |",
-        f"| augmentation multiplicity K | {t['augmult_k']} |",
-        f"| augmentation | {t['augmentation']} |",
-        f"| EMA decay | {t['ema_decay']} |",
-        f"| precision | {_precision(t.get('precision', 'float32'))} |",
-        f"| optimizer | {t['optimizer']['name']} |",
-        f"| learning rate | {t['optimizer']['learning_rate']} |",
-        f"| steps completed | {t['steps_completed']} |",
-        f"| steps planned | {t['steps_planned']} |",
-        f"| seed | {t['seed']} |",
-        f"| wall time (s; operational, not covered by the guarantee) | {wall_time} |",
-        "",
+        ("architecture", mod["architecture"]),
+        ("parameters", mod["num_params"]),
+        ("input shape (H, W, C)", mod["input_shape"]),
+        ("classes", mod["num_classes"]),
+        ("trained variables", _trained(mod.get("trained"), j.get("config") or {})),
+        ("logical batch size", t["logical_batch_size"]),
+        ("physical batch size", t["physical_batch_size"]),
+        ("augmentation multiplicity K", t["augmult_k"]),
+        ("augmentation", t["augmentation"]),
+        ("EMA decay", t["ema_decay"]),
+        ("precision", _precision(t.get("precision", "float32"))),
+        ("optimizer", t["optimizer"]["name"]),
+        ("learning rate", t["optimizer"]["learning_rate"]),
+        ("steps completed", t["steps_completed"]),
+        ("steps planned", t["steps_planned"]),
+        ("seed", t["seed"]),
+        ("wall time (s; operational, not covered by the guarantee)", (j["operational"] or {}).get("wall_time_s")),
     ]
+
+
+def _training_section(j):
+    return ["## Training", "", "| quantity | value |", "|---|---|",
+            *[f"| {k} | {v} |" for k, v in training_rows(j)], ""]
 
 
 def _trained(trained, config):
@@ -237,50 +277,48 @@ def _precision(name):
     return name
 
 
-def _data_section(j):
+def data_items(j):
+    """The data section's list items (Markdown inline code in backticks)."""
     d, mod = j["data"], j["model"]
     init = f"{mod.get('init_checkpoint') or 'none (trained from scratch)'}"
     if mod.get("init"):
         init += f" ({mod['init']['detail']})"
     return [
-        "## Data",
-        "",
-        f"- data set: {d['dataset']}",
-        f"- training split: `{d['train_split']}`, N = {d['train_size']}",
-        f"- test split: `{d['test_split']}`, {d['test_size']} examples",
-        f"- public pretraining data: {d.get('public_pretraining_data') or 'none'}",
-        f"- initial checkpoint: {init}",
-        f"- input normalization: mean {d['mean']}, std {d['std']} (of x/255; inside the SavedModel)",
-        "",
+        f"data set: {d['dataset']}",
+        f"training split: `{d['train_split']}`, N = {d['train_size']}",
+        f"test split: `{d['test_split']}`, {d['test_size']} examples",
+        f"public pretraining data: {d.get('public_pretraining_data') or 'none'}",
+        f"initial checkpoint: {init}",
+        f"input normalization: mean {d['mean']}, std {d['std']} (of x/255; inside the SavedModel and the model "
+        "dp_zoo.load returns)",
+    ]
+
+
+def _data_section(j):
+    return ["## Data", "", *[f"- {item}" for item in data_items(j)], ""]
+
+
+def software_items(j):
+    """The software and hardware section's list items."""
+    hw = j["hardware"]
+    return [
+        *[f"{k}: {v}" for k, v in sorted(j["software"].items())],
+        f"platform: {hw.get('platform')}",
+        f"devices: {', '.join(hw.get('devices') or [])}",
+        f"replicas: {hw.get('num_replicas')}",
     ]
 
 
 def _software_section(j):
-    hw = j["hardware"]
-    return [
-        "## Software and hardware",
-        "",
-        *[f"- {k}: {v}" for k, v in sorted(j["software"].items())],
-        f"- platform: {hw.get('platform')}",
-        f"- devices: {', '.join(hw.get('devices') or [])}",
-        f"- replicas: {hw.get('num_replicas')}",
-        "",
-    ]
+    return ["## Software and hardware", "", *[f"- {item}" for item in software_items(j)], ""]
 
 
 def _scope_section(j):
     return ["## Scope of the guarantee", "", j["scope"], ""]
 
 
-def _plots_section():
-    return [
-        "## Plots",
-        "",
-        f"![epsilon spent vs step]({PLOT_FILES['epsilon']})",
-        f"![accuracy vs step]({PLOT_FILES['accuracy']})",
-        f"![privacy-utility curve of the zoo]({PLOT_FILES['zoo']})",
-        "",
-    ]
+def _plots_section(keys):
+    return ["## Plots", "", *[f"![{PLOT_TITLES[k]}]({PLOT_FILES[k]})" for k in PLOT_FILES if k in keys], ""]
 
 
 def _use_section(j):
@@ -291,7 +329,12 @@ def _use_section(j):
         "```python",
         "import dp_zoo",
         f'model = dp_zoo.load("{j["name"]}")   # model.card holds this card',
+        f"logits = model.predict(images)   # images: uint8 (or 0..255 float) [N, {shape[0]}, {shape[1]}, {shape[2]}]",
         "```",
+        "",
+        "The loaded Keras model takes pixels and normalises them inside (the mean/std under Data); it returns "
+        "logits (`keras.ops.softmax` gives probabilities). `dp_zoo.load(name, include_preprocessing=False)` "
+        "gives the bare network, whose input is the normalised image.",
         "",
         f"Serving: `saved_model/1/` (TF Serving layout), signature `serving_default`: uint8 images "
         f"`[N, {shape[0]}, {shape[1]}, {shape[2]}]` -> `probabilities`, `logits`.",

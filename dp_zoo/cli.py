@@ -48,14 +48,86 @@ def quiet_tensorflow():
     except pfor's "uses a while_loop. Fix that!" warnings, which are always
     dropped (``_DropPforAdvice``).
     """
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ and "tensorflow" not in sys.modules:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        filter_tensorflow_startup()
+    else:
+        _drop_pfor_advice()
+
+
+def filter_tensorflow_startup():
+    """Drops TensorFlow's start-up noise (``_TF_STARTUP_NOISE``) and pfor's advice; changes nothing else.
+
+    What ``import dp_zoo`` does, so that library use is as quiet as the
+    command lines: the lines that name a missing GPU driver or the CPU's
+    features, printed while TensorFlow imports, are filtered out of stderr
+    (other stderr output passes through); TensorFlow's log level is left to
+    the user. Nothing happens if TensorFlow is already imported or the user
+    set ``TF_CPP_MIN_LOG_LEVEL``.
+    """
+    _drop_pfor_advice()
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowFinder())
+
+
+def _drop_pfor_advice():
     tf_logger = logging.getLogger("tensorflow")
     if not any(isinstance(f, _DropPforAdvice) for f in tf_logger.filters):
         tf_logger.addFilter(_DropPforAdvice())
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
-        return
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    if not any(isinstance(f, _QuietTensorFlowFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietTensorFlowFinder())
+
+
+def after_import(name, fn):
+    """Calls ``fn(module)`` once the top-level module ``name`` is imported: now if it is, else right after.
+
+    ``fn`` must not import anything that imports ``name``'s importers (it may
+    run in the middle of another package's import, e.g. TensorFlow imports
+    Keras); an exception in ``fn`` is swallowed, never breaking the import.
+    """
+    module = sys.modules.get(name)
+    if module is not None:
+        _call_quietly(fn, module)
+    elif not any(isinstance(f, _AfterImportFinder) and f.name == name and f.fn is fn for f in sys.meta_path):
+        sys.meta_path.insert(0, _AfterImportFinder(name, fn))
+
+
+def _call_quietly(fn, module):
+    try:
+        fn(module)
+    except Exception:  # noqa: BLE001  a convenience hook must never break the user's import
+        pass
+
+
+class _AfterImportFinder:
+    """Finds ``name`` with the usual finders, then runs ``fn`` on the module once it has executed."""
+
+    def __init__(self, name, fn):
+        self.name, self.fn = name, fn
+        self._busy = False
+
+    def find_spec(self, name, path=None, target=None):
+        # Stays in place until the module executes: a mere importlib.util.find_spec(name) (TensorFlow
+        # asks whether Keras exists before importing it) must not use the hook up.
+        if name != self.name or self._busy:
+            return None
+        self._busy = True
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self._busy = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        real_exec, fn, finder = spec.loader.exec_module, self.fn, self
+
+        def exec_module(module):
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
+            real_exec(module)
+            _call_quietly(fn, module)
+
+        spec.loader.exec_module = exec_module
+        return spec
 
 
 class _DropPforAdvice(logging.Filter):
@@ -117,6 +189,34 @@ def _filtered_stderr(noise):
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def announce_after(seconds, message, stream=None):
+    """Prints ``message`` (one line, to stderr) if the block is still running after ``seconds``.
+
+    For the waits a user cannot see the end of (sigma calibration, the first
+    step's tracing, a long accounting call): a fast block prints nothing, a
+    slow one says what is happening instead of staying silent. Library code
+    may use it: the line goes to stderr, never into a command's JSON.
+    """
+    import threading
+
+    out = stream if stream is not None else sys.stderr
+
+    def say():
+        try:
+            print(message, file=out, flush=True)
+        except (OSError, ValueError):  # a closed stream: nothing to tell
+            pass
+
+    timer = threading.Timer(seconds, say)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -202,6 +302,15 @@ class Parser(argparse.ArgumentParser):
             if getattr(action, "shown", None):
                 message = message.replace("/".join(action.option_strings), action.shown[0])
         self.exit(2, f"{self.name}: error: {message} (see --help)\n")
+
+
+def unknown_name_message(kind, name, known):
+    """An error message for an unknown ``name`` that lists close matches (no TensorFlow needed)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else f" Known {kind}s: {', '.join(known)}."
+    return f"Unknown {kind} {name!r}.{hint}"
 
 
 def _spellings(name, *aliases):

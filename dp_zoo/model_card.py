@@ -30,6 +30,7 @@ import os
 from typing import Optional
 
 from dp_zoo import card_html, card_markdown
+from dp_zoo.card_markdown import ceil_sig, fmt_eps  # noqa: F401  (the card's rounding, used below)
 from dp_zoo.run_record import check_run_record
 
 CARD_SCHEMA_VERSION = 1
@@ -74,25 +75,6 @@ def scope(privacy):
         "were fixed before the tuning, from the source stated in privacy.tuning.search_space_source: "
         f"\"{t['search_space_source']}\". NOT covered: any use of this data set to choose that base "
         "configuration or grid; "))
-
-
-def ceil_sig(x, digits=4):
-    """``x`` rounded *up* to ``digits`` significant digits (for display).
-
-    Rounding a privacy loss down would claim a stronger guarantee than the
-    accountant gave; rounding up keeps the statement true.
-    """
-    if x is None or x == 0 or not math.isfinite(x):
-        return x
-    scale = 10 ** (digits - 1 - math.floor(math.log10(abs(x))))
-    # The small tolerance stops 2.0000000000000004-style float noise from
-    # bumping an exactly representable value up a digit.
-    return math.ceil(x * scale - 1e-9) / scale
-
-
-def fmt_eps(x):
-    """Headline formatting of an epsilon: rounded up, at most 4 significant digits."""
-    return f"{ceil_sig(x):g}"
 
 
 def record_sha256(record):
@@ -223,10 +205,10 @@ class ModelCard:
 
     def to_markdown(self):
         """README.md: YAML metadata header, then the headline, then the card."""
-        return card_markdown.render(self)
+        return card_markdown.render(self, card_html.plot_keys(self))
 
     def plots(self, zoo_points=None):
-        """The plots as PNG bytes: ``card_html.plots`` (key -> (title, png bytes), keys of ``PLOT_FILES``)."""
+        """The plots with data, as PNG bytes: ``card_html.plots`` (key -> (title, png bytes))."""
         return card_html.plots(self, zoo_points)
 
     def to_html(self, zoo_points=None, plots=None):
@@ -235,7 +217,7 @@ class ModelCard:
         return card_html.render(self, plots)
 
     def write(self, directory, zoo_points=None):
-        """Writes card.json, README.md, card.html and plots/*.png into ``directory``.
+        """Writes card.json, README.md, card.html and plots/*.png (those with data) into ``directory``.
 
         Returns:
           list of the relative paths written.

@@ -40,6 +40,11 @@ import numpy as np
 from dp_zoo import cli
 
 MAX_BODY_BYTES = 32 << 20  # refuse larger requests instead of buffering them
+# Connections the kernel queues while every handler thread is busy (e.g. while the
+# first prediction traces the graph). Python's default of 5 made a burst of 20
+# clients lose most connections to resets; the kernel caps it at somaxconn.
+LISTEN_BACKLOG = 1024
+SOCKET_TIMEOUT_S = 60  # a client that stops sending mid-body frees its thread
 _ROUTE = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?(/metadata|:predict)?$")
 
 
@@ -117,14 +122,15 @@ class ServedModel:
         """Validates nested lists of 0..255 integers into uint8 ``[N, H, W, C]``."""
         try:
             arr = np.asarray(value)
-        except ValueError:
-            raise RequestError(400, "instances must all have the same shape") from None
+        except (ValueError, RecursionError):
+            raise RequestError(400, "images must be nested lists of numbers of one shape [N, H, W, C]") from None
         if arr.dtype == object or arr.size == 0:
             raise RequestError(400, "images must be a non-empty nested list of numbers of one shape")
         want = self.input_shape[1:]
         if arr.ndim != 4 or list(arr.shape[1:]) != want:
             raise RequestError(400, f"images must have shape [N, {', '.join(map(str, want))}]; got {list(arr.shape)}")
-        if not np.issubdtype(arr.dtype, np.number) or np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 255:
+        if (not np.issubdtype(arr.dtype, np.number) or not np.all(np.isfinite(arr))
+                or np.any(arr != np.round(arr)) or arr.min() < 0 or arr.max() > 255):
             # A silent uint8 cast would wrap 256 to 0: refuse instead.
             raise RequestError(400, "pixel values must be integers in 0..255 (uint8)")
         return arr.astype(np.uint8)
@@ -206,14 +212,7 @@ def _handler(model):
                 action = self._route()
                 if action != ":predict":
                     raise RequestError(405, "only :predict accepts POST")
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
-                    self.close_connection = True
-                    raise RequestError(413, f"request body over {MAX_BODY_BYTES} bytes")
-                try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except ValueError as e:
-                    raise RequestError(400, f"body is not valid JSON: {e}") from None
+                body = _parse_json(self._read_body())
                 if not isinstance(body, dict):
                     raise RequestError(400, "body must be a JSON object")
                 self._send(200, model.predict(body))
@@ -222,7 +221,37 @@ def _handler(model):
             except Exception as e:  # noqa: BLE001  report, keep serving
                 self._send(500, {"error": f"{type(e).__name__}: {e}"})
 
+        def _read_body(self):
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self.close_connection = True
+                raise RequestError(400, "Content-Length must be a number of bytes") from None
+            if length < 0 or length > MAX_BODY_BYTES:
+                self.close_connection = True
+                raise RequestError(413 if length > 0 else 400,
+                                   f"Content-Length must be between 0 and {MAX_BODY_BYTES} bytes, got {length}")
+            return self.rfile.read(length)
+
+    Handler.timeout = SOCKET_TIMEOUT_S
     return Handler
+
+
+def _parse_json(data):
+    """The request body as JSON; any malformed body is a client error (400), never a server one."""
+    try:
+        return json.loads(data or b"null")
+    except RecursionError:
+        raise RequestError(400, "body is not valid JSON for this API: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+        raise RequestError(400, f"body is not valid JSON: {e}") from None
+
+
+class _Server(ThreadingHTTPServer):
+    """A thread per connection, with a listen backlog for bursts of clients."""
+
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
 
 
 class ModelServer:
@@ -239,8 +268,7 @@ class ModelServer:
     def __init__(self, model, *, host="127.0.0.1", port=8501, name=None):
         base, default_name, versions = _resolve(model)
         self.model = ServedModel(base, name or default_name, versions)
-        self.httpd = ThreadingHTTPServer((host, port), _handler(self.model))
-        self.httpd.daemon_threads = True
+        self.httpd = _Server((host, port), _handler(self.model))
         self.host, self.port = self.httpd.server_address[:2]
         self._thread = None
 
@@ -285,6 +313,14 @@ def main(argv=None):
         parser.error("give the model to serve either as an argument or with --model"
                      if args.entry else "the model to serve is missing: python -m dp_zoo.serve MODEL")
     model = args.entry or args.model
+    if not os.path.isdir(model):
+        from dp_zoo import zoo
+
+        if model not in zoo.entries():  # a usage error (exit 2), not a broken artifact (exit 1)
+            what = "no such directory" if os.sep in model else cli.unknown_name_message(
+                "zoo entry", model, sorted(zoo.entries()))
+            parser.error(f"MODEL {model!r}: {what}; give an artifact directory or a zoo entry "
+                         "(python -m dp_zoo.zoo lists them)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without authentication", file=sys.stderr)
     try:

@@ -264,10 +264,11 @@ class Tuner:
             # No TensorBoard for trials: K event directories beside each other would show K.
             trainer._log_scalars = _no_scalars
             record = trainer.fit()
-            if record is None:  # SIGTERM: a tuning never resumes (K would be redrawn)
+            if record is None:  # SIGTERM or Ctrl-C: a tuning never resumes (K would be redrawn)
                 raise StoppedError(
-                    "stopped by SIGTERM; nothing is published. The trials run so far touched the data: a new "
-                    "tuning of the same data composes with them (docs/privacy.md).")
+                    # No trial number: it would bound the secret number of trials K.
+                    f"stopped by {trainer.stop_signal}; nothing is published. The trials run so far touched the "
+                    "data: a new tuning of the same data composes with them (docs/privacy.md).")
             weights = evaluation.published_weights(trainer.ema_vars)
             correct = round(trainer.evaluate(self.val_set, weights)["accuracy"] * len(self.val_set))
             score = correct + float(noise.normal(0.0, self.score_noise))

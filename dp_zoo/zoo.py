@@ -107,9 +107,7 @@ def entries():
 def _entry(name):
     table = entries()
     if name not in table:
-        from dp_zoo.models._registry import unknown_name_message
-
-        raise ValueError(unknown_name_message("zoo entry", name, sorted(table)) + " See dp_zoo.list_models().")
+        raise ValueError(cli.unknown_name_message("zoo entry", name, sorted(table)) + " See dp_zoo.list_models().")
     return table[name]
 
 
@@ -128,6 +126,32 @@ def search_path():
     return dirs
 
 
+def user_runs_dir():
+    """Where ``python -m dp_zoo.train`` / ``.tune`` publish a user's own models by default.
+
+    ``$DP_ZOO_HOME/runs`` (else ``<user cache>/runs``): a namespace of its
+    own, so a user's model never sits where ``load(<entry>)`` looks for a
+    shipped entry (``<dir>/<entry>``), and never shadows it.
+    """
+    base = os.environ.get("DP_ZOO_HOME") or str(cache_dir())
+    return pathlib.Path(base) / "runs"
+
+
+def shadowed_entry(directory):
+    """The registered entry a model published at ``directory`` would shadow in ``load``, else None.
+
+    ``<search dir>/<entry>`` for an entry the table has a checksum or remote
+    for: ``load(<entry>)`` would find the user's model there before (or
+    instead of) the published one and refuse it.
+    """
+    d = pathlib.Path(os.path.abspath(directory))
+    entry = entries().get(d.name)
+    if entry is None or not (entry.get("manifest_sha256") or entry.get("remote")):
+        return None
+    parents = {pathlib.Path(os.path.abspath(b)) for b in search_path() if b != REPO_SAVED_MODELS}
+    return d.name if d.parent in parents else None
+
+
 def _check_against_table(directory, entry, name):
     """Verifies the files, then the manifest against the table; returns 'registered'."""
     got = manifest.verify(str(directory))
@@ -135,8 +159,9 @@ def _check_against_table(directory, entry, name):
     if want and got != want:
         raise ValueError(
             f"Checksum mismatch for {directory}/{manifest.FILENAME}: the zoo table expects {want[:16]}..., "
-            f"found {got[:16]}.... This is not the published {name!r}; refusing to load it. "
-            "Remove the directory to re-download, or re-export and re-register the model."
+            f"found {got[:16]}.... This is not the published {name!r}; refusing to load it. If it is a "
+            f"model of your own, move it out of {directory.parent} (it loads from anywhere with "
+            "dp_zoo.load(PATH)); the published model then loads."
         )
     return bool(want)
 
@@ -148,7 +173,8 @@ def _not_published(name, entry):
     return ArtifactNotPublishedError(
         f"The weights of zoo entry {name!r} are not published yet (searched {where}; no remote). "
         f"Produce them with:\n    {cmd}{note}\n"
-        f"which publishes into $DP_ZOO_HOME/{name} (or the user cache), where dp_zoo.load({name!r}) finds them."
+        "which publishes into $DP_ZOO_HOME/runs/ (or the user cache's runs/) and prints the "
+        "dp_zoo.load(PATH) that loads the model."
     )
 
 
@@ -225,21 +251,27 @@ def card(name):
     return verified(name)[1]
 
 
-def load(name):
+def load(name, *, include_preprocessing=True):
     """Loads a published private model with its card attached.
 
     Args:
       name: zoo entry, e.g. ``"wrn_digits_eps8"`` (see ``list_models()``),
         or the path of an exported artifact directory.
+      include_preprocessing: True (the default): the model takes images as
+        the card states them, pixels in 0..255 (uint8, or floats in that
+        range) ``[N, H, W, C]``, and normalises them inside with the card's
+        constant mean/std (``card["data"]``), as the SavedModel does. False:
+        the bare network as trained, whose input is the normalised image
+        (``dp_zoo.preprocessing.normalize``); what fine-tuning starts from.
 
     Returns:
-      A ``keras.Model`` whose input is the normalized image (the SavedModel
-      under ``saved_model/1`` takes uint8 images directly; mean/std are in
-      ``model.card["data"]``), with ``model.card`` (the card.json dict).
-      ``model.card["artifact"]["published_weights_sha256"]`` is the digest
-      of the loaded weights, checked against the run record's; None for an
-      artifact whose record predates that field (checked by its manifest
-      only).
+      A ``keras.Model`` that returns **logits** ``[N, num_classes]`` (apply
+      ``keras.ops.softmax`` for probabilities; the SavedModel under
+      ``saved_model/1`` returns both), with ``model.card`` (the card.json
+      dict). ``model.card["artifact"]["published_weights_sha256"]`` is the
+      digest of the loaded network's weights, checked against the run
+      record's; None for an artifact whose record predates that field
+      (checked by its manifest only).
 
     Raises:
       ValueError: unknown name (lists close names), a missing, truncated,
@@ -253,6 +285,7 @@ def load(name):
     import keras
 
     import dp_zoo.models  # noqa: F401  registers custom layers
+    from dp_zoo.models.layers import with_pixel_input
 
     directory, card_ = verified(name)
     if not card_["artifact"]["registered"] and str(name) in entries():
@@ -261,8 +294,13 @@ def load(name):
             "for it); its files match its own manifest. Loading it as a local model.",
             stacklevel=2,
         )
+    # model.keras is the network as trained (normalised input); the registered
+    # checksums cover that file, so the pixel input is added here, at load time.
     model = keras.models.load_model(directory / "model.keras")
+    # The run record's digest covers the network as trained, so it is checked before any wrapping.
     card_["artifact"]["published_weights_sha256"] = _check_published_weights(model, directory)
+    if include_preprocessing:
+        model = with_pixel_input(model, card_["data"]["mean"], card_["data"]["std"])
     # Plain attribute: Keras would otherwise wrap the dict as tracked state.
     object.__setattr__(model, "card", card_)
     return model
@@ -301,8 +339,13 @@ def _find_local(name):
     return None
 
 
-def list_models():
+def list_models(pattern=None):
     """Entries with epsilon, dataset, accuracy and local availability.
+
+    Args:
+      pattern: optional shell-style pattern of entry names, as in timm's
+        ``list_models("resnet*")``: ``"wrn_digits*"``, ``"*eps8"``. A pattern
+        without ``*``, ``?`` or ``[`` matches names that contain it.
 
     Returns:
       list of dicts: name, architecture, dataset, private, target_epsilon,
@@ -311,17 +354,23 @@ def list_models():
       accountant, ``recipe_epsilons``), epsilon_note (where it differs from
       the source's ε), published_accuracy (the source's, %, only for a
       publication's configuration), epsilon and accuracy (measured here,
-      from the card, if the weights are available), available (bool),
-      status, command (the recipe's training command).
+      from the card, if the weights are available), card_epsilon_rdp /
+      card_epsilon_pld / card_tuned (the available model's own accountant
+      values from its card, and whether its epsilon is the total over a
+      private hyper-parameter search), available (bool), status, command
+      (the recipe's training command).
     """
     out = []
     for name, e in sorted(entries().items()):
+        if not _matches(name, pattern):
+            continue
         row = {
             "name": name, "architecture": e["architecture"], "dataset": e["dataset"],
             "private": e["private"], "target_epsilon": e["target_epsilon"], "delta": e["delta"],
             **{k: e[k] for k in ("config_source", "config_label", "epsilon_rdp", "epsilon_pld", "epsilon_note")},
             "published_accuracy": e.get("published_accuracy"), "epsilon": None, "accuracy": None,
-            "available": False, "command": f"python -m dp_zoo.train --recipe {e['recipe']}",
+            "card_epsilon_rdp": None, "card_epsilon_pld": None, "card_tuned": False, "available": False,
+            "command": f"python -m dp_zoo.train --recipe {e['recipe']}",
         }
         local = _find_local(name)
         status = "recipe only" + (" (needs an accelerator)" if e.get("needs_accelerator") else "")
@@ -333,6 +382,9 @@ def list_models():
             else:
                 row["available"] = True
                 row["epsilon"] = c["privacy"]["epsilon"]
+                row["card_epsilon_rdp"] = c["privacy"].get("epsilon_rdp")
+                row["card_epsilon_pld"] = c["privacy"].get("epsilon_pld")
+                row["card_tuned"] = bool(c["privacy"].get("tuning"))
                 m = c.get("metrics") or {}
                 row["accuracy"] = m.get("test_accuracy_ema") if m.get("test_accuracy_ema") is not None \
                     else m.get("test_accuracy_last")
@@ -344,8 +396,21 @@ def list_models():
     return out
 
 
+def _matches(name, pattern):
+    import fnmatch
+
+    if not pattern:
+        return True
+    if not any(ch in pattern for ch in "*?["):
+        return pattern in name
+    return fnmatch.fnmatchcase(name, pattern)
+
+
 def privacy_utility_points(dataset, exclude=None):
-    """Points for a privacy-utility plot: measured local cards and the paper's figures.
+    """Points for a privacy-utility plot: the registered zoo models' cards and the paper's figures.
+
+    Only artifacts that match the zoo table's checksum count as "measured"
+    (a user's unregistered local copy is not the zoo's model).
 
     Returns:
       list of dicts {name, epsilon, accuracy, source}; accuracy as a
@@ -355,7 +420,7 @@ def privacy_utility_points(dataset, exclude=None):
     for row in list_models():
         if row["dataset"] != dataset or row["name"] == exclude:
             continue
-        if row["available"] and row["accuracy"] is not None:
+        if row["status"] == "available" and row["accuracy"] is not None:
             pts.append({"name": row["name"], "epsilon": row["epsilon"], "accuracy": row["accuracy"],
                         "source": "measured"})
         elif row["published_accuracy"] is not None:
@@ -407,8 +472,22 @@ def register(name, directory, *, remote=None, archive_sha256=None):
     return digest
 
 
+def _eps_text(x, decimals=3):
+    """An epsilon for the table, rounded *up* (a rounded-down epsilon would claim more than was computed)."""
+    import math
+
+    return "-" if x is None else f"{math.ceil(x * 10**decimals - 1e-9) / 10**decimals:.{decimals}f}"
+
+
 def format_models(rows=None):
-    """The ``list_models()`` table as text, with the ε notes under it."""
+    """The ``list_models()`` table as text, with the ε notes under it.
+
+    An available model's row shows its own card's epsilon (RDP / PLD as the
+    card records them); other rows show dp_zoo's accountant for the recipe.
+    Every epsilon is rounded up.
+    """
+    from dp_zoo.card_markdown import fmt_eps
+
     rows = list_models() if rows is None else rows
     head = (f"{'name':36s} {'dataset':12s} {'config':7s} {'eps':>5s} {'RDP/PLD':>14s} {'acc (ours)':>10s} "
             f"{'acc (paper)':>11s}  status")
@@ -416,10 +495,17 @@ def format_models(rows=None):
     notes = []
     for r in rows:
         eps = r["epsilon"] if r["epsilon"] is not None else r["target_epsilon"]
-        eps_s = "-" if eps is None else f"{eps:.3g}"
-        acct = "-" if r["epsilon_rdp"] is None else f"{r['epsilon_rdp']:.3f}/{r['epsilon_pld']:.3f}"
-        if r["epsilon_note"]:
-            notes.append(f"  [{len(notes) + 1}] {r['name']}: {r['epsilon_note']}")
+        eps_s = "-" if eps is None else fmt_eps(eps)
+        if r["available"]:
+            rdp, pld, note = r["card_epsilon_rdp"], r["card_epsilon_pld"], None
+            if r["card_tuned"]:
+                note = ("the card's epsilon is the total over the private hyper-parameter search that chose the "
+                        "model (RDP, Papernot & Steinke 2022; no PLD for it)")
+        else:
+            rdp, pld, note = r["epsilon_rdp"], r["epsilon_pld"], r["epsilon_note"]
+        acct = "-" if rdp is None and pld is None else f"{_eps_text(rdp)}/{_eps_text(pld)}"
+        if note:
+            notes.append(f"  [{len(notes) + 1}] {r['name']}: {note}")
             acct += f"[{len(notes)}]"
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
         pub = "-" if r["published_accuracy"] is None else f"{r['published_accuracy']:.1f}%"
@@ -428,7 +514,8 @@ def format_models(rows=None):
     legend = ("config: whose configuration it is (De2022: De et al. 2022; TAN2023: Sander et al. 2023; De2022~: almost "
               "certainly De et al. 2022's, inferred, unverified; De2022s: De et al. 2022's sigma as remembered, "
               "unverified, steps computed by dp_zoo; own: dp_zoo's own choice, no paper figure). eps: the card's, "
-              "else the target; RDP/PLD: dp_zoo's accountant.")
+              "else the target; RDP/PLD: an available model's own card, else dp_zoo's accountant for the recipe; "
+              "every epsilon rounded up.")
     return "\n".join(lines + ["", legend] + notes)
 
 
@@ -450,6 +537,12 @@ def main(argv=None):
     if args.command != "register":
         print(format_models())
         return 0
+    # What the command line names must exist (exit 2, as argparse's errors); a bad artifact is exit 1.
+    if args.entry not in recipes.RECIPES:
+        unknown = cli.unknown_name_message("zoo entry", args.entry, sorted(recipes.RECIPES))
+        reg.error(f"ENTRY: {unknown} A zoo entry is a recipe; add one to dp_zoo/train/recipes.py first")
+    if not os.path.isdir(args.artifact_dir):
+        reg.error(f"ARTIFACT_DIR {args.artifact_dir}: no such directory")
     try:
         digest = register(args.entry, args.artifact_dir, remote=args.remote, archive_sha256=args.archive_sha256)
     except (ValueError, OSError) as e:

@@ -164,7 +164,7 @@ def case_privacy_cli(w):
 
     code, err = stderr_of(privacy.main, ["--dataset-size", "100", "--batch-size", "10", "--delta", "1e-5",
                                          "--steps", "0", "--noise-multiplier", "1"])
-    assert code == 2 and "steps must be an integer >= 1" in err and "Traceback" not in err
+    assert code == 2 and "--steps must be >= 1" in err and "Traceback" not in err
 
 
 def case_train_cli_flags(w):

@@ -93,3 +93,26 @@ def test_sigterm_and_sigkill_then_resume_equals_the_uninterrupted_run(tmp_path):
     assert set(w) == set(ref_w)
     for k in ref_w:
         np.testing.assert_allclose(w[k], ref_w[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_after_the_step_with_one_line_and_the_resumed_run_says_from_where(tmp_path):
+    """Ctrl-C (SIGINT) as a user presses it: no traceback, one line naming the step and how to resume
+    (exit status 130); the same command then says it resumed, and from which step."""
+    run_dir = tmp_path / "run"
+    p = start(run_dir)
+    wait_for_step(run_dir, 2, timeout=600)  # start-up and tracing take minutes on a loaded 2-core machine
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    step = wait_for_step(run_dir, 2, timeout=1)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1] == (f"dp_zoo.train: stopped by SIGINT at step {step} of 8; checkpoint saved in {run_dir}. "
+                         f"To resume from step {step}, run the same command again."), err[-2000:]
+    assert len([ln for ln in lines if "Ctrl-C" in ln or "SIGINT" in ln]) == 2  # the acknowledgement, the summary
+    p = start(run_dir)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err[-3000:]
+    assert f"Resumed {run_dir} from its checkpoint at step {step} of 8." in out
+    assert json.load(open(run_dir / "run_record.json"))["privacy"]["steps"] == 8

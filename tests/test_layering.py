@@ -32,7 +32,7 @@ LAYERS = (
                             "dp_zoo.train.run", "dp_zoo.train.publishing", "dp_zoo.train.__main__",
                             "dp_zoo.train.init_weights",
                             "dp_zoo.train.init_privacy", "dp_zoo.train.known_weights", "dp_zoo.export.__main__",
-                            "dp_zoo.audit.__main__", "dp_zoo.tune", "dp_zoo.data")),
+                            "dp_zoo.audit.__main__", "dp_zoo.tune", "dp_zoo.data", "dp_zoo.pretrained")),
 )
 
 

@@ -225,3 +225,72 @@ def test_card_states_the_training_precision():
     card = ModelCard.from_run_record("x", bf16)
     assert card.to_json()["training"]["precision"] == "bf16"
     assert table_rows(card.to_markdown())["precision"].startswith("bf16 (Keras mixed_bfloat16: bfloat16 forward")
+
+
+def _tuned_record_without_evaluations():
+    """A record as dp_zoo.tune publishes it: headline epsilon = the tuning's total (above the run's own
+    epsilon at its last step), and no evaluation during training (eval_every 0)."""
+    rec = H.run_record()
+    for h in rec["history"]:
+        h.update(loss=None, eval_accuracy=None, eval_accuracy_ema=None)
+    rec["config"]["eval_every"] = 0
+    p = rec["privacy"]
+    p["accountant"], p["epsilon_pld"] = "rdp", None
+    p["epsilon"] = p["epsilon_rdp"] = 2.5 * rec["history"][-1]["epsilon"]
+    p["tuning"] = {
+        "method": "Papernot & Steinke 2022 (ICLR), random number of trials, release the best (arXiv 2110.03620)",
+        "trial_distribution": {"kind": "poisson", "mean": 3.0}, "trials_run": 1,
+        "grid": [{"lr": 0.5, "steps": 6}, {"lr": 2.0, "steps": 6}],
+        "runs": [{"noise_multiplier": p["noise_multiplier"], "sampling_probability": p["sampling_probability"],
+                  "steps": 6}],
+        "per_trial_epsilon": 1.234567890123, "total_epsilon": p["epsilon"], "accountant": "rdp",
+        "score": {"mechanism": "noisy count", "noise_std": 10.0, "validation_size": 300,
+                  "noisy_accuracy": 0.8521758617111213},
+        "selected": {"lr": 2.0, "steps": 6}, "selected_trial_epsilon": {"pld": 1.0, "rdp": 1.1},
+    }
+    return rec
+
+
+def _text(html_page):
+    body = html_page.split("<body>", 1)[1]
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", re.sub(r"<img[^>]*>", "", body)))
+
+
+def test_card_html_is_a_page_with_tables_and_rounded_figures(tmp_path):
+    """card.html: real tables, not the Markdown in a <pre>; no None, no Python dict, no 16-digit floats; an
+    epsilon rounded up; the exact value kept as a tooltip; the plots that have data only."""
+    rec = _tuned_record_without_evaluations()
+    card = ModelCard.from_run_record("wrn_digits_eps8", rec)
+    files = card.write(str(tmp_path), zoo_points=[])
+    page = (tmp_path / "card.html").read_text()
+    text = _text(page)
+    assert page.count("<table>") == 3 and "| quantity |" not in page and "<pre><code>import dp_zoo" in page
+    assert "None" not in text and "{'" not in text and not re.search(r"\d\.\d{8,}", text), text
+    p = rec["privacy"]
+    assert f"<td title='{p['epsilon']}'>{fmt_eps(p['epsilon'])}</td>" in page  # rounded up, exact on hover
+    assert float(fmt_eps(p["epsilon"])) >= p["epsilon"]
+    assert "lr=2.0, steps=6 / 0.8522" in text and "arXiv 2110.03620" in text
+    assert "1,437" in text  # N
+    # No evaluation during training: no accuracy-vs-step plot, in the files, the page or the README.
+    assert card_html.PLOT_FILES["accuracy"] not in files and not (tmp_path / card_html.PLOT_FILES["accuracy"]).exists()
+    assert page.count("<img") == 2 and "accuracy vs step" not in page
+    assert card_html.PLOT_FILES["accuracy"] not in (tmp_path / "README.md").read_text()
+    assert card_html.PLOT_FILES["epsilon"] in files and card_html.PLOT_FILES["zoo"] in files
+
+
+def test_epsilon_plot_shows_the_headline_epsilon_and_labels_the_run_curve():
+    """A tuned card's headline is the tuning's total: the plot draws it, and calls the run's own curve what it is."""
+    rec = _tuned_record_without_evaluations()
+    card = ModelCard.from_run_record("wrn_digits_eps8", rec)
+    (curve_label, steps, eps, _), (line_label, _, line, style) = card_html.epsilon_lines(card)
+    assert curve_label == "this training run alone" and eps[-1] < rec["privacy"]["epsilon"]
+    assert style == "line" and line[0] == ceil_sig(rec["privacy"]["epsilon"])
+    assert line_label == f"total over the tuning: {fmt_eps(rec['privacy']['epsilon'])} (headline)"
+    assert fmt_eps(rec["privacy"]["epsilon"]) in card.headline()
+    # Untuned: the headline epsilon is the run's, and the curve ends at it (rounded up).
+    plain = ModelCard.from_run_record("x", H.run_record())
+    (label, _, eps, _), (line_label, _, line, _) = card_html.epsilon_lines(plain)
+    assert label == "spent by this run" and line_label.startswith("the card's: ")
+    assert eps[-1] <= line[0] == ceil_sig(plain.privacy["epsilon"])
+    # A non-private baseline has no epsilon plot at all.
+    assert "epsilon" not in card_html.plot_keys(ModelCard.from_run_record("b", H.run_record(private=False)))

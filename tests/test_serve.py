@@ -1,6 +1,7 @@
 """Real HTTP serving on loopback with TF Serving's REST JSON API."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -163,3 +164,80 @@ def test_command_line_server(server, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _raw_post(port, path, body, headers=None, timeout=60):
+    """One POST over a new connection (http.client, the real HTTP stack); returns (status, parsed body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        r = conn.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+    finally:
+        conn.close()
+
+
+def test_one_hundred_parallel_predicts_to_a_fresh_server_all_succeed(tiny_artifact):
+    """A burst of connections at once, before the first prediction has run: none is reset or refused."""
+    import concurrent.futures
+    import threading
+
+    path, _, _ = tiny_artifact
+    n = 100
+    x = H.images(2)
+    want = _expected(path, x)["logits"]
+    body = json.dumps({"instances": x.tolist()}).encode()
+    with serve.ModelServer(path, port=0) as s:
+        start = threading.Barrier(n)
+
+        def one(_):
+            start.wait(timeout=60)
+            try:
+                return _raw_post(s.port, f"/v1/models/{s.model.name}:predict", body)
+            except OSError as e:  # ConnectionResetError, ConnectionRefusedError, timeouts
+                return type(e).__name__, None
+
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            results = list(pool.map(one, range(n), timeout=300))
+    failures = [status for status, _ in results if status != 200]
+    assert failures == [], f"{len(failures)} of {n} failed: {sorted(set(map(str, failures)))}"
+    for _, got in results:
+        np.testing.assert_allclose([p["logits"] for p in got["predictions"]], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("body, headers, match", [
+    (b"[" * 200_000 + b"]" * 200_000, None, "nested too deeply"),
+    (b'{"instances": ' + b"[" * 5_000 + b"0" + b"]" * 5_000 + b"}", None, "images must|same shape"),
+    (b'{"instances": [[[["a"]]]]}', None, "pixel values|images must"),
+    (json.dumps({"instances": [[[[float("inf")]] * 8] * 8]}).encode(), None, "pixel values"),
+    (json.dumps({"instances": [[[[float("nan")]] * 8] * 8]}).encode(), None, "pixel values"),
+    (b'{"instances": [[[[0]]]], "signature_name": {"a": 1}}', None, "signature_name"),
+    (b"\xff\xfe{", None, "not valid JSON"),
+    (b"{}", {"Content-Length": "abc"}, "Content-Length"),
+])
+def test_malformed_bodies_are_400_not_500(server, body, headers, match):
+    s, _ = server
+    status, got = _raw_post(s.port, f"/v1/models/{s.model.name}:predict", body, headers)
+    assert status == 400 and re.search(match, got["error"]), (status, got)
+    # The server keeps serving.
+    assert _http(s.url)[0] == 200
+
+
+@pytest.mark.parametrize("model, match", [("wrn_digits_eps9", "Unknown zoo entry 'wrn_digits_eps9'. Did you mean"),
+                                          ("no/such/dir", "no such directory")])
+def test_a_model_that_does_not_exist_is_a_usage_error_exit_2(model, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        serve.main([model, "--port", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("dp_zoo.serve: error:") and match in err[0]
+
+
+def test_export_names_a_missing_path_as_a_usage_error_exit_2(tmp_path, capsys):
+    from dp_zoo.export import __main__ as export_cli
+
+    with pytest.raises(SystemExit) as e:
+        export_cli.main(["--artifact", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--artifact" in err[0] and "no such file" in err[0]

@@ -3,6 +3,7 @@ cards' claims reproduced (accuracy by evaluation, epsilon by the accountant)."""
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import dp_zoo
 from dp_zoo import accounting, manifest, run_record, zoo
@@ -40,11 +41,22 @@ def test_card_accuracy_is_reproduced_on_the_test_split(name):
     card = model.card
     test = data.load_dataset(C.DataConfig(), "test")
     assert card["data"]["test_split"] == test.split
-    x = normalize(test.images, card["data"]["mean"], card["data"]["std"])
-    acc = float(np.mean(np.argmax(model.predict(x, verbose=0), 1) == test.labels))
+    assert test.images.dtype == np.uint8 and list(test.images.shape[1:]) == card["model"]["input_shape"]
     m = card["metrics"]
     claimed = m["test_accuracy_ema"] if m.get("test_accuracy_ema") is not None else m["test_accuracy_last"]
+    # Fed as the card states its input: uint8 images [N, H, W, C], and the same pixels as floats in 0..255.
+    for pixels in (test.images, test.images.astype(np.float32)):
+        acc = float(np.mean(np.argmax(model.predict(pixels, verbose=0), 1) == test.labels))
+        assert abs(acc - claimed) <= 0.005, (acc, claimed)
+    # The bare network (what fine-tuning starts from) takes the normalised image.
+    network = dp_zoo.load(name, include_preprocessing=False)
+    x = normalize(test.images, card["data"]["mean"], card["data"]["std"])
+    acc = float(np.mean(np.argmax(network.predict(x, verbose=0), 1) == test.labels))
     assert abs(acc - claimed) <= 0.005, (acc, claimed)
+    # Logits, as the docstring says: the SavedModel's "logits" output, not its probabilities.
+    served = tf.saved_model.load(str(zoo.REPO_SAVED_MODELS / name / "saved_model" / "1"))
+    out = served.signatures["serving_default"](images=tf.constant(test.images[:8]))
+    np.testing.assert_allclose(model.predict(test.images[:8], verbose=0), out["logits"].numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", [n for n in SHIPPED if "nonprivate" not in n])
@@ -83,3 +95,16 @@ def recompute_tuned_epsilon(p):
 def test_nonprivate_baseline_claims_nothing():
     p = dp_zoo.card("wrn_digits_nonprivate")["privacy"]
     assert p["private"] is False and p["epsilon"] is None
+
+
+def test_zoo_table_shows_each_shipped_models_own_epsilon():
+    """The table's RDP/PLD column of a shipped model is its card's (rounded up), not its recipe's untuned
+    figures (which put RDP 1.096 beside the eps=1 model)."""
+    lines = {ln.split()[0]: ln.split() for ln in zoo.format_models().splitlines() if ln.startswith("wrn_digits")}
+    for name in [n for n in SHIPPED if "nonprivate" not in n]:
+        p = dp_zoo.card(name)["privacy"]
+        rdp, pld = lines[name][4].split("[")[0].split("/")
+        assert 0 <= float(rdp) - p["epsilon_rdp"] < 1e-3, (name, lines[name])
+        assert pld == "-" if p["epsilon_pld"] is None else 0 <= float(pld) - p["epsilon_pld"] < 1e-3
+        assert float(rdp) <= zoo.entries()[name]["target_epsilon"], lines[name]
+        assert float(lines[name][3]) >= p["epsilon"]  # the eps column, rounded up

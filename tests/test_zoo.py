@@ -1,6 +1,7 @@
 """The zoo: the entries table, load / card / list_models, search order, checksums, download."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -129,8 +130,10 @@ def test_registered_artifact_loads_with_its_card(isolated, artifact):
     assert m.card["artifact"] == {"path": str(d), "registered": True, "manifest_sha256": digest,
                                   "published_weights_sha256": manifest.weights_sha256(model.get_weights())}
     assert m.card["privacy"] == rec["privacy"]
-    x = preprocessing.normalize(H.images(3), rec["data"]["mean"], rec["data"]["std"])
-    np.testing.assert_allclose(np.asarray(m(x)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
+    # The loaded model takes pixels (as the card states) and normalises inside; the network took normalised ones.
+    pixels = H.images(3)
+    x = preprocessing.normalize(pixels, rec["data"]["mean"], rec["data"]["std"])
+    np.testing.assert_allclose(np.asarray(m(pixels)), np.asarray(model(x)), rtol=1e-6, atol=1e-6)
     assert dp_zoo.card("wrn_digits_eps8")["metrics"] == rec["metrics"]
     rows = {r["name"]: r for r in dp_zoo.list_models()}
     row = rows["wrn_digits_eps8"]
@@ -294,12 +297,18 @@ def test_register_command_records_only_the_checksum(isolated, artifact, capsys):
     assert json.loads(zoo.TABLE_PATH.read_text())["entries"]["wrn_digits_eps8"] == {
         "manifest_sha256": digest, "remote": "file:///a.tar.gz", "archive_sha256": "a" * 64}
     capsys.readouterr()
-    for argv, message in ((["register", "no_such_entry", str(d)], "not a zoo entry"),
-                          (["register", "wrn_digits_eps4", str(d)], "not 'wrn_digits_eps4'"),
+    for argv, message in ((["register", "wrn_digits_eps4", str(d)], "not 'wrn_digits_eps4'"),
                           (["register", "wrn_digits_eps8", str(isolated["tmp"])], "has no MANIFEST.json")):
-        assert zoo.main(argv) == 1
+        assert zoo.main(argv) == 1  # what the command names exists, but is not a good artifact
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("dp_zoo.zoo: error:") and message in err[0], err
+    # A name or path on the command line that does not exist is a usage error: exit 2, as argparse's.
+    for argv, message in ((["register", "no_such_entry", str(d)], "Unknown zoo entry 'no_such_entry'"),
+                          (["register", "wrn_digits_eps8", str(isolated["tmp"] / "nowhere")], "no such directory")):
+        with pytest.raises(SystemExit) as e:
+            zoo.main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and message in err[0], err
     with pytest.raises(SystemExit) as e:
         zoo.main(["register", "wrn_digits_eps8"])
     assert e.value.code == 2
@@ -311,17 +320,31 @@ def test_the_table_shows_whose_configuration_and_the_accountants_epsilon():
     from dp_zoo.train import recipe_epsilons
 
     lines = {ln.split()[0]: ln for ln in zoo.format_models().splitlines() if ln.split()}
+    available = {r["name"] for r in dp_zoo.list_models() if r["available"]}  # their own cards' (test_shipped_models)
     eps = recipe_epsilons.load()
+
+    def up(x):  # rounded up to 3 decimals, never down
+        return f"{math.ceil(x * 1000 - 1e-9) / 1000:.3f}"
+
     for name, r in recipes.RECIPES.items():
         cols = lines[name].split()
         assert cols[2] == r.provenance_label, name
-        if r.config.dp.enabled:
+        if r.config.dp.enabled and name not in available:
             rdp_pld = cols[4].split("[")[0]
-            assert rdp_pld == f"{eps[name]['rdp']:.3f}/{eps[name]['pld']:.3f}", name
+            assert rdp_pld == f"{up(eps[name]['rdp'])}/{up(eps[name]['pld'])}", name
             if eps[name]["note"]:
                 footnote = cols[4].split("[")[1].rstrip("]")
                 assert f"  [{footnote}] {name}: {eps[name]['note']}" in lines[f"[{footnote}]"], name
     assert lines["wrn16_4_cifar10_eps8"].split()[2] == "TAN2023" and "[" in lines["wrn16_4_cifar10_eps8"]
+
+
+def test_list_models_filters_names_like_timm():
+    every = sorted(zoo.entries())
+    assert [r["name"] for r in dp_zoo.list_models()] == every
+    assert [r["name"] for r in dp_zoo.list_models("wrn_digits*")] == [n for n in every if n.startswith("wrn_digits")]
+    assert [r["name"] for r in dp_zoo.list_models("*eps8")] == [n for n in every if n.endswith("eps8")]
+    assert [r["name"] for r in dp_zoo.list_models("cifar100")] == [n for n in every if "cifar100" in n]
+    assert dp_zoo.list_models("no_such_model*") == []
 
 
 def test_load_refuses_weights_other_than_those_the_run_record_publishes(isolated, artifact):

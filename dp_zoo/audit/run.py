@@ -132,7 +132,7 @@ def run_audit(config, train, *, num_canaries=200, guess_fraction=0.25, confidenc
     """
     import keras
 
-    import dp_zoo
+    import dp_zoo.models  # the registry's create_model (dp_zoo.create_model adds the zoo's weights)
     from dp_zoo.train import data as data_lib
     from dp_zoo.train import engine
 
@@ -152,7 +152,7 @@ def run_audit(config, train, *, num_canaries=200, guess_fraction=0.25, confidenc
         tuple(train.mean), tuple(train.std),
     )
     keras.utils.set_random_seed(config.seed)
-    model = dp_zoo.create_model(config.model, num_classes=train.num_classes,
+    model = dp_zoo.models.create_model(config.model, num_classes=train.num_classes,
                                 input_shape=train.input_shape, **dict(config.model_kwargs))
     t0 = time.time()
     # noise=False: the real engine with sigma 0 in the update (Trainer's add_noise), so

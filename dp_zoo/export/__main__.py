@@ -15,7 +15,6 @@ if __name__ == "__main__":
     cli.quiet_tensorflow()  # before anything below imports TensorFlow
 
 from dp_zoo import manifest, zoo  # noqa: E402
-from dp_zoo.export.artifact import export_model, package, publish  # noqa: E402
 
 
 def _parser():
@@ -36,8 +35,16 @@ def _parser():
 
 def main(argv=None):
     """Runs ``python -m dp_zoo.export`` with the flags ``argv``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for flag in ("model", "run_record", "artifact"):  # a path that is not there is a usage error (exit 2)
+        path = getattr(args, flag)
+        if path is not None and not os.path.exists(path):
+            parser.error(f"--{flag.replace('_', '-')} {path}: no such file or directory")
     artifact = args.artifact
+    # After parsing: a bad command line is answered without loading TensorFlow (seconds).
+    from dp_zoo.export.artifact import export_model, package, publish
+
     try:
         if args.model or args.run_record:
             if not (args.model and args.run_record and args.entry):

@@ -7,7 +7,6 @@ completes the registry.
 """
 
 import dataclasses
-import difflib
 
 _REGISTRY = {}
 
@@ -93,14 +92,10 @@ def list_architectures(pattern=None):
 
 
 def unknown_name_message(kind, name, known):
-    """An error message for an unknown ``name`` that lists close matches."""
-    close = difflib.get_close_matches(str(name), known, n=5, cutoff=0.5)
-    hint = (
-        f" Did you mean: {', '.join(close)}?"
-        if close
-        else f" Known {kind}s: {', '.join(known)}."
-    )
-    return f"Unknown {kind} {name!r}.{hint}"
+    """An error message for an unknown ``name`` that lists close matches (``cli.unknown_name_message``)."""
+    from dp_zoo import cli
+
+    return cli.unknown_name_message(kind, name, known)
 
 
 def create_model(name, *, num_classes, input_shape=None, **kwargs):

@@ -164,3 +164,45 @@ class SqueezeExcite(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "reduced_channels": self.reduced_channels, "gain": self.gain_value}
+
+
+@keras.saving.register_keras_serializable(package="dp_zoo")
+class PixelNormalization(keras.layers.Layer):
+    """Pixels (uint8, or floats in 0..255) to the network's input: ``(x / 255 - mean) / std``.
+
+    The same function (``dp_zoo.preprocessing.normalize``) that training,
+    evaluation and the SavedModel use, so a model wrapped with this layer sees
+    exactly what the trained network saw.
+
+    Args:
+      mean: per-channel mean of ``x / 255`` (a data-independent constant,
+        ``card["data"]["mean"]``).
+      std: per-channel std of ``x / 255``.
+    """
+
+    def __init__(self, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = [float(m) for m in mean]
+        self.std = [float(s) for s in std]
+
+    def call(self, x):
+        from dp_zoo import preprocessing
+
+        return preprocessing.normalize(x, self.mean, self.std)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
+def with_pixel_input(network, mean, std, *, name=None):
+    """``network`` behind a ``PixelNormalization``: a model that takes pixels in 0..255 (uint8 or float).
+
+    The weights are ``network``'s own (shared, not copied); the output is
+    ``network``'s (logits for every dp_zoo architecture).
+    """
+    inputs = keras.Input(shape=tuple(network.input_shape[1:]), name="images")
+    x = PixelNormalization(mean, std, name="pixel_normalization")(inputs)
+    return keras.Model(inputs, network(x), name=name or network.name)

@@ -30,12 +30,16 @@ q = B / N, steps) make the recipe's sigma stale, so it is recalibrated unless
 """
 
 import dataclasses
+import re
 import sys
 import time
 from typing import Callable, NamedTuple, Optional
 
 from dp_zoo import cli
 from dp_zoo.train import init_weights, recipes, run
+
+
+EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by Ctrl-C
 
 
 class UsageError(ValueError):
@@ -115,10 +119,24 @@ _OVERRIDES = (
 )
 
 
+# Python names that library errors use (TrainConfig fields, accounting arguments) -> the flag that sets them.
+_FLAG_OF = {**{o.field.split(".")[-1]: f"--{o.flag}" for o in _OVERRIDES},
+            "noise_multiplier": "--noise-multiplier", "target_epsilon": "--epsilon"}
+_PYTHON_NAME = re.compile(r"\b(" + "|".join(sorted((k for k in _FLAG_OF if "_" in k), key=len, reverse=True))
+                          + r")\b(=?)")
+
+
+def in_flag_terms(message):
+    """A library error in the command line's words: ``batch_size=100000`` -> ``--batch-size 100000``."""
+    message = re.sub(r"calibrate_noise\([^)]*\)", "--epsilon (sigma is then calibrated)", message)
+    return _PYTHON_NAME.sub(lambda m: _FLAG_OF[m.group(1)] + (" " if m.group(2) else ""), message)
+
+
 def _parser():
     p = cli.Parser("dp_zoo.train", description="Private training (DP-SGD), fine-tuning and publishing.")
     p.option("recipe", help="Named recipe to reproduce (see --list-recipes).")
-    p.option("model", help="Architecture; uses its default recipe (see dp_zoo.list_architectures()).")
+    p.option("model", help="Architecture (see dp_zoo.list_architectures()): with --recipe, replaces the recipe's; "
+             "alone, uses the architecture's default recipe. The run is named after it.")
     p.switch("list-recipes", default=False, help="List recipes and exit.")
     p.option("epsilon", type=float, help="Target epsilon; sigma is calibrated for it unless --noise-multiplier "
              "is given.")
@@ -151,8 +169,8 @@ def _parser():
              "`tfds build NAME --file_format=array_record`.")
     p.option("run-dir", "workdir", help="Run directory (checkpoints; resumes if it exists). Default runs/<name>. "
              "Also --workdir.")
-    p.option("publish-dir", help="Where to publish the model and card. Default: $DP_ZOO_HOME/<name> or "
-             "~/.cache/dp_zoo/<name>.")
+    p.option("publish-dir", help="Where to publish the model and card. Default: a new "
+             "$DP_ZOO_HOME/runs/<name>-<date>-<time> (else ~/.cache/dp_zoo/runs/...); load it with dp_zoo.load(PATH).")
     p.switch("publish", default=True, help="Publish the trained model with its card.")
     p.switch("overwrite", default=False, help="Replace an existing artifact in --publish-dir (only a dp_zoo "
              "artifact: never a directory holding files its MANIFEST does not list).")
@@ -170,8 +188,6 @@ def _parser():
 def _check_combinations(args):
     if args.tpu and args.strategy != "tpu":
         raise UsageError("--tpu names the TPU for --strategy tpu; add --strategy tpu.")
-    if args.recipe and args.model:
-        raise UsageError("pass either --recipe or --model, not both (a recipe fixes its architecture).")
     if args.steps is not None and args.epochs is not None:
         raise UsageError("pass either --steps or --epochs, not both.")
     if args.deterministic_noise is not None:
@@ -182,19 +198,19 @@ def _check_combinations(args):
 
 
 def _recipe(args):
-    """The recipe the run starts from: --recipe, the --model's default (renamed for it), or the default."""
-    if args.recipe:
-        return recipes.get(args.recipe)
+    """The recipe the run starts from: --recipe, the --model's default, or the default; with --model, the
+    recipe's architecture swapped for it (and the run renamed after it), as python -m dp_zoo.tune does."""
     if not args.model:
-        return recipes.get(recipes.DEFAULT_RECIPE)
+        return recipes.get(args.recipe or recipes.DEFAULT_RECIPE)
     model = args.model
     from dp_zoo.models import list_architectures
 
     if model not in list_architectures():
         from dp_zoo.models._registry import unknown_name_message
 
-        raise UsageError(unknown_name_message("architecture", model, list_architectures()))
-    base = recipes.default_recipe_for(model)
+        raise UsageError(unknown_name_message("architecture", model, list_architectures()).replace(
+            "Unknown architecture", "--model: unknown architecture"))
+    base = args.recipe or recipes.default_recipe_for(model)
     if base is None:
         raise UsageError(
             f"architecture {model!r} has no default recipe; pass --recipe, or one of: "
@@ -368,7 +384,23 @@ def _list_recipes():
 
 
 def main(argv=None):
-    """Runs ``python -m dp_zoo.train`` with the flags ``argv``; returns the exit status."""
+    """Runs ``python -m dp_zoo.train`` with the flags ``argv``; returns the exit status.
+
+    Ctrl-C during training finishes the step in hand, saves a checkpoint and
+    exits with 130 after one line saying where it stopped and how to resume.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C outside the step loop (start-up, calibration, evaluation, export) or a second one
+        # inside it: the privacy journal already counts every step whose noise was drawn.
+        print("\ndp_zoo.train: interrupted; run the same command again to resume from the run directory's last "
+              "checkpoint (if there is none, training restarts and the steps already spent stay counted).",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv):
     from absl import logging
 
     args = _parser().parse_args(argv)
@@ -381,7 +413,7 @@ def main(argv=None):
     try:
         name, config, recipe = resolve(args)
     except ValueError as e:
-        print(f"dp_zoo.train: error: {e}", file=sys.stderr)
+        print(f"dp_zoo.train: error: {in_flag_terms(str(e))}", file=sys.stderr)
         return 2
     from dp_zoo.accounting import BudgetExceededError
     from dp_zoo.train.data import DataUnavailableError
@@ -389,14 +421,18 @@ def main(argv=None):
     from dp_zoo.train.publishing import PublishError
     from dp_zoo.train.run_lock import RunDirInUseError
 
+    print(f"Preparing {name}: loading TensorFlow, the data and the model...", flush=True)
     try:
         t0 = time.time()
         run.train(name, config, recipe, run_options(args))
         print(f"done in {time.time() - t0:.1f} s")
     except (DataUnavailableError, TrainingError, BudgetExceededError, FileExistsError, ValueError, PublishError,
             RunDirInUseError) as e:
-        print(f"dp_zoo.train: error: {e}", file=sys.stderr)
+        print(f"dp_zoo.train: error: {in_flag_terms(str(e))}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
+    except run.Interrupted as e:
+        print(f"dp_zoo.train: {e}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

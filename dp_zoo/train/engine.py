@@ -36,6 +36,7 @@ compiled step functions are built by ``dp_zoo.train.step``; ``resolve``,
 ``dp_zoo.train``) hold the rest of the Trainer's pieces.
 """
 
+import contextlib
 import os
 import signal
 import sys
@@ -43,7 +44,7 @@ import time
 
 import tensorflow as tf
 
-from dp_zoo import accounting
+from dp_zoo import accounting, cli
 from dp_zoo.train import (checkpoint, evaluation, optim, record_sections, reporting, resolve, run_secret,
                           sampling, step as step_lib, trainable)
 
@@ -291,14 +292,33 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------
 
-    def _install_sigterm(self):
-        def handler(signum, frame):
-            self._stop_requested = True
+    def _install_signal_handlers(self):
+        """SIGTERM, and Ctrl-C (SIGINT) where a checkpoint can be written, stop after the step in hand.
 
+        A second Ctrl-C raises KeyboardInterrupt at once (the privacy journal,
+        written before each step's noise, still counts that step). Returns the
+        previous handlers, to put back.
+        """
+        def on_term(signum, frame):
+            self._stop_requested = self._stop_requested or "SIGTERM"
+
+        def on_int(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = "SIGINT"
+            print(f"\nCtrl-C: finishing step {self.step + 1} and saving a checkpoint (Ctrl-C again to stop at "
+                  "once).", file=sys.stderr, flush=True)
+
+        handlers = {signal.SIGTERM: on_term}
+        if self.run_dir and self.write_run_dir:
+            handlers[signal.SIGINT] = on_int
+        previous = {}
         try:
-            return signal.signal(signal.SIGTERM, handler)
+            for sig, fn in handlers.items():
+                previous[sig] = signal.signal(sig, fn)
         except ValueError:  # not in the main thread
-            return None
+            pass
+        return previous
 
     def fit(self):
         """Trains to the configured number of steps (resuming if possible).
@@ -312,14 +332,20 @@ class Trainer:
         """
         self._consecutive_nonfinite = 0
         self.restore()
-        previous = self._install_sigterm()
+        self._say_resumed()
+        previous = self._install_signal_handlers()
         bar = self._progress_bar()
+        first = self.progress
         try:
             while self.step < self.total_steps and not self._stop_requested:
                 if not self._within_budget():
                     break
                 t0 = time.time()
-                self.train_step(self.step)
+                # The first step traces and compiles the DP step (seconds to minutes): say so.
+                with (cli.announce_after(2.0, "\nTracing and compiling the DP step (only the first step is slow)...")
+                      if first else contextlib.nullcontext()):
+                    self.train_step(self.step)
+                first = False
                 self.wall_time_s += time.time() - t0
                 self._after_step(bar)
         except accounting.AccountingInterrupted:
@@ -329,14 +355,21 @@ class Trainer:
                 bar.close()
             if self._summary_writer is not None:
                 self._summary_writer.flush()
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         if self.run_dir:
             self.save_checkpoint()
         if self._stop_requested:
-            print(f"SIGTERM: checkpoint saved at step {self.step}; exiting.", file=sys.stderr)
             return None
         return self.record()
+
+    def _say_resumed(self):
+        """One line when ``fit`` continues an earlier run of this run directory."""
+        if self.step and self.write_run_dir:
+            print(f"Resumed {self.run_dir} from its checkpoint at step {self.step} of {self.total_steps}.")
+        elif self.ledger.steps and self.private and self.write_run_dir:
+            print(f"{self.run_dir} has no usable checkpoint: training restarts at step 0, and the "
+                  f"{self.ledger.steps} step(s) its privacy journal records stay counted in epsilon.")
 
     def _progress_bar(self):
         return reporting.progress_bar(self.total_steps, self.step, self.private) if self.progress else None
@@ -388,7 +421,13 @@ class Trainer:
 
     @property
     def stopped_by_signal(self):
-        return self._stop_requested
+        """True when SIGTERM or Ctrl-C stopped ``fit`` (a checkpoint of ``step`` was saved)."""
+        return bool(self._stop_requested)
+
+    @property
+    def stop_signal(self):
+        """"SIGTERM" or "SIGINT" when a signal stopped ``fit``, else None."""
+        return self._stop_requested or None
 
     def record(self):
         """The run record without "data"/"metrics" (the CLI adds those; ``record_sections.engine_sections``)."""

@@ -193,7 +193,7 @@ def load_init_weights(path, model, config, input_shape):
     """Fills ``model`` from ``--init`` (.keras, zoo name, Haiku or timm); returns the re-initialised layer names."""
     import keras
 
-    import dp_zoo
+    import dp_zoo.models  # the registry's create_model (dp_zoo.create_model adds the zoo's weights)
 
     fmt = "zoo" if path.startswith("zoo:") else init_format(path)
     if fmt == "keras":
@@ -202,9 +202,10 @@ def load_init_weights(path, model, config, input_shape):
         return transfer_weights(keras.models.load_model(path), model)
     if fmt == "zoo":
         # Verified against the zoo table's checksum before it is used.
-        return transfer_weights(dp_zoo.load(path[len("zoo:"):]), model)
+        return transfer_weights(dp_zoo.load(path[len("zoo:"):], include_preprocessing=False), model)
     if fmt == "artifact":
-        return transfer_weights(dp_zoo.load(os.path.abspath(path)), model)  # verified as any load is
+        # Verified as any load is; the bare network (normalised input), as the zoo name gives it.
+        return transfer_weights(dp_zoo.load(os.path.abspath(path), include_preprocessing=False), model)
     if fmt == "haiku":
         from dp_zoo.models.convert import load_haiku_checkpoint, load_haiku_into
 
@@ -217,7 +218,7 @@ def load_init_weights(path, model, config, input_shape):
         # Another class count (e.g. ImageNet-1k weights, CIFAR-10 run):
         # convert into a model with the checkpoint's head, then copy all
         # but the classifier.
-        source = dp_zoo.create_model(config.model, num_classes=int(head.shape[0]), input_shape=input_shape,
+        source = dp_zoo.models.create_model(config.model, num_classes=int(head.shape[0]), input_shape=input_shape,
                                      **dict(config.model_kwargs))
         from_timm_state_dict(source, sd)
         return transfer_weights(source, model)

@@ -4,7 +4,10 @@ Everything that would make the export at the end refuse is checked before
 training starts (``check_target``): an existing ``--publish-dir`` without
 ``--overwrite``, a directory ``--overwrite`` may not replace (anything but a
 dp_zoo artifact, ``manifest.check_replaceable``), a parent directory that
-cannot be written (a read-only ``DP_ZOO_HOME``). What can still fail at the
+cannot be written (a read-only ``DP_ZOO_HOME``), a ``--publish-dir`` that would
+shadow a shipped zoo entry (``check_publish_dir``). By default a run publishes
+into a new directory of its own under ``zoo.user_runs_dir()``, never where
+``dp_zoo.load(<entry>)`` looks for a shipped entry. What can still fail at the
 end (a full disk) is one line (``PublishError``); the trained model is then
 saved into the run directory and the line gives the ``python -m
 dp_zoo.export`` command that publishes it.
@@ -21,15 +24,38 @@ class PublishError(RuntimeError):
     """Publishing cannot or could not happen (one line, with the fix)."""
 
 
-def target(name, options):
-    """``(publish_dir, overwrite)``: ``--publish-dir`` (replaced only with ``--overwrite``), else
-    ``$DP_ZOO_HOME/<name>`` or the user cache's, which the run may replace (if it is an artifact)."""
-    if options.publish_dir is not None:
-        return options.publish_dir, options.overwrite
+def check_publish_dir(publish_dir):
+    """Refuses (ValueError) an explicit ``--publish-dir`` where the model would shadow a shipped zoo entry."""
     from dp_zoo import zoo
 
-    base = os.environ.get("DP_ZOO_HOME") or str(zoo.cache_dir())
-    return os.path.join(base, name), True
+    entry = None if publish_dir is None else zoo.shadowed_entry(publish_dir)
+    if entry is not None:
+        raise ValueError(f"--publish-dir {publish_dir} would put your model where dp_zoo.load({entry!r}) looks "
+                         f"for the published {entry!r} (and it would then refuse both); publish elsewhere, "
+                         f"e.g. the default {zoo.user_runs_dir()}/.")
+
+
+def default_publish_dir(name):
+    """``<zoo.user_runs_dir()>/<name>-<UTC date and time>``: a user's own model never takes an entry's name."""
+    import time
+
+    from dp_zoo import zoo
+
+    base = zoo.user_runs_dir() / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return str(path)
+
+
+def target(name, options):
+    """``(publish_dir, overwrite)``: ``--publish-dir`` (replaced only with ``--overwrite``), else a new
+    ``default_publish_dir(name)`` (a fresh directory, named when asked: before training for the checks,
+    again when publishing)."""
+    if options.publish_dir is not None:
+        return options.publish_dir, options.overwrite
+    return default_publish_dir(name), False
 
 
 def check_target(publish_dir, overwrite):
@@ -68,11 +94,13 @@ def publish(model, record, name, options, run_dir):
       PublishError: the export failed on the file system (a full disk, a
         directory that appeared meanwhile): one line, with the model saved
         as ``<run_dir>/model.keras`` and the command that publishes it.
-      ValueError: the model cannot be published at all (non-finite weights,
+      ValueError: a --publish-dir that would shadow a shipped entry; or the
+        model cannot be published at all (non-finite weights,
         a record that does not match it).
     """
     from dp_zoo import export, zoo
 
+    check_publish_dir(options.publish_dir)  # also for dp_zoo.tune, which checks nothing before its trials
     publish_dir, overwrite = target(name, options)
     try:
         export.export_model(model, record, publish_dir, entry_name=name, overwrite=overwrite,

@@ -6,7 +6,7 @@ needs the step count before a trainer exists.
 
 import math
 
-from dp_zoo import accounting
+from dp_zoo import accounting, cli
 
 
 def resolve_steps(config, dataset_size):
@@ -34,14 +34,16 @@ def resolve_noise_multiplier(config, dataset_size, steps, prior_runs=()):
             "A private run needs dp.noise_multiplier or dp.target_epsilon "
             "(e.g. --epsilon 8); for a non-private baseline disable DP explicitly."
         )
-    return accounting.calibrate_noise(
-        target_epsilon=dp.target_epsilon,
-        sampling_probability=config.batch_size / dataset_size,
-        steps=steps,
-        delta=dp.delta,
-        accountant=dp.accountant,
-        prior_runs=prior_runs,
-    )
+    with cli.announce_after(2.0, f"Calibrating the noise multiplier sigma for epsilon={dp.target_epsilon:g} over "
+                                 f"{steps} steps ({dp.accountant.upper()} accountant; this can take a minute)..."):
+        return accounting.calibrate_noise(
+            target_epsilon=dp.target_epsilon,
+            sampling_probability=config.batch_size / dataset_size,
+            steps=steps,
+            delta=dp.delta,
+            accountant=dp.accountant,
+            prior_runs=prior_runs,
+        )
 
 
 def validate(config, train):

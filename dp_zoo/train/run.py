@@ -21,6 +21,10 @@ SHA256_NOTE = ("SHA-256 of the split's images (uint8 [N, H, W, C], C order) and 
                "training data would identify it (docs/privacy.md)")
 
 
+class Interrupted(Exception):
+    """Ctrl-C stopped the run after a step, with a checkpoint saved; the message says how to resume."""
+
+
 @dataclasses.dataclass(frozen=True)
 class RunOptions:
     """How a run is carried out (none of it changes what is trained).
@@ -29,8 +33,10 @@ class RunOptions:
       run_dir: checkpoints, privacy journal and run record; an existing one is
         resumed. None: ``runs/<name>``.
       publish: export the trained model with its card.
-      publish_dir: where to publish. None: ``$DP_ZOO_HOME/<name>``, else the
-        zoo cache (``~/.cache/dp_zoo/<name>``), replaced if it is an artifact.
+      publish_dir: where to publish. None: a new
+        ``$DP_ZOO_HOME/runs/<name>-<date>-<time>`` (else under the zoo cache,
+        ``~/.cache/dp_zoo/runs/``), never an entry's own ``<dir>/<name>``,
+        which would shadow a published entry.
       overwrite: replace an existing artifact in ``publish_dir`` (never a
         directory that is not a dp_zoo artifact; checked before training).
       strategy: "default", "mirrored", "multiworker" or "tpu".
@@ -188,11 +194,11 @@ def _build_model(config, train_set, strategy):
     """The run's model in ``strategy``'s scope, from ``config.init_checkpoint`` when there is one."""
     import keras
 
-    import dp_zoo
+    import dp_zoo.models  # the registry's create_model (dp_zoo.create_model adds the zoo's weights)
 
     with strategy.scope():
         keras.utils.set_random_seed(config.seed)
-        model = dp_zoo.create_model(
+        model = dp_zoo.models.create_model(
             config.model, num_classes=train_set.num_classes, input_shape=train_set.input_shape,
             **dict(config.model_kwargs),
         )
@@ -320,6 +326,8 @@ def train(name, config, recipe, options=RunOptions()):
     """
     # First: MultiWorkerMirroredStrategy and logical CPUs must configure
     # TensorFlow before it runs any op (TFDS loading runs tf.data ops).
+    if options.publish:
+        publishing.check_publish_dir(options.publish_dir)  # before the run, not after it
     strategy = make_strategy(options.strategy, tpu=options.tpu, logical_cpus=options.logical_cpus)
     if config.deterministic:
         import tensorflow as tf
@@ -381,7 +389,12 @@ def _train(name, config, recipe, options, strategy, run_dir):
     _announce(trainer, config, recipe, train_set, run_dir)
     record = _fit(trainer, train_set)
     if trainer.stopped_by_signal:
-        print("Stopped by SIGTERM; re-run the same command to resume.")
+        where = "" if options.run_dir else f" in {os.getcwd()}"
+        message = (f"stopped by {trainer.stop_signal} at step {trainer.step} of {trainer.total_steps}; checkpoint "
+                   f"saved in {run_dir}. To resume from step {trainer.step}, run the same command again{where}.")
+        if trainer.stop_signal == "SIGINT":
+            raise Interrupted(message)
+        print(f"dp_zoo.train: {message}", file=sys.stderr)
         return record
     if probe is not None:
         probe.complete_record(record)
@@ -410,4 +423,4 @@ def _train(name, config, recipe, options, strategy, run_dir):
 def _publish(published, record, name, options, run_dir):
     """Publishes ``published`` (``publishing.publish``; a failure keeps it in ``run_dir``) and says where."""
     publish_dir = publishing.publish(published, record, name, options, run_dir)
-    print(f"published: {publish_dir}  (load with dp_zoo.load({publish_dir!r}))")
+    print(f"published: {publish_dir}\n  load it with: dp_zoo.load({publish_dir!r})")

@@ -9,6 +9,7 @@ wherever calibration is not the subject (a PLD calibration takes 30-50 s here).
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -29,16 +30,16 @@ DIGITS_N, RECIPE_B, RECIPE_STEPS, RECIPE_DELTA = 1437, 256, 120, 1e-5
     (["--lr", "-1"], "--lr must be > 0"),
     (["--recipe", "wrn16_4_cifar10_eps9"], "wrn16_4_cifar10_eps8"),
     (["--model", "wrn16_5"], "wrn16_4"),
-    (["--recipe", "wrn_digits_eps8", "--model", "wrn16_4"], "either --recipe or --model"),
+    (["--recipe", "wrn_digits_eps8", "--model", "wrn16_5"], "--model: unknown architecture 'wrn16_5'"),
     (["--steps", "5", "--epochs", "1"], "either --steps or --epochs"),
     (["--non-private", "--epsilon", "2"], "--non-private cannot"),
     (["--delta", "2"], "--delta must be in"),
     (["--batch-size", "lots"], "batch-size"),
     (["--no-such-flag"], "no-such-flag"),
-    (["--batch-size", "100000", "--steps", "2"], "batch_size=100000"),
+    (["--batch-size", "100000", "--steps", "2"], "--batch-size 100000 must be in [1, 1437]"),
     (["--recipe", "nfnet_f3_imagenet_finetune_eps8"], "--recipe nf_resnet50_imagenet_eps8"),
     (["--model", "wrn28_10"], "To train from scratch instead, use a from-scratch recipe: --recipe wrn16_4_cifar10"),
-    (["--model", "resnet18"], "Unknown architecture"),
+    (["--model", "resnet18"], "--model: unknown architecture"),
     (["--tpu", "my-tpu"], "add --strategy tpu"),
     (["--init", "no_such_model"], "no such file, and no published zoo model"),
     (["--init", "/no/such.keras"], "no such file"),
@@ -56,6 +57,8 @@ def test_bad_flags_exit_2_with_one_line_naming_the_problem(args, match, tmp_path
     err = capsys.readouterr().err
     assert code == 2, err[-2000:]
     assert "Traceback" not in err
+    # In the command line's words: flags, not the library's Python names.
+    assert not re.search(r"\b(batch_size|target_epsilon|noise_multiplier|calibrate_noise)\b", err), err
     # One line that names the problem.
     assert len([ln for ln in err.splitlines() if match in ln]) == 1, err[-2000:]
     assert not (tmp_path / "r").exists()  # refused before anything was written
@@ -121,11 +124,10 @@ def test_a_real_run_in_a_process_on_two_replicas_records_publishes_and_resumes(t
     published = dp_zoo.load(str(pub))
     assert published.card["privacy"] == card["privacy"]
     # The recorded test accuracy is the published (EMA) model's on the digits test split.
-    from dp_zoo.preprocessing import normalize
     from dp_zoo.train import config as C, data
 
     test = data.load_dataset(C.DataConfig(), "test")
-    logits = published(normalize(test.images, card["data"]["mean"], card["data"]["std"])).numpy()
+    logits = published(test.images).numpy()  # uint8 pixels, as the card states
     assert abs(rec["metrics"]["test_accuracy_ema"] - np.mean(np.argmax(logits, 1) == test.labels)) <= 1 / len(test)
     # TensorBoard scalars at the log points (every checkpoint here): the accountant's epsilon,
     # an upper bound from its precomputed curve before the last step, exact at the last.
@@ -492,3 +494,28 @@ def test_fine_tune_from_haiku_wrn_and_from_a_zoo_name(source, tmp_path, capsys):
     else:  # converted foreign weights: public pretraining
         assert recorded == init
         assert "public pretraining" in rec["data"]["public_pretraining_data"]
+
+
+def test_a_slow_calibration_and_the_first_step_say_what_is_happening(monkeypatch, capsys):
+    """Over 2 s without output (sigma calibration took 39 s, the first step's tracing 13 s, in silence):
+    a line says what is happening; a fast one prints nothing."""
+    import dataclasses
+    import time
+
+    from dp_zoo.train import recipes, resolve
+
+    config = recipes.get("wrn_digits_eps8").config
+    config = config.replace(dp=dataclasses.replace(config.dp, noise_multiplier=None))
+
+    def slow(**kw):
+        time.sleep(2.5)
+        return 1.23
+
+    monkeypatch.setattr(resolve.accounting, "calibrate_noise", slow)
+    assert resolve.resolve_noise_multiplier(config, 1437, 120) == 1.23
+    assert capsys.readouterr().err.strip() == ("Calibrating the noise multiplier sigma for epsilon=8 over 120 steps "
+                                               "(PLD accountant; this can take a minute)...")
+    monkeypatch.setattr(resolve.accounting, "calibrate_noise", lambda **kw: 1.0)
+    assert resolve.resolve_noise_multiplier(config, 1437, 120) == 1.0
+    time.sleep(0.1)
+    assert capsys.readouterr().err == ""
