@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -240,6 +241,8 @@ def test_a_forged_tuning_total_is_refused(tmp_path):
         p["epsilon"] = p["epsilon_rdp"] = p["tuning"]["total_epsilon"] = 1.0
         p["tuning"]["per_trial_epsilon"] = 0.7
         p["tuning"]["selected_trial_epsilon"] = {"pld": 0.4, "rdp": 0.5}
+        for run in p["tuning"]["runs"]:  # each grid point's own epsilon, below the per-trial one
+            run["epsilon"] = 0.7
 
     _forge_record(d, lower)
     with pytest.raises(ValueError, match=r"privacy\.epsilon.*accountant gives 7\.99"):
@@ -252,8 +255,9 @@ def test_a_consistent_artifact_loads_and_the_recomputation_is_cached_by_record_h
 
     card_check.clear_memory_cache()
     c = dp_zoo.card(tiny_artifact[0])
-    rec = tiny_artifact[2]
-    assert c["privacy"]["epsilon"] == rec["privacy"]["epsilon"]
+    # The artifact's own record (export adds published_weights_sha256 to the one it was given).
+    rec = json.loads((pathlib.Path(tiny_artifact[0]) / "run_record.json").read_text())
+    assert c["privacy"]["epsilon"] == tiny_artifact[2]["privacy"]["epsilon"]
     cached = list((zoo.cache_dir() / card_check.CACHE_SUBDIR).glob("*.json"))
     assert [p.stem.split("-")[0] for p in cached] == [record_sha256(rec)]
     stored = json.loads(cached[0].read_text())
