@@ -366,6 +366,11 @@ def test_an_artifact_whose_record_predates_the_weights_digest_loads_on_its_manif
     (d / "run_record.json").write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="run_record.json"):
         dp_zoo.load(str(d))  # the manifest still lists the old bytes
+    from dp_zoo.model_card import record_sha256
+
+    card = json.loads((d / "card.json").read_text())  # an old artifact's card names its own record
+    card["run_record_sha256"] = record_sha256(rec)
+    (d / "card.json").write_text(json.dumps(card))
     manifest.write(str(d), "wrn_digits_eps8")
     m = dp_zoo.load(str(d))
     assert m.card["artifact"]["published_weights_sha256"] is None
