@@ -237,12 +237,15 @@ def _tuned_record_without_evaluations():
     p = rec["privacy"]
     p["accountant"], p["epsilon_pld"] = "rdp", None
     p["epsilon"] = p["epsilon_rdp"] = 2.5 * rec["history"][-1]["epsilon"]
+    rec.setdefault("operational", {})["wall_time_s"] = None  # a tuning publishes no timing
     p["tuning"] = {
         "method": "Papernot & Steinke 2022 (ICLR), random number of trials, release the best (arXiv 2110.03620)",
-        "trial_distribution": {"kind": "poisson", "mean": 3.0}, "trials_run": 1,
+        "trial_distribution": {"kind": "poisson", "mean": 3.0, "zero_truncated": True, "expected_trials": 3.16},
+        "number_of_trials": "secret: drawn with OS entropy and never published",
+        "search_space_source": "a public source (test)",
         "grid": [{"lr": 0.5, "steps": 6}, {"lr": 2.0, "steps": 6}],
         "runs": [{"noise_multiplier": p["noise_multiplier"], "sampling_probability": p["sampling_probability"],
-                  "steps": 6}],
+                  "steps": 6, "epsilon": 1.2}],
         "per_trial_epsilon": 1.234567890123, "total_epsilon": p["epsilon"], "accountant": "rdp",
         "score": {"mechanism": "noisy count", "noise_std": 10.0, "validation_size": 300,
                   "noisy_accuracy": 0.8521758617111213},
