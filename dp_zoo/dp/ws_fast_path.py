@@ -58,6 +58,7 @@ import tensorflow as tf
 
 from dp_zoo.dp.ghost import GHOST_COST_RATIO, conv_geometry, ghost_costs, ghost_ws_sq_norms, patch_gram
 from dp_zoo.dp.per_example import finite_rows, masked_clip_factors, sq_norms, views_loss, weighted_sum
+from dp_zoo.models.conv_ops import unit_stride
 from dp_zoo.models.ws_math import fan_in_sum, ws_backward, ws_geometry, ws_kernel_moments, ws_sq_norms_from_moments
 from dp_zoo.models.ws_override import standardized_kernel_override
 
@@ -364,8 +365,9 @@ def _float32_projection(e, batch):
     """
     x = e.inputs
     geom = conv_geometry(e.layer, x.shape[2], x.shape[3])
-    pre = tf.nn.conv2d(tf.reshape(x, [-1, *x.shape[2:]]), e.ds, strides=[1, *geom["strides"], 1],
-                       padding=geom["padding"])
+    # Never a strided 1x1 convolution (oneDNN's kernels for it overrun; conv_ops).
+    flat, strides = unit_stride(tf.reshape(x, [-1, *x.shape[2:]]), geom["kernel"], geom["strides"])
+    pre = tf.nn.conv2d(flat, e.ds, strides=[1, *strides, 1], padding=geom["padding"])
     cout = e.ds.shape[-1]
     return tf.einsum("bto,bto->bo", tf.reshape(e.rows, [batch, -1, cout]), tf.reshape(pre, [batch, -1, cout]))
 
@@ -383,8 +385,10 @@ def _ghost_kernel_sums(entries, factors, mask):
         weighted = tf.where(keep5, e.rows * tf.reshape(factors, [-1, 1, 1, 1, 1]), 0.0)
         x = tf.where(keep5, e.inputs, 0.0)
         geom = conv_geometry(e.layer, x.shape[2], x.shape[3])
+        # A strided 1x1 kernel's gradient as that of the subsampled input: oneDNN's kernel for
+        # the strided one writes past its workspace with few input channels (conv_ops).
+        flat, strides = unit_stride(tf.reshape(x, [-1, *x.shape[2:]]), geom["kernel"], geom["strides"])
         sums[id(e)] = tf.raw_ops.Conv2DBackpropFilter(
-            input=tf.reshape(x, [-1, *x.shape[2:]]), filter_sizes=tf.shape(e.ds),
-            out_backprop=tf.reshape(weighted, [-1, *weighted.shape[2:]]),
-            strides=[1, *geom["strides"], 1], padding=geom["padding"])
+            input=flat, filter_sizes=tf.shape(e.ds), out_backprop=tf.reshape(weighted, [-1, *weighted.shape[2:]]),
+            strides=[1, *strides, 1], padding=geom["padding"])
     return sums

@@ -9,6 +9,7 @@ follows the WS fast-path protocol (``dp_zoo/dp/ws_fast_path.py``).
 import keras
 from keras import ops
 
+from dp_zoo.models.conv_ops import conv2d
 from dp_zoo.models.ws_math import standardize_kernel
 from dp_zoo.models.ws_override import (apply_gain, grouped_conv, in_per_example_context, override_choice,
                                        overridden_kernel, record_ghost)
@@ -80,17 +81,17 @@ class WSConv2D(keras.layers.Conv2D):
         override = overridden_kernel(self)
         if override is None:
             kernel = ops.cast(self.standardized_kernel(), inputs.dtype)
-            out = ops.conv(inputs, kernel, strides=self.strides, padding=self.padding,
-                           dilation_rate=self.dilation_rate, data_format=self.data_format)
+            out = conv2d(inputs, kernel, strides=self.strides, padding=self.padding,
+                         dilation_rate=self.dilation_rate, data_format=self.data_format)
         else:
             ghost_ok = self.groups == 1 and self.data_format == "channels_last" and max(self.dilation_rate) == 1
             kernel, gain, choice = override_choice(self, inputs, override, ghost_ok)
             if self.groups > 1:
                 out = grouped_conv(inputs, kernel, strides=self.strides, padding=self.padding, groups=self.groups)
             else:
-                out = ops.conv(inputs, ops.stop_gradient(kernel) if choice == "ghost" else kernel,
-                               strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
-                               data_format=self.data_format)
+                out = conv2d(inputs, ops.stop_gradient(kernel) if choice == "ghost" else kernel,
+                             strides=self.strides, padding=self.padding, dilation_rate=self.dilation_rate,
+                             data_format=self.data_format)
             if choice == "ghost":
                 record_ghost(self, inputs, out)
             out = apply_gain(out, gain)
@@ -211,7 +212,7 @@ class ScaledWSConv2D(keras.layers.Layer):
             y = grouped_conv(x, self.standardized_kernel(x.dtype), strides=self.strides, padding=pad,
                              groups=self.groups)
         elif override is None:
-            y = ops.conv(x, self.standardized_kernel(x.dtype), strides=self.strides, padding=pad)
+            y = conv2d(x, self.standardized_kernel(x.dtype), strides=self.strides, padding=pad)
         else:
             kernel, gain, _ = override_choice(self, x, override, ghost_ok=False)
             y = apply_gain(grouped_conv(x, kernel, strides=self.strides, padding=pad, groups=self.groups), gain)

@@ -16,6 +16,8 @@ import threading
 
 from keras import ops
 
+from dp_zoo.models.conv_ops import conv2d
+
 _KERNEL_OVERRIDE = threading.local()
 
 
@@ -105,9 +107,9 @@ def in_per_example_context():
 
 
 def grouped_conv(x, kernel, *, strides, padding, groups):
-    """``ops.conv`` with ``groups`` groups as one convolution per group."""
+    """``conv_ops.conv2d`` with ``groups`` groups as one convolution per group."""
     if groups == 1:
-        return ops.conv(x, kernel, strides=strides, padding=padding)
+        return conv2d(x, kernel, strides=strides, padding=padding)
     xs = ops.split(x, groups, axis=-1)
     ks = ops.split(kernel, groups, axis=-1)
-    return ops.concatenate([ops.conv(a, k, strides=strides, padding=padding) for a, k in zip(xs, ks)], axis=-1)
+    return ops.concatenate([conv2d(a, k, strides=strides, padding=padding) for a, k in zip(xs, ks)], axis=-1)
