@@ -58,7 +58,7 @@ import tensorflow as tf
 
 from dp_zoo.dp.ghost import GHOST_COST_RATIO, conv_geometry, ghost_costs, ghost_ws_sq_norms, patch_gram
 from dp_zoo.dp.per_example import finite_rows, masked_clip_factors, sq_norms, views_loss, weighted_sum
-from dp_zoo.models.ws_math import fan_in_sum, ws_backward, ws_geometry, ws_kernel_moments, ws_sq_norms_from_moments
+from dp_zoo.models.ws_math import fan_in_sum, ws_backward, ws_geometry, ws_kernel_norms
 from dp_zoo.models.ws_override import standardized_kernel_override
 
 _PROTOCOL = "the WS fast-path protocol in dp_zoo/dp/ws_fast_path.py"
@@ -331,16 +331,13 @@ def _check_own_variables_unused(entries, own_grads):
 
 def _layer_sq_norms(e, batch):
     """``(squared norms [B] of a WS layer's raw-kernel gradients, the gain's gradients [B, cout])``."""
-    sigma = fan_in_sum(e.ds)
     if e.kind == "fold":
-        moments = ws_kernel_moments(e.rows, e.ds, sigma)
-        # dL/dg = sum(a' * d * s), from the centred moments: (a' - m) . (d * s) + m sigma.
-        q = moments[1] + moments[2] * sigma
-        return ws_sq_norms_from_moments(*moments, e.ds, e.s, e.c, gain=e.gain, sigma=sigma), q
+        # dL/dg = sum(a' * d * s) for a' = dL/d(d * s * g): ws_kernel_norms' second result.
+        return ws_kernel_norms(e.rows, e.ds, e.s, e.c, gain=e.gain)
     q = tf.reshape(e.q_rows, [batch, -1])
     if e.kind == "plain":
-        moments = ws_kernel_moments(e.rows, e.ds, sigma)
-        return ws_sq_norms_from_moments(*moments, e.ds, e.s, e.c, sigma=sigma), q
+        return ws_kernel_norms(e.rows, e.ds, e.s, e.c)[0], q
+    sigma = fan_in_sum(e.ds)
     dpre = e.rows
     if e.pre_dtype == tf.float32:
         # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).

@@ -32,7 +32,7 @@ import keras
 import dp_zoo
 from dp_zoo import dp
 from dp_zoo.dp import ws_fast_path
-from dp_zoo.models import ws_math
+from dp_zoo.models import ws_math, ws_norm_bounds
 from dp_zoo.models.ws_conv import WSConv2D
 
 TOL = 1e-6  # computed norm >= true norm * (1 - TOL)
@@ -140,23 +140,25 @@ def _cotangents(kind, ds, rng, b=4, scale=3e4):
 @pytest.mark.parametrize("kernel_shape", [(3, 3, 4, 6), (1, 1, 16, 8), (7, 7, 3, 8)])
 @pytest.mark.parametrize("kind", ["mean", "kernel", "both"])
 @pytest.mark.parametrize("with_gain", [False, True])
-@pytest.mark.parametrize("chunked", [False, True])
-def test_ws_kernel_sq_norms_bound_the_exact_norm(monkeypatch, kernel_shape, kind, with_gain, chunked):
-    """Against the float64 WS backward of the same float32 cotangents, gains and kernel (examples centred
-    all at once, and one at a time as for large kernels)."""
-    if chunked:
-        monkeypatch.setattr(ws_math, "MOMENT_CHUNK_BYTES", 1)
+@pytest.mark.parametrize("path", ["bounded", "shifted", "xla"])
+def test_ws_kernel_sq_norms_bound_the_exact_norm(monkeypatch, kernel_shape, kind, with_gain, path):
+    """Against the float64 WS backward of the same float32 cotangents, gains and kernel: the bounded sums
+    (``ws_norm_bounds``; each example shifted by its mean where the first pass is too loose), every example
+    through the shifted pass, and the centred moments that XLA runs."""
+    if path == "shifted":
+        monkeypatch.setattr(ws_norm_bounds, "FAST_PATH_TOLERANCE", -1.0)
     rng = np.random.default_rng(sum(map(ord, kind)) + len(kernel_shape) + kernel_shape[0])
     w = tf.constant(rng.normal(size=kernel_shape).astype("float32"))
     ds, s, c = ws_math.ws_geometry(w, eps=1e-4)
     gain = tf.constant(rng.normal(size=kernel_shape[-1:]).astype("float32")) if with_gain else None
     a = _cotangents(kind, ds, rng)
     g = 1.0 if gain is None else gain
-    got = ws_math.ws_kernel_sq_norms(a, ds, s, c, gain=gain).numpy()
+    norms = tf.function(ws_math.ws_kernel_sq_norms, jit_compile=path == "xla")
+    got = norms(a, ds, s, c, gain=gain).numpy()
     want = tf.reduce_sum(tf.square(_ws_backward64(a, ds, s, c, g)), axis=(1, 2, 3, 4)).numpy()
     assert_never_below(np.sqrt(got), np.sqrt(want), f"{kind} {kernel_shape}")
     if kind == "mean":
-        # Centred, the mean costs no accuracy: no over-estimate worth the name either. (Along the
+        # The mean costs no accuracy: no over-estimate worth the name either. (Along the
         # kernel, the subtraction that is left over-estimates by design.)
         np.testing.assert_allclose(got, want, rtol=1e-5)
 
