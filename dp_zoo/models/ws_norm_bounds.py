@@ -121,70 +121,60 @@ def _staged_sums(t, ds):
 
 
 class _Kernel:
-    """The standardized kernel's float64 sums: ``D`` and ``sigma`` with their (float64-sized) error bounds."""
+    """The standardized kernel's float64 sums ``D`` and ``sigma``, and bounds that hold their exact values."""
 
     def __init__(self, ds):
         n = ds.shape[0] * ds.shape[1] * ds.shape[2]
         flat = tf.cast(tf.reshape(ds, [n, ds.shape[-1]]), tf.float64)
         self.n = n
-        self.d = tf.reduce_sum(tf.square(flat), axis=0)
-        self.d_err = _gamma(n + 1, U64) * self.d
+        self.d_hi = tf.reduce_sum(tf.square(flat), axis=0) * (1.0 + _gamma(n + 1, U64))
+        self.two_minus_d_lo = tf.maximum(2.0 - self.d_hi, 0.0)
         self.sigma = tf.reduce_sum(flat, axis=0)
-        self.sigma_err = _gamma(n, U64) * tf.reduce_sum(tf.abs(flat), axis=0)
+        sigma_err = _gamma(n, U64) * tf.reduce_sum(tf.abs(flat), axis=0)
+        self.sigma_err = sigma_err + 4.0 * U64 * tf.abs(self.sigma)  # (what a product with sigma adds)
+        self.sigma_abs_hi = tf.abs(self.sigma) + sigma_err
 
 
-def _norm_interval(sums, kern, shift=None):
-    """``(upper, lower, k, mean)``, float64 ``[B, cout]``: bounds on ``||r||^2 / s^2`` (``c = 1``) and ``c = 0``'s.
+def _upper_bound(sums, kern, c, shift=None):
+    """``(upper, loose, k, mean)``, float64 ``[B, cout]``: a bound ``upper >= ||r||^2 / s^2`` and what may loosen it.
 
     ``sums``: ``_staged_sums`` of ``t = fl(a - shift)`` (``shift`` float32
-    ``[B, cout]``, or None for ``t = a``). Returns the upper and lower
-    bounds of ``||a - m||^2 - k^2 (2 - D) + 2 k m sigma`` and of
-    ``||a - m||^2``: ``(upper1, lower1, upper0, lower0, k, m)``, with
-    ``k`` and ``m`` the computed projection and mean.
+    ``[B, cout]``, or None for ``t = a``); ``c``: 0 or 1 per channel.
+    ``upper`` bounds ``||a - m||^2 - c (k^2 (2 - D) - 2 k m sigma)`` from
+    above (docs/design.md, "Rounding bounds of the WS norms"); ``loose`` is
+    the part of its width that summing ``a`` unshifted causes (what a shift
+    by the mean takes away); ``k`` and ``mean`` are the computed
+    ``sum(a ds)`` and mean of ``a``.
     """
     s2, s1, p, e_sq, e_lin = sums
     n = float(kern.n)
     u_shift = 0.0 if shift is None else U32  # fl(a_i - shift) = (a_i - shift)(1 + delta), |delta| <= u
     tiny = TINY * (n + 4) * (1.0 if shift is None else 2.0)  # (a shifted value may flush to zero, too)
-    # Exact sums of v = a - shift: S2 within [s2_lo, s2_hi]; S1, P within delta1, delta_p of s1, p.
-    s2_hi = (s2 + tiny) / (1.0 - e_sq) / (1.0 - u_shift) ** 2
-    s2_lo = tf.maximum(s2 - tiny, 0.0) / (1.0 + e_sq) / (1.0 + u_shift) ** 2
+    # The exact sums of v = a - shift: S2 <= s2_hi; S1 and P within delta1 and delta_k of s1 and p.
+    s2_hi = (s2 + tiny) / ((1.0 - e_sq) * (1.0 - u_shift) ** 2)
     e1 = e_lin + 2.0 * u_shift
     delta1 = e1 * tf.sqrt(n * s2_hi) + tiny
-    delta_p = e1 * tf.sqrt(s2_hi * (kern.d + kern.d_err)) + tiny
-    # ||a - m||^2 = S2 - S1^2 / n (shift-invariant); |S1|^2 within [(|s1| - delta1)_+^2, (|s1| + delta1)^2].
+    # ||a - m||^2 = S2 - S1^2 / n (shift-invariant), and S1^2 >= (|s1| - delta1)_+^2.
     centred_hi = s2_hi - tf.square(tf.maximum(tf.abs(s1) - delta1, 0.0)) / n
-    centred_lo = s2_lo - tf.square(tf.abs(s1) + delta1) / n
-    mean = s1 / n
-    delta_m = delta1 / n
-    k, delta_k = p, delta_p
+    loose = 2.0 * (s2_hi - s2) + 4.0 * delta1 * tf.abs(s1) / n
+    mean, delta_m = s1 / n, delta1 / n
+    k, delta_k = p, e1 * tf.sqrt(s2_hi * kern.d_hi) + tiny
     if shift is not None:
         shift = tf.cast(shift, tf.float64)
         mean += shift
         delta_m += 2.0 * U64 * tf.abs(mean)
         # k = sum(a ds) = sum(v ds) + shift * sigma (each float64 operation within U64 of its result).
         k += shift * kern.sigma
-        delta_k += tf.abs(shift) * (kern.sigma_err + 4.0 * U64 * tf.abs(kern.sigma)) + 2.0 * U64 * tf.abs(k)
-    # f = k^2 (2 - D) - 2 k m sigma over the box of (k, m, D, sigma).
-    two_d_lo, two_d_hi = 2.0 - kern.d - kern.d_err, 2.0 - kern.d + kern.d_err
-    k_lo_abs = tf.maximum(tf.abs(k) - delta_k, 0.0)
-    k_hi_abs = tf.abs(k) + delta_k
+        delta_k += tf.abs(shift) * kern.sigma_err + 2.0 * U64 * tf.abs(k)
+    # f = k^2 (2 - D) - 2 k m sigma is at least f_lo over the box that holds (k, m, D, sigma).
+    k_lo, k_hi = tf.maximum(tf.abs(k) - delta_k, 0.0), tf.abs(k) + delta_k
     cross = 2.0 * k * mean * kern.sigma
-    cross_err = 2.0 * (k_hi_abs * (tf.abs(mean) + delta_m) * (tf.abs(kern.sigma) + kern.sigma_err)
-                       - tf.abs(k) * tf.abs(mean) * tf.abs(kern.sigma))
-    f_lo = tf.square(k_lo_abs) * tf.maximum(two_d_lo, 0.0) - cross - cross_err
-    f_hi = tf.square(k_hi_abs) * two_d_hi - cross + cross_err
+    cross_err = 2.0 * k_hi * (tf.abs(mean) + delta_m) * kern.sigma_abs_hi - tf.abs(cross)
+    f_lo = tf.square(k_lo) * kern.two_minus_d_lo - cross - cross_err
     # Every float64 operation above rounds by at most U64 relative to its result; 1e-13 of the
     # largest magnitudes that enter covers them all.
-    slack = 1e-13 * (s2_hi + tf.square(k_hi_abs) * two_d_hi + tf.abs(cross) + cross_err)
-    return centred_hi - f_lo + slack, centred_lo - f_hi - slack, centred_hi + slack, centred_lo - slack, k, mean
-
-
-def _select_c(interval, c):
-    """``(upper, lower)`` of ``||r||^2 / s^2`` per channel, picking the ``c = 1`` or ``c = 0`` bounds."""
-    upper1, lower1, upper0, lower0 = interval[:4]
-    keep = tf.cast(tf.reshape(c, [-1]), tf.float64) > 0.5
-    return (tf.maximum(tf.where(keep, upper1, upper0), 0.0), tf.maximum(tf.where(keep, lower1, lower0), 0.0))
+    slack = 1e-13 * (s2_hi + tf.square(k_hi) + tf.abs(cross) + cross_err)
+    return tf.maximum(centred_hi - c * f_lo + slack, 0.0), loose, k, mean
 
 
 def ws_kernel_norm_bounds(a, ds, s, c, gain=None):
@@ -201,25 +191,23 @@ def ws_kernel_norm_bounds(a, ds, s, c, gain=None):
     """
     cout = a.shape[-1]
     kern = _Kernel(ds)
+    c = tf.cast(tf.reshape(c, [cout]), tf.float64)  # 0 or 1: the products with it are exact
     scale = tf.square(tf.cast(tf.reshape(s, [cout]), tf.float64))
     if gain is not None:
         scale *= tf.square(tf.cast(tf.reshape(gain, [cout]), tf.float64))
-    interval = _norm_interval(_staged_sums(a, ds), kern)
-    upper, lower = _select_c(interval, c)
-    k, mean = interval[4], interval[5]
-    width = tf.reduce_sum((upper - lower) * scale, axis=1)
-    total = tf.reduce_sum(upper * scale, axis=1)
-    again = width > FAST_PATH_TOLERANCE * total + ABSOLUTE_SLACK
+    upper, loose, k, mean = _upper_bound(_staged_sums(a, ds), kern, c)
+    # Examples whose unshifted sums leave the bound loose (FAST_PATH_TOLERANCE) are summed again, shifted.
+    again = (tf.reduce_sum(loose * scale, axis=1)
+             > FAST_PATH_TOLERANCE * tf.reduce_sum(upper * scale, axis=1) + ABSOLUTE_SLACK)
 
     def shifted():
         rows = tf.where(again)
         shift = tf.cast(tf.gather_nd(mean, rows), tf.float32)
         t = tf.gather_nd(a, rows) - tf.reshape(shift, [-1, 1, 1, 1, cout])
-        refined = _norm_interval(_staged_sums(t, ds), kern, shift=shift)
-        return (tf.tensor_scatter_nd_update(upper, rows, _select_c(refined, c)[0]),
-                tf.tensor_scatter_nd_update(k, rows, refined[4]))
+        refined = _upper_bound(_staged_sums(t, ds), kern, c, shift=shift)
+        return tf.tensor_scatter_nd_update(upper, rows, refined[0]), tf.tensor_scatter_nd_update(k, rows, refined[2])
 
     upper, k = tf.cond(tf.reduce_any(again), shifted, lambda: (upper, k))
-    sq = tf.reduce_sum(upper * scale, axis=1) * (1.0 + 1e-12)
-    # float64 -> float32 rounds to nearest: one step up keeps it an upper bound.
-    return tf.cast(sq * (1.0 + 2.0**-22), tf.float32), tf.cast(k, tf.float32)
+    # float64 -> float32 rounds to nearest: one step up (and 1e-12 for the float64 sum) keeps it an upper bound.
+    sq = tf.reduce_sum(upper * scale, axis=1) * ((1.0 + 1e-12) * (1.0 + 2.0**-22))
+    return tf.cast(sq, tf.float32), tf.cast(k, tf.float32)
