@@ -7,14 +7,14 @@ once per step and handed to the layer as tensors
 (``ws_override.standardized_kernel_override``); per example we form only
 ``a = dL/d(d * s)`` and ``q = dL/dg`` (an activation-sized reduction). The
 standardization's backward is linear in the cotangent: the norm of each
-example's raw-kernel gradient comes from the centred moments of ``a``
-(``ws_math.ws_kernel_moments``: centred sums, so that an ``a`` dominated by
-its mean, as large input offsets make it, cannot cancel into an
-under-estimate; ``ws_math.ws_sq_norms_from_moments``), and the backward
-itself runs once, on the clipped sum ``sum_b f_b a_b``. Layers that
-``fold_gain`` selects convolve with ``d * s * g`` instead: per example we
-form ``a' = dL/d(d * s * g)`` (so ``a = a' g``) and get ``q = sum(a' * d * s)``
-from the same moments, sparing the output-sized work of the gain. Layers
+example's raw-kernel gradient comes from sums over ``a``
+(``ws_math.ws_kernel_norms``: outside XLA each norm a proven upper bound,
+so that an ``a`` dominated by its mean, as large input offsets make it,
+cannot cancel into an under-estimate), and the backward itself runs once,
+on the clipped sum ``sum_b f_b a_b``. Layers that ``fold_gain`` selects
+convolve with ``d * s * g`` instead: per example we form
+``a' = dL/d(d * s * g)`` (so ``a = a' g``) and get ``q = sum(a' * d * s)``
+from the same sums, sparing the output-sized work of the gain. Layers
 that ``ghost`` selects return, per example, their input and ``dL/dpre``
 instead of ``a``: norms by ``ghost.ghost_ws_sq_norms``, and
 ``sum_b f_b a_b`` as one batched Conv2DBackpropFilter. Tests compare every
@@ -151,8 +151,8 @@ class _WSTap:
         # Unfolded, each example pays three passes over the layer's output
         # (the gain's multiply forward and backward, and the gain's gradient
         # as a product summed over positions); folded, one multiply-and-sum
-        # over the kernel's fan-in for the gain's gradient (from the centred
-        # moments that its norm needs anyway, ``ws_math.ws_kernel_moments``).
+        # over the kernel's fan-in for the gain's gradient (from the sums
+        # that its norm needs anyway, ``ws_math.ws_kernel_norms``).
         # Output positions as for "same" padding (a cost estimate only).
         sh, sw = layer.strides if isinstance(layer.strides, tuple) else (layer.strides,) * 2
         positions = inputs.shape[0] * -(-inputs.shape[1] // sh) * -(-inputs.shape[2] // sw)

@@ -2,11 +2,12 @@
 
 The standardized kernel and its closed-form backward (``standardize_kernel``,
 ``ws_geometry``, ``ws_backward``); per-example squared norms of the
-raw-kernel gradient without forming it (``ws_kernel_moments``,
-``ws_projection_terms``, ``ws_sq_norms_from_moments``,
-``ws_kernel_sq_norms``), written so that rounding can only over-estimate a
-norm, never under-estimate it (DP-SGD clips by these norms); and the exact
-reductions they rest on (``fan_in_sum``, ``sum_of_squares``). How
+raw-kernel gradient without forming it (``ws_kernel_norms``,
+``ws_kernel_sq_norms``: outside XLA from ``ws_norm_bounds``, under XLA from
+``ws_kernel_moments``, ``ws_projection_terms``, ``ws_sq_norms_from_moments``),
+written so that rounding can only over-estimate a norm, never under-estimate
+it (DP-SGD clips by these norms); and the exact reductions they rest on
+(``fan_in_sum``, ``sum_of_squares``). How
 ``dp_zoo/dp/ws_fast_path.py`` combines them: docs/design.md, "The
 weight-standardisation fast path".
 """
@@ -175,29 +176,18 @@ def ws_kernel_moments(a, ds, sigma=None):
     subtraction fuses into the reductions; elsewhere ``t`` would be written
     out, a pass and a temporary the size of every example's kernel gradient.
     """
-    if sigma is None:
-        sigma = fan_in_sum(ds)
-    n = a.shape[1] * a.shape[2] * a.shape[3]
-    return _centred_moments(a, n, sigma, ds=ds)
-
-
-def _centred_moments(a, n, sigma, ds=None, filt=None):
-    """``ws_kernel_moments`` of one chunk: products with ``ds`` by elementwise ops (XLA) or by ``filt`` (depthwise)."""
     import tensorflow as tf
 
+    if sigma is None:
+        sigma = fan_in_sum(ds)
     axes = (1, 2, 3)
-    cout = a.shape[-1]
-    m0 = tf.reduce_sum(a, axis=axes, keepdims=True) / float(n)
+    n = float(a.shape[1] * a.shape[2] * a.shape[3])
+    m0 = tf.reduce_sum(a, axis=axes, keepdims=True) / n
     t = a - m0
     t_sq = sum_of_squares(t, axis=axes)
-    if filt is None:
-        t_ds, t_sum = tf.reduce_sum(t * ds, axis=axes), tf.reduce_sum(t, axis=axes)
-    else:
-        lin = tf.nn.depthwise_conv2d(tf.reshape(t, [-1, n, 1, cout]), filt, [1, 1, 1, 1], "VALID")
-        lin = tf.reshape(lin, [-1, cout, 2])
-        t_ds, t_sum = lin[..., 0], lin[..., 1]
-    tbar = t_sum / float(n)
-    return t_sq - float(n) * tf.square(tbar), t_ds - tbar * sigma, tf.reshape(m0, [-1, cout]) + tbar
+    t_ds, t_sum = tf.reduce_sum(t * ds, axis=axes), tf.reduce_sum(t, axis=axes)
+    tbar = t_sum / n
+    return t_sq - n * tf.square(tbar), t_ds - tbar * sigma, tf.reshape(m0, [-1, a.shape[-1]]) + tbar
 
 
 def ws_projection_terms(mean, proj, sigma, ds, c, n_terms, proj_error=None):
@@ -263,7 +253,7 @@ def ws_sq_norms_from_moments(t_sq, t_ds, mean, ds, s, c, gain=None, sigma=None):
 
 
 def ws_kernel_norms(a, ds, s, c, gain=None, sigma=None):
-    """``(||ws_backward(a, ds, s, c, gain or 1)||^2`` per example ``[B]``, ``sum(a * d * s)`` ``[B, cout]``); never below it.
+    """``(||ws_backward(a, ds, s, c, gain or 1)||^2`` ``[B]``, ``sum(a * d * s)`` ``[B, cout]``); norms never below.
 
     ``a``: ``[B, kh, kw, cin, cout]`` cotangents w.r.t. the gain-free
     standardized kernel ``d * s`` (the gain folded in), or, with ``gain``

@@ -76,6 +76,8 @@ def _float32_convs_exact():
     """Whether a float32 convolution here rounds to float32 (no TF32 on GPUs, no oneDNN bf16 math mode)."""
     if os.environ.get("TF_SET_ONEDNN_FPMATH_MODE"):
         return False
+    if os.environ.get("ONEDNN_DEFAULT_FPMATH_MODE", "strict").lower() != "strict":
+        return False
     return not (tf.config.list_physical_devices("GPU") and tf.config.experimental.tensor_float_32_execution_enabled())
 
 
@@ -120,61 +122,79 @@ def _staged_sums(t, ds):
     return rest(sq), rest(s1), rest(p), e_sq, e_lin
 
 
-class _Kernel:
-    """The standardized kernel's float64 sums ``D`` and ``sigma``, and bounds that hold their exact values."""
+def _kernel_rows(ds, c):
+    """``[6, cout]`` float64: bounds on the standardized kernel's ``D`` and ``sigma`` (``_upper_bound``), and ``c``.
 
-    def __init__(self, ds):
-        n = ds.shape[0] * ds.shape[1] * ds.shape[2]
-        flat = tf.cast(tf.reshape(ds, [n, ds.shape[-1]]), tf.float64)
-        self.n = n
-        self.d_hi = tf.reduce_sum(tf.square(flat), axis=0) * (1.0 + _gamma(n + 1, U64))
-        self.two_minus_d_lo = tf.maximum(2.0 - self.d_hi, 0.0)
-        self.sigma = tf.reduce_sum(flat, axis=0)
-        sigma_err = _gamma(n, U64) * tf.reduce_sum(tf.abs(flat), axis=0)
-        self.sigma_err = sigma_err + 4.0 * U64 * tf.abs(self.sigma)  # (what a product with sigma adds)
-        self.sigma_abs_hi = tf.abs(self.sigma) + sigma_err
+    Rows: ``D_hi >= D``; ``(2 - D_hi)_+``; ``sigma`` as computed; the error a
+    product with it may carry; ``|sigma| + its error``; ``c`` (0 or 1, so
+    products with it are exact). Summed in float64: within ``gamma64(n + 1)``
+    of ``D`` and ``gamma64(n) sum |ds|`` of ``sigma``.
+    """
+    n = ds.shape[0] * ds.shape[1] * ds.shape[2]
+    flat = tf.cast(tf.reshape(ds, [n, ds.shape[-1]]), tf.float64)
+    d_hi = tf.reduce_sum(tf.square(flat), axis=0) * (1.0 + _gamma(n + 1, U64))
+    sigma = tf.reduce_sum(flat, axis=0)
+    sigma_err = _gamma(n, U64) * tf.reduce_sum(tf.abs(flat), axis=0)
+    return tf.stack([d_hi, tf.maximum(2.0 - d_hi, 0.0), sigma, sigma_err + 4.0 * U64 * tf.abs(sigma),
+                     tf.abs(sigma) + sigma_err, tf.cast(tf.reshape(c, [-1]), tf.float64)])
 
 
-def _upper_bound(sums, kern, c, shift=None):
+_MATRIX = tf.TensorSpec([None, None], tf.float64)
+
+
+# One graph function for every layer and both passes (its ~40 small operations are traced once per
+# process, not once per layer and pass); grappler inlines the call.
+@tf.function(input_signature=[_MATRIX] * 4 + [tf.TensorSpec([6, None], tf.float64), tf.TensorSpec([5], tf.float64)],
+             autograph=False)
+def _upper_bound(s2, s1, p, shift, kern, consts):
     """``(upper, loose, k, mean)``, float64 ``[B, cout]``: a bound ``upper >= ||r||^2 / s^2`` and what may loosen it.
 
-    ``sums``: ``_staged_sums`` of ``t = fl(a - shift)`` (``shift`` float32
-    ``[B, cout]``, or None for ``t = a``); ``c``: 0 or 1 per channel.
-    ``upper`` bounds ``||a - m||^2 - c (k^2 (2 - D) - 2 k m sigma)`` from
-    above (docs/design.md, "Rounding bounds of the WS norms"); ``loose`` is
-    the part of its width that summing ``a`` unshifted causes (what a shift
-    by the mean takes away); ``k`` and ``mean`` are the computed
-    ``sum(a ds)`` and mean of ``a``.
+    ``s2, s1, p``: ``_staged_sums`` of ``t = fl(a - shift)`` (``shift``
+    ``[B, cout]``, zeros for ``t = a``); ``kern``: ``_kernel_rows``;
+    ``consts``: ``(e_sq, e_lin, n, u_shift, tiny)``, ``u_shift`` the
+    rounding of the shift (0 without one), ``tiny`` the allowance for
+    flushed underflows. ``upper`` bounds
+    ``||a - m||^2 - c (k^2 (2 - D) - 2 k m sigma)`` from above
+    (docs/design.md, "Rounding bounds of the WS norms"); ``loose`` is the
+    part of its width that summing ``a`` unshifted causes (what a shift by
+    the mean takes away); ``k`` and ``mean`` are the computed ``sum(a ds)``
+    and mean of ``a``.
     """
-    s2, s1, p, e_sq, e_lin = sums
-    n = float(kern.n)
-    u_shift = 0.0 if shift is None else U32  # fl(a_i - shift) = (a_i - shift)(1 + delta), |delta| <= u
-    tiny = TINY * (n + 4) * (1.0 if shift is None else 2.0)  # (a shifted value may flush to zero, too)
-    # The exact sums of v = a - shift: S2 <= s2_hi; S1 and P within delta1 and delta_k of s1 and p.
-    s2_hi = (s2 + tiny) / ((1.0 - e_sq) * (1.0 - u_shift) ** 2)
+    d_hi, two_minus_d_lo, sigma, sigma_err, sigma_abs_hi, c = tf.unstack(kern)
+    e_sq, e_lin, n, u_shift, tiny = tf.unstack(consts)
+    # The exact sums of v = a - shift (fl(a_i - shift) = (a_i - shift)(1 + delta), |delta| <= u_shift):
+    # S2 <= s2_hi; S1 and P within delta1 and delta_k of s1 and p.
+    s2_hi = (s2 + tiny) / ((1.0 - e_sq) * tf.square(1.0 - u_shift))
     e1 = e_lin + 2.0 * u_shift
     delta1 = e1 * tf.sqrt(n * s2_hi) + tiny
     # ||a - m||^2 = S2 - S1^2 / n (shift-invariant), and S1^2 >= (|s1| - delta1)_+^2.
     centred_hi = s2_hi - tf.square(tf.maximum(tf.abs(s1) - delta1, 0.0)) / n
     loose = 2.0 * (s2_hi - s2) + 4.0 * delta1 * tf.abs(s1) / n
-    mean, delta_m = s1 / n, delta1 / n
-    k, delta_k = p, e1 * tf.sqrt(s2_hi * kern.d_hi) + tiny
-    if shift is not None:
-        shift = tf.cast(shift, tf.float64)
-        mean += shift
-        delta_m += 2.0 * U64 * tf.abs(mean)
-        # k = sum(a ds) = sum(v ds) + shift * sigma (each float64 operation within U64 of its result).
-        k += shift * kern.sigma
-        delta_k += tf.abs(shift) * kern.sigma_err + 2.0 * U64 * tf.abs(k)
+    # The mean and k = sum(a ds) = sum(v ds) + shift * sigma (each float64 operation within U64 of its result).
+    mean = s1 / n + shift
+    delta_m = delta1 / n + 2.0 * U64 * tf.abs(mean)
+    k = p + shift * sigma
+    delta_k = e1 * tf.sqrt(s2_hi * d_hi) + tiny + tf.abs(shift) * sigma_err + 2.0 * U64 * tf.abs(k)
     # f = k^2 (2 - D) - 2 k m sigma is at least f_lo over the box that holds (k, m, D, sigma).
     k_lo, k_hi = tf.maximum(tf.abs(k) - delta_k, 0.0), tf.abs(k) + delta_k
-    cross = 2.0 * k * mean * kern.sigma
-    cross_err = 2.0 * k_hi * (tf.abs(mean) + delta_m) * kern.sigma_abs_hi - tf.abs(cross)
-    f_lo = tf.square(k_lo) * kern.two_minus_d_lo - cross - cross_err
+    cross = 2.0 * k * mean * sigma
+    cross_err = 2.0 * k_hi * (tf.abs(mean) + delta_m) * sigma_abs_hi - tf.abs(cross)
+    f_lo = tf.square(k_lo) * two_minus_d_lo - cross - cross_err
     # Every float64 operation above rounds by at most U64 relative to its result; 1e-13 of the
     # largest magnitudes that enter covers them all.
     slack = 1e-13 * (s2_hi + tf.square(k_hi) + tf.abs(cross) + cross_err)
     return tf.maximum(centred_hi - c * f_lo + slack, 0.0), loose, k, mean
+
+
+def _bound(t, ds, kern, shift=None):
+    """``_upper_bound`` of ``t = fl(a - shift)`` (``shift`` float32 ``[B, cout]``, or None for ``t = a``)."""
+    s2, s1, p, e_sq, e_lin = _staged_sums(t, ds)
+    n = ds.shape[0] * ds.shape[1] * ds.shape[2]
+    # A shift rounds each a_i - shift by u, and a shifted value may flush to zero too.
+    u_shift, tiny = (0.0, TINY * (n + 4)) if shift is None else (U32, 2.0 * TINY * (n + 4))
+    shift = tf.zeros_like(s2) if shift is None else tf.cast(shift, tf.float64)
+    consts = tf.constant([e_sq, e_lin, float(n), u_shift, tiny], tf.float64)
+    return _upper_bound(s2, s1, p, shift, kern, consts)
 
 
 def ws_kernel_norm_bounds(a, ds, s, c, gain=None):
@@ -189,13 +209,15 @@ def ws_kernel_norm_bounds(a, ds, s, c, gain=None):
     when ``a`` is w.r.t. the gained kernel), float32. Not for XLA (float64,
     a data-dependent second pass); ``ws_math.ws_kernel_norms`` dispatches.
     """
+    if a.dtype != tf.float32 or ds.dtype != tf.float32:
+        raise TypeError(f"ws_kernel_norm_bounds takes float32 tensors (its bounds are float32's), got {a.dtype}, "
+                        f"{ds.dtype}: cast them first")
     cout = a.shape[-1]
-    kern = _Kernel(ds)
-    c = tf.cast(tf.reshape(c, [cout]), tf.float64)  # 0 or 1: the products with it are exact
+    kern = _kernel_rows(ds, c)
     scale = tf.square(tf.cast(tf.reshape(s, [cout]), tf.float64))
     if gain is not None:
         scale *= tf.square(tf.cast(tf.reshape(gain, [cout]), tf.float64))
-    upper, loose, k, mean = _upper_bound(_staged_sums(a, ds), kern, c)
+    upper, loose, k, mean = _bound(a, ds, kern)
     # Examples whose unshifted sums leave the bound loose (FAST_PATH_TOLERANCE) are summed again, shifted.
     again = (tf.reduce_sum(loose * scale, axis=1)
              > FAST_PATH_TOLERANCE * tf.reduce_sum(upper * scale, axis=1) + ABSOLUTE_SLACK)
@@ -203,8 +225,7 @@ def ws_kernel_norm_bounds(a, ds, s, c, gain=None):
     def shifted():
         rows = tf.where(again)
         shift = tf.cast(tf.gather_nd(mean, rows), tf.float32)
-        t = tf.gather_nd(a, rows) - tf.reshape(shift, [-1, 1, 1, 1, cout])
-        refined = _upper_bound(_staged_sums(t, ds), kern, c, shift=shift)
+        refined = _bound(tf.gather_nd(a, rows) - tf.reshape(shift, [-1, 1, 1, 1, cout]), ds, kern, shift)
         return tf.tensor_scatter_nd_update(upper, rows, refined[0]), tf.tensor_scatter_nd_update(k, rows, refined[2])
 
     upper, k = tf.cond(tf.reduce_any(again), shifted, lambda: (upper, k))
