@@ -7,14 +7,14 @@ once per step and handed to the layer as tensors
 (``ws_override.standardized_kernel_override``); per example we form only
 ``a = dL/d(d * s)`` and ``q = dL/dg`` (an activation-sized reduction). The
 standardization's backward is linear in the cotangent: the norm of each
-example's raw-kernel gradient comes from the centred moments of ``a``
-(``ws_math.ws_kernel_moments``: centred sums, so that an ``a`` dominated by
-its mean, as large input offsets make it, cannot cancel into an
-under-estimate; ``ws_math.ws_sq_norms_from_moments``), and the backward
-itself runs once, on the clipped sum ``sum_b f_b a_b``. Layers that
-``fold_gain`` selects convolve with ``d * s * g`` instead: per example we
-form ``a' = dL/d(d * s * g)`` (so ``a = a' g``) and get ``q = sum(a' * d * s)``
-from the same moments, sparing the output-sized work of the gain. Layers
+example's raw-kernel gradient comes from sums over ``a``
+(``ws_math.ws_kernel_norms``: outside XLA each norm a proven upper bound,
+so that an ``a`` dominated by its mean, as large input offsets make it,
+cannot cancel into an under-estimate), and the backward itself runs once,
+on the clipped sum ``sum_b f_b a_b``. Layers that ``fold_gain`` selects
+convolve with ``d * s * g`` instead: per example we form
+``a' = dL/d(d * s * g)`` (so ``a = a' g``) and get ``q = sum(a' * d * s)``
+from the same sums, sparing the output-sized work of the gain. Layers
 that ``ghost`` selects return, per example, their input and ``dL/dpre``
 instead of ``a``: norms by ``ghost.ghost_ws_sq_norms``, and
 ``sum_b f_b a_b`` as one batched Conv2DBackpropFilter. Tests compare every
@@ -59,7 +59,7 @@ import tensorflow as tf
 from dp_zoo.dp.ghost import GHOST_COST_RATIO, conv_geometry, ghost_costs, ghost_ws_sq_norms, patch_gram
 from dp_zoo.dp.per_example import finite_rows, masked_clip_factors, sq_norms, views_loss, weighted_sum
 from dp_zoo.models.conv_ops import unit_stride
-from dp_zoo.models.ws_math import fan_in_sum, ws_backward, ws_geometry, ws_kernel_moments, ws_sq_norms_from_moments
+from dp_zoo.models.ws_math import fan_in_sum, ws_backward, ws_geometry, ws_kernel_norms
 from dp_zoo.models.ws_override import standardized_kernel_override
 
 _PROTOCOL = "the WS fast-path protocol in dp_zoo/dp/ws_fast_path.py"
@@ -152,8 +152,8 @@ class _WSTap:
         # Unfolded, each example pays three passes over the layer's output
         # (the gain's multiply forward and backward, and the gain's gradient
         # as a product summed over positions); folded, one multiply-and-sum
-        # over the kernel's fan-in for the gain's gradient (from the centred
-        # moments that its norm needs anyway, ``ws_math.ws_kernel_moments``).
+        # over the kernel's fan-in for the gain's gradient (from the sums
+        # that its norm needs anyway, ``ws_math.ws_kernel_norms``).
         # Output positions as for "same" padding (a cost estimate only).
         sh, sw = layer.strides if isinstance(layer.strides, tuple) else (layer.strides,) * 2
         positions = inputs.shape[0] * -(-inputs.shape[1] // sh) * -(-inputs.shape[2] // sw)
@@ -332,16 +332,13 @@ def _check_own_variables_unused(entries, own_grads):
 
 def _layer_sq_norms(e, batch):
     """``(squared norms [B] of a WS layer's raw-kernel gradients, the gain's gradients [B, cout])``."""
-    sigma = fan_in_sum(e.ds)
     if e.kind == "fold":
-        moments = ws_kernel_moments(e.rows, e.ds, sigma)
-        # dL/dg = sum(a' * d * s), from the centred moments: (a' - m) . (d * s) + m sigma.
-        q = moments[1] + moments[2] * sigma
-        return ws_sq_norms_from_moments(*moments, e.ds, e.s, e.c, gain=e.gain, sigma=sigma), q
+        # dL/dg = sum(a' * d * s) for a' = dL/d(d * s * g): ws_kernel_norms' second result.
+        return ws_kernel_norms(e.rows, e.ds, e.s, e.c, gain=e.gain)
     q = tf.reshape(e.q_rows, [batch, -1])
     if e.kind == "plain":
-        moments = ws_kernel_moments(e.rows, e.ds, sigma)
-        return ws_sq_norms_from_moments(*moments, e.ds, e.s, e.c, sigma=sigma), q
+        return ws_kernel_norms(e.rows, e.ds, e.s, e.c)[0], q
+    sigma = fan_in_sum(e.ds)
     dpre = e.rows
     if e.pre_dtype == tf.float32:
         # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).

@@ -2,11 +2,12 @@
 
 The standardized kernel and its closed-form backward (``standardize_kernel``,
 ``ws_geometry``, ``ws_backward``); per-example squared norms of the
-raw-kernel gradient without forming it (``ws_kernel_moments``,
-``ws_projection_terms``, ``ws_sq_norms_from_moments``,
-``ws_kernel_sq_norms``), written so that rounding can only over-estimate a
-norm, never under-estimate it (DP-SGD clips by these norms); and the exact
-reductions they rest on (``fan_in_sum``, ``sum_of_squares``). How
+raw-kernel gradient without forming it (``ws_kernel_norms``,
+``ws_kernel_sq_norms``: outside XLA from ``ws_norm_bounds``, under XLA from
+``ws_kernel_moments``, ``ws_projection_terms``, ``ws_sq_norms_from_moments``),
+written so that rounding can only over-estimate a norm, never under-estimate
+it (DP-SGD clips by these norms); and the exact reductions they rest on
+(``fan_in_sum``, ``sum_of_squares``). How
 ``dp_zoo/dp/ws_fast_path.py`` combines them: docs/design.md, "The
 weight-standardisation fast path".
 """
@@ -158,10 +159,6 @@ def fan_in_sum(x):
     return v[0] + err[0]
 
 
-# ``ws_kernel_moments`` centres this many bytes of per-example cotangents at a time (see there).
-MOMENT_CHUNK_BYTES = 8 << 20
-
-
 def ws_kernel_moments(a, ds, sigma=None):
     """``(||a - m||^2, (a - m) . (d * s), m)``, each ``[B, cout]``, with ``m`` the mean of ``a`` over the fan-in.
 
@@ -175,50 +172,22 @@ def ws_kernel_moments(a, ds, sigma=None):
     of ``m0``) is taken off in closed form: ``m = m0 + tbar``,
     ``||a - m||^2 = ||t||^2 - n tbar^2``, ``(a - m) . (d * s) = t . (d * s) - tbar sigma``.
 
-    Outside XLA, ``t . (d * s)`` and ``sum(t)`` come from one depthwise
-    convolution (one read of ``t``, no product written out), and the
-    examples are taken ``MOMENT_CHUNK_BYTES`` at a time: TensorFlow's CPU
-    kernels allocate each temporary afresh, and one the size of every
-    example's kernel gradient costs more in page faults than the arithmetic
-    (``t`` for WRN-16-4's 3x3x128x128 kernels at batch 64: 63 ms at once,
-    38-43 ms in chunks, against 15 ms for the two reductions of an
-    uncentred ``a``). XLA fuses the subtraction into the reductions.
+    The DP step uses this under XLA only (``ws_kernel_norms``), where the
+    subtraction fuses into the reductions; elsewhere ``t`` would be written
+    out, a pass and a temporary the size of every example's kernel gradient.
     """
     import tensorflow as tf
 
     if sigma is None:
         sigma = fan_in_sum(ds)
-    batch, cout = a.shape[0], a.shape[-1]
-    n = a.shape[1] * a.shape[2] * a.shape[3]
-    if _in_xla_context():
-        return _centred_moments(a, n, sigma, ds=ds)
-    # [n, 1, cout, 2]: per channel, the standardized kernel and ones.
-    filt = tf.stack([tf.reshape(ds, [n, cout]), tf.ones([n, cout], ds.dtype)], axis=-1)[:, None]
-    per = max(1, MOMENT_CHUNK_BYTES // (n * cout * a.dtype.size))
-    if batch is None or per >= batch:
-        return _centred_moments(a, n, sigma, filt=filt)
-    sizes = [per] * (batch // per) + ([batch % per] if batch % per else [])
-    parts = [_centred_moments(x, n, sigma, filt=filt) for x in tf.split(a, sizes)]
-    return tuple(tf.concat(p, axis=0) for p in zip(*parts))
-
-
-def _centred_moments(a, n, sigma, ds=None, filt=None):
-    """``ws_kernel_moments`` of one chunk: products with ``ds`` by elementwise ops (XLA) or by ``filt`` (depthwise)."""
-    import tensorflow as tf
-
     axes = (1, 2, 3)
-    cout = a.shape[-1]
-    m0 = tf.reduce_sum(a, axis=axes, keepdims=True) / float(n)
+    n = float(a.shape[1] * a.shape[2] * a.shape[3])
+    m0 = tf.reduce_sum(a, axis=axes, keepdims=True) / n
     t = a - m0
     t_sq = sum_of_squares(t, axis=axes)
-    if filt is None:
-        t_ds, t_sum = tf.reduce_sum(t * ds, axis=axes), tf.reduce_sum(t, axis=axes)
-    else:
-        lin = tf.nn.depthwise_conv2d(tf.reshape(t, [-1, n, 1, cout]), filt, [1, 1, 1, 1], "VALID")
-        lin = tf.reshape(lin, [-1, cout, 2])
-        t_ds, t_sum = lin[..., 0], lin[..., 1]
-    tbar = t_sum / float(n)
-    return t_sq - float(n) * tf.square(tbar), t_ds - tbar * sigma, tf.reshape(m0, [-1, cout]) + tbar
+    t_ds, t_sum = tf.reduce_sum(t * ds, axis=axes), tf.reduce_sum(t, axis=axes)
+    tbar = t_sum / n
+    return t_sq - n * tf.square(tbar), t_ds - tbar * sigma, tf.reshape(m0, [-1, a.shape[-1]]) + tbar
 
 
 def ws_projection_terms(mean, proj, sigma, ds, c, n_terms, proj_error=None):
@@ -283,23 +252,43 @@ def ws_sq_norms_from_moments(t_sq, t_ds, mean, ds, s, c, gain=None, sigma=None):
     return tf.reduce_sum(per_channel * tf.square(tf.reshape(s, [cout])), axis=1)
 
 
-def ws_kernel_sq_norms(a, ds, s, c, gain=None):
-    """``||ws_backward(a, ds, s, c, gain or 1)||^2`` per leading index of ``a``, without forming it; never below it.
+def ws_kernel_norms(a, ds, s, c, gain=None, sigma=None):
+    """``(||ws_backward(a, ds, s, c, gain or 1)||^2`` ``[B]``, ``sum(a * d * s)`` ``[B, cout]``); norms never below.
 
     ``a``: ``[B, kh, kw, cin, cout]`` cotangents w.r.t. the gain-free
     standardized kernel ``d * s`` (the gain folded in), or, with ``gain``
-    (``[cout]``), w.r.t. ``d * s * gain`` (then ``a * gain`` is meant).
-    The projection ``sum(a * gain * d * s)`` is taken from the centred ``a``
-    rather than from one formed elsewhere (e.g. the gain's gradient through
-    the network), which carries the rounding of any large input offset.
+    (``[cout]``), w.r.t. ``d * s * gain`` (then ``a * gain`` is meant; the
+    second result, ``sum(a * d * s)`` for ``a`` as given, is then the gain's
+    gradient). The projection is taken from ``a`` itself rather than from
+    one formed elsewhere (e.g. the gain's gradient through the network),
+    which carries the rounding of any large input offset.
 
     ``ws_backward`` is ``s`` times the projection of ``a`` off the constant
     direction and (when ``c = 1``) off ``d * s``. DP-SGD clips by this norm,
-    so an under-estimate lets an example contribute more than the clip norm:
-    the sums are centred (``ws_kernel_moments``) and the one subtraction left
-    is bounded (``ws_projection_terms``). The result is within float32
-    rounding of the exact norm (relative to the norm itself, however large
-    the mean), over-estimating where ``a - mean`` lies along ``d * s``.
+    so an under-estimate lets an example contribute more than the clip norm.
+    Outside XLA each norm is a proven upper bound, from staged sums of ``a``
+    and their rounding-error bounds, with a second, shifted pass only for
+    examples whose cotangent is dominated by its mean
+    (``ws_norm_bounds.ws_kernel_norm_bounds``). Under XLA (no float64 on
+    TPUs, no data-dependent shapes) from the centred moments
+    (``ws_kernel_moments``), which XLA fuses into one pass, and the one
+    subtraction left bounded (``ws_projection_terms``).
     """
-    sigma = fan_in_sum(ds)
-    return ws_sq_norms_from_moments(*ws_kernel_moments(a, ds, sigma), ds, s, c, gain=gain, sigma=sigma)
+    if not _in_xla_context():
+        from dp_zoo.models.ws_norm_bounds import ws_kernel_norm_bounds
+
+        return ws_kernel_norm_bounds(a, ds, s, c, gain=gain)
+    if sigma is None:
+        sigma = fan_in_sum(ds)
+    moments = ws_kernel_moments(a, ds, sigma)
+    # sum(a * d * s) = (a - m) . (d * s) + m sigma.
+    proj = moments[1] + moments[2] * sigma
+    return ws_sq_norms_from_moments(*moments, ds, s, c, gain=gain, sigma=sigma), proj
+
+
+def ws_kernel_sq_norms(a, ds, s, c, gain=None):
+    """``||ws_backward(a, ds, s, c, gain or 1)||^2`` per leading index of ``a``, without forming it; never below it.
+
+    The first result of ``ws_kernel_norms``.
+    """
+    return ws_kernel_norms(a, ds, s, c, gain=gain)[0]

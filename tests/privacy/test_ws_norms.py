@@ -32,7 +32,7 @@ import keras
 import dp_zoo
 from dp_zoo import dp
 from dp_zoo.dp import ws_fast_path
-from dp_zoo.models import ws_math
+from dp_zoo.models import ws_math, ws_norm_bounds
 from dp_zoo.models.ws_conv import WSConv2D
 
 TOL = 1e-6  # computed norm >= true norm * (1 - TOL)
@@ -140,25 +140,74 @@ def _cotangents(kind, ds, rng, b=4, scale=3e4):
 @pytest.mark.parametrize("kernel_shape", [(3, 3, 4, 6), (1, 1, 16, 8), (7, 7, 3, 8)])
 @pytest.mark.parametrize("kind", ["mean", "kernel", "both"])
 @pytest.mark.parametrize("with_gain", [False, True])
-@pytest.mark.parametrize("chunked", [False, True])
-def test_ws_kernel_sq_norms_bound_the_exact_norm(monkeypatch, kernel_shape, kind, with_gain, chunked):
-    """Against the float64 WS backward of the same float32 cotangents, gains and kernel (examples centred
-    all at once, and one at a time as for large kernels)."""
-    if chunked:
-        monkeypatch.setattr(ws_math, "MOMENT_CHUNK_BYTES", 1)
+@pytest.mark.parametrize("path", ["bounded", "unshifted", "shifted", "xla"])
+def test_ws_kernel_sq_norms_bound_the_exact_norm(monkeypatch, kernel_shape, kind, with_gain, path):
+    """Against the float64 WS backward of the same float32 cotangents, gains and kernel: the bounded sums
+    (``ws_norm_bounds``; each example shifted by its mean where the first pass is too loose), the first
+    pass alone (a proven bound even where it cancels, just a loose one), every example through the shifted
+    pass, and the centred moments that XLA runs."""
+    if path == "unshifted":
+        monkeypatch.setattr(ws_norm_bounds, "FAST_PATH_TOLERANCE", float("inf"))
+    if path == "shifted":
+        monkeypatch.setattr(ws_norm_bounds, "FAST_PATH_TOLERANCE", -1.0)
     rng = np.random.default_rng(sum(map(ord, kind)) + len(kernel_shape) + kernel_shape[0])
     w = tf.constant(rng.normal(size=kernel_shape).astype("float32"))
     ds, s, c = ws_math.ws_geometry(w, eps=1e-4)
     gain = tf.constant(rng.normal(size=kernel_shape[-1:]).astype("float32")) if with_gain else None
     a = _cotangents(kind, ds, rng)
     g = 1.0 if gain is None else gain
-    got = ws_math.ws_kernel_sq_norms(a, ds, s, c, gain=gain).numpy()
+    norms = tf.function(ws_math.ws_kernel_sq_norms, jit_compile=path == "xla")
+    got = norms(a, ds, s, c, gain=gain).numpy()
     want = tf.reduce_sum(tf.square(_ws_backward64(a, ds, s, c, g)), axis=(1, 2, 3, 4)).numpy()
     assert_never_below(np.sqrt(got), np.sqrt(want), f"{kind} {kernel_shape}")
-    if kind == "mean":
-        # Centred, the mean costs no accuracy: no over-estimate worth the name either. (Along the
+    if kind == "mean" and path != "unshifted":
+        # The mean costs no accuracy: no over-estimate worth the name either. (Along the
         # kernel, the subtraction that is left over-estimates by design.)
         np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_only_cotangents_dominated_by_their_mean_are_summed_twice(monkeypatch):
+    """Ordinary cotangents take one pass (and come within 1e-5 of the exact norm); mean-dominated ones,
+    and only those examples, a second, shifted one."""
+    passes = []
+    staged = ws_norm_bounds._staged_sums
+    monkeypatch.setattr(ws_norm_bounds, "_staged_sums", lambda t, ds: passes.append(t.shape[0]) or staged(t, ds))
+    rng = np.random.default_rng(3)
+    ds, s, c = ws_math.ws_geometry(tf.constant(rng.normal(size=(3, 3, 16, 8)).astype("float32")), eps=1e-4)
+    a = rng.normal(size=(4, 3, 3, 16, 8))
+    a[2] = np.maximum(a[2], 0.0)  # a ReLU input's kernel gradient: a mean, but not a dominant one
+    for offset, want_passes in ((0.0, [4]), (1e4, [4, 1])):
+        a[1] += offset
+        got = ws_math.ws_kernel_sq_norms(tf.constant(a.astype("float32")), ds, s, c).numpy()
+        exact = tf.reduce_sum(tf.square(_ws_backward64(a.astype("float32"), ds, s, c, 1.0)), axis=(1, 2, 3, 4)).numpy()
+        assert passes == want_passes, offset
+        assert np.all(got >= exact) and np.all(got <= exact * (1 + 1e-5)), (offset, got / exact - 1)
+        passes.clear()
+
+
+@pytest.mark.parametrize("pattern", ["one_large", "alternating", "geometric", "normal"])
+def test_staged_sums_stay_within_their_error_bounds(pattern):
+    """``_staged_sums`` against float64 sums, on magnitudes that make float32 summation lose the small terms."""
+    rng = np.random.default_rng(len(pattern))
+    shape = (3, 3, 32, 4)
+    n = 3 * 3 * 32
+    x = rng.normal(size=(6,) + shape)
+    flat = x.reshape(6, n, 4)
+    if pattern == "one_large":  # one large term leads each slab, the rest below half its ulp
+        flat *= 1e-5
+        flat[:, ::32] = 1e4
+    elif pattern == "alternating":  # large terms that cancel, small ones that do not
+        flat[:] = np.where(np.arange(n)[None, :, None] % 2 == 0, 1e6, -1e6) + flat
+    elif pattern == "geometric":
+        flat *= 2.0 ** rng.integers(-40, 40, size=flat.shape)
+    t = flat.reshape((6,) + shape).astype("float32")
+    ds = rng.normal(size=shape).astype("float32")
+    s2, s1, p, e_sq, e_lin = (v.numpy() if hasattr(v, "numpy") else v
+                              for v in ws_norm_bounds._staged_sums(tf.constant(t), tf.constant(ds)))
+    t64, ds64 = t.astype(np.float64).reshape(6, n, 4), ds.astype(np.float64).reshape(n, 4)
+    assert np.all(np.abs(s2 - (t64 ** 2).sum(1)) <= e_sq * (t64 ** 2).sum(1))
+    assert np.all(np.abs(s1 - t64.sum(1)) <= e_lin * np.abs(t64).sum(1))
+    assert np.all(np.abs(p - (t64 * ds64).sum(1)) <= e_lin * np.abs(t64 * ds64).sum(1))
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
