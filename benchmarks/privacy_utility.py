@@ -21,6 +21,7 @@ import json
 import os
 
 from dp_zoo import zoo
+from dp_zoo.card_markdown import fmt_eps
 
 
 def collect(dataset):
@@ -54,7 +55,8 @@ def main():
     print("| entry | ε (accountant) | δ | σ | steps | test acc. (EMA) | test acc. (last) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        eps = f"{r['epsilon']:.3f}" if r["epsilon"] is not None else "∞ (not private)"
+        # Rounded up, as on the cards: a table must never state less than the accountant computed.
+        eps = fmt_eps(r["epsilon"]) if r["epsilon"] is not None else "∞ (not private)"
         sig = f"{r['noise_multiplier']:.4f}" if r["noise_multiplier"] else "—"
         delta = f"{r['delta']:g}" if r["delta"] else "—"
         ema = f"{r['test_accuracy_ema']:.4f}" if r["test_accuracy_ema"] is not None else "—"

@@ -47,7 +47,7 @@ def test_import_dp_zoo_stays_cheap():
 
 def test_create_model_pretrained_loads_the_zoo_weights_or_names_the_entries_that_have_them():
     with pytest.raises(ValueError, match="several published zoo entries: pass pretrained=<entry>, one of "
-                                         "wrn_digits_eps2, wrn_digits_eps4"):
+                                         "wrn_digits_eps1, wrn_digits_eps2"):
         dp_zoo.create_model("wrn_digits", pretrained=True)
     with pytest.raises(ValueError, match="no published zoo weights for wrn16_4; architectures with weights: "
                                          "wrn_digits"):

@@ -10,7 +10,7 @@ from dp_zoo import accounting, manifest, run_record, zoo
 from dp_zoo.preprocessing import normalize
 from dp_zoo.train import config as C, data
 
-SHIPPED = ["wrn_digits_eps2", "wrn_digits_eps4", "wrn_digits_eps8", "wrn_digits_nonprivate"]
+SHIPPED = ["wrn_digits_eps1", "wrn_digits_eps2", "wrn_digits_eps4", "wrn_digits_eps8", "wrn_digits_nonprivate"]
 
 
 @pytest.fixture(autouse=True)
