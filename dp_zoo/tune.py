@@ -46,7 +46,6 @@ import sys
 import time
 
 from dp_zoo import cli
-from dp_zoo.accounting import tuning, tuning_calibration
 from dp_zoo.train import search_spaces
 
 # --grid keys: how each sets a TrainConfig field, and the value's type.
@@ -143,6 +142,7 @@ def tuning_section(*, dist, grid, runs, score_noise, validation_size, delta, sea
                    selected=None, noisy_score=None):
     """The run record's ``privacy.tuning``: public facts only (never K, nor anything that depends
     on it); ``runs`` are the grid's ``(sigma, q, steps)``, ``noisy_score`` the released one."""
+    from dp_zoo.accounting import tuning, tuning_calibration  # dp-accounting: seconds to import
     rdp = tuning.trial_rdp(runs, score_noise)
     point_eps = tuning_calibration.per_point_epsilons(runs, score_noise, delta)
     return {
@@ -189,6 +189,7 @@ class Tuner:
 
     def __init__(self, name, recipe, grid, dist, *, target_epsilon, validation_size, score_noise,
                  options, search_space_source, config=None, model=None, secret=None):
+        from dp_zoo.accounting import tuning_calibration  # dp-accounting: seconds to import
         from dp_zoo.train import data as data_lib
 
         if dist.prob_zero() > 0:
@@ -220,6 +221,7 @@ class Tuner:
 
     def run(self):
         """Runs the trials and publishes the best; returns its run record."""
+        from dp_zoo.accounting import tuning  # dp-accounting: seconds to import
         section = tuning_section(dist=self.dist, grid=self.grid, runs=self.runs, score_noise=self.score_noise,
                                  validation_size=len(self.val_set), delta=self.base.dp.delta,
                                  search_space_source=self.search_space_source)
@@ -249,6 +251,7 @@ class Tuner:
         return record
 
     def _trials(self, trials, run_dir):
+        from dp_zoo.accounting import tuning  # dp-accounting: seconds to import
         from dp_zoo.train import checkpoint, engine, evaluation, run
 
         pick, noise = tuning.trial_rng(self._secret, "grid"), tuning.trial_rng(self._secret, "score")
@@ -354,9 +357,10 @@ def _search_space(args, recipe):
 
 def main(argv=None):
     """Runs ``python -m dp_zoo.tune`` with ``argv``; returns the exit status."""
+    args = _parser().parse_args(argv)  # before the imports below: a bad flag fails at once
     from absl import logging
 
-    args = _parser().parse_args(argv)
+    from dp_zoo.accounting import tuning  # dp-accounting: seconds to import
     logging.set_verbosity(logging.ERROR)  # dp-accounting's excluded-order warnings
     from dp_zoo.train import recipes, run
 

@@ -24,6 +24,7 @@ LAYERS = (
     ("engine", ("dp_zoo.train.optim", "dp_zoo.train.step", "dp_zoo.train.checkpoint", "dp_zoo.train.engine",
                 "dp_zoo.train.resolve", "dp_zoo.train.run_secret", "dp_zoo.train.evaluation",
                 "dp_zoo.train.reporting", "dp_zoo.train.record_sections", "dp_zoo.train.keras_private",
+                "dp_zoo.train.fit_inputs",
                 "dp_zoo.train.trainable", "dp_zoo.train.linear_probe", "dp_zoo.train.run_lock", "dp_zoo.tan")),
     ("run record", ("dp_zoo.run_record",)),
     ("card/export/audit", ("dp_zoo.model_card", "dp_zoo.card_markdown", "dp_zoo.card_html", "dp_zoo.card_check",

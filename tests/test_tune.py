@@ -47,6 +47,19 @@ def test_bad_command_lines_are_one_line_and_exit_2(argv, match, capsys):
     assert err.count("\n") == 1 and err.startswith("dp_zoo.tune: error: ") and match in err
 
 
+def test_a_bad_flag_fails_before_tensorflow_or_dp_accounting_is_imported():
+    """A typo is answered at once (issue #28: about 7 s before), in a fresh process."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom dp_zoo import tune\ntry:\n    tune.main(['--recipe', 'wrn_digits_eps8', '--bogus'])\n"
+            "except SystemExit as e:\n    print('exit', e.code)\n"
+            "print(sorted(m for m in ('dp_accounting', 'tensorflow', 'keras', 'scipy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split("\n")[:2] == ["exit 2", "[]"], (r.stdout, r.stderr[-2000:])
+    assert "unrecognized arguments: --bogus" in r.stderr
+
+
 def test_a_linear_probe_recipe_is_refused():
     config = recipes.get("wrn28_10_cifar10_finetune_eps8_linear_probe").config.replace(init_checkpoint=None)
     with pytest.raises(ValueError, match="linear probe; the tuner runs full trainings only"):

@@ -45,6 +45,7 @@ from dp_zoo import accounting
 from dp_zoo.dp import clipped_grad_sum, noisy_normalized_sum
 from dp_zoo.precision import check_precision
 from dp_zoo.train import sampling
+from dp_zoo.train.fit_inputs import check_fit_arrays
 from dp_zoo.train import trainable as trainable_lib
 
 
@@ -129,6 +130,21 @@ class _LogicalSteps(keras.callbacks.Callback):
         self._users.on_train_end(self._end_logs())
 
 
+def _num_classes(model):
+    try:
+        n = model.outputs[0].shape[-1]
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+    return int(n) if n is not None else None
+
+
+def _example_shape(model):
+    try:
+        return tuple(model.inputs[0].shape[1:])
+    except (AttributeError, IndexError, TypeError, ValueError):
+        return None
+
+
 class PrivateModel(keras.Model):
     """Wraps a Keras model; ``fit`` trains it with DP-SGD (see module doc).
 
@@ -201,7 +217,7 @@ class PrivateModel(keras.Model):
 
         Args:
           x: float array ``[N, ...]`` (already preprocessed), N = dataset_size.
-          y: int labels ``[N]``.
+          y: integer class indices ``[N]`` in [0, num_classes).
           epochs: logical steps = ceil(epochs * N / batch_size), unless
           steps: is given.
           verbose: 0 silent, 2 one line at the end, 1 (or "auto") a progress
@@ -218,7 +234,8 @@ class PrivateModel(keras.Model):
         Raises:
           ValueError: a Keras ``fit`` argument this model cannot honour
             (batch_size, shuffle, validation data, sample or class weights,
-            steps_per_epoch, initial_epoch, ...), or x/y of the wrong size.
+            steps_per_epoch, initial_epoch, ...), or x/y of the wrong size,
+            shape or type, or labels out of range (dp_zoo/train/fit_inputs.py).
         """
         _refuse_unsupported(unsupported)
         if getattr(self, "steps_per_execution", 1) != 1:
@@ -228,13 +245,8 @@ class PrivateModel(keras.Model):
                 f"make_private models need compile(steps_per_execution=1), got {self.steps_per_execution}: "
                 "each logical step is counted by the privacy ledger as it is applied. Recompile without "
                 "steps_per_execution.")
-        x = np.asarray(x)
-        y = np.asarray(y)
-        if len(x) != self.dataset_size or len(y) != self.dataset_size:
-            raise ValueError(
-                f"fit() got {len(x)} examples but make_private was told dataset_size="
-                f"{self.dataset_size}; the privacy accounting depends on N, so they must match."
-            )
+        x, y = check_fit_arrays(x, y, dataset_size=self.dataset_size, num_classes=_num_classes(self.inner),
+                                input_shape=_example_shape(self.inner))
         n_steps = int(steps if steps is not None else math.ceil(epochs * self.dataset_size / self.expected_batch_size))
         if n_steps < 1:
             raise ValueError("fit() needs at least one step.")

@@ -87,6 +87,38 @@ def test_misuse_is_a_clear_error(digits):
         private.fit(x[:100], y[:100])
 
 
+@pytest.mark.parametrize("bad_y, message", [
+    (lambda y: y + 10, r"label 19; labels must be class indices in \[0, 9\] \(the model has 10 outputs\)"),
+    (lambda y: y - 1, r"label -1; labels must be class indices in \[0, 9\]"),
+    (lambda y: np.eye(10)[y], r"look one-hot; pass integer class indices \[N\], e.g. y.argmax\(axis=1\)"),
+    (lambda y: y + 0.5, r"non-integer labels .* would otherwise be truncated"),
+    (lambda y: y.astype(str), r"integer class indices as labels, got dtype <U"),
+    (lambda y: y[:-1], r"got 1437 examples in x but 1436 labels in y"),
+    (lambda y: np.stack([y, y], 1), r"integer labels of shape \[N\], got shape \(1437, 2\)"),
+])
+def test_bad_labels_are_one_clear_line_before_anything_is_traced(digits, bad_y, message):
+    """Each bad y raises a ValueError naming the problem and the fix, before the DP step runs or the
+    ledger counts a step (without the check: graph errors, or float labels silently truncated)."""
+    x, y, _, _ = digits
+    private = dp_zoo.make_private(dp_zoo.create_model("wrn_test", num_classes=10), l2_clip=1.0,
+                                  noise_multiplier=1.0, dataset_size=len(x), batch_size=64)
+    private.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=message) as e:
+        private.fit(x, bad_y(y), steps=1, verbose=0)
+    assert "\n" not in str(e.value) and private.ledger.steps == 0
+
+
+def test_fit_accepts_integral_float_and_column_labels_and_names_a_wrong_example_shape(digits):
+    from dp_zoo.train.fit_inputs import check_fit_arrays
+    x, y, _, _ = digits
+    kw = dict(dataset_size=len(x), num_classes=10, input_shape=x.shape[1:])
+    for labels in (y.astype(np.float64), y[:, None], y.astype(np.int64)):
+        _, got = check_fit_arrays(x, labels, **kw)
+        assert got.dtype == np.int32 and np.array_equal(got, y)
+    with pytest.raises(ValueError, match=r"examples of shape \(8, 8\) but the model takes \(8, 8, 1\); reshape x"):
+        check_fit_arrays(x[..., 0], y, **kw)
+
+
 def test_tracks_epsilon_and_refuses_a_fit_over_budget(digits):
     x, y, _, _ = digits
     private, _, _ = fit_tiny(x, y, target_epsilon=1.5)  # sigma=1 given: the target is a guard
