@@ -20,8 +20,8 @@ import argparse
 import json
 import os
 
-from dp_zoo import zoo
-from dp_zoo.card_markdown import fmt_eps
+from dp_zoo.publish import zoo
+from dp_zoo.cards.markdown import fmt_eps
 
 
 def collect(dataset):

@@ -17,23 +17,23 @@ DESIGN = ROOT / "docs" / "design.md"
 # Lowest first; a module's layer is that of the longest prefix that names it
 # (a package's prefix covers every module in it, so new files are covered).
 LAYERS = (
-    ("foundations", ("dp_zoo", "dp_zoo.cli", "dp_zoo.manifest", "dp_zoo.preprocessing", "dp_zoo.models",
-                     "dp_zoo.accounting", "dp_zoo.train", "dp_zoo.train.config", "dp_zoo.train.recipes",
-                     "dp_zoo.train.data", "dp_zoo.train.sampling")),
+    ("foundations", ("dp_zoo", "dp_zoo.cli", "dp_zoo.publish.manifest", "dp_zoo.preprocessing", "dp_zoo.models",
+                     "dp_zoo.accounting", "dp_zoo.train", "dp_zoo.recipes.config", "dp_zoo.recipes.recipes",
+                     "dp_zoo.data", "dp_zoo.data.sampling")),
     ("dp step", ("dp_zoo.dp",)),
-    ("engine", ("dp_zoo.train.optim", "dp_zoo.train.step", "dp_zoo.train.checkpoint", "dp_zoo.train.engine",
-                "dp_zoo.train.resolve", "dp_zoo.train.run_secret", "dp_zoo.train.evaluation",
-                "dp_zoo.train.reporting", "dp_zoo.train.record_sections", "dp_zoo.train.keras_private",
-                "dp_zoo.train.fit_inputs",
-                "dp_zoo.train.trainable", "dp_zoo.train.linear_probe", "dp_zoo.train.run_lock", "dp_zoo.tan")),
-    ("run record", ("dp_zoo.run_record",)),
-    ("card/export/audit", ("dp_zoo.model_card", "dp_zoo.card_markdown", "dp_zoo.card_html", "dp_zoo.card_check",
+    ("engine", ("dp_zoo.engine.optim", "dp_zoo.engine.step", "dp_zoo.engine.checkpoint", "dp_zoo.engine.trainer",
+                "dp_zoo.engine.resolve", "dp_zoo.engine.run_secret", "dp_zoo.engine.evaluation",
+                "dp_zoo.engine.reporting", "dp_zoo.engine.record_sections", "dp_zoo.engine.keras_private",
+                "dp_zoo.engine.fit_inputs",
+                "dp_zoo.engine.trainable", "dp_zoo.engine.linear_probe", "dp_zoo.engine.run_lock", "dp_zoo.engine.tan")),
+    ("run record", ("dp_zoo.cards.run_record",)),
+    ("card/export/audit", ("dp_zoo.cards.model_card", "dp_zoo.cards.markdown", "dp_zoo.cards.html", "dp_zoo.cards.check",
                            "dp_zoo.export", "dp_zoo.audit")),
-    ("zoo/serve/commands", ("dp_zoo.zoo", "dp_zoo.download", "dp_zoo.serve", "dp_zoo.privacy", "dp_zoo.scripts",
-                            "dp_zoo.train.run", "dp_zoo.train.publishing", "dp_zoo.train.__main__",
-                            "dp_zoo.train.init_weights",
-                            "dp_zoo.train.init_privacy", "dp_zoo.train.known_weights", "dp_zoo.export.__main__",
-                            "dp_zoo.audit.__main__", "dp_zoo.tune", "dp_zoo.data", "dp_zoo.pretrained")),
+    ("zoo/serve/commands", ("dp_zoo.zoo", "dp_zoo.publish.download", "dp_zoo.serve", "dp_zoo.privacy", "dp_zoo.commands.scripts",
+                            "dp_zoo.jobs.training", "dp_zoo.jobs.publishing", "dp_zoo.train.__main__",
+                            "dp_zoo.jobs.init_weights",
+                            "dp_zoo.jobs.init_privacy", "dp_zoo.train.known_weights", "dp_zoo.export.__main__",
+                            "dp_zoo.audit.__main__", "dp_zoo.tune", "dp_zoo.data", "dp_zoo.publish.pretrained")),
 )
 
 
@@ -147,9 +147,9 @@ def test_no_import_circle():
 
 def test_the_checks_catch_what_they_are_for():
     """Both checks on made-up graphs: an upward import and a circle are reported, with file and line."""
-    up = {"dp_zoo.dp.noise": [(7, "dp_zoo.train.engine")], "dp_zoo.train.engine": [(3, "dp_zoo.dp.noise")]}
-    assert upward_imports(up) == ["dp_zoo/dp/noise.py:7: dp_zoo.dp.noise (dp step) -> dp_zoo.train.engine (engine)"]
-    assert cycles(up) == [["dp_zoo.dp.noise", "dp_zoo.train.engine"]]
+    up = {"dp_zoo.dp.noise": [(7, "dp_zoo.engine.trainer")], "dp_zoo.engine.trainer": [(3, "dp_zoo.dp.noise")]}
+    assert upward_imports(up) == ["dp_zoo/dp/noise.py:7: dp_zoo.dp.noise (dp step) -> dp_zoo.engine.trainer (engine)"]
+    assert cycles(up) == [["dp_zoo.dp.noise", "dp_zoo.engine.trainer"]]
     assert cycles({"dp_zoo.zoo": [(1, "dp_zoo.serve")], "dp_zoo.serve": []}) == []
     assert layer_of("dp_zoo.models.some_new_family")[1] == "foundations"
     assert layer_of("dp_zoo.export.__main__")[1] == "zoo/serve/commands"

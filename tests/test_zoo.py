@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 
 import dp_zoo
-from dp_zoo import export, manifest, preprocessing, zoo
-from dp_zoo.train import recipes
+from dp_zoo import export
+from dp_zoo.publish import manifest
+from dp_zoo import preprocessing
+from dp_zoo.publish import zoo
+from dp_zoo.recipes import recipes
 from tests import _zoo_helpers as H
 
 PAPER_ENTRIES = (
@@ -261,7 +264,7 @@ def test_a_same_named_directory_in_cwd_does_not_bypass_the_table(isolated, artif
     stray = isolated["tmp"] / "cwd"
     _copy(artifact, stray)
     # Another self-consistent artifact: its record edited, its card rebuilt from it.
-    from dp_zoo.model_card import ModelCard
+    from dp_zoo.cards.model_card import ModelCard
 
     rec = json.loads((stray / "wrn_digits_eps8" / "run_record.json").read_text())
     rec["operational"]["wall_time_s"] = 2.0
@@ -319,7 +322,7 @@ def test_register_command_records_only_the_checksum(isolated, artifact, capsys):
 
 def test_the_table_shows_whose_configuration_and_the_accountants_epsilon():
     """Each line says De2022 / TAN2023 / own, and RDP/PLD; an eps differing from the source's is footnoted."""
-    from dp_zoo.train import recipe_epsilons
+    from dp_zoo.recipes import epsilons as recipe_epsilons
 
     lines = {ln.split()[0]: ln for ln in zoo.format_models().splitlines() if ln.split()}
     available = {r["name"] for r in dp_zoo.list_models() if r["available"]}  # their own cards' (test_shipped_models)
@@ -368,7 +371,7 @@ def test_an_artifact_whose_record_predates_the_weights_digest_loads_on_its_manif
     (d / "run_record.json").write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="run_record.json"):
         dp_zoo.load(str(d))  # the manifest still lists the old bytes
-    from dp_zoo.model_card import record_sha256
+    from dp_zoo.cards.model_card import record_sha256
 
     card = json.loads((d / "card.json").read_text())  # an old artifact's card names its own record
     card["run_record_sha256"] = record_sha256(rec)

@@ -1,6 +1,6 @@
 """The DP step: per-example gradients, clipping, the clipped sum and its noise (docs/design.md).
 
-Small pure TensorFlow functions, each tested alone; ``dp_zoo.train.engine``
+Small pure TensorFlow functions, each tested alone; ``dp_zoo.engine.trainer``
 composes them. Modules:
 
 - ``per_example``: per-example gradients over K views, norms, clip factors,

@@ -1,0 +1,7 @@
+"""Jobs: a whole training run put together from the layers below.
+
+``training`` (build, fit, record, publish: what ``python -m dp_zoo.train``
+and the tuner's trials run), ``init_weights`` and ``init_privacy`` (an
+``--init`` checkpoint or zoo model, and what its privacy composes with), and
+``publishing`` (the publish target, its checks before training).
+"""

@@ -1,1 +1,0 @@
-"""DP-SGD training: configs, data, the DP step, the engine and the CLI."""
