@@ -1,0 +1,11 @@
+"""``python -m dp_zoo.export``: runs ``dp_zoo.commands.export`` (moved in issue #29); as an import, an old path kept for one release."""
+import sys
+
+if __name__ == "__main__":
+    import dp_zoo.commands.export as _command
+
+    sys.exit(_command.main())
+else:
+    import dp_zoo.commands.export as _new
+
+    sys.modules[__name__] = _new

@@ -1,0 +1,14 @@
+"""``python -m dp_zoo.serve``: runs ``dp_zoo.publish.serve`` (moved in issue #29); as an import, an old path kept for one release."""
+import sys
+
+if __name__ == "__main__":
+    from dp_zoo import cli
+
+    cli.quiet_tensorflow()  # before the command imports TensorFlow
+    import dp_zoo.publish.serve as _command
+
+    sys.exit(_command.main())
+else:
+    import dp_zoo.publish.serve as _new
+
+    sys.modules[__name__] = _new

@@ -1,0 +1,6 @@
+"""Old path of ``dp_zoo.data.mnist_files`` (moved in issue #29), kept for one release: import ``dp_zoo.data.mnist_files``."""
+import sys
+
+import dp_zoo.data.mnist_files as _new
+
+sys.modules[__name__] = _new

@@ -1,0 +1,6 @@
+"""Old path of ``dp_zoo.jobs.training`` (moved in issue #29), kept for one release: import ``dp_zoo.jobs.training``."""
+import sys
+
+import dp_zoo.jobs.training as _new
+
+sys.modules[__name__] = _new
