@@ -1,8 +1,8 @@
-"""``python -m dp_zoo.zoo``: runs ``dp_zoo.publish.zoo`` (moved in issue #29); as an import, an old path kept for one release."""
+"""``python -m dp_zoo.zoo`` runs ``dp_zoo.commands.zoo``; imported, this old path (issue #29) is ``dp_zoo.publish.zoo``."""
 import sys
 
 if __name__ == "__main__":
-    import dp_zoo.publish.zoo as _command
+    import dp_zoo.commands.zoo as _command
 
     sys.exit(_command.main())
 else:

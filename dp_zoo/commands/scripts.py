@@ -55,7 +55,7 @@ def audit():
 
 def zoo():
     """``dp-zoo-zoo``: ``python -m dp_zoo.zoo`` (list the zoo, register an artifact)."""
-    from dp_zoo.publish import zoo as command  # no TensorFlow: nothing to silence
+    from dp_zoo.commands import zoo as command  # no TensorFlow: nothing to silence
 
     sys.exit(command.main())
 
