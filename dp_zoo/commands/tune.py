@@ -253,10 +253,10 @@ class Tuner:
     def _trials(self, trials, run_dir):
         from dp_zoo.accounting import tuning  # dp-accounting: seconds to import
         from dp_zoo.engine import checkpoint, trainer as engine, evaluation
-        from dp_zoo.jobs import training as run
+        from dp_zoo.jobs import strategy as strategy_lib, training as run
 
         pick, noise = tuning.trial_rng(self._secret, "grid"), tuning.trial_rng(self._secret, "score")
-        strategy = run.make_strategy()
+        strategy = strategy_lib.make_strategy()
         best, timings, points = None, [], []
         for i in range(trials):
             point = self.grid[int(pick.integers(len(self.grid)))]

@@ -13,6 +13,8 @@ import sys
 from typing import Optional
 
 from dp_zoo.jobs import init_privacy, publishing
+from dp_zoo.jobs import strategy as strategy_lib
+from dp_zoo.jobs.strategy import make_strategy  # noqa: F401  (API: train's strategy, before this split)
 from dp_zoo.engine import run_lock
 from dp_zoo.jobs.init_weights import load_init_weights
 
@@ -64,77 +66,6 @@ class RunOptions:
     progress: bool = True
     tan_simulate: Optional[float] = None
     allow_nonprivate_init: bool = False
-
-
-def make_strategy(strategy="default", *, tpu=None, logical_cpus=None):
-    """The ``tf.distribute`` strategy named ``strategy``, configuring TensorFlow first.
-
-    Call it before TensorFlow runs any op: MultiWorkerMirroredStrategy and
-    logical CPU devices must be set up before the runtime starts.
-
-    Raises:
-      ValueError: a negative ``logical_cpus``, or no TPU to connect to (one
-        line saying how to name one).
-    """
-    import tensorflow as tf
-
-    n = logical_cpus
-    if n:
-        if n < 1:
-            raise ValueError("--logical-cpus must be >= 1.")
-        cpu = tf.config.list_physical_devices("CPU")[0]
-        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
-    if strategy == "mirrored":
-        if n:
-            return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(n)])
-        return tf.distribute.MirroredStrategy()
-    if strategy == "multiworker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if strategy == "tpu":
-        try:
-            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or None)
-            tf.config.experimental_connect_to_cluster(resolver)
-            tf.tpu.experimental.initialize_tpu_system(resolver)
-        except Exception as e:  # TF raises several types here; all mean "no such TPU"
-            where = f"TPU {tpu!r}" if tpu else "a TPU (none named by --tpu or the environment)"
-            raise ValueError(f"--strategy tpu: cannot connect to {where}: {(str(e).splitlines() or [type(e).__name__])[0].rstrip('.')}. "
-                             "Run on a TPU VM or pass --tpu NAME (or grpc://HOST:PORT).") from None
-        return tf.distribute.TPUStrategy(resolver)
-    return tf.distribute.get_strategy()
-
-
-def _is_chief(strategy):
-    """True on the one process that writes the run directory and publishes.
-
-    Single-process strategies: always. Multi-worker: the "chief" task, or
-    worker 0 when TF_CONFIG names no chief (TensorFlow's convention).
-    """
-    return bool(getattr(strategy.extended, "should_checkpoint", True))
-
-
-def _worker_label(strategy):
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(resolver, "task_type", None):
-        return None
-    return f"{resolver.task_type} {resolver.task_id}"
-
-
-def _all_workers_agree(strategy, value):
-    """True iff every replica of ``strategy`` holds the same non-negative int ``value`` (< 2**62).
-
-    One all-reduce: each replica checks that the SUM over replicas equals
-    num_replicas * its own value, which holds on every replica only when all
-    values are equal. Runs on every worker (it is a collective).
-    """
-    import tensorflow as tf
-
-    n = strategy.num_replicas_in_sync
-    if n == 1:
-        return True
-    value = int(value) & ((1 << 62) - 1)
-    parts = tf.constant([value >> 31, value & 0x7FFFFFFF], tf.int64)
-    total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: parts), axis=None)
-    return [int(x) for x in total.numpy()] == [n * (value >> 31), n * (value & 0x7FFFFFFF)]
 
 
 def weights_sha256(model):
@@ -244,7 +175,7 @@ def _check_same_step(trainer, strategy, worker, run_dir):
     from dp_zoo.engine import trainer as engine
 
     trainer.restore()
-    if not _all_workers_agree(strategy, trainer.step):
+    if not strategy_lib.all_workers_agree(strategy, trainer.step):
         raise engine.TrainingError(
             f"{worker} would resume {run_dir} at step {trainer.step}, another worker at a different "
             "step: the workers do not see the same run directory. Put --run-dir on a file system "
@@ -255,7 +186,7 @@ def _check_same_step(trainer, strategy, worker, run_dir):
 def _check_same_weights(record, strategy, worker):
     from dp_zoo.engine import trainer as engine
 
-    if not _all_workers_agree(strategy, int(record["weights_sha256"][:16], 16)):
+    if not strategy_lib.all_workers_agree(strategy, int(record["weights_sha256"][:16], 16)):
         raise engine.TrainingError(
             f"{worker}: the workers finished with different weights (sha256 {record['weights_sha256']}); "
             "the run is not one DP-SGD run. Check that every worker ran the same command and version."
@@ -329,7 +260,7 @@ def train(name, config, recipe, options=RunOptions()):
     # TensorFlow before it runs any op (TFDS loading runs tf.data ops).
     if options.publish:
         publishing.check_publish_dir(options.publish_dir)  # before the run, not after it
-    strategy = make_strategy(options.strategy, tpu=options.tpu, logical_cpus=options.logical_cpus)
+    strategy = strategy_lib.make_strategy(options.strategy, tpu=options.tpu, logical_cpus=options.logical_cpus)
     if config.deterministic:
         import tensorflow as tf
 
@@ -338,7 +269,7 @@ def train(name, config, recipe, options=RunOptions()):
     final_name = name if options.tan_simulate is None else _tan_name(name, options.tan_simulate)
     run_dir = options.run_dir or os.path.join("runs", final_name)
     lock = None
-    if _is_chief(strategy):
+    if strategy_lib.is_chief(strategy):
         # Before the first step: what would make the publish at the end refuse, and a second
         # training on this run directory (only the chief writes it).
         if options.publish:
@@ -358,7 +289,7 @@ def _train(name, config, recipe, options, strategy, run_dir):
     from dp_zoo.engine import checkpoint, trainer as engine
     from dp_zoo import data as data_lib
 
-    chief, worker = _is_chief(strategy), _worker_label(strategy)
+    chief, worker = strategy_lib.is_chief(strategy), strategy_lib.worker_label(strategy)
     train_set, test_set, eval_split = _load_data(config, options.streaming)
     tan_info = None
     if options.tan_simulate is not None:
