@@ -1,6 +1,6 @@
 """A model card's plots (PNG) and ``card.html``, the standalone page that embeds them.
 
-The page lays out the same rows as the card's README.md (``card_markdown``),
+The page lays out the same rows as the card's README.md (``markdown``),
 as HTML tables and lists, with figures rounded for reading: an epsilon is
 rounded *up* to 4 significant digits (``model_card.fmt_eps``), other decimals
 to 4 significant digits; each rounded cell carries the record's exact value

@@ -269,7 +269,7 @@ def publish(artifact_dir, *, kaggle_handle, dry_run=True, license_name="Apache 2
 
     Raises:
       ValueError: a bad handle, an artifact failing verification (its
-        files, or its card against its run record: ``card_check``), a TAN
+        files, or its card against its run record: ``cards.check``), a TAN
         simulation without ``allow_simulation``.
       ImportError: not a dry run and ``kagglehub`` is not installed.
     """

@@ -16,7 +16,7 @@ cache. Every artifact is verified file by file against its MANIFEST.json
 (``manifest.verify``: only regular files inside the artifact, nothing
 unlisted), and the manifest against the table's SHA-256 when the table has
 one, before anything is loaded; its card must then be what its run record
-gives and the record's epsilon what the accountant gives (``card_check``,
+gives and the record's epsilon what the accountant gives (``cards.check``,
 recomputed once per run record and cached in ``<user cache>/epsilon_checks``).
 An artifact the table has no checksum for (a model you
 trained yourself with ``python -m dp_zoo.train``) loads with a warning and
@@ -226,7 +226,7 @@ def _read_json(directory, filename):
 
 
 def _read_card(directory, registered):
-    """The card of a verified artifact, checked against its run record (``card_check``), plus "artifact"."""
+    """The card of a verified artifact, checked against its run record (``cards.check``), plus "artifact"."""
     c = _read_json(directory, "card.json")
     card_check.check(c, _read_json(directory, "run_record.json"), str(directory),
                      cache_dir=str(cache_dir() / card_check.CACHE_SUBDIR))
@@ -278,7 +278,7 @@ def load(name, *, include_preprocessing=True):
       ValueError: unknown name (lists close names), a missing, truncated,
         modified or unlisted file, or a path outside the artifact (named in
         the message); a card that is not what its run record gives, or a
-        record whose epsilon the accountant does not give (``card_check``);
+        record whose epsilon the accountant does not give (``cards.check``);
         weights other than the ones the run record publishes.
       ArtifactNotPublishedError: a known entry without weights; the message
         gives the command that produces them.
@@ -352,7 +352,7 @@ def list_models(pattern=None):
       list of dicts: name, architecture, dataset, private, target_epsilon,
       delta, config_source (whose configuration: a publication or "dp_zoo's
       own choice") and config_label, epsilon_rdp / epsilon_pld (dp_zoo's
-      accountant, ``recipe_epsilons``), epsilon_note (where it differs from
+      accountant, ``recipes.epsilons``), epsilon_note (where it differs from
       the source's ε), published_accuracy (the source's, %, only for a
       publication's configuration), epsilon and accuracy (measured here,
       from the card, if the weights are available), card_epsilon_rdp /

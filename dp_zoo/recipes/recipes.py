@@ -16,7 +16,7 @@ Three kinds of recipe:
   configs), ``wrn16_4_cifar10_eps8`` and ``nf_resnet50_imagenet_tan_eps8``
   (TAN's reference runs). sigma is the source's, never recalibrated; where
   dp_zoo's accountant gives another epsilon than the source states,
-  ``recipe_epsilons`` says so.
+  ``epsilons`` says so.
 - **Partly a publication's, unverified** (``recipe.unverified`` set): the
   CIFAR-10 recipes at eps=2, 4, 8 of WRN-16-4 and WRN-40-4 (WRN-16-4 eps=8
   is TAN's reference run, above), built on ``recipe_sources.UNVERIFIED``:

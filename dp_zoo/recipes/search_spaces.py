@@ -11,7 +11,7 @@ never from a run on the data. ``benchmarks/digits_search.py`` searched the
 digits data without privacy: nothing here takes a number from it.
 
 Every numeric choice names its source; ``tests/test_search_spaces.py``
-recomputes the derived ones from ``recipe_sources`` (De et al. 2022's
+recomputes the derived ones from ``sources`` (De et al. 2022's
 released configurations, each number cited there).
 """
 
