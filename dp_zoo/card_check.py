@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.cards.check`` (moved in issue #29), kept for one release: import ``dp_zoo.cards.check``."""
+"""Old path of ``dp_zoo.cards.check`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.cards.check as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.cards.html`` (moved in issue #29), kept for one release: import ``dp_zoo.cards.html``."""
+"""Old path of ``dp_zoo.cards.html`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.cards.html as _new

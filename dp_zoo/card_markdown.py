@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.cards.markdown`` (moved in issue #29), kept for one release: import ``dp_zoo.cards.markdown``."""
+"""Old path of ``dp_zoo.cards.markdown`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.cards.markdown as _new

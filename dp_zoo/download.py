@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.publish.download`` (moved in issue #29), kept for one release: import ``dp_zoo.publish.download``."""
+"""Old path of ``dp_zoo.publish.download`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.publish.download as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.publish.manifest`` (moved in issue #29), kept for one release: import ``dp_zoo.publish.manifest``."""
+"""Old path of ``dp_zoo.publish.manifest`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.publish.manifest as _new

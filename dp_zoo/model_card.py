@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.cards.model_card`` (moved in issue #29), kept for one release: import ``dp_zoo.cards.model_card``."""
+"""Old path of ``dp_zoo.cards.model_card`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.cards.model_card as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.publish.pretrained`` (moved in issue #29), kept for one release: import ``dp_zoo.publish.pretrained``."""
+"""Old path of ``dp_zoo.publish.pretrained`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.publish.pretrained as _new

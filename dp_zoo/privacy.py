@@ -1,4 +1,4 @@
-"""``python -m dp_zoo.privacy``: runs ``dp_zoo.commands.privacy`` (moved in issue #29); as an import, an old path kept for one release."""
+"""``python -m dp_zoo.privacy`` runs ``dp_zoo.commands.privacy``; imported, this old path (issue #29) is it."""
 import sys
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.cards.run_record`` (moved in issue #29), kept for one release: import ``dp_zoo.cards.run_record``."""
+"""Old path of ``dp_zoo.cards.run_record`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.cards.run_record as _new

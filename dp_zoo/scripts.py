@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.commands.scripts`` (moved in issue #29), kept for one release: import ``dp_zoo.commands.scripts``."""
+"""Old path of ``dp_zoo.commands.scripts`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.commands.scripts as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.tan`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.tan``."""
+"""Old path of ``dp_zoo.engine.tan`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.tan as _new

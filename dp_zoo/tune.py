@@ -1,4 +1,4 @@
-"""``python -m dp_zoo.tune``: runs ``dp_zoo.commands.tune`` (moved in issue #29); as an import, an old path kept for one release."""
+"""``python -m dp_zoo.tune`` runs ``dp_zoo.commands.tune``; imported, this old path (issue #29) is it."""
 import sys
 
 if __name__ == "__main__":

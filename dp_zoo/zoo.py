@@ -1,4 +1,6 @@
-"""``python -m dp_zoo.zoo`` runs ``dp_zoo.commands.zoo``; imported, this old path (issue #29) is ``dp_zoo.publish.zoo``."""
+"""``python -m dp_zoo.zoo`` runs ``dp_zoo.commands.zoo``; imported, this old path (issue #29) is
+``dp_zoo.publish.zoo``.
+"""
 import sys
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def _parser():
     p.option("out", help="Artifact directory (default saved_models/<entry>).")
     p.switch("overwrite", default=False, help="Replace an existing artifact.")
     p.option("artifact", help="An exported artifact directory to register/package/publish.")
-    p.switch("register", default=False, help="Write the artifact's MANIFEST SHA-256 into dp_zoo/publish/zoo_entries.json.")
+    p.switch("register", default=False,
+             help="Write the artifact's MANIFEST SHA-256 into dp_zoo/publish/zoo_entries.json.")
     p.option("package", help="Write a reproducible .tar.gz of the artifact here.")
     p.option("kaggle-handle", help="Publish to Kaggle Models: <owner>/<model>/<framework>/<variation>.")
     p.switch("dry-run", default=False, help="With --kaggle-handle: verify and print the plan, upload nothing.")

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.publish.artifact`` (moved in issue #29), kept for one release: import ``dp_zoo.publish.artifact``."""
+"""Old path of ``dp_zoo.publish.artifact`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.publish.artifact as _new

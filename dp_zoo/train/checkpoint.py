@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.checkpoint`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.checkpoint``."""
+"""Old path of ``dp_zoo.engine.checkpoint`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.checkpoint as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.recipes.config`` (moved in issue #29), kept for one release: import ``dp_zoo.recipes.config``."""
+"""Old path of ``dp_zoo.recipes.config`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.recipes.config as _new

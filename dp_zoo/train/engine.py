@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.trainer`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.trainer``."""
+"""Old path of ``dp_zoo.engine.trainer`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.trainer as _new

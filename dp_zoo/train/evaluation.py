@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.evaluation`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.evaluation``."""
+"""Old path of ``dp_zoo.engine.evaluation`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.evaluation as _new

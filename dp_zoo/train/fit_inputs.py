@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.fit_inputs`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.fit_inputs``."""
+"""Old path of ``dp_zoo.engine.fit_inputs`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.fit_inputs as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.jobs.init_privacy`` (moved in issue #29), kept for one release: import ``dp_zoo.jobs.init_privacy``."""
+"""Old path of ``dp_zoo.jobs.init_privacy`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.jobs.init_privacy as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.jobs.init_weights`` (moved in issue #29), kept for one release: import ``dp_zoo.jobs.init_weights``."""
+"""Old path of ``dp_zoo.jobs.init_weights`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.jobs.init_weights as _new

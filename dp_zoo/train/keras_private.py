@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.keras_private`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.keras_private``."""
+"""Old path of ``dp_zoo.engine.keras_private`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.keras_private as _new

@@ -1,4 +1,4 @@
-"""``python -m dp_zoo.train.known_weights``: runs ``dp_zoo.publish.known_weights`` (moved in issue #29); as an import, an old path kept for one release."""
+"""``python -m dp_zoo.train.known_weights``: ``dp_zoo.publish.known_weights`` (an old path, issue #29)."""
 import sys
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.linear_probe`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.linear_probe``."""
+"""Old path of ``dp_zoo.engine.linear_probe`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.linear_probe as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.optim`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.optim``."""
+"""Old path of ``dp_zoo.engine.optim`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.optim as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.jobs.publishing`` (moved in issue #29), kept for one release: import ``dp_zoo.jobs.publishing``."""
+"""Old path of ``dp_zoo.jobs.publishing`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.jobs.publishing as _new

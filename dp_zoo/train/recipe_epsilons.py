@@ -1,4 +1,4 @@
-"""``python -m dp_zoo.train.recipe_epsilons``: runs ``dp_zoo.recipes.epsilons`` (moved in issue #29); as an import, an old path kept for one release."""
+"""``python -m dp_zoo.train.recipe_epsilons``: ``dp_zoo.recipes.epsilons`` (an old path, issue #29)."""
 import sys
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.recipes.sources`` (moved in issue #29), kept for one release: import ``dp_zoo.recipes.sources``."""
+"""Old path of ``dp_zoo.recipes.sources`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.recipes.sources as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.recipes.recipes`` (moved in issue #29), kept for one release: import ``dp_zoo.recipes.recipes``."""
+"""Old path of ``dp_zoo.recipes.recipes`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.recipes.recipes as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.record_sections`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.record_sections``."""
+"""Old path of ``dp_zoo.engine.record_sections`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.record_sections as _new

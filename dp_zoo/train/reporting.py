@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.reporting`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.reporting``."""
+"""Old path of ``dp_zoo.engine.reporting`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.reporting as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.resolve`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.resolve``."""
+"""Old path of ``dp_zoo.engine.resolve`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.resolve as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.jobs.training`` (moved in issue #29), kept for one release: import ``dp_zoo.jobs.training``."""
+"""Old path of ``dp_zoo.jobs.training`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.jobs.training as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.run_lock`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.run_lock``."""
+"""Old path of ``dp_zoo.engine.run_lock`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.run_lock as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.run_secret`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.run_secret``."""
+"""Old path of ``dp_zoo.engine.run_secret`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.run_secret as _new

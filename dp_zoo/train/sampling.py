@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.data.sampling`` (moved in issue #29), kept for one release: import ``dp_zoo.data.sampling``."""
+"""Old path of ``dp_zoo.data.sampling`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.data.sampling as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.recipes.search_spaces`` (moved in issue #29), kept for one release: import ``dp_zoo.recipes.search_spaces``."""
+"""Old path of ``dp_zoo.recipes.search_spaces`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.recipes.search_spaces as _new

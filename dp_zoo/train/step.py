@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.step`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.step``."""
+"""Old path of ``dp_zoo.engine.step`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.step as _new

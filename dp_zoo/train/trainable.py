@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.engine.trainable`` (moved in issue #29), kept for one release: import ``dp_zoo.engine.trainable``."""
+"""Old path of ``dp_zoo.engine.trainable`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.engine.trainable as _new

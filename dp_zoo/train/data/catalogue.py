@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.data.catalogue`` (moved in issue #29), kept for one release: import ``dp_zoo.data.catalogue``."""
+"""Old path of ``dp_zoo.data.catalogue`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.data.catalogue as _new

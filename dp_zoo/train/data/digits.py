@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.data.digits`` (moved in issue #29), kept for one release: import ``dp_zoo.data.digits``."""
+"""Old path of ``dp_zoo.data.digits`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.data.digits as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.data.image_ops`` (moved in issue #29), kept for one release: import ``dp_zoo.data.image_ops``."""
+"""Old path of ``dp_zoo.data.image_ops`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.data.image_ops as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.data.load`` (moved in issue #29), kept for one release: import ``dp_zoo.data.load``."""
+"""Old path of ``dp_zoo.data.load`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.data.load as _new

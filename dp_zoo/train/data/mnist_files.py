@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.data.mnist_files`` (moved in issue #29), kept for one release: import ``dp_zoo.data.mnist_files``."""
+"""Old path of ``dp_zoo.data.mnist_files`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.data.mnist_files as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.data.mnist_local`` (moved in issue #29), kept for one release: import ``dp_zoo.data.mnist_local``."""
+"""Old path of ``dp_zoo.data.mnist_local`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.data.mnist_local as _new

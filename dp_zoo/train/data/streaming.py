@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.data.streaming`` (moved in issue #29), kept for one release: import ``dp_zoo.data.streaming``."""
+"""Old path of ``dp_zoo.data.streaming`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.data.streaming as _new

@@ -1,4 +1,4 @@
-"""Old path of ``dp_zoo.data.tfds_source`` (moved in issue #29), kept for one release: import ``dp_zoo.data.tfds_source``."""
+"""Old path of ``dp_zoo.data.tfds_source`` (issue #29), kept for one release."""
 import sys
 
 import dp_zoo.data.tfds_source as _new
