@@ -27,7 +27,7 @@ _LAZY = {
     "create_model": ("dp_zoo.publish.pretrained", "create_model"),  # the registry's, plus pretrained=True
     "list_architectures": ("dp_zoo.models._registry", "list_architectures"),
     "load": ("dp_zoo.publish.zoo", "load"),
-    "list_models": ("dp_zoo.publish.zoo", "list_models"),
+    "list_models": ("dp_zoo.publish.listing", "list_models"),
     "card": ("dp_zoo.publish.zoo", "card"),
     "make_private": ("dp_zoo.engine.keras_private", "make_private"),
 }

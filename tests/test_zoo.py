@@ -17,7 +17,7 @@ from dp_zoo import export
 from dp_zoo.publish import manifest
 from dp_zoo import preprocessing
 from dp_zoo.commands import zoo as zoo_cli
-from dp_zoo.publish import zoo
+from dp_zoo.publish import listing, zoo
 from dp_zoo.recipes import recipes
 from tests import _zoo_helpers as H
 
@@ -148,7 +148,7 @@ def test_registered_artifact_loads_with_its_card(isolated, artifact):
     assert row["accuracy"] == rec["metrics"]["test_accuracy_ema"]
     text = zoo_cli.format_models()
     assert "wrn_digits_eps8" in text
-    pts = zoo.privacy_utility_points("digits")
+    pts = listing.privacy_utility_points("digits")
     assert {"name": "wrn_digits_eps8", "epsilon": rec["privacy"]["epsilon"],
             "accuracy": rec["metrics"]["test_accuracy_ema"], "source": "measured"} in pts
 

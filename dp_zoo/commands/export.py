@@ -14,7 +14,7 @@ from dp_zoo import cli
 if __name__ == "__main__":
     cli.quiet_tensorflow()  # before anything below imports TensorFlow
 
-from dp_zoo.publish import manifest, zoo  # noqa: E402
+from dp_zoo.publish import listing, manifest, zoo  # noqa: E402
 
 
 def _parser():
@@ -60,7 +60,7 @@ def main(argv=None):
             model = keras.models.load_model(args.model)
             out = args.out or os.path.join("saved_models", args.entry)
             artifact = export_model(model, record, out, entry_name=args.entry, overwrite=args.overwrite,
-                                    zoo_points=zoo.points_for_new_card(record["data"]["dataset"], args.entry))
+                                    zoo_points=listing.points_for_new_card(record["data"]["dataset"], args.entry))
             print(f"exported: {artifact}")
         if artifact is None:
             print("dp_zoo.export: error: nothing to do; give --model/--run-record/--entry or --artifact",

@@ -11,7 +11,7 @@ import os
 import sys
 
 from dp_zoo import cli
-from dp_zoo.publish import zoo
+from dp_zoo.publish import listing, zoo
 from dp_zoo.recipes import recipes
 
 
@@ -23,7 +23,7 @@ def _eps_text(x, decimals=3):
 
 
 def format_models(rows=None):
-    """The ``zoo.list_models()`` table as text, with the ε notes under it.
+    """The ``listing.list_models()`` table as text, with the ε notes under it.
 
     An available model's row shows its own card's epsilon (RDP / PLD as the
     card records them); other rows show dp_zoo's accountant for the recipe.
@@ -31,7 +31,7 @@ def format_models(rows=None):
     """
     from dp_zoo.cards.markdown import fmt_eps
 
-    rows = zoo.list_models() if rows is None else rows
+    rows = listing.list_models() if rows is None else rows
     head = (f"{'name':36s} {'dataset':12s} {'config':7s} {'eps':>5s} {'RDP/PLD':>14s} {'acc (ours)':>10s} "
             f"{'acc (paper)':>11s}  status")
     lines = [head, "-" * len(head)]

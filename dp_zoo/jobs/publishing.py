@@ -98,13 +98,13 @@ def publish(model, record, name, options, run_dir):
         model cannot be published at all (non-finite weights,
         a record that does not match it).
     """
-    from dp_zoo.publish import artifact, zoo
+    from dp_zoo.publish import artifact, listing
 
     check_publish_dir(options.publish_dir)  # also for dp_zoo.tune, which checks nothing before its trials
     publish_dir, overwrite = target(name, options)
     try:
         artifact.export_model(model, record, publish_dir, entry_name=name, overwrite=overwrite,
-                              zoo_points=zoo.points_for_new_card(record["data"]["dataset"], name))
+                              zoo_points=listing.points_for_new_card(record["data"]["dataset"], name))
     except OSError as e:  # FileExistsError included
         why = str(e) if isinstance(e, FileExistsError) else (e.strerror or str(e))
         saved = os.path.join(run_dir, "model.keras")

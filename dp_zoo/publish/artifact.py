@@ -152,7 +152,7 @@ def export_model(model, run_record, out_dir, *, entry_name, overwrite=False, zoo
       overwrite: replace an existing artifact.
       zoo_points: points of other models for the card's privacy-utility plot
         (see ``ModelCard.plots``; the callers that know the zoo pass
-        ``zoo.privacy_utility_points``); none by default.
+        ``listing.privacy_utility_points``); none by default.
 
     Returns:
       The path of the artifact directory (str). Its MANIFEST.json SHA-256 is
