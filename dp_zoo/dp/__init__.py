@@ -12,7 +12,7 @@ composes them. Modules:
 - ``ghost``: ghost norms of WS convolutions from patch Grams;
 - ``noise``: the Gaussian noise, once per logical step.
 
-Imports ``dp_zoo.models`` only, never ``dp_zoo.train``.
+Imports ``dp_zoo.models`` only, never ``dp_zoo.engine``.
 """
 
 from dp_zoo.dp.clipping import clipped_grad_sum, mean_grad

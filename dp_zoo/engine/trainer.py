@@ -33,7 +33,8 @@ resume, which draws a new secret: run_secret.py), every journalled step counts.
 Checkpoints and the journal are written by ``dp_zoo.engine.checkpoint``; the
 compiled step functions are built by ``dp_zoo.engine.step``; ``resolve``,
 ``run_secret``, ``evaluation``, ``reporting`` and ``record_sections`` (all in
-``dp_zoo.train``) hold the rest of the Trainer's pieces.
+``dp_zoo.engine``; the sampler is ``dp_zoo.data.sampling``) hold the rest of the
+Trainer's pieces.
 """
 
 import contextlib
