@@ -28,9 +28,9 @@ import time
 import keras
 
 import dp_zoo
-from dp_zoo.recipes import config as C
 from dp_zoo import data
 from dp_zoo.engine import trainer as engine
+from dp_zoo.recipes import config as C
 from dp_zoo.recipes import recipes
 
 

@@ -24,9 +24,9 @@ import keras
 import numpy as np
 
 import dp_zoo
-from dp_zoo.recipes import config as C
-from dp_zoo.engine import trainer as engine, linear_probe
 from dp_zoo.data import Dataset
+from dp_zoo.engine import trainer as engine, linear_probe
+from dp_zoo.recipes import config as C
 
 
 def _config(args, **kw):

@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 import dp_zoo
-from dp_zoo import dp, preprocessing
 from dp_zoo import data
+from dp_zoo import dp, preprocessing
 from dp_zoo.recipes.config import AugmultConfig
 
 

@@ -20,8 +20,8 @@ import argparse
 import json
 import os
 
-from dp_zoo.publish import listing, zoo
 from dp_zoo.cards.markdown import fmt_eps
+from dp_zoo.publish import listing, zoo
 
 
 def collect(dataset):

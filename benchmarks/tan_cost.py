@@ -18,8 +18,8 @@ import time
 import keras
 
 import dp_zoo
-from dp_zoo.engine import tan
 from dp_zoo import data
+from dp_zoo.engine import tan
 from dp_zoo.engine import trainer as engine
 from dp_zoo.recipes import recipes
 

@@ -15,8 +15,8 @@ import sys
 import pytest
 
 import dp_zoo
-from dp_zoo.publish import manifest, serve, zoo
 from dp_zoo.cards.model_card import ModelCard, fmt_eps
+from dp_zoo.publish import manifest, serve, zoo
 from tests import _zoo_helpers as H
 
 

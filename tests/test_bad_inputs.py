@@ -14,11 +14,11 @@ import pytest
 
 import dp_zoo
 from dp_zoo import accounting, export
-from dp_zoo.publish import zoo
-from dp_zoo.commands import export as export_command
-from dp_zoo.recipes import config as C
 from dp_zoo import data
+from dp_zoo.commands import export as export_command
 from dp_zoo.engine import trainer as engine
+from dp_zoo.publish import zoo
+from dp_zoo.recipes import config as C
 from tests.helpers import train_in_process
 
 

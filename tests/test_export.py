@@ -11,9 +11,9 @@ import pytest
 import tensorflow as tf
 
 from dp_zoo import export
-from dp_zoo.publish import manifest
 from dp_zoo import preprocessing
 from dp_zoo.commands import export as export_cli
+from dp_zoo.publish import manifest
 from tests import _zoo_helpers as H
 
 SAVED_MODEL_CLI = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")

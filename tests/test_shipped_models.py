@@ -7,13 +7,13 @@ import tensorflow as tf
 
 import dp_zoo
 from dp_zoo import accounting
-from dp_zoo.publish import manifest
+from dp_zoo import data
 from dp_zoo.cards import run_record
 from dp_zoo.commands import zoo as zoo_cli
-from dp_zoo.publish import zoo
 from dp_zoo.preprocessing import normalize
+from dp_zoo.publish import manifest
+from dp_zoo.publish import zoo
 from dp_zoo.recipes import config as C
-from dp_zoo import data
 
 SHIPPED = ["wrn_digits_eps1", "wrn_digits_eps2", "wrn_digits_eps4", "wrn_digits_eps8", "wrn_digits_nonprivate"]
 

@@ -7,12 +7,12 @@ import re
 
 import pytest
 
-from dp_zoo.cards import model_card
-from dp_zoo.commands import tune
-from dp_zoo.cards import run_record as run_record_mod
 from dp_zoo.accounting import tuning, tuning_calibration
-from dp_zoo.recipes import recipes
+from dp_zoo.cards import model_card
+from dp_zoo.cards import run_record as run_record_mod
+from dp_zoo.commands import tune
 from dp_zoo.jobs import training as run
+from dp_zoo.recipes import recipes
 
 
 def _secret_with(dist, trials):

@@ -14,10 +14,10 @@ import pytest
 
 import dp_zoo
 from dp_zoo import export
-from dp_zoo.publish import manifest
 from dp_zoo import preprocessing
 from dp_zoo.commands import zoo as zoo_cli
 from dp_zoo.publish import listing, zoo
+from dp_zoo.publish import manifest
 from dp_zoo.recipes import recipes
 from tests import _zoo_helpers as H
 

@@ -112,8 +112,8 @@ def _apply_data(config, args):
     """``config`` with --dataset and --validation-size; whether N changed (which changes q = B / N)."""
     data, stale = config.data, False
     if args.dataset is not None and args.dataset != data.dataset:
-        from dp_zoo.models._registry import unknown_name_message
         from dp_zoo.data import DATASETS
+        from dp_zoo.models._registry import unknown_name_message
 
         if args.dataset not in DATASETS:
             raise UsageError(unknown_name_message("dataset", args.dataset, list(DATASETS)))
@@ -280,9 +280,9 @@ def _main(argv):
         return 2
     from dp_zoo.accounting import BudgetExceededError
     from dp_zoo.data import DataUnavailableError
+    from dp_zoo.engine.run_lock import RunDirInUseError
     from dp_zoo.engine.trainer import TrainingError
     from dp_zoo.jobs.publishing import PublishError
-    from dp_zoo.engine.run_lock import RunDirInUseError
 
     print(f"Preparing {name}: loading TensorFlow, the data and the model...", flush=True)
     try:

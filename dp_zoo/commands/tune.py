@@ -63,8 +63,8 @@ def main(argv=None):
 
     from dp_zoo.accounting import tuning  # dp-accounting: seconds to import
     logging.set_verbosity(logging.ERROR)  # dp-accounting's excluded-order warnings
-    from dp_zoo.recipes import recipes
     from dp_zoo.jobs import training as run
+    from dp_zoo.recipes import recipes
 
     try:
         recipe = recipes.get(args.recipe)

@@ -42,11 +42,11 @@ import numpy as np
 import tensorflow as tf
 
 from dp_zoo import accounting
-from dp_zoo.dp import clipped_grad_sum, noisy_normalized_sum
-from dp_zoo.precision import check_precision
 from dp_zoo.data import sampling
-from dp_zoo.engine.fit_inputs import check_fit_arrays
+from dp_zoo.dp import clipped_grad_sum, noisy_normalized_sum
 from dp_zoo.engine import trainable as trainable_lib
+from dp_zoo.engine.fit_inputs import check_fit_arrays
+from dp_zoo.precision import check_precision
 
 
 # Keras fit() arguments that change nothing at these values (Keras' own defaults).

@@ -19,8 +19,8 @@ count (``engine.Trainer.restore``).
 import numpy as np
 import tensorflow as tf
 
-from dp_zoo.engine import checkpoint
 from dp_zoo.data import sampling
+from dp_zoo.engine import checkpoint
 
 NO_AGREEMENT = ("The workers could not agree on the run secret (global replica 0 is not on the chief). "
                 "Name the chief in TF_CONFIG (task type 'chief', or 'worker' 0).")

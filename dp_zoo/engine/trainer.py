@@ -46,8 +46,8 @@ import time
 import tensorflow as tf
 
 from dp_zoo import accounting, cli
-from dp_zoo.engine import checkpoint, evaluation, optim, record_sections, reporting, resolve, run_secret
 from dp_zoo.data import sampling
+from dp_zoo.engine import checkpoint, evaluation, optim, record_sections, reporting, resolve, run_secret
 from dp_zoo.engine import step as step_lib, trainable
 
 MAX_CONSECUTIVE_NONFINITE = 5

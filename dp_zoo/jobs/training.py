@@ -104,8 +104,8 @@ def _load_data(config, streaming):
 
 def _tan_simulation(name, config, factor, dataset_size):
     """(name, config, tan_info) of the TAN simulation of ``config`` with batch and sigma divided by ``factor``."""
-    from dp_zoo.engine import tan
     from dp_zoo.engine import resolve
+    from dp_zoo.engine import tan
 
     full = config
     if full.dp.noise_multiplier is None:
@@ -284,10 +284,10 @@ def train(name, config, recipe, options=RunOptions()):
 
 def _train(name, config, recipe, options, strategy, run_dir):
     """``train`` once the run directory is locked and the publish target checked."""
-    from dp_zoo.publish import manifest
+    from dp_zoo import data as data_lib
     from dp_zoo.cards import run_record
     from dp_zoo.engine import checkpoint, trainer as engine
-    from dp_zoo import data as data_lib
+    from dp_zoo.publish import manifest
 
     chief, worker = strategy_lib.is_chief(strategy), strategy_lib.worker_label(strategy)
     train_set, test_set, eval_split = _load_data(config, options.streaming)

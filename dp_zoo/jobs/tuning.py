@@ -188,8 +188,8 @@ class Tuner:
 
     def __init__(self, name, recipe, grid, dist, *, target_epsilon, validation_size, score_noise,
                  options, search_space_source, config=None, model=None, secret=None):
-        from dp_zoo.accounting import tuning_calibration  # dp-accounting: seconds to import
         from dp_zoo import data as data_lib
+        from dp_zoo.accounting import tuning_calibration  # dp-accounting: seconds to import
 
         if dist.prob_zero() > 0:
             raise ValueError("the trial distribution can draw K = 0, and rerunning until a model comes out is "
@@ -286,10 +286,10 @@ class Tuner:
         return best[:5]
 
     def _finish(self, best, section):
+        from dp_zoo import data as data_lib
         from dp_zoo.cards import run_record
         from dp_zoo.engine import checkpoint
         from dp_zoo.jobs import training as run
-        from dp_zoo import data as data_lib
 
         score, trainer, record, point, run_dir = best
         test_set = data_lib.load_dataset(trainer.config.data, "test")

@@ -14,11 +14,11 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from dp_zoo.cards import check as card_check
-from dp_zoo.publish import manifest
 from dp_zoo import preprocessing
+from dp_zoo.cards import check as card_check
 from dp_zoo.cards.model_card import ModelCard
 from dp_zoo.cards.run_record import PUBLISHED_WEIGHTS_SHA256
+from dp_zoo.publish import manifest
 
 SERVING_VERSION = "1"
 

@@ -32,8 +32,8 @@ import os
 import pathlib
 import warnings
 
-from dp_zoo.cards import check as card_check
 from dp_zoo import cli
+from dp_zoo.cards import check as card_check
 from dp_zoo.publish import download, manifest
 from dp_zoo.recipes import epsilons as recipe_epsilons, recipes
 

@@ -17,8 +17,8 @@ import shutil
 import pytest
 
 from dp_zoo import accounting
-from dp_zoo.publish import zoo
 from dp_zoo.jobs import init_privacy
+from dp_zoo.publish import zoo
 
 from .conftest import run_cli
 

@@ -12,9 +12,9 @@ import pytest
 
 import dp_zoo
 from dp_zoo import accounting
-from dp_zoo.publish import zoo
 from dp_zoo.cards.model_card import ModelCard
 from dp_zoo.jobs import init_privacy
+from dp_zoo.publish import zoo
 
 from .conftest import run_cli
 

@@ -124,8 +124,8 @@ def test_a_real_run_in_a_process_on_two_replicas_records_publishes_and_resumes(t
     published = dp_zoo.load(str(pub))
     assert published.card["privacy"] == card["privacy"]
     # The recorded test accuracy is the published (EMA) model's on the digits test split.
-    from dp_zoo.recipes import config as C
     from dp_zoo import data
+    from dp_zoo.recipes import config as C
 
     test = data.load_dataset(C.DataConfig(), "test")
     logits = published(test.images).numpy()  # uint8 pixels, as the card states
@@ -294,8 +294,8 @@ def test_in_process_cli_on_mock_cifar10(tmp_path, monkeypatch):
     record's epsilon is the accountant's for what ran.
     """
     import tensorflow_datasets as tfds
-    from dp_zoo.engine import trainer as engine
     from dp_zoo.data import sampling
+    from dp_zoo.engine import trainer as engine
 
     micro = []  # micro-batches per logical step
     real = sampling.micro_batches
@@ -358,8 +358,8 @@ def _timm_state_dict(model):
 @pytest.mark.slow  # a converted NF-ResNet fine-tuned through the CLI
 def test_init_from_a_timm_state_dict(tmp_path, capsys):
     import dp_zoo
-    from dp_zoo.models.nf_resnet import TIMM_CONVENTIONS
     from dp_zoo.jobs import init_weights
+    from dp_zoo.models.nf_resnet import TIMM_CONVENTIONS
     from dp_zoo.recipes.config import TrainConfig
 
     kw = TIMM_CONVENTIONS["nf_resnet"]
@@ -420,8 +420,8 @@ def _perturbed(model, seed=0):
 def test_init_format_tells_timm_haiku_keras_and_zoo_apart(tmp_path):
     import pickle
 
-    from dp_zoo.models.convert import save_haiku_checkpoint
     from dp_zoo.jobs import init_weights
+    from dp_zoo.models.convert import save_haiku_checkpoint
 
     np.savez(tmp_path / "timm.npz", **{"stem.conv.weight": np.zeros(2)})
     save_haiku_checkpoint({"wide_res_net/First_conv": {"w": np.zeros(2)}}, tmp_path / "hk.npz")
@@ -439,8 +439,8 @@ def test_init_from_deepmind_nfnet_pickle_with_another_class_count(tmp_path):
     """A DeepMind-style NFNet checkpoint (a pickle named .npz) fine-tunes into a 10-class model."""
     import pickle
 
-    from dp_zoo.models.convert import to_deepmind_nfnet
     from dp_zoo.jobs import init_weights
+    from dp_zoo.models.convert import to_deepmind_nfnet
     from dp_zoo.recipes.config import TrainConfig
 
     src = _perturbed(dp_zoo.create_model("nfnet_test", num_classes=1000, input_shape=(16, 16, 3)))
@@ -504,8 +504,8 @@ def test_a_slow_calibration_and_the_first_step_say_what_is_happening(monkeypatch
     import dataclasses
     import time
 
-    from dp_zoo.recipes import recipes
     from dp_zoo.engine import resolve
+    from dp_zoo.recipes import recipes
 
     config = recipes.get("wrn_digits_eps8").config
     config = config.replace(dp=dataclasses.replace(config.dp, noise_multiplier=None))

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dp_zoo.recipes import config as C
 from dp_zoo import data
 from dp_zoo.data import sampling
 from dp_zoo.data import tfds_source
+from dp_zoo.recipes import config as C
 
 
 class DpZooTinyVarying(tfds.core.GeneratorBasedBuilder):

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import dp_zoo
-from dp_zoo.dp import clipped_grad_sum
-from dp_zoo.recipes import config as C
 from dp_zoo import data
+from dp_zoo.dp import clipped_grad_sum
 from dp_zoo.engine import trainer as engine, linear_probe, trainable
+from dp_zoo.recipes import config as C
 from tests.helpers import TINY_TRAIN_ARGS, clip_and_sum, naive_per_example_grads, train_in_process
 
 

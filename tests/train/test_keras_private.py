@@ -6,9 +6,9 @@ import pytest
 
 import dp_zoo
 from dp_zoo import accounting
+from dp_zoo import data
 from dp_zoo.preprocessing import normalize
 from dp_zoo.recipes import config as C
-from dp_zoo import data
 
 
 @pytest.fixture(scope="module")

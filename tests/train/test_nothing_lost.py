@@ -20,8 +20,8 @@ import pytest
 
 import dp_zoo
 from dp_zoo import export
-from dp_zoo.publish import manifest, zoo
 from dp_zoo.jobs import training as run
+from dp_zoo.publish import manifest, zoo
 from tests.helpers import TINY_TRAIN_ARGS, train_in_process
 
 

@@ -232,8 +232,8 @@ def test_docstring_commands():
 
 @pytest.mark.parametrize("name", sorted(recipes.RECIPES))
 def test_every_recipe_config_is_valid(name):
-    from dp_zoo.models import list_architectures
     from dp_zoo import data
+    from dp_zoo.models import list_architectures
     from dp_zoo.recipes.config import TrainConfig
 
     r = recipes.RECIPES[name]
