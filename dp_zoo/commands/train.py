@@ -31,7 +31,6 @@ q = B / N, steps) make the recipe's sigma stale, so it is recalibrated unless
 
 import dataclasses
 import sys
-import time
 
 from dp_zoo import cli
 from dp_zoo.commands.train_flags import OVERRIDES, UsageError, in_flag_terms, parser, positive
@@ -286,9 +285,10 @@ def _main(argv):
 
     print(f"Preparing {name}: loading TensorFlow, the data and the model...", flush=True)
     try:
-        t0 = time.time()
         run.train(name, config, recipe, run_options(args))
-        print(f"done in {time.time() - t0:.1f} s")
+        # No elapsed time: a private run's duration grows with its secret batch sizes
+        # (docs/privacy.md, "What a run publishes"), and this console output is published.
+        print("done")
     except (DataUnavailableError, TrainingError, BudgetExceededError, FileExistsError, ValueError, PublishError,
             RunDirInUseError) as e:
         print(f"dp_zoo.train: error: {in_flag_terms(str(e))}", file=sys.stderr)

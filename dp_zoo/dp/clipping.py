@@ -18,6 +18,10 @@ from dp_zoo.dp.per_example import (finite_rows, float32_logits, global_norms, ma
 from dp_zoo.precision import compute_precision
 
 
+# Graph construction only, no Python control flow on tensors (it runs eagerly as
+# it is): autograph would transpile every function below it, about half of a
+# WRN's tracing time.
+@tf.autograph.experimental.do_not_convert
 def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True, ghost="auto",
                      fold_gain="auto", precision="float32"):
     """Sum over examples of per-example gradients clipped to norm ``l2_clip``.
@@ -81,6 +85,7 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
     return weighted_sum(grads, factors, mask, norms), norms
 
 
+@tf.autograph.experimental.do_not_convert
 def mean_grad(model, images, labels, mask=None, precision="float32"):
     """Non-private baseline: ``(gradient of the summed loss of the real rows, their number)``.
 

@@ -25,8 +25,16 @@ OPERATIONAL_NOTE = ("operational, not covered by the privacy guarantee: wall-clo
                     "realised Poisson batch sizes")
 
 
-def operational(wall_time_s):
-    """The run record's "operational" section (wall-clock totals, labelled as such)."""
+PRIVATE_TIMING_NOTE = ("not published: a private run's wall time grows with its secret Poisson batch sizes "
+                       "(docs/privacy.md, 'What a run publishes'); the run directory's checkpoints keep it")
+
+
+def operational(wall_time_s, *, private):
+    """The run record's "operational" section: the wall-clock total of a run without a privacy
+    guarantee; for a private run none (it depends on the secret batch sizes, which only the
+    noisy updates may reveal)."""
+    if private:
+        return {"wall_time_s": None, "note": PRIVATE_TIMING_NOTE}
     return {"wall_time_s": round(float(wall_time_s), 3), "note": OPERATIONAL_NOTE}
 
 
@@ -103,7 +111,7 @@ def engine_sections(*, config, ledger, model, train, strategy, history, wall_tim
             "devices": devices,
             "num_replicas": int(strategy.num_replicas_in_sync),
         },
-        "operational": operational(wall_time_s),
+        "operational": operational(wall_time_s, private=bool(privacy["private"])),
         "steps_planned": steps_planned,
         "steps_completed": steps_completed,
     }
