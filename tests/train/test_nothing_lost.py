@@ -21,7 +21,7 @@ import pytest
 import dp_zoo
 from dp_zoo import export
 from dp_zoo.jobs import training as run
-from dp_zoo.publish import manifest, zoo
+from dp_zoo.publish import artifact, manifest, zoo
 from tests.helpers import TINY_TRAIN_ARGS, train_in_process
 
 
@@ -145,7 +145,7 @@ def test_a_failed_publish_is_one_line_and_keeps_the_model_with_the_command(tmp_p
 
     pub = tmp_path / "pub"
     with monkeypatch.context() as m:
-        m.setattr(export, "export_model", full_disk)
+        m.setattr(artifact, "export_model", full_disk)  # what the training job calls
         assert _train(tmp_path, "--publish-dir", str(pub)) == 1
     err = capsys.readouterr().err
     _one_error_line(err, "No space left on device")
