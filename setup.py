@@ -22,7 +22,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["dp_zoo", "dp_zoo.*"]),
-    package_data={"dp_zoo": ["py.typed", "zoo_entries.json", "known_weights.json"]},
+    package_data={"dp_zoo": ["py.typed", "recipes/epsilons.json", "publish/zoo_entries.json",
+                            "publish/known_weights.json"]},
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.10,<4",
@@ -54,14 +55,14 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "dp-zoo-train=dp_zoo.scripts:train",
-            "dp-zoo-export=dp_zoo.scripts:export",
-            "dp-zoo-serve=dp_zoo.scripts:serve",
-            "dp-zoo-privacy=dp_zoo.scripts:privacy",
-            "dp-zoo-audit=dp_zoo.scripts:audit",
-            "dp-zoo-zoo=dp_zoo.scripts:zoo",
-            "dp-zoo-tune=dp_zoo.scripts:tune",
-            "dp-zoo-data=dp_zoo.scripts:data",
+            "dp-zoo-train=dp_zoo.commands.scripts:train",
+            "dp-zoo-export=dp_zoo.commands.scripts:export",
+            "dp-zoo-serve=dp_zoo.commands.scripts:serve",
+            "dp-zoo-privacy=dp_zoo.commands.scripts:privacy",
+            "dp-zoo-audit=dp_zoo.commands.scripts:audit",
+            "dp-zoo-zoo=dp_zoo.commands.scripts:zoo",
+            "dp-zoo-tune=dp_zoo.commands.scripts:tune",
+            "dp-zoo-data=dp_zoo.commands.scripts:data",
         ]
     },
 )

@@ -10,7 +10,7 @@ Its status (issue #26): the untuned recipes ``wrn_digits_eps*`` took their
 learning rate and step count from it, and their cards say that a search on
 the data is NOT covered. A tuned model (``python -m dp_zoo.tune``) must not
 take its base configuration or grid from it: the published digits models
-are tuned with ``--space digits_public`` (dp_zoo/train/search_spaces.py),
+are tuned with ``--space digits_public`` (dp_zoo/recipes/search_spaces.py),
 whose every value comes from public sources. Kept as a documented,
 non-private benchmark of what a search on the data finds.
 
@@ -28,7 +28,10 @@ import time
 import keras
 
 import dp_zoo
-from dp_zoo.train import config as C, data, engine, recipes
+from dp_zoo import data
+from dp_zoo.engine import trainer as engine
+from dp_zoo.recipes import config as C
+from dp_zoo.recipes import recipes
 
 
 def run(eps, lr, steps, k, seed=0):

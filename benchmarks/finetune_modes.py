@@ -24,8 +24,9 @@ import keras
 import numpy as np
 
 import dp_zoo
-from dp_zoo.train import config as C, engine, linear_probe
-from dp_zoo.train.data import Dataset
+from dp_zoo.data import Dataset
+from dp_zoo.engine import trainer as engine, linear_probe
+from dp_zoo.recipes import config as C
 
 
 def _config(args, **kw):
@@ -47,7 +48,7 @@ def _trainers(args, train):
            "--trainable head": engine.Trainer(model(), _config(args, trainable="head"), train, progress=False)}
     probe_cfg = _config(args, trainable="head", linear_probe=True)
     full = model()
-    from dp_zoo.train import trainable
+    from dp_zoo.engine import trainable
 
     trainable.apply(full, "head")
     t0 = time.perf_counter()

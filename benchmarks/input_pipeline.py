@@ -24,9 +24,9 @@ import numpy as np
 import tensorflow as tf
 
 import dp_zoo
+from dp_zoo import data
 from dp_zoo import dp, preprocessing
-from dp_zoo.train import data
-from dp_zoo.train.config import AugmultConfig
+from dp_zoo.recipes.config import AugmultConfig
 
 
 def timeit(fn, repeats):

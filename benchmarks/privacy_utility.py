@@ -20,13 +20,13 @@ import argparse
 import json
 import os
 
-from dp_zoo import zoo
-from dp_zoo.card_markdown import fmt_eps
+from dp_zoo.cards.markdown import fmt_eps
+from dp_zoo.publish import listing, zoo
 
 
 def collect(dataset):
     rows = []
-    for r in zoo.list_models():
+    for r in listing.list_models():
         if r["dataset"] != dataset or not r["available"]:
             continue
         c = zoo.card(r["name"])

@@ -18,8 +18,10 @@ import time
 import keras
 
 import dp_zoo
-from dp_zoo import tan
-from dp_zoo.train import data, engine, recipes
+from dp_zoo import data
+from dp_zoo.engine import tan
+from dp_zoo.engine import trainer as engine
+from dp_zoo.recipes import recipes
 
 
 def main():

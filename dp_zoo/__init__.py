@@ -24,12 +24,12 @@ __version__ = "0.1.0"
 
 # name -> (module, attribute)
 _LAZY = {
-    "create_model": ("dp_zoo.pretrained", "create_model"),  # the registry's, plus pretrained=True
+    "create_model": ("dp_zoo.publish.pretrained", "create_model"),  # the registry's, plus pretrained=True
     "list_architectures": ("dp_zoo.models._registry", "list_architectures"),
-    "load": ("dp_zoo.zoo", "load"),
-    "list_models": ("dp_zoo.zoo", "list_models"),
-    "card": ("dp_zoo.zoo", "card"),
-    "make_private": ("dp_zoo.train.keras_private", "make_private"),
+    "load": ("dp_zoo.publish.zoo", "load"),
+    "list_models": ("dp_zoo.publish.listing", "list_models"),
+    "card": ("dp_zoo.publish.zoo", "card"),
+    "make_private": ("dp_zoo.engine.keras_private", "make_private"),
 }
 
 __all__ = sorted(list(_LAZY) + ["__version__"])

@@ -70,8 +70,10 @@ def trained_run(tmp_path_factory):
     import keras
 
     import dp_zoo
+    from dp_zoo import data
     from dp_zoo import export
-    from dp_zoo.train import config as C, data, engine
+    from dp_zoo.engine import trainer as engine
+    from dp_zoo.recipes import config as C
 
     root = tmp_path_factory.mktemp("trained_run")
     train = data.load_dataset(C.DataConfig(), "train")

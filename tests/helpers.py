@@ -30,7 +30,7 @@ def train_in_process(*args):
     Returns the exit code the process would have: the flag parser exits with 2
     on a command line it cannot parse, ``main`` returns 0, 1 or 2.
     """
-    from dp_zoo.train import __main__ as cli
+    from dp_zoo.commands import train as cli
 
     try:
         return cli.main(list(args))

@@ -15,8 +15,8 @@ import sys
 import pytest
 
 import dp_zoo
-from dp_zoo import manifest, serve, zoo
-from dp_zoo.model_card import ModelCard, fmt_eps
+from dp_zoo.cards.model_card import ModelCard, fmt_eps
+from dp_zoo.publish import manifest, serve, zoo
 from tests import _zoo_helpers as H
 
 
@@ -250,8 +250,8 @@ def test_a_forged_tuning_total_is_refused(tmp_path):
 
 
 def test_a_consistent_artifact_loads_and_the_recomputation_is_cached_by_record_hash(tiny_artifact, monkeypatch):
-    from dp_zoo import card_check
-    from dp_zoo.model_card import record_sha256
+    from dp_zoo.cards import check as card_check
+    from dp_zoo.cards.model_card import record_sha256
 
     card_check.clear_memory_cache()
     c = dp_zoo.card(tiny_artifact[0])

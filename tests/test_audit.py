@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from dp_zoo import audit as A
-from dp_zoo.audit import __main__ as audit_cli
+from dp_zoo.commands import audit as audit_cli
 
 
 # --- statistics --------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_guesses_and_counting():
 
 
 def _result(noise_disabled=False, lb=0.0):
-    from dp_zoo.train import config as C
+    from dp_zoo.recipes import config as C
 
     return A.AuditResult(
         epsilon_lower_bound=lb, confidence=0.95, m=200, r=100, v=52, delta=1e-5,
@@ -191,7 +191,7 @@ def test_an_audit_of_a_reproducible_run_does_not_call_it_private():
 
 
 def test_card_shows_audit_next_to_accountant_epsilon(tmp_path):
-    from dp_zoo.model_card import ModelCard
+    from dp_zoo.cards.model_card import ModelCard
     from tests import _zoo_helpers as H
 
     record = H.run_record()
@@ -244,7 +244,7 @@ def test_noiseless_audit_uses_the_engines_add_noise_hook(monkeypatch):
     """The power check runs engine.Trainer itself (no subclass) with add_noise=False: every update has std 0."""
     import dataclasses
 
-    from dp_zoo.train import engine, step
+    from dp_zoo.engine import trainer as engine, step
 
     built, stds = [], []
     real_init, real_noisy = engine.Trainer.__init__, step.noisy_normalized_sum

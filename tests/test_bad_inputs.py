@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 import dp_zoo
-from dp_zoo import accounting, export, zoo
-from dp_zoo.export import __main__ as export_command
-from dp_zoo.train import config as C, data, engine
+from dp_zoo import accounting, export
+from dp_zoo import data
+from dp_zoo.commands import export as export_command
+from dp_zoo.engine import trainer as engine
+from dp_zoo.publish import zoo
+from dp_zoo.recipes import config as C
 from tests.helpers import train_in_process
 
 
@@ -160,7 +163,7 @@ def case_ledger_mismatch(w):
 
 
 def case_privacy_cli(w):
-    from dp_zoo import privacy
+    from dp_zoo.commands import privacy
 
     code, err = stderr_of(privacy.main, ["--dataset-size", "100", "--batch-size", "10", "--delta", "1e-5",
                                          "--steps", "0", "--noise-multiplier", "1"])
@@ -257,7 +260,7 @@ def _post(url, body):
 
 
 def _serving(w):
-    from dp_zoo.serve import ModelServer
+    from dp_zoo.publish.serve import ModelServer
 
     return ModelServer(str(w["root"] / "home" / "wrn_digits_eps8"), port=0, name="digits")
 

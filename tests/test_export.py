@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_zoo import export, manifest, preprocessing
-from dp_zoo.export import __main__ as export_cli
+from dp_zoo import export
+from dp_zoo import preprocessing
+from dp_zoo.commands import export as export_cli
+from dp_zoo.publish import manifest
 from tests import _zoo_helpers as H
 
 SAVED_MODEL_CLI = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -267,7 +269,7 @@ def test_weights_digest_is_the_documented_one():
 def test_the_record_binds_the_published_weights_and_export_checks_them(art, tmp_path):
     import keras
 
-    from dp_zoo import model_card
+    from dp_zoo.cards import model_card
 
     path, model, rec = art
     digest = manifest.weights_sha256(model.get_weights())

@@ -1,40 +1,44 @@
 """The package's import layering (docs/design.md, "Layers"), read from the source with ``ast``.
 
-Every module under ``dp_zoo/`` belongs to one layer; a module may import its
-own layer or lower ones, never a higher one, and no set of modules imports
-itself in a circle. Imports inside functions count the same as top-level
-ones: a deferred import is still a dependency. No TensorFlow is imported here.
+Every module under ``dp_zoo/`` belongs to one layer, the layer of its folder
+(a top-level module names its own in ``TOP_LEVEL``); a module may import its
+own layer or lower ones, never a higher one, no set of modules imports itself
+in a circle, and no module imports an old path (issue #29's moved modules under
+their old names, kept for one release). Imports inside functions count the same
+as top-level ones: a deferred import is still a dependency. No TensorFlow is
+imported here.
 """
 
 import ast
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "dp_zoo"
 DESIGN = ROOT / "docs" / "design.md"
 
-# Lowest first; a module's layer is that of the longest prefix that names it
-# (a package's prefix covers every module in it, so new files are covered).
+# Lowest first. A module's layer is its folder under dp_zoo/ (with every folder below it), so a new
+# file is placed by where it is put; a module at the top level names its layer in TOP_LEVEL; a
+# package's __main__.py is a command line wherever it sits.
 LAYERS = (
-    ("foundations", ("dp_zoo", "dp_zoo.cli", "dp_zoo.manifest", "dp_zoo.preprocessing", "dp_zoo.models",
-                     "dp_zoo.accounting", "dp_zoo.train", "dp_zoo.train.config", "dp_zoo.train.recipes",
-                     "dp_zoo.train.data", "dp_zoo.train.sampling")),
-    ("dp step", ("dp_zoo.dp",)),
-    ("engine", ("dp_zoo.train.optim", "dp_zoo.train.step", "dp_zoo.train.checkpoint", "dp_zoo.train.engine",
-                "dp_zoo.train.resolve", "dp_zoo.train.run_secret", "dp_zoo.train.evaluation",
-                "dp_zoo.train.reporting", "dp_zoo.train.record_sections", "dp_zoo.train.keras_private",
-                "dp_zoo.train.fit_inputs",
-                "dp_zoo.train.trainable", "dp_zoo.train.linear_probe", "dp_zoo.train.run_lock", "dp_zoo.tan")),
-    ("run record", ("dp_zoo.run_record",)),
-    ("card/export/audit", ("dp_zoo.model_card", "dp_zoo.card_markdown", "dp_zoo.card_html", "dp_zoo.card_check",
-                           "dp_zoo.export", "dp_zoo.audit")),
-    ("zoo/serve/commands", ("dp_zoo.zoo", "dp_zoo.download", "dp_zoo.serve", "dp_zoo.privacy", "dp_zoo.scripts",
-                            "dp_zoo.train.run", "dp_zoo.train.publishing", "dp_zoo.train.__main__",
-                            "dp_zoo.train.init_weights",
-                            "dp_zoo.train.init_privacy", "dp_zoo.train.known_weights", "dp_zoo.export.__main__",
-                            "dp_zoo.audit.__main__", "dp_zoo.tune", "dp_zoo.data", "dp_zoo.pretrained")),
+    ("foundations", ("models", "accounting", "recipes", "data")),
+    ("dp step", ("dp",)),
+    ("engine", ("engine",)),
+    ("cards", ("cards",)),
+    ("publish", ("publish", "export")),
+    ("jobs", ("jobs", "audit")),
+    ("commands", ("commands",)),
+    ("old paths", ("train",)),
 )
+TOP_LEVEL = {"dp_zoo": "foundations", "cli": "foundations", "preprocessing": "foundations", "precision": "foundations"}
+# The top-level modules that moved in issue #29: each is the moved module under its old name, for one release.
+OLD_PATHS = ("card_check", "card_html", "card_markdown", "download", "manifest", "model_card", "pretrained",
+             "privacy", "run_record", "scripts", "serve", "tan", "tune", "zoo")
+TOP_LEVEL.update({name: "old paths" for name in OLD_PATHS})
+LAYER_NAMES = [name for name, _ in LAYERS]
 
 
 def _module_name(path):
@@ -48,14 +52,15 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def layer_of(module):
-    """(index, name) of ``module``'s layer, or None if no prefix in LAYERS names it."""
-    best = None
-    for index, (name, prefixes) in enumerate(LAYERS):
-        for prefix in prefixes:
-            if module == prefix or module.startswith(prefix + "."):
-                if best is None or len(prefix) > best[0]:
-                    best = (len(prefix), index, name)
-    return None if best is None else best[1:]
+    """(index, name) of ``module``'s layer, or None if neither its folder nor TOP_LEVEL places it."""
+    parts = module.split(".")
+    if parts[-1] == "__main__":
+        name = "commands"
+    elif len(parts) <= 2 and (module == "dp_zoo" or MODULES.get(module, PACKAGE).name != "__init__.py"):
+        name = TOP_LEVEL.get(parts[-1])
+    else:
+        name = next((n for n, folders in LAYERS if parts[1] in folders), None)
+    return None if name is None else (LAYER_NAMES.index(name), name)
 
 
 def _target(module, node):
@@ -145,31 +150,72 @@ def test_no_import_circle():
     assert cycles() == []
 
 
+def old_path_imports(graph=GRAPH):
+    """``file:line: a -> b`` for each import of an old path (layer "old paths") by a module of another layer."""
+    old = {m for m in MODULES if layer_of(m)[1] == "old paths"}
+    return [f"{MODULES[m].relative_to(ROOT)}:{line}: {m} -> {d}" for m, deps in graph.items() if m not in old
+            for line, d in deps if d in old]
+
+
+def test_nothing_imports_an_old_path():
+    """The old paths are for users' code for one release: dp_zoo itself uses the new ones."""
+    bad = old_path_imports()
+    assert not bad, "imports of an old module path (import the moved module instead):\n" + "\n".join(bad)
+
+
 def test_the_checks_catch_what_they_are_for():
-    """Both checks on made-up graphs: an upward import and a circle are reported, with file and line."""
-    up = {"dp_zoo.dp.noise": [(7, "dp_zoo.train.engine")], "dp_zoo.train.engine": [(3, "dp_zoo.dp.noise")]}
-    assert upward_imports(up) == ["dp_zoo/dp/noise.py:7: dp_zoo.dp.noise (dp step) -> dp_zoo.train.engine (engine)"]
-    assert cycles(up) == [["dp_zoo.dp.noise", "dp_zoo.train.engine"]]
-    assert cycles({"dp_zoo.zoo": [(1, "dp_zoo.serve")], "dp_zoo.serve": []}) == []
+    """The checks on made-up graphs: an upward import, a circle and an old-path import are reported."""
+    up = {"dp_zoo.dp.noise": [(7, "dp_zoo.engine.trainer")], "dp_zoo.engine.trainer": [(3, "dp_zoo.dp.noise")]}
+    assert upward_imports(up) == ["dp_zoo/dp/noise.py:7: dp_zoo.dp.noise (dp step) -> dp_zoo.engine.trainer (engine)"]
+    assert cycles(up) == [["dp_zoo.dp.noise", "dp_zoo.engine.trainer"]]
+    assert cycles({"dp_zoo.publish.zoo": [(1, "dp_zoo.publish.serve")], "dp_zoo.publish.serve": []}) == []
+    assert old_path_imports({"dp_zoo.publish.zoo": [(5, "dp_zoo.train.recipes")]}) == [
+        "dp_zoo/publish/zoo.py:5: dp_zoo.publish.zoo -> dp_zoo.train.recipes"]
     assert layer_of("dp_zoo.models.some_new_family")[1] == "foundations"
-    assert layer_of("dp_zoo.export.__main__")[1] == "zoo/serve/commands"
+    assert layer_of("dp_zoo.engine.new.deeper")[1] == "engine"
+    assert layer_of("dp_zoo.export.__main__")[1] == "commands"
+    assert layer_of("dp_zoo.cli")[1] == "foundations" and layer_of("dp_zoo.zoo")[1] == "old paths"
+    assert layer_of("dp_zoo.some_new_top_level_module") is None
+    assert layer_of("dp_zoo.new_folder.module") is None
 
 
-def test_design_doc_names_every_module_and_the_layers():
-    """docs/design.md's layout names every module (a move must update the map) and every layer."""
+def test_recipes_import_no_tensorflow():
+    """recipes/ (and the zoo's listing, which reads it) import no TensorFlow: a fresh process checks."""
+    code = ("import sys, dp_zoo.recipes.recipes, dp_zoo.recipes.epsilons, dp_zoo.recipes.search_spaces, "
+            "dp_zoo.recipes.sources, dp_zoo.recipes.config; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def _layers_section():
     text = DESIGN.read_text()
     section = text.split("## Layers", 1)
     assert len(section) == 2, "docs/design.md has no '## Layers' section"
-    layout = section[1].split("\n## ", 1)[0]
-    for name, _ in LAYERS:
+    return section[1].split("\n## ", 1)[0]
+
+
+def test_design_doc_shows_every_layer_folder_and_top_level_module():
+    """docs/design.md's Layers section names every layer, every folder and every top-level module but the old paths."""
+    layout = _layers_section()
+    for name, folders in LAYERS:
         assert name in layout, f"docs/design.md's Layers section does not name the layer {name!r}"
-    named = set(re.findall(r"`([\w/.]+)`", layout))
-    names = {n.rsplit("/", 1)[-1] for n in named if not n.endswith("/")}
-    dirs = {part for n in named for part in (n.split("/") if n.endswith("/") else n.split("/")[:-1]) if part}
+        for folder in folders:
+            assert f"{folder}/" in layout, f"docs/design.md's Layers section does not show the folder {folder}/"
+    folders = {p.relative_to(PACKAGE).parts[0] for p in MODULES.values() if len(p.relative_to(PACKAGE).parts) > 1}
+    assert folders == {f for _, fs in LAYERS for f in fs}, "a folder of dp_zoo/ is in no layer of LAYERS"
+    for name, layer in TOP_LEVEL.items():
+        if layer != "old paths" and name != "dp_zoo":
+            assert f"{name}.py" in layout, f"docs/design.md's Layers section does not name {name}.py"
+
+
+def test_docs_point_at_files_that_exist():
+    """Every dp_zoo/... path that README.md and docs/*.md name exists (the tour table follows a move)."""
     missing = []
-    for p in MODULES.values():
-        rel = p.relative_to(PACKAGE)
-        in_package = len(rel.parts) == 1 or rel.parent.name in dirs
-        if not (in_package and (p.name in names or (p.name == "__init__.py" and rel.parent.name in dirs))):
-            missing.append(str(p.relative_to(ROOT)))
-    assert not missing, f"docs/design.md's Layers section does not name: {missing}"
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for path in re.findall(r"(?<![\w/.])(dp_zoo/[\w/.]*\w)", doc.read_text()):
+            if not (ROOT / path).exists():
+                missing.append(f"{doc.relative_to(ROOT)}: {path}")
+    assert not missing, "paths that name no file:\n" + "\n".join(missing)

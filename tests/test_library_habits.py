@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import dp_zoo
-from dp_zoo import zoo
+from dp_zoo.publish import zoo
 
 SHIPPED = zoo.REPO_SAVED_MODELS / "wrn_digits_eps8"
 # TensorFlow's start-up lines on a machine without a GPU (TF 2.21).
@@ -68,7 +68,7 @@ def test_create_model_pretrained_loads_the_zoo_weights_or_names_the_entries_that
 
 def test_train_takes_a_recipe_and_a_model_as_tune_does():
     """``--recipe R --model M``: R's settings on architecture M, the run named after M (it was refused)."""
-    from dp_zoo.train import __main__ as train_cli
+    from dp_zoo.commands import train as train_cli
 
     args = train_cli._parser().parse_args(["--recipe", "wrn_digits_eps4", "--model", "wrn_test"])
     name, config, recipe = train_cli.resolve(args)

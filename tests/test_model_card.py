@@ -7,8 +7,8 @@ import re
 import pytest
 import yaml
 
-from dp_zoo import card_html, model_card
-from dp_zoo.model_card import ModelCard, ceil_sig, fmt_eps
+from dp_zoo.cards import html as card_html, model_card
+from dp_zoo.cards.model_card import ModelCard, ceil_sig, fmt_eps
 from tests import _zoo_helpers as H
 
 
@@ -175,7 +175,7 @@ def test_tan_simulation_says_not_private_first(tmp_path):
 
 
 def test_reproducible_run_is_flagged_not_private():
-    from dp_zoo.train.record_sections import mark_not_private
+    from dp_zoo.engine.record_sections import mark_not_private
 
     rec = H.run_record()
     eps = rec["privacy"]["epsilon_pld"]

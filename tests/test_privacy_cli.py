@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from dp_zoo import accounting, privacy
+from dp_zoo import accounting
+from dp_zoo.commands import privacy
 
 BASE = ["--dataset-size", "50000", "--batch-size", "4096", "--delta", "1e-5"]
 

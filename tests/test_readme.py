@@ -59,7 +59,7 @@ def test_readme_first_steps_work_as_written():
 
 
 def test_publish_dir_that_would_shadow_a_shipped_entry_is_refused_before_training(tmp_path):
-    from dp_zoo.train import publishing
+    from dp_zoo.jobs import publishing
 
     home = pathlib.Path(os.environ["DP_ZOO_HOME"])
     with pytest.raises(ValueError, match="would put your model where dp_zoo.load\\('wrn_digits_eps8'\\) looks"):

@@ -3,8 +3,8 @@ benchmarks/digits_search.py's non-private search on the digits data."""
 
 import pytest
 
-from dp_zoo import tune
-from dp_zoo.train import recipe_sources, recipes, search_spaces
+from dp_zoo.commands import tune
+from dp_zoo.recipes import sources as recipe_sources, recipes, search_spaces
 
 SPACE = search_spaces.SPACES["digits_public"]
 DE = [recipe_sources.PUBLISHED[k] for k in search_spaces.DE2022_CONFIGS]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_zoo import serve
+from dp_zoo.publish import serve
 from tests import _zoo_helpers as H
 
 
@@ -235,7 +235,7 @@ def test_a_model_that_does_not_exist_is_a_usage_error_exit_2(model, match, capsy
 
 
 def test_export_names_a_missing_path_as_a_usage_error_exit_2(tmp_path, capsys):
-    from dp_zoo.export import __main__ as export_cli
+    from dp_zoo.commands import export as export_cli
 
     with pytest.raises(SystemExit) as e:
         export_cli.main(["--artifact", str(tmp_path / "nowhere")])

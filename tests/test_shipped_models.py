@@ -6,9 +6,14 @@ import pytest
 import tensorflow as tf
 
 import dp_zoo
-from dp_zoo import accounting, manifest, run_record, zoo
+from dp_zoo import accounting
+from dp_zoo import data
+from dp_zoo.cards import run_record
+from dp_zoo.commands import zoo as zoo_cli
 from dp_zoo.preprocessing import normalize
-from dp_zoo.train import config as C, data
+from dp_zoo.publish import manifest
+from dp_zoo.publish import zoo
+from dp_zoo.recipes import config as C
 
 SHIPPED = ["wrn_digits_eps1", "wrn_digits_eps2", "wrn_digits_eps4", "wrn_digits_eps8", "wrn_digits_nonprivate"]
 
@@ -100,7 +105,7 @@ def test_nonprivate_baseline_claims_nothing():
 def test_zoo_table_shows_each_shipped_models_own_epsilon():
     """The table's RDP/PLD column of a shipped model is its card's (rounded up), not its recipe's untuned
     figures (which put RDP 1.096 beside the eps=1 model)."""
-    lines = {ln.split()[0]: ln.split() for ln in zoo.format_models().splitlines() if ln.startswith("wrn_digits")}
+    lines = {ln.split()[0]: ln.split() for ln in zoo_cli.format_models().splitlines() if ln.startswith("wrn_digits")}
     for name in [n for n in SHIPPED if "nonprivate" not in n]:
         p = dp_zoo.card(name)["privacy"]
         rdp, pld = lines[name][4].split("[")[0].split("/")

@@ -4,8 +4,9 @@ import math
 
 import pytest
 
-from dp_zoo import accounting, tan
-from dp_zoo.train.config import DPConfig, TrainConfig
+from dp_zoo import accounting
+from dp_zoo.engine import tan
+from dp_zoo.recipes.config import DPConfig, TrainConfig
 
 N = 50_000
 FULL = TrainConfig(model="wrn16_4", batch_size=4096, physical_batch_size=256, steps=875,

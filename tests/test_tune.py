@@ -7,10 +7,12 @@ import re
 
 import pytest
 
-from dp_zoo import model_card, tune
-from dp_zoo import run_record as run_record_mod
 from dp_zoo.accounting import tuning, tuning_calibration
-from dp_zoo.train import recipes, run
+from dp_zoo.cards import model_card
+from dp_zoo.cards import run_record as run_record_mod
+from dp_zoo.commands import tune
+from dp_zoo.jobs import training as run
+from dp_zoo.recipes import recipes
 
 
 def _secret_with(dist, trials):
@@ -212,7 +214,7 @@ def _tuned_record(dist=tuning.TrialDistribution.parse("poisson:3")):
 
 
 def test_a_tuned_card_states_the_total_what_the_search_covered_and_no_trial_count():
-    from dp_zoo import run_record
+    from dp_zoo.cards import run_record
 
     rec = _tuned_record()
     p, t = rec["privacy"], rec["privacy"]["tuning"]
@@ -248,7 +250,7 @@ def test_a_tuned_card_states_the_total_what_the_search_covered_and_no_trial_coun
     (lambda r: r["privacy"]["tuning"]["runs"][0].update(epsilon=99.0), "above the per-trial"),
 ])
 def test_an_inconsistent_or_revealing_tuned_record_is_refused(tamper, match):
-    from dp_zoo import run_record
+    from dp_zoo.cards import run_record
 
     rec = _tuned_record()
     tamper(rec)

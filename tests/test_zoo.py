@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -13,8 +14,12 @@ import numpy as np
 import pytest
 
 import dp_zoo
-from dp_zoo import export, manifest, preprocessing, zoo
-from dp_zoo.train import recipes
+from dp_zoo import export
+from dp_zoo import preprocessing
+from dp_zoo.commands import zoo as zoo_cli
+from dp_zoo.publish import listing, zoo
+from dp_zoo.publish import manifest
+from dp_zoo.recipes import recipes
 from tests import _zoo_helpers as H
 
 PAPER_ENTRIES = (
@@ -89,7 +94,7 @@ def test_the_table_holds_only_registrations():
     """zoo_entries.json records what a recipe cannot know; the shipped digits models are registered."""
     raw = json.loads(zoo.TABLE_PATH.read_text())
     assert raw["schema_version"] == zoo.TABLE_SCHEMA_VERSION
-    shipped = {d.name for d in (zoo.TABLE_PATH.parents[1] / "saved_models").iterdir() if d.is_dir()}
+    shipped = {d.name for d in (pathlib.Path(__file__).resolve().parents[1] / "saved_models").iterdir() if d.is_dir()}
     assert shipped and shipped <= set(DIGITS_ENTRIES)
     assert set(raw["entries"]) == shipped  # every shipped artifact registered, nothing registered unshipped
     for name, row in raw["entries"].items():
@@ -142,9 +147,9 @@ def test_registered_artifact_loads_with_its_card(isolated, artifact):
     assert row["available"] and row["status"] == "available"
     assert row["epsilon"] == rec["privacy"]["epsilon"]
     assert row["accuracy"] == rec["metrics"]["test_accuracy_ema"]
-    text = zoo.format_models()
+    text = zoo_cli.format_models()
     assert "wrn_digits_eps8" in text
-    pts = zoo.privacy_utility_points("digits")
+    pts = listing.privacy_utility_points("digits")
     assert {"name": "wrn_digits_eps8", "epsilon": rec["privacy"]["epsilon"],
             "accuracy": rec["metrics"]["test_accuracy_ema"], "source": "measured"} in pts
 
@@ -261,7 +266,7 @@ def test_a_same_named_directory_in_cwd_does_not_bypass_the_table(isolated, artif
     stray = isolated["tmp"] / "cwd"
     _copy(artifact, stray)
     # Another self-consistent artifact: its record edited, its card rebuilt from it.
-    from dp_zoo.model_card import ModelCard
+    from dp_zoo.cards.model_card import ModelCard
 
     rec = json.loads((stray / "wrn_digits_eps8" / "run_record.json").read_text())
     rec["operational"]["wall_time_s"] = 2.0
@@ -288,40 +293,40 @@ def test_register_command_records_only_the_checksum(isolated, artifact, capsys):
     """``python -m dp_zoo.zoo register ENTRY DIR`` (its main): the table gains the artifact's checksum
     and nothing else; bad entries and artifacts are refused in one line."""
     d = _copy(artifact, isolated["tmp"] / "art")
-    assert zoo.main(["register", "wrn_digits_eps8", str(d)]) == 0
+    assert zoo_cli.main(["register", "wrn_digits_eps8", str(d)]) == 0
     digest = manifest.sha256_file(d / "MANIFEST.json")
     assert f"registered: wrn_digits_eps8 -> {digest}" in capsys.readouterr().out
     raw = json.loads(zoo.TABLE_PATH.read_text())
     assert raw == {"schema_version": zoo.TABLE_SCHEMA_VERSION, "entries": {"wrn_digits_eps8": {"manifest_sha256": digest}}}
     assert zoo.entries()["wrn_digits_eps8"]["manifest_sha256"] == digest
-    assert zoo.main(["register", "wrn_digits_eps8", str(d), "--remote", "file:///a.tar.gz",
+    assert zoo_cli.main(["register", "wrn_digits_eps8", str(d), "--remote", "file:///a.tar.gz",
                      "--archive-sha256", "a" * 64]) == 0
     assert json.loads(zoo.TABLE_PATH.read_text())["entries"]["wrn_digits_eps8"] == {
         "manifest_sha256": digest, "remote": "file:///a.tar.gz", "archive_sha256": "a" * 64}
     capsys.readouterr()
     for argv, message in ((["register", "wrn_digits_eps4", str(d)], "not 'wrn_digits_eps4'"),
                           (["register", "wrn_digits_eps8", str(isolated["tmp"])], "has no MANIFEST.json")):
-        assert zoo.main(argv) == 1  # what the command names exists, but is not a good artifact
+        assert zoo_cli.main(argv) == 1  # what the command names exists, but is not a good artifact
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("dp_zoo.zoo: error:") and message in err[0], err
     # A name or path on the command line that does not exist is a usage error: exit 2, as argparse's.
     for argv, message in ((["register", "no_such_entry", str(d)], "Unknown zoo entry 'no_such_entry'"),
                           (["register", "wrn_digits_eps8", str(isolated["tmp"] / "nowhere")], "no such directory")):
         with pytest.raises(SystemExit) as e:
-            zoo.main(argv)
+            zoo_cli.main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and len(err) == 1 and message in err[0], err
     with pytest.raises(SystemExit) as e:
-        zoo.main(["register", "wrn_digits_eps8"])
+        zoo_cli.main(["register", "wrn_digits_eps8"])
     assert e.value.code == 2
-    assert zoo.main([]) == 0 and "wrn_digits_eps8" in capsys.readouterr().out
+    assert zoo_cli.main([]) == 0 and "wrn_digits_eps8" in capsys.readouterr().out
 
 
 def test_the_table_shows_whose_configuration_and_the_accountants_epsilon():
     """Each line says De2022 / TAN2023 / own, and RDP/PLD; an eps differing from the source's is footnoted."""
-    from dp_zoo.train import recipe_epsilons
+    from dp_zoo.recipes import epsilons as recipe_epsilons
 
-    lines = {ln.split()[0]: ln for ln in zoo.format_models().splitlines() if ln.split()}
+    lines = {ln.split()[0]: ln for ln in zoo_cli.format_models().splitlines() if ln.split()}
     available = {r["name"] for r in dp_zoo.list_models() if r["available"]}  # their own cards' (test_shipped_models)
     eps = recipe_epsilons.load()
 
@@ -368,7 +373,7 @@ def test_an_artifact_whose_record_predates_the_weights_digest_loads_on_its_manif
     (d / "run_record.json").write_text(json.dumps(rec))
     with pytest.raises(ValueError, match="run_record.json"):
         dp_zoo.load(str(d))  # the manifest still lists the old bytes
-    from dp_zoo.model_card import record_sha256
+    from dp_zoo.cards.model_card import record_sha256
 
     card = json.loads((d / "card.json").read_text())  # an old artifact's card names its own record
     card["run_record_sha256"] = record_sha256(rec)

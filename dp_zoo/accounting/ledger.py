@@ -274,7 +274,7 @@ class PrivacyLedger:
         """The "privacy" section of a run record (see model cards).
 
         Args:
-          tan_simulation: optional dict from ``dp_zoo.tan.tan_info``.
+          tan_simulation: optional dict from ``dp_zoo.engine.tan.tan_info``.
         """
         d = {
             "private": self.private,

@@ -133,8 +133,8 @@ def run_audit(config, train, *, num_canaries=200, guess_fraction=0.25, confidenc
     import keras
 
     import dp_zoo.models  # the registry's create_model (dp_zoo.create_model adds the zoo's weights)
-    from dp_zoo.train import data as data_lib
-    from dp_zoo.train import engine
+    from dp_zoo import data as data_lib
+    from dp_zoo.engine import trainer as engine
 
     if not config.dp.enabled:
         raise ValueError("the configuration is not private (dp.enabled=False); there is nothing to audit.")
@@ -191,7 +191,7 @@ AUDIT_SMALL_TRAIN_SIZE = 300
 
 def audit_small_config(epsilon=2.0, steps=300, seed=0):
     """The ``audit_small`` preset (about 45 s on 2 CPU cores)."""
-    from dp_zoo.train import config as C
+    from dp_zoo.recipes import config as C
 
     return C.TrainConfig(
         model="wrn_test", batch_size=64, physical_batch_size=64, steps=steps, seed=seed,
@@ -214,7 +214,7 @@ def resolve_config(recipe_name, *, steps=None, epsilon=None, seed=None):
     audit run's own N (real + canaries) and steps whenever the recipe's
     target epsilon is known, so that the audit run spends that epsilon.
     """
-    from dp_zoo.train import recipes
+    from dp_zoo.recipes import recipes
 
     if recipe_name == AUDIT_SMALL:
         cfg = audit_small_config(epsilon=2.0 if epsilon is None else epsilon,
@@ -240,7 +240,7 @@ def resolve_config(recipe_name, *, steps=None, epsilon=None, seed=None):
 
 def load_train(config, train_size=None):
     """The real training split of ``config`` (first ``train_size`` examples if given)."""
-    from dp_zoo.train import data as data_lib
+    from dp_zoo import data as data_lib
 
     ds = data_lib.load_dataset(config.data, "train")
     if train_size is not None:

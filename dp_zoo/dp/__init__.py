@@ -1,6 +1,6 @@
 """The DP step: per-example gradients, clipping, the clipped sum and its noise (docs/design.md).
 
-Small pure TensorFlow functions, each tested alone; ``dp_zoo.train.engine``
+Small pure TensorFlow functions, each tested alone; ``dp_zoo.engine.trainer``
 composes them. Modules:
 
 - ``per_example``: per-example gradients over K views, norms, clip factors,
@@ -12,7 +12,7 @@ composes them. Modules:
 - ``ghost``: ghost norms of WS convolutions from patch Grams;
 - ``noise``: the Gaussian noise, once per logical step.
 
-Imports ``dp_zoo.models`` only, never ``dp_zoo.train``.
+Imports ``dp_zoo.models`` only, never ``dp_zoo.engine``.
 """
 
 from dp_zoo.dp.clipping import clipped_grad_sum, mean_grad

@@ -22,12 +22,12 @@ model with non-finite weights or one that does not match its run record, and
 checks that the written ``.keras`` file and SavedModel reproduce the model's
 outputs before anything is put in place.
 
-Command line (``python -m dp_zoo.export``, in ``export/__main__.py``)::
+Command line (``python -m dp_zoo.export``, in ``commands/export.py``)::
 
     # export a trained model with its run record
     python -m dp_zoo.export --model run/model.keras --run-record run/run_record.json \\
         --entry wrn_digits_eps8 --out saved_models/wrn_digits_eps8
-    # write the artifact's checksum into the zoo table (dp_zoo/zoo_entries.json)
+    # write the artifact's checksum into the zoo table (dp_zoo/publish/zoo_entries.json)
     python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 --register
     # a reproducible .tar.gz for a URL-hosted release
     python -m dp_zoo.export --artifact saved_models/wrn_digits_eps8 --package dist/wrn_digits_eps8.tar.gz
@@ -38,17 +38,18 @@ Command line (``python -m dp_zoo.export``, in ``export/__main__.py``)::
 
 import importlib
 
-# name -> module of this package that defines it. Loaded on first use, so that
-# ``python -m dp_zoo.export`` can quiet TensorFlow before ``artifact`` imports it.
-_LAZY = {"export_model": "artifact", "check_publishable": "artifact", "package": "artifact",
-         "publish": "artifact", "SERVING_VERSION": "artifact"}
+# name -> the module that defines it (``dp_zoo/publish/artifact.py`` since issue #29). Loaded on first
+# use, so that ``python -m dp_zoo.export`` can quiet TensorFlow before ``artifact`` imports it.
+_ARTIFACT = "dp_zoo.publish.artifact"
+_LAZY = {"export_model": _ARTIFACT, "check_publishable": _ARTIFACT, "package": _ARTIFACT,
+         "publish": _ARTIFACT, "SERVING_VERSION": _ARTIFACT}
 
 __all__ = sorted(_LAZY)
 
 
 def __getattr__(name):
     if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,19 +3,19 @@
 import numpy as np
 import pytest
 
-from dp_zoo.train import config as C
+from dp_zoo.recipes import config as C
 
 
 @pytest.fixture(scope="session")
 def digits_train():
-    from dp_zoo.train import data
+    from dp_zoo import data
 
     return data.load_dataset(C.DataConfig(), "train")
 
 
 @pytest.fixture(scope="session")
 def digits_test():
-    from dp_zoo.train import data
+    from dp_zoo import data
 
     return data.load_dataset(C.DataConfig(), "test")
 
@@ -34,7 +34,7 @@ def make_trainer(config, train, **kw):
     import keras
 
     import dp_zoo
-    from dp_zoo.train import engine
+    from dp_zoo.engine import trainer as engine
 
     keras.utils.set_random_seed(config.seed)
     model = dp_zoo.create_model(config.model, num_classes=10, input_shape=train.input_shape)
@@ -57,7 +57,7 @@ def spy_batches(trainer):
 
 def run_cli(argv):
     """``python -m dp_zoo.train ARGV`` in this process; returns the exit code."""
-    from dp_zoo.train import __main__ as cli
+    from dp_zoo.commands import train as cli
 
     return cli.main(list(argv))
 

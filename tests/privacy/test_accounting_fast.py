@@ -228,7 +228,7 @@ def test_fallback_is_recorded_and_keeps_the_identity():
     s = ledger.summary()
     assert s["accountant"] == "rdp" and s["accountant_requested"] == "pld" and s["accountant_note"]
     # The model card's required keys are all there.
-    from dp_zoo.run_record import REQUIRED_PRIVACY
+    from dp_zoo.cards.run_record import REQUIRED_PRIVACY
 
     assert not [k for k in REQUIRED_PRIVACY if k not in s and k != "l2_clip"]
     # The checkpoint identity is what was configured, so a resume matches.

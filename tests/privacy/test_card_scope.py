@@ -2,7 +2,7 @@
 
 import os
 
-from dp_zoo import model_card
+from dp_zoo.cards import model_card
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

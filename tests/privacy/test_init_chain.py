@@ -8,7 +8,7 @@ Two ways around "a checkpoint trained on the same data composes or is refused":
   the artifact's checksum, so the copy keeps the artifact's provenance.
 
 The chain's cards are built as ``python -m dp_zoo.train`` would write them: a card's
-``model.init`` is ``init_privacy.provenance(...).to_dict()``, what ``train/run.py`` records.
+``model.init`` is ``init_privacy.provenance(...).to_dict()``, what ``jobs/training.py`` records.
 """
 
 import json
@@ -16,8 +16,9 @@ import shutil
 
 import pytest
 
-from dp_zoo import accounting, zoo
-from dp_zoo.train import init_privacy
+from dp_zoo import accounting
+from dp_zoo.jobs import init_privacy
+from dp_zoo.publish import zoo
 
 from .conftest import run_cli
 
@@ -52,7 +53,7 @@ def _untuned_digits_model(tmp_path):
 
 def _fine_tuned(tmp_path, name, init_path, dataset, run=OTHER_RUN, prior_runs=()):
     """The card a private run on ``dataset`` started from ``init_path`` writes (its model.init is
-    what train/run.py records)."""
+    what jobs/training.py records)."""
     d, card = _artifact(tmp_path, name)
     prov = init_privacy.provenance(init_path, dataset)
     card["name"] = name
@@ -151,7 +152,7 @@ def test_a_re_saved_copy_is_recognised_by_its_weights(tmp_path):
 def test_every_shipped_artifact_is_in_known_weights():
     """So that a copy keeps its provenance after the artifact is withdrawn from saved_models/
     (python -m dp_zoo.train.known_weights adds one)."""
-    from dp_zoo.train import known_weights
+    from dp_zoo.publish import known_weights
 
     rows = {r["model_sha256"]: r for r in known_weights.known()}
     shipped = sorted(p for p in zoo.REPO_SAVED_MODELS.iterdir() if (p / "model.keras").exists())
@@ -170,7 +171,7 @@ def test_a_copy_of_a_withdrawn_model_is_not_private_on_its_data_set(tmp_path, mo
     """Withdrawn models are gone from saved_models/ but stay in known_weights.json: a copy of one is
     trained on digits without a guarantee (its card's epsilon did not hold)."""
     import dp_zoo
-    from dp_zoo.train import known_weights
+    from dp_zoo.publish import known_weights
 
     m = dp_zoo.create_model("wrn_test", num_classes=10, input_shape=(8, 8, 1))
     m.save(tmp_path / "old.keras")

@@ -11,9 +11,10 @@ import shutil
 import pytest
 
 import dp_zoo
-from dp_zoo import accounting, zoo
-from dp_zoo.model_card import ModelCard
-from dp_zoo.train import init_privacy
+from dp_zoo import accounting
+from dp_zoo.cards.model_card import ModelCard
+from dp_zoo.jobs import init_privacy
+from dp_zoo.publish import zoo
 
 from .conftest import run_cli
 

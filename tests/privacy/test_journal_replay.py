@@ -104,8 +104,8 @@ def test_a_restart_without_checkpoints_never_reuses_the_secret(digits_train, tmp
     batches and noise are independent of the first's), and every journalled step still counts."""
     import numpy as np
 
-    from dp_zoo.train import config as C
-    from dp_zoo.train import sampling
+    from dp_zoo.data import sampling
+    from dp_zoo.recipes import config as C
 
     run_dir = tmp_path / "run"
     first = make_trainer(tiny_config(steps=2), digits_train, run_dir=str(run_dir))

@@ -36,7 +36,7 @@ def test_steps_per_execution_is_refused_rather_than_miscounted():
 
 
 def test_an_interrupted_fit_leaves_no_partial_sum_for_the_next_one(monkeypatch):
-    from dp_zoo.train import keras_private
+    from dp_zoo.engine import keras_private
 
     x, y = _data()
     p = _private(len(x))

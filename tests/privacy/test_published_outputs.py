@@ -10,7 +10,7 @@ progress bar carry no realised batch sizes or per-step timings.
 import copy
 import json
 
-from dp_zoo.model_card import ModelCard
+from dp_zoo.cards.model_card import ModelCard
 
 from .conftest import TINY_CLI, make_trainer, run_cli, tiny_config
 

@@ -2,7 +2,7 @@
 
 import json
 
-from dp_zoo.model_card import ModelCard
+from dp_zoo.cards.model_card import ModelCard
 
 from .conftest import TINY_CLI, run_cli
 

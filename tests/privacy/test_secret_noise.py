@@ -12,7 +12,7 @@ import keras
 import numpy as np
 
 import dp_zoo
-from dp_zoo.train import sampling
+from dp_zoo.data import sampling
 
 from .conftest import make_trainer, tiny_config
 

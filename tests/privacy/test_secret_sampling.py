@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from dp_zoo.train import sampling
+from dp_zoo.data import sampling
 
 from .conftest import make_trainer, spy_batches, tiny_config
 

@@ -13,7 +13,7 @@ from dp_accounting.rdp import rdp_privacy_accountant as rdp_lib
 
 from dp_zoo import accounting
 from dp_zoo.accounting import tuning, tuning_calibration
-from dp_zoo.tune import parse_grid
+from dp_zoo.commands.tune import parse_grid
 
 ORDERS = np.array([1.5, 1.75, 2, 2.5, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 128, 256])
 SIGMA = 3.0

@@ -124,7 +124,8 @@ def test_a_real_run_in_a_process_on_two_replicas_records_publishes_and_resumes(t
     published = dp_zoo.load(str(pub))
     assert published.card["privacy"] == card["privacy"]
     # The recorded test accuracy is the published (EMA) model's on the digits test split.
-    from dp_zoo.train import config as C, data
+    from dp_zoo import data
+    from dp_zoo.recipes import config as C
 
     test = data.load_dataset(C.DataConfig(), "test")
     logits = published(test.images).numpy()  # uint8 pixels, as the card states
@@ -163,8 +164,8 @@ class _CalibrationSpy:
 
 def _resolved_sigma(args, monkeypatch):
     """(sigma the run will use, target epsilon, spy calls) for ``python -m dp_zoo.train ARGS`` on digits."""
-    from dp_zoo.train import __main__ as cli
-    from dp_zoo.train import resolve
+    from dp_zoo.commands import train as cli
+    from dp_zoo.engine import resolve
 
     spy = _CalibrationSpy()
     monkeypatch.setattr(resolve.accounting, "calibrate_noise", spy)
@@ -202,7 +203,7 @@ def test_sigma_is_recalibrated_when_the_guarantee_changes(args, asked, monkeypat
     (["--epsilon", "4", "--noise-multiplier", "3"], 3.0, 4.0),  # the epsilon is then a budget guard
 ])
 def test_sigma_is_kept_when_given_or_when_the_guarantee_is_unchanged(args, sigma, target, monkeypatch):
-    from dp_zoo.train import recipes
+    from dp_zoo.recipes import recipes
 
     recipe_sigma = recipes.get("wrn_digits_eps8").config.dp.noise_multiplier
     got, got_target, calls = _resolved_sigma(args, monkeypatch)
@@ -228,7 +229,7 @@ def test_non_private_run_publishes_a_baseline_without_epsilon(tmp_path, capsys):
 def test_the_run_record_binds_the_published_ema_weights(tmp_path, capsys):
     """run_record.json's published_weights_sha256 is the digest of the weights published (EMA here), the
     same in the artifact's record and recomputed from the loaded model."""
-    from dp_zoo import manifest
+    from dp_zoo.publish import manifest
 
     code = train_in_process(*TINY_TRAIN_ARGS, "--ema", "0.5", "--run-dir", str(tmp_path / "r"),
                             "--publish-dir", str(tmp_path / "pub"))
@@ -293,7 +294,8 @@ def test_in_process_cli_on_mock_cifar10(tmp_path, monkeypatch):
     record's epsilon is the accountant's for what ran.
     """
     import tensorflow_datasets as tfds
-    from dp_zoo.train import engine, sampling
+    from dp_zoo.data import sampling
+    from dp_zoo.engine import trainer as engine
 
     micro = []  # micro-batches per logical step
     real = sampling.micro_batches
@@ -356,9 +358,9 @@ def _timm_state_dict(model):
 @pytest.mark.slow  # a converted NF-ResNet fine-tuned through the CLI
 def test_init_from_a_timm_state_dict(tmp_path, capsys):
     import dp_zoo
+    from dp_zoo.jobs import init_weights
     from dp_zoo.models.nf_resnet import TIMM_CONVENTIONS
-    from dp_zoo.train import init_weights
-    from dp_zoo.train.config import TrainConfig
+    from dp_zoo.recipes.config import TrainConfig
 
     kw = TIMM_CONVENTIONS["nf_resnet"]
     src = dp_zoo.create_model("nf_resnet_test", num_classes=5, input_shape=(8, 8, 1), **kw)
@@ -397,7 +399,7 @@ def test_read_a_torch_checkpoint_without_torch_in_this_process(tmp_path):
 
     if importlib.util.find_spec("torch") is None:
         pytest.skip("torch not installed (the [parity] extra)")
-    from dp_zoo.train import init_weights
+    from dp_zoo.jobs import init_weights
 
     # Written in a torch-only process, nested as timm training scripts save it, in bfloat16.
     subprocess.run([sys.executable, "-c",
@@ -418,8 +420,8 @@ def _perturbed(model, seed=0):
 def test_init_format_tells_timm_haiku_keras_and_zoo_apart(tmp_path):
     import pickle
 
+    from dp_zoo.jobs import init_weights
     from dp_zoo.models.convert import save_haiku_checkpoint
-    from dp_zoo.train import init_weights
 
     np.savez(tmp_path / "timm.npz", **{"stem.conv.weight": np.zeros(2)})
     save_haiku_checkpoint({"wide_res_net/First_conv": {"w": np.zeros(2)}}, tmp_path / "hk.npz")
@@ -437,9 +439,9 @@ def test_init_from_deepmind_nfnet_pickle_with_another_class_count(tmp_path):
     """A DeepMind-style NFNet checkpoint (a pickle named .npz) fine-tunes into a 10-class model."""
     import pickle
 
+    from dp_zoo.jobs import init_weights
     from dp_zoo.models.convert import to_deepmind_nfnet
-    from dp_zoo.train import init_weights
-    from dp_zoo.train.config import TrainConfig
+    from dp_zoo.recipes.config import TrainConfig
 
     src = _perturbed(dp_zoo.create_model("nfnet_test", num_classes=1000, input_shape=(16, 16, 3)))
     with open(tmp_path / "F0_haiku.npz", "wb") as f:
@@ -502,7 +504,8 @@ def test_a_slow_calibration_and_the_first_step_say_what_is_happening(monkeypatch
     import dataclasses
     import time
 
-    from dp_zoo.train import recipes, resolve
+    from dp_zoo.engine import resolve
+    from dp_zoo.recipes import recipes
 
     config = recipes.get("wrn_digits_eps8").config
     config = config.replace(dp=dataclasses.replace(config.dp, noise_multiplier=None))

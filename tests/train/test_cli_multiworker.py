@@ -65,7 +65,7 @@ def test_cli_two_workers_agree_and_only_the_chief_writes(tmp_path):
     # Checkpoints every 2 steps and at exit, from one writer (no per-worker files).
     ckpts = sorted(os.listdir(run_dir / "checkpoints"))
     assert ckpts == ["ckpt-00000002.json", "ckpt-00000002.npz", "ckpt-00000003.json", "ckpt-00000003.npz"]
-    from dp_zoo.train import sampling
+    from dp_zoo.data import sampling
 
     assert sorted(os.listdir(run_dir)) == sorted(["checkpoints", "privacy_journal.json", "run_record.json",
                                                   sampling.SECRET_FILE, "tensorboard"])

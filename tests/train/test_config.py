@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from dp_zoo.train import config as cfg
+from dp_zoo.recipes import config as cfg
 
 
 def test_round_trip_through_json():

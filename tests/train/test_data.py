@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_zoo.train import config as C, data
-from dp_zoo.train.data import image_ops, tfds_source
+from dp_zoo import data
+from dp_zoo.data import image_ops, tfds_source
+from dp_zoo.recipes import config as C
 
 # Published normalisation constants, typed here (not read from dp_zoo): CIFAR-10's per-channel
 # mean/std of x/255 over its training set, and torchvision's ImageNet figures.

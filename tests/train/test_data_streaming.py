@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from dp_zoo.train import config as C, data, sampling
-from dp_zoo.train.data import tfds_source
+from dp_zoo import data
+from dp_zoo.data import sampling
+from dp_zoo.data import tfds_source
+from dp_zoo.recipes import config as C
 
 
 class DpZooTinyVarying(tfds.core.GeneratorBasedBuilder):
@@ -209,8 +211,8 @@ def test_streaming_under_mock_data():
 
 
 def _cli_run(tmp_path, prepared, fmt, extra):
-    from dp_zoo.train import __main__ as train_cli
-    from dp_zoo.train import run
+    from dp_zoo.commands import train as train_cli
+    from dp_zoo.jobs import training as run
 
     argv = ["--recipe", "wrn16_4_cifar10_eps8", "--steps", "3", "--batch-size", "24",
             "--physical-batch-size", "8", "--augmult", "2", "--noise-multiplier", "1.0", "--deterministic",

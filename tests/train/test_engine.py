@@ -8,7 +8,9 @@ import pytest
 
 import dp_zoo
 from dp_zoo import accounting
-from dp_zoo.train import config as C, data, engine
+from dp_zoo import data
+from dp_zoo.engine import trainer as engine
+from dp_zoo.recipes import config as C
 
 DIGITS = C.DataConfig()
 

@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 
 import dp_zoo
+from dp_zoo import data
 from dp_zoo.dp import clipped_grad_sum
-from dp_zoo.train import config as C, data, engine, linear_probe, trainable
+from dp_zoo.engine import trainer as engine, linear_probe, trainable
+from dp_zoo.recipes import config as C
 from tests.helpers import TINY_TRAIN_ARGS, clip_and_sum, naive_per_example_grads, train_in_process
 
 
@@ -209,7 +211,7 @@ def test_make_private_trains_only_the_head():
 
 
 def test_card_row_states_the_trained_variables():
-    from dp_zoo.card_markdown import _trained
+    from dp_zoo.cards.markdown import _trained
 
     row = _trained({"spec": "stage4|logits", "patterns": ["stage4|logits"], "variables": 5,
                     "variables_total": 57, "params": 900, "params_total": 35510}, {"linear_probe": False})
@@ -223,7 +225,7 @@ def test_card_row_states_the_trained_variables():
     (["--trainable", "stage3|logits"], "stage3|logits", False, "_partial"),
 ])
 def test_cli_flags_set_the_config_and_name_the_run(flags, trainable_spec, probe, suffix):
-    from dp_zoo.train import __main__ as cli
+    from dp_zoo.commands import train as cli
 
     name, config, _ = cli.resolve(cli._parser().parse_args(["--recipe", "wrn_digits_eps8", *flags]))
     assert (config.trainable, config.linear_probe, name) == (trainable_spec, probe, "wrn_digits_eps8" + suffix)

@@ -6,8 +6,9 @@ import pytest
 
 import dp_zoo
 from dp_zoo import accounting
+from dp_zoo import data
 from dp_zoo.preprocessing import normalize
-from dp_zoo.train import config as C, data
+from dp_zoo.recipes import config as C
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +110,7 @@ def test_bad_labels_are_one_clear_line_before_anything_is_traced(digits, bad_y, 
 
 
 def test_fit_accepts_integral_float_and_column_labels_and_names_a_wrong_example_shape(digits):
-    from dp_zoo.train.fit_inputs import check_fit_arrays
+    from dp_zoo.engine.fit_inputs import check_fit_arrays
     x, y, _, _ = digits
     kw = dict(dataset_size=len(x), num_classes=10, input_shape=x.shape[1:])
     for labels in (y.astype(np.float64), y[:, None], y.astype(np.int64)):
@@ -147,7 +148,7 @@ def _toy(n=120):
 
 def test_epochs_are_converted_to_ceil_epochs_n_over_b_steps():
     """epochs=E means ceil(E * N / B) logical steps: in fit, and in make_private's calibration."""
-    from dp_zoo.train import resolve
+    from dp_zoo.engine import resolve
 
     x, y = _toy()
     p = _dense_private(len(x))
@@ -174,7 +175,7 @@ def test_a_second_fit_continues_the_poisson_schedule(monkeypatch):
     ends where one fit(5 steps) ends (seeded, so both are reproducible)."""
     import warnings
 
-    from dp_zoo.train import sampling
+    from dp_zoo.data import sampling
 
     x, y = _toy()
     drawn = []

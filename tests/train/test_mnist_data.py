@@ -16,10 +16,11 @@ import struct
 import numpy as np
 import pytest
 
-from dp_zoo import data as data_cli
-from dp_zoo.train import config as C, data
-from dp_zoo.train.data import mnist_files, mnist_local
-from dp_zoo.train.data.mnist_files import MnistFormatError
+from dp_zoo import data
+from dp_zoo.commands import data as data_cli
+from dp_zoo.data import mnist_files, mnist_local
+from dp_zoo.data.mnist_files import MnistFormatError
+from dp_zoo.recipes import config as C
 
 N_TRAIN, N_VALID, N_TEST = 24, 6, 10  # mnist.pkl.gz's three parts, in miniature
 

@@ -68,7 +68,9 @@ def test_two_workers_equal_the_single_process_result(tmp_path):
     import keras
 
     import dp_zoo
-    from dp_zoo.train import config as C, data, engine
+    from dp_zoo import data
+    from dp_zoo.engine import trainer as engine
+    from dp_zoo.recipes import config as C
 
     results = run_workers(tmp_path, "seeded")
     ds = data.load_dataset(C.DataConfig(), "train")

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 
 import dp_zoo
-from dp_zoo import export, manifest, zoo
-from dp_zoo.train import run
+from dp_zoo import export
+from dp_zoo.jobs import training as run
+from dp_zoo.publish import artifact, manifest, zoo
 from tests.helpers import TINY_TRAIN_ARGS, train_in_process
 
 
@@ -144,7 +145,7 @@ def test_a_failed_publish_is_one_line_and_keeps_the_model_with_the_command(tmp_p
 
     pub = tmp_path / "pub"
     with monkeypatch.context() as m:
-        m.setattr(export, "export_model", full_disk)
+        m.setattr(artifact, "export_model", full_disk)  # what the training job calls
         assert _train(tmp_path, "--publish-dir", str(pub)) == 1
     err = capsys.readouterr().err
     _one_error_line(err, "No space left on device")
@@ -152,7 +153,7 @@ def test_a_failed_publish_is_one_line_and_keeps_the_model_with_the_command(tmp_p
     command = err.split("publish it with: ", 1)[1].strip()
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "dp_zoo.export"]
-    from dp_zoo.export import __main__ as export_cli
+    from dp_zoo.commands import export as export_cli
 
     assert export_cli.main(argv[3:]) == 0, capsys.readouterr().err[-3000:]
     m = dp_zoo.load(str(pub))
@@ -187,7 +188,7 @@ def test_a_second_training_on_a_run_directory_is_refused_naming_the_holder(tmp_p
         holder.kill()
         holder.wait(timeout=30)
     # The holder died without cleaning up: its lock file stays, and does not block.
-    from dp_zoo.train import run_lock
+    from dp_zoo.engine import run_lock
 
     assert (run_dir / run_lock.FILENAME).read_text().strip() == str(holder.pid)
     with pytest.raises(TrainingStarted):
@@ -198,7 +199,7 @@ def test_a_second_training_on_a_run_directory_is_refused_naming_the_holder(tmp_p
 
 
 def test_init_of_an_artifact_directory_is_verified_and_keeps_its_provenance(tmp_path, capsys):
-    from dp_zoo.train import init_weights
+    from dp_zoo.jobs import init_weights
 
     src = tmp_path / "baseline"
     shutil.copytree(zoo.REPO_SAVED_MODELS / "wrn_digits_nonprivate", src)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dp_zoo.train import optim
+from dp_zoo.engine import optim
 
 
 def test_ema_decay_warmup_formula():
@@ -29,7 +29,7 @@ def test_weight_decay_is_added_to_the_noisy_update():
 
 
 def test_learning_rate_schedules_and_optimizers():
-    from dp_zoo.train.config import OptimConfig
+    from dp_zoo.recipes.config import OptimConfig
 
     assert optim.learning_rate_schedule(OptimConfig(learning_rate=2.0), 100) == 2.0
     cos = optim.learning_rate_schedule(OptimConfig(learning_rate=2.0, schedule="cosine"), 100)

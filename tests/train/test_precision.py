@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import dp_zoo
-from dp_zoo.train import config as C, data, engine
+from dp_zoo import data
+from dp_zoo.engine import trainer as engine
+from dp_zoo.recipes import config as C
 from tests.helpers import TINY_TRAIN_ARGS, train_in_process
 
 

@@ -7,7 +7,9 @@ import pytest
 
 import dp_zoo
 from dp_zoo import accounting
-from dp_zoo.train import data, engine, recipes
+from dp_zoo import data
+from dp_zoo.engine import trainer as engine
+from dp_zoo.recipes import recipes
 
 
 @pytest.mark.slow

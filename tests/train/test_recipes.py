@@ -5,8 +5,9 @@ import math
 
 import pytest
 
-from dp_zoo import accounting, tan
-from dp_zoo.train import recipe_epsilons, recipe_sources, recipes
+from dp_zoo import accounting
+from dp_zoo.engine import tan
+from dp_zoo.recipes import epsilons as recipe_epsilons, sources as recipe_sources, recipes
 
 EXPECTED = (
     [f"wrn16_4_cifar10_eps{e}" for e in (1, 2, 4, 8)]
@@ -118,7 +119,7 @@ def test_only_a_publications_configuration_shows_an_accuracy(monkeypatch):
     key = "de2022_cifar10_wrn16_4_eps1"
     entry = dataclasses.replace(recipe_sources.PUBLISHED[key], accuracy=12.3, accuracy_source="Somebody et al. 2099")
     monkeypatch.setitem(recipe_sources.PUBLISHED, key, entry)
-    from dp_zoo import zoo
+    from dp_zoo.publish import zoo
 
     facts = zoo.recipe_facts(recipes.get("wrn16_4_cifar10_eps1"))
     assert (facts["published_accuracy"], facts["published_accuracy_source"]) == (12.3, "Somebody et al. 2099")
@@ -231,9 +232,9 @@ def test_docstring_commands():
 
 @pytest.mark.parametrize("name", sorted(recipes.RECIPES))
 def test_every_recipe_config_is_valid(name):
+    from dp_zoo import data
     from dp_zoo.models import list_architectures
-    from dp_zoo.train import data
-    from dp_zoo.train.config import TrainConfig
+    from dp_zoo.recipes.config import TrainConfig
 
     r = recipes.RECIPES[name]
     c = r.config

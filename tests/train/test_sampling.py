@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from dp_zoo.train import sampling
+from dp_zoo.data import sampling
 
 SECRET = sampling.RunSecret(bytes(range(32)))
 

@@ -13,9 +13,11 @@ import tensorflow as tf
 import keras
 
 import dp_zoo
+from dp_zoo import data
 from dp_zoo import dp
+from dp_zoo.engine import trainer as engine, step
 from dp_zoo.models import ws_math
-from dp_zoo.train import config as C, data, engine, step
+from dp_zoo.recipes import config as C
 
 
 def _max_diff(xs, ys):

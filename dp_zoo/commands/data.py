@@ -28,7 +28,7 @@ def import_mnist(files):
     """Imports ``files`` (or Keras' mnist.npz) into dp_zoo's MNIST copy; returns the lines to print."""
     import os
 
-    from dp_zoo.train.data import mnist_local
+    from dp_zoo.data import mnist_local
 
     if not files:
         files = [mnist_local.keras_npz()]
