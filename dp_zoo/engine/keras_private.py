@@ -11,7 +11,10 @@ of docs/privacy.md:
 - A logical batch is split into fixed-size micro-batches (padding rows
   masked); clipped per-example gradients are accumulated across them and the
   Gaussian noise (Philox, seeded from the secret and the step) is added once,
-  when the logical batch is complete. Every ``fit`` starts from empty
+  when the logical batch is complete. The sums and the noisy update are the
+  engine's own step functions (``dp_zoo.engine.step``), so a non-finite noisy
+  update is skipped here as in the engine; steps, sigma and C are resolved
+  by ``dp_zoo.engine.resolve`` as the engine's are. Every ``fit`` starts from empty
   accumulators, so an interrupted ``fit`` never carries a partial sum over.
 - Every logical step is recorded in ``model.ledger`` when its noisy update
   is applied; ``fit`` refuses to start a run that would exceed
@@ -34,7 +37,6 @@ Example::
     print(private.epsilon())
 """
 
-import math
 import warnings
 
 import keras
@@ -43,8 +45,7 @@ import tensorflow as tf
 
 from dp_zoo import accounting
 from dp_zoo.data import sampling
-from dp_zoo.dp import clipped_grad_sum, noisy_normalized_sum
-from dp_zoo.engine import trainable as trainable_lib
+from dp_zoo.engine import resolve, step as step_lib, trainable as trainable_lib
 from dp_zoo.engine.fit_inputs import check_fit_arrays
 from dp_zoo.precision import check_precision
 
@@ -151,17 +152,16 @@ class PrivateModel(keras.Model):
     Use ``make_private`` to build one.
     """
 
-    def __init__(self, inner, *, l2_clip, noise_multiplier, dataset_size, batch_size,
-                 delta, target_epsilon=None, physical_batch_size=None, accountant="pld",
-                 seed=None, precision="float32", **kwargs):
+    def __init__(self, inner, *, plan, physical_batch_size=None, seed=None, precision="float32", **kwargs):
         super().__init__(**kwargs)
         self.inner = inner
+        self.plan = plan
         self.precision = check_precision(precision)
-        self.l2_clip = float(l2_clip)
-        self.noise_multiplier = float(noise_multiplier)
-        self.dataset_size = int(dataset_size)
-        self.expected_batch_size = float(batch_size)
-        self.physical_batch_size = int(physical_batch_size or min(batch_size, 256))
+        self.l2_clip = plan.l2_clip
+        self.noise_multiplier = plan.noise_multiplier
+        self.dataset_size = plan.dataset_size
+        self.expected_batch_size = plan.batch_size
+        self.physical_batch_size = int(physical_batch_size or min(plan.batch_size, 256))
         self.seed = seed
         if seed is not None:
             warnings.warn(
@@ -170,10 +170,11 @@ class PrivateModel(keras.Model):
                 "private run.", UserWarning, stacklevel=3)
         self.secret = sampling.RunSecret.from_seed(seed) if seed is not None else sampling.RunSecret.generate()
         self.ledger = accounting.PrivacyLedger(
-            noise_multiplier, batch_size / dataset_size, delta, dataset_size,
-            target_epsilon=target_epsilon, accountant=accountant,
+            plan.noise_multiplier, plan.sampling_probability, plan.delta, plan.dataset_size,
+            target_epsilon=plan.target_epsilon, accountant=plan.accountant,
         )
         self._acc = None
+        self._fns = None
 
     @property
     def is_private(self):
@@ -192,18 +193,29 @@ class PrivateModel(keras.Model):
         for a in self._acc:
             a.assign(tf.zeros_like(a))
 
+    def _step_functions(self):
+        """The engine's DP step (``dp_zoo.engine.step``), built at the first trace: one view per example,
+        no weight decay or averages, the optimizer given to ``compile``."""
+        if self._fns is None:
+            spec = step_lib.StepSpec(private=True, l2_clip=self.plan.l2_clip,
+                                     noise_multiplier=self.plan.update_noise_multiplier,
+                                     expected_batch_size=self.plan.batch_size, precision=self.precision)
+            self._fns = step_lib.build_step_functions(self.inner, self.optimizer, spec, step_lib.no_averages(),
+                                                      strategy=tf.distribute.get_strategy(),
+                                                      views=step_lib.single_view)
+        return self._fns
+
     def train_step(self, data):
         (x, mask, last, noise_seed), y = data
-        grads, _ = clipped_grad_sum(self.inner, x[:, None], y, l2_clip=self.l2_clip, mask=mask,
-                                    precision=self.precision)
+        fns = self._step_functions()
+        # single_view does not augment, so the augmentation seed is a constant.
+        grads, _ = fns.local_sum(x, y, mask, tf.zeros([2], tf.int64))
         for a, g in zip(self._acc, grads):
             a.assign_add(g)
 
         def apply():
-            update = noisy_normalized_sum(
-                [a.value() for a in self._acc], l2_clip=self.l2_clip, noise_multiplier=self.noise_multiplier,
-                expected_batch_size=self.expected_batch_size, seed=noise_seed)
-            self.optimizer.apply(update, self.inner.trainable_variables)
+            fns.apply([a.value() for a in self._acc], tf.constant(0, tf.int64), noise_seed,
+                      tf.constant(False), tf.constant(False))
             self._zero_accumulators()
             return tf.constant(1.0)
 
@@ -247,9 +259,8 @@ class PrivateModel(keras.Model):
                 "steps_per_execution.")
         x, y = check_fit_arrays(x, y, dataset_size=self.dataset_size, num_classes=_num_classes(self.inner),
                                 input_shape=_example_shape(self.inner))
-        n_steps = int(steps if steps is not None else math.ceil(epochs * self.dataset_size / self.expected_batch_size))
-        if n_steps < 1:
-            raise ValueError("fit() needs at least one step.")
+        n_steps = resolve.steps_for(steps=steps, epochs=epochs, dataset_size=self.dataset_size,
+                                    batch_size=self.expected_batch_size)
         if not self.ledger.can_step(n_steps):
             raise accounting.BudgetExceededError(
                 f"{n_steps} more steps would spend epsilon={self.ledger.epsilon_after(n_steps):.4f} "
@@ -336,22 +347,9 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
       A ``PrivateModel``; ``compile`` it with an optimizer, then ``fit``.
       The loss is sparse categorical cross-entropy from logits.
     """
-    if noise_multiplier is None:
-        if target_epsilon is None:
-            raise ValueError("make_private needs noise_multiplier or target_epsilon (e.g. target_epsilon=8.0).")
-        if steps is None and epochs is None:
-            raise ValueError("To calibrate sigma for target_epsilon, pass the planned epochs= or steps=.")
-        planned = steps if steps is not None else math.ceil(epochs * dataset_size / batch_size)
-        noise_multiplier = accounting.calibrate_noise(
-            target_epsilon=target_epsilon, sampling_probability=batch_size / dataset_size,
-            steps=planned, delta=delta, accountant=accountant,
-        )
-    if not l2_clip > 0:
-        raise ValueError(f"l2_clip must be > 0, got {l2_clip}.")
-    if not 0 < batch_size <= dataset_size:
-        raise ValueError(f"batch_size must be in (0, dataset_size={dataset_size}], got {batch_size}.")
+    # steps, sigma and C resolved where the Trainer's are (engine/resolve.py).
+    plan = resolve.resolve_privacy(dataset_size=dataset_size, batch_size=batch_size, steps=steps, epochs=epochs,
+                                   noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, delta=delta,
+                                   accountant=accountant, l2_clip=l2_clip, steps_required=False)
     trainable_lib.apply(model, trainable)
-    return PrivateModel(model, l2_clip=l2_clip, noise_multiplier=noise_multiplier,
-                        dataset_size=dataset_size, batch_size=batch_size, delta=delta,
-                        target_epsilon=target_epsilon, physical_batch_size=physical_batch_size,
-                        accountant=accountant, seed=seed, precision=precision)
+    return PrivateModel(model, plan=plan, physical_batch_size=physical_batch_size, seed=seed, precision=precision)

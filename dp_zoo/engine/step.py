@@ -1,10 +1,12 @@
 """The compiled pieces of one logical DP-SGD step (docs/design.md, "DP-SGD semantics").
 
-``build_step_functions`` returns the three ``tf.function``s the engine calls:
+``build_step_functions`` returns the three ``tf.function``s that both the
+``Trainer`` and ``make_private``'s ``PrivateModel`` call (one DP step, two
+drivers):
 
-- ``local_sum``: one replica's share of a micro-batch -> normalize, augment
-  to K views, clipped per-example gradient sum (a non-private run: the
-  masked mean gradient);
+- ``local_sum``: one replica's share of a micro-batch -> its views (normalize
+  and augment to K views; or features, or one preprocessed view), clipped
+  per-example gradient sum (a non-private run: the masked mean gradient);
 - ``distributed_sum``: the same under a ``tf.distribute`` strategy, the
   per-replica sums all-reduced (SUM);
 - ``apply``: the noise drawn ONCE on the logical sum, division by the
@@ -14,7 +16,7 @@ They take everything they use as arguments and hold no state of their own:
 the variables they update belong to the engine.
 """
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import tensorflow as tf
 
@@ -55,29 +57,69 @@ def make_averages(trainable_variables, ema_config):
     return Averages(ema_vars, polyak_vars, tf.Variable(0, dtype=tf.int64, trainable=False))
 
 
-def _replica_sum_fn(model, config, augment_fn, mean, std, private, prepared_views=False):
-    """The per-replica sum: ``fn(images_u8, labels, mask, seed) -> (grads, norms)``."""
-    k = config.augmult.num_views
-    l2_clip = float(config.dp.l2_clip)
-    # bf16: the forward/backward passes only; the sums come back float32
-    # and the update (noise, optimizer, averages) is float32.
-    precision = config.precision
+def no_averages():
+    """``Averages`` with EMA and Polyak off (``make_private``)."""
+    return Averages(None, None, None)
+
+
+class StepSpec(NamedTuple):
+    """What one logical step computes, from the run's ``resolve.PrivacyPlan`` and its optimisation settings.
+
+    ``for_run`` builds it for the ``Trainer``; ``make_private`` builds its own
+    (one view, no weight decay or averages). Both then run the same step.
+    """
+
+    private: bool
+    l2_clip: Optional[float]
+    noise_multiplier: Optional[float]  # sigma drawn in the update (0.0: none)
+    expected_batch_size: float  # B = q N, what the noisy sum is divided by
+    precision: str = "float32"
+    weight_decay: float = 0.0
+    ema_decay: Optional[float] = None
+
+    @classmethod
+    def for_run(cls, plan, config):
+        """The Trainer's spec: C and sigma from ``plan``, the rest from the ``TrainConfig``."""
+        return cls(private=plan.private, l2_clip=plan.l2_clip, noise_multiplier=plan.update_noise_multiplier,
+                   expected_batch_size=plan.batch_size, precision=config.precision,
+                   weight_decay=config.optim.weight_decay, ema_decay=config.ema.decay)
+
+
+def normalized_views(mean, std, augment_fn, num_views):
+    """``views(images_u8, seed) -> [b, K, ...]``: normalize, then augment to K views (or repeat one view)."""
 
     def views(images_u8, seed):
-        if prepared_views:
-            return images_u8  # linear probing: [b, K, D] features, the K views already made
         # Looked up on the module at trace time, so a patched normalize is honoured.
         x = preprocessing.normalize(images_u8, mean, std)
         if augment_fn is None:
-            return tf.repeat(x[:, None], k, axis=1)
+            return tf.repeat(x[:, None], num_views, axis=1)
         return augment_fn(x, seed)
 
-    def replica_sum(images_u8, labels, mask, seed):
-        x = views(images_u8, seed)
-        if private:
-            grads, norms = clipped_grad_sum(model, x, labels, l2_clip=l2_clip, mask=mask, precision=precision)
+    return views
+
+
+def prepared_views(inputs, seed):
+    """Inputs that already are ``[b, K, ...]`` views (linear probing's features)."""
+    return inputs
+
+
+def single_view(inputs, seed):
+    """Inputs that already are preprocessed examples ``[b, ...]``: one view each (``make_private``)."""
+    return inputs[:, None]
+
+
+def _replica_sum_fn(model, spec, views):
+    """The per-replica sum: ``fn(inputs, labels, mask, seed) -> (grads, norms)``."""
+
+    def replica_sum(inputs, labels, mask, seed):
+        x = views(inputs, seed)
+        # bf16: the forward/backward passes only; the sums come back float32
+        # and the update (noise, optimizer, averages) is float32.
+        if spec.private:
+            grads, norms = clipped_grad_sum(model, x, labels, l2_clip=spec.l2_clip, mask=mask,
+                                            precision=spec.precision)
         else:
-            grads, _ = mean_grad(model, x, labels, mask, precision=precision)
+            grads, _ = mean_grad(model, x, labels, mask, precision=spec.precision)
             norms = tf.zeros_like(mask)
         return grads, norms
 
@@ -109,29 +151,27 @@ def _distributed_sum_fn(strategy, replica_sum):
     return distributed_sum
 
 
-def _apply_fn(model, optimizer, config, averages, *, private, noise_multiplier, expected_batch_size):
+def _apply_fn(model, optimizer, spec, averages):
     """``apply(grad_sum, step, noise_seed, ema_on, polyak_on) -> finite``: the noisy update, applied."""
-    l2_clip = float(config.dp.l2_clip)
-    weight_decay = config.optim.weight_decay
-    ema_decay = config.ema.decay
 
     @tf.function
     def apply(grad_sum, step, noise_seed, ema_on, polyak_on):
-        if private:
+        if spec.private:
             # The one noise draw of this logical step (all micro-batches
             # and replicas are already summed into grad_sum).
             update = noisy_normalized_sum(
-                grad_sum, l2_clip=l2_clip, noise_multiplier=noise_multiplier,
-                expected_batch_size=expected_batch_size, seed=noise_seed)
+                grad_sum, l2_clip=spec.l2_clip, noise_multiplier=spec.noise_multiplier,
+                expected_batch_size=spec.expected_batch_size, seed=noise_seed)
         else:
             update = list(grad_sum)  # already the mean gradient
         tv = model.trainable_variables
-        update = optim.add_weight_decay(update, [v.value for v in tv], weight_decay)
+        update = optim.add_weight_decay(update, [v.value for v in tv], spec.weight_decay)
+        # A non-finite noisy update is skipped: decided on the update alone (post-processing).
         finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(u)) for u in update])
         if finite:
             optimizer.apply(update, tv)
             if averages.ema_vars is not None:
-                mu = optim.ema_decay(step, ema_decay)
+                mu = optim.ema_decay(step, spec.ema_decay)
                 optim.ema_update(averages.ema_vars, [v.value for v in tv], mu)
             if averages.polyak_vars is not None and polyak_on:
                 optim.polyak_update(averages.polyak_vars, [v.value for v in tv], averages.polyak_count)
@@ -141,30 +181,23 @@ def _apply_fn(model, optimizer, config, averages, *, private, noise_multiplier, 
     return apply
 
 
-def build_step_functions(model, optimizer, config, averages, *, strategy, augment_fn, mean, std,
-                         private, noise_multiplier, expected_batch_size, prepared_views=False):
-    """The ``StepFunctions`` of one logical step.
+def build_step_functions(model, optimizer, spec, averages, *, strategy, views):
+    """The ``StepFunctions`` of one logical step, for the ``Trainer`` and for ``make_private``.
 
     Args:
       model: the Keras model being trained.
       optimizer: its built Keras optimizer.
-      config: the run's ``TrainConfig``.
-      averages: ``Averages`` updated by ``apply``.
+      spec: the ``StepSpec`` (C, sigma, B, precision, weight decay, EMA decay).
+      averages: ``Averages`` updated by ``apply`` (``no_averages()`` for none).
       strategy: the ``tf.distribute.Strategy`` of ``distributed_sum``.
-      augment_fn: ``fn(images, seed) -> [b,K,H,W,C]`` or None (one plain view).
-      mean, std: the normalisation of the training set.
-      private: clip and add noise (False: the plain mean gradient).
-      noise_multiplier: sigma (0 draws no noise; None only when not private).
-      expected_batch_size: B = q N, what the noisy sum is divided by.
-      prepared_views: the inputs are already ``[b, K, ...]`` views (linear
-        probing's features): used as they are.
+      views: ``views(inputs, seed) -> [b, K, ...]``: ``normalized_views``,
+        ``prepared_views`` or ``single_view``.
     """
-    replica_sum = _replica_sum_fn(model, config, augment_fn, mean, std, private, prepared_views)
+    replica_sum = _replica_sum_fn(model, spec, views)
     return StepFunctions(
         local_sum=tf.function(replica_sum, reduce_retracing=True),
         distributed_sum=_distributed_sum_fn(strategy, replica_sum),
-        apply=_apply_fn(model, optimizer, config, averages, private=private,
-                        noise_multiplier=noise_multiplier, expected_batch_size=expected_batch_size),
+        apply=_apply_fn(model, optimizer, spec, averages),
     )
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import math
 
 from dp_zoo import accounting
+from dp_zoo.engine import resolve
 
 
 def total_amount_of_noise(*, noise_multiplier, sampling_probability, steps):
@@ -35,23 +36,17 @@ def effective_noise(*, noise_multiplier, batch_size):
 
 
 def _resolve_sigma(config, dataset_size):
-    dp = config.dp
-    if dp.noise_multiplier is not None:
-        return dp.noise_multiplier
-    if dp.target_epsilon is None:
+    """The full run's sigma, from ``resolve.resolve_config`` (given, or calibrated for its target epsilon)."""
+    if not config.dp.enabled:
+        raise ValueError("A non-private configuration has no noise to scale; TAN needs a DP config.")
+    if config.dp.noise_multiplier is None and config.dp.target_epsilon is None:
         raise ValueError(
             "The configuration has neither dp.noise_multiplier nor "
             "dp.target_epsilon; set one of them before simulating."
         )
     if config.steps is None:
         raise ValueError("Set config.steps before simulating (TAN keeps the step count fixed).")
-    return accounting.calibrate_noise(
-        target_epsilon=dp.target_epsilon,
-        sampling_probability=config.batch_size / dataset_size,
-        steps=config.steps,
-        delta=dp.delta,
-        accountant=dp.accountant,
-    )
+    return resolve.resolve_config(config, dataset_size).noise_multiplier
 
 
 def simulate(config, factor, *, dataset_size):

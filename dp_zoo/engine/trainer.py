@@ -38,7 +38,6 @@ Trainer's pieces.
 """
 
 import contextlib
-import os
 import signal
 import sys
 import time
@@ -47,14 +46,11 @@ import tensorflow as tf
 
 from dp_zoo import accounting, cli
 from dp_zoo.data import sampling
-from dp_zoo.engine import checkpoint, evaluation, optim, record_sections, reporting, resolve, run_secret
+from dp_zoo.engine import checkpoint, evaluation, optim, record_sections, reporting, resolve, resume, run_secret
 from dp_zoo.engine import step as step_lib, trainable
+from dp_zoo.engine.resume import TrainingError  # noqa: F401  (API: raised by fit and restore)
 
 MAX_CONSECUTIVE_NONFINITE = 5
-
-
-class TrainingError(RuntimeError):
-    """Training cannot continue (the message says why and what to do)."""
 
 
 class Trainer:
@@ -104,22 +100,21 @@ class Trainer:
         self.progress = progress
         self.augment_fn = augment_fn
         n = len(train)
-        self.total_steps = resolve.resolve_steps(config, n)
-        self.q = config.batch_size / n
-        self.private = bool(config.dp.enabled)
-        prior_runs = tuple(prior_runs) if self.private else ()
-        self.noise_multiplier = resolve.resolve_noise_multiplier(config, n, self.total_steps, prior_runs)
+        # The one resolution of steps, sigma and C (resolve.py); add_noise=False keeps the
+        # configured sigma for the accounting (nominal epsilons) and draws none.
+        self.plan = resolve.resolve_config(config, n, prior_runs, add_noise=add_noise)
+        self.total_steps = self.plan.steps
+        self.q = self.plan.sampling_probability
+        self.private = self.plan.private
+        self.noise_multiplier = self.plan.update_noise_multiplier
         self.ledger = accounting.PrivacyLedger(
-            self.noise_multiplier, self.q, config.dp.delta, n,
-            target_epsilon=config.dp.target_epsilon if self.private else None,
-            accountant=config.dp.accountant, sampling=config.dp.sampling,
-            private=self.private, planned_steps=self.total_steps, prior_runs=prior_runs,
+            self.plan.noise_multiplier, self.q, self.plan.delta, n,
+            target_epsilon=self.plan.target_epsilon, accountant=self.plan.accountant, sampling=config.dp.sampling,
+            private=self.private, planned_steps=self.total_steps,
+            prior_runs=tuple(prior_runs) if self.private else (),
         )
         self.add_noise = bool(add_noise)
         self.tan_simulation = tan_simulation
-        if self.private and not self.add_noise:
-            # After the ledger: it keeps the configured sigma, whose epsilons the record shows as nominal.
-            self.noise_multiplier = 0.0
         self.step = 0
         self.history = []
         self.wall_time_s = 0.0
@@ -146,11 +141,13 @@ class Trainer:
         self._compile_fns()
 
     def _compile_fns(self):
-        fns = step_lib.build_step_functions(
-            self.model, self.optimizer, self.config, self.averages, strategy=self.strategy,
-            augment_fn=self.augment_fn, mean=self.mean, std=self.std, private=self.private,
-            prepared_views=bool(getattr(self.train, "features", False)),
-            noise_multiplier=self.noise_multiplier, expected_batch_size=self.q * len(self.train))
+        if getattr(self.train, "features", False):
+            views = step_lib.prepared_views  # linear probing: [b, K, D] features, the K views already made
+        else:
+            views = step_lib.normalized_views(self.mean, self.std, self.augment_fn, self.config.augmult.num_views)
+        spec = step_lib.StepSpec.for_run(self.plan, self.config)
+        fns = step_lib.build_step_functions(self.model, self.optimizer, spec, self.averages, strategy=self.strategy,
+                                            views=views)
         self._step_fns = fns
         self._local_sum, self._distributed_sum, self._apply = fns
 
@@ -239,43 +236,11 @@ class Trainer:
         return checkpoint.save(checkpoint.checkpoint_dir(self.run_dir), self.step, arrays, meta)
 
     def restore(self):
-        """Resumes from the newest good checkpoint in ``run_dir``; returns its step or None."""
-        ckpt_dir = None if self.run_dir is None else checkpoint.checkpoint_dir(self.run_dir)
-        if ckpt_dir is None or not os.path.isdir(ckpt_dir):
-            return self._restore_journal_only()
-        found, errors = checkpoint.load_newest(ckpt_dir)
-        if found is not None:
-            self._apply_checkpoint(*found)
-            return self.step
-        if errors:
-            raise TrainingError(checkpoint.all_corrupt_message(ckpt_dir, errors))
-        return self._restore_journal_only()
-
-    def _restore_journal_only(self):
-        # No checkpoint: the run restarts from step 0, and every journalled
-        # step stays counted (their outputs were released and are not replayed
-        # from a saved state).
-        spent = self._journal_spent(replayable=False)
-        if spent:
-            self.ledger.steps = max(self.ledger.steps, spent)
-        return None
+        """Resumes from the newest good checkpoint in ``run_dir``; returns its step or None (``resume.restore``)."""
+        return resume.restore(self)
 
     def _journal_spent(self, replayable=True):
         return checkpoint.journal_spent(self.run_dir, self.ledger, self._replay_identity, replayable)
-
-    def _apply_checkpoint(self, meta, arrays):
-        if not checkpoint.same_config(meta["config"], self.config):
-            raise TrainingError(
-                f"The run directory {self.run_dir} holds a run with a different configuration. "
-                "Resume with the same configuration, or use a new --run-dir."
-            )
-        checkpoint.assign_state(arrays, self.model, self.optimizer, self.averages)
-        self.step = int(meta["step"])
-        self.history = list(meta["history"])
-        self.wall_time_s = float(meta["wall_time_s"])
-        self.nonfinite_steps = int(meta.get("nonfinite_steps", 0))
-        ledger = accounting.PrivacyLedger.from_dict(meta["ledger"], expect=self.ledger)
-        self.ledger.steps = max(ledger.steps, self._journal_spent())
 
     # -- evaluation -------------------------------------------------------------
 
@@ -294,34 +259,6 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------
 
-    def _install_signal_handlers(self):
-        """SIGTERM, and Ctrl-C (SIGINT) where a checkpoint can be written, stop after the step in hand.
-
-        A second Ctrl-C raises KeyboardInterrupt at once (the privacy journal,
-        written before each step's noise, still counts that step). Returns the
-        previous handlers, to put back.
-        """
-        def on_term(signum, frame):
-            self._stop_requested = self._stop_requested or "SIGTERM"
-
-        def on_int(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            self._stop_requested = "SIGINT"
-            print(f"\nCtrl-C: finishing step {self.step + 1} and saving a checkpoint (Ctrl-C again to stop at "
-                  "once).", file=sys.stderr, flush=True)
-
-        handlers = {signal.SIGTERM: on_term}
-        if self.run_dir and self.write_run_dir:
-            handlers[signal.SIGINT] = on_int
-        previous = {}
-        try:
-            for sig, fn in handlers.items():
-                previous[sig] = signal.signal(sig, fn)
-        except ValueError:  # not in the main thread
-            pass
-        return previous
-
     def fit(self):
         """Trains to the configured number of steps (resuming if possible).
 
@@ -335,7 +272,7 @@ class Trainer:
         self._consecutive_nonfinite = 0
         self.restore()
         self._say_resumed()
-        previous = self._install_signal_handlers()
+        previous = resume.install_stop_handlers(self)
         bar = self._progress_bar()
         first = self.progress
         try:

@@ -107,9 +107,9 @@ def _tan_simulation(name, config, factor, dataset_size):
     from dp_zoo.engine import resolve
     from dp_zoo.engine import tan
 
-    full = config
-    if full.dp.noise_multiplier is None:
-        full = full.replace(steps=resolve.resolve_steps(full, dataset_size))
+    # The full run's steps and sigma, resolved once: the simulation keeps the steps and scales sigma.
+    plan = resolve.resolve_config(config, dataset_size)
+    full = config.replace(steps=plan.steps, dp=dataclasses.replace(config.dp, noise_multiplier=plan.noise_multiplier))
     tan_info = tan.tan_info(full, factor, dataset_size=dataset_size)
     config = tan.simulate(full, factor, dataset_size=dataset_size)
     print(f"TAN SIMULATION (factor {factor:g}): NOT private at the full run's "

@@ -171,8 +171,7 @@ def _resolved_sigma(args, monkeypatch):
     monkeypatch.setattr(resolve.accounting, "calibrate_noise", spy)
     _, config, _ = cli.resolve(cli._parser().parse_args(args))
     n = DIGITS_N - config.data.validation_size
-    steps = resolve.resolve_steps(config, n)
-    return resolve.resolve_noise_multiplier(config, n, steps), config.dp.target_epsilon, spy.calls
+    return resolve.resolve_config(config, n).noise_multiplier, config.dp.target_epsilon, spy.calls
 
 
 def _asked(eps=8.0, b=RECIPE_B, n=DIGITS_N, steps=RECIPE_STEPS, delta=RECIPE_DELTA):
@@ -508,17 +507,17 @@ def test_a_slow_calibration_and_the_first_step_say_what_is_happening(monkeypatch
     from dp_zoo.recipes import recipes
 
     config = recipes.get("wrn_digits_eps8").config
-    config = config.replace(dp=dataclasses.replace(config.dp, noise_multiplier=None))
+    config = config.replace(steps=120, dp=dataclasses.replace(config.dp, noise_multiplier=None))
 
     def slow(**kw):
         time.sleep(2.5)
         return 1.23
 
     monkeypatch.setattr(resolve.accounting, "calibrate_noise", slow)
-    assert resolve.resolve_noise_multiplier(config, 1437, 120) == 1.23
+    assert resolve.resolve_config(config, 1437).noise_multiplier == 1.23
     assert capsys.readouterr().err.strip() == ("Calibrating the noise multiplier sigma for epsilon=8 over 120 steps "
                                                "(PLD accountant; this can take a minute)...")
     monkeypatch.setattr(resolve.accounting, "calibrate_noise", lambda **kw: 1.0)
-    assert resolve.resolve_noise_multiplier(config, 1437, 120) == 1.0
+    assert resolve.resolve_config(config, 1437).noise_multiplier == 1.0
     time.sleep(0.1)
     assert capsys.readouterr().err == ""

@@ -252,7 +252,7 @@ def test_digits_training_learns(train_set):
     (dict(batch_size=10**6), "batch_size"),
     (dict(physical_batch_size=0), "physical_batch_size"),
     (dict(dp=C.DPConfig(l2_clip=0.0, noise_multiplier=1.0)), "l2_clip"),
-    (dict(dp=C.DPConfig()), "noise_multiplier or dp.target_epsilon"),
+    (dict(dp=C.DPConfig()), "noise_multiplier or target_epsilon"),
     (dict(steps=None), "steps or epochs"),
 ])
 def test_bad_config_is_a_clear_error(train_set, bad, match):

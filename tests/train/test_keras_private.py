@@ -163,11 +163,12 @@ def test_epochs_are_converted_to_ceil_epochs_n_over_b_steps():
     assert accounting.epsilon(steps=7, **kw) <= 4.0 < accounting.epsilon(steps=8, **kw)  # ceil(6.3) = 7
     assert accounting.epsilon(steps=7, **kw) >= 4.0 * 0.999
     # The engine's conversion is the same.
-    assert resolve.resolve_steps(C.TrainConfig(steps=None, epochs=2.1, batch_size=40), 120) == 7
-    assert resolve.resolve_steps(C.TrainConfig(steps=None, epochs=2.0, batch_size=40), 120) == 6
-    assert resolve.resolve_steps(C.TrainConfig(steps=9, epochs=None, batch_size=40), 120) == 9
+    off = C.DPConfig(enabled=False)
+    assert resolve.resolve_config(C.TrainConfig(steps=None, epochs=2.1, batch_size=40, dp=off), 120).steps == 7
+    assert resolve.resolve_config(C.TrainConfig(steps=None, epochs=2.0, batch_size=40, dp=off), 120).steps == 6
+    assert resolve.resolve_config(C.TrainConfig(steps=9, epochs=None, batch_size=40, dp=off), 120).steps == 9
     with pytest.raises(ValueError, match="steps or epochs"):
-        resolve.resolve_steps(C.TrainConfig(steps=None, epochs=None, batch_size=40), 120)
+        resolve.resolve_config(C.TrainConfig(steps=None, epochs=None, batch_size=40, dp=off), 120)
 
 
 def test_a_second_fit_continues_the_poisson_schedule(monkeypatch):
