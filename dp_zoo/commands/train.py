@@ -60,18 +60,16 @@ def _recipe(args):
     if not args.model:
         return recipes.get(args.recipe or recipes.DEFAULT_RECIPE)
     model = args.model
-    from dp_zoo.models import list_architectures
+    from dp_zoo.models import _registry, default_recipe, list_architectures
 
     if model not in list_architectures():
-        from dp_zoo.models._registry import unknown_name_message
-
-        raise UsageError(unknown_name_message("architecture", model, list_architectures()).replace(
+        raise UsageError(_registry.unknown_name_message("architecture", model, list_architectures()).replace(
             "Unknown architecture", "--model: unknown architecture"))
-    base = args.recipe or recipes.default_recipe_for(model)
+    base = args.recipe or default_recipe(model)
     if base is None:
         raise UsageError(
-            f"architecture {model!r} has no default recipe; pass --recipe, or one of: "
-            f"{', '.join(sorted(recipes.DEFAULT_FOR_MODEL))}."
+            f"architecture {model!r} has no default recipe; pass --recipe, or --model one of: "
+            f"{', '.join(sorted(_registry.default_recipes()))}."
         )
     recipe = recipes.get(base)
     if model != recipe.config.model:

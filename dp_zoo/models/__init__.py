@@ -6,14 +6,18 @@ after ``import dp_zoo.models`` alone, any saved model of any family loads.
 
 A new family is one module that defines its config dataclass, its
 ``build_<family>(cfg, *, num_classes, input_shape, name)`` and its variants,
-calls ``_registry.register_family``, and is imported below.
+calls ``_registry.register_family`` with its default recipe (the recipe name
+``python -m dp_zoo.train --model ARCH`` starts from, per family and where a
+variant differs), and is imported below: that module and the one import are
+all a new architecture needs. ``default_recipe(arch)`` answers from the
+registry.
 """
 
 import sys
 
 from dp_zoo.models import layers, ws_conv  # noqa: F401  (the shared layers)
 from dp_zoo.models import nf_resnet, nfnet, wide_resnet  # noqa: F401  (the families)
-from dp_zoo.models._registry import create_model, list_architectures  # noqa: F401
+from dp_zoo.models._registry import create_model, default_recipe, list_architectures  # noqa: F401
 
 # Keras walks a functional graph recursively when it builds, clones or loads a
 # model, one Python frame per layer on the path: NFNet-F6/F7 (84/96 blocks,

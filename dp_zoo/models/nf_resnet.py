@@ -272,8 +272,11 @@ _DEFAULT_SHAPES = {"nf_resnet_test": (32, 32, 3)}
 # Saved configs (a run's model_kwargs, e.g. TIMM_CONVENTIONS recorded by --init) may spell it so.
 OVERRIDE_ALIASES = {"skipinit": "skip_init"}
 
+# The default recipe of --model ARCH (the model swapped in); the tiny test variant runs the digits
+# recipe, so that it can be tried end to end in seconds on a CPU.
 register_family(VARIANTS, build_nf_resnet, default_shape=(224, 224, 3), default_shapes=_DEFAULT_SHAPES,
-                aliases=OVERRIDE_ALIASES)
+                aliases=OVERRIDE_ALIASES, default_recipe="nf_resnet50_imagenet_eps8",
+                variant_recipes={"nf_resnet_test": "wrn_digits_eps8"})
 
 
 def param_count(cfg, *, num_classes=1000, in_channels=3):

@@ -46,5 +46,8 @@ _SHAPES = {"nfnet_f0": 256, "nfnet_f1": 320, "nfnet_f2": 352, "nfnet_f3": 416, "
            "nfnet_f5": 544, "nfnet_f6": 576, "nfnet_f7": 608, "nfnet_test": 32}
 _DEFAULT_SHAPES = {k: (v, v, 3) for k, v in _SHAPES.items()}
 
+# The default recipe of --model ARCH (the model swapped in): every NFNet fine-tunes as F3 does; the
+# tiny test variant runs the digits recipe, so that it can be tried end to end in seconds on a CPU.
 register_family(VARIANTS, build_nf_resnet, default_shape=(256, 256, 3), default_shapes=_DEFAULT_SHAPES,
-                aliases=OVERRIDE_ALIASES)
+                aliases=OVERRIDE_ALIASES, default_recipe="nfnet_f3_imagenet_finetune_eps8",
+                variant_recipes={"nfnet_test": "wrn_digits_eps8"})

@@ -199,4 +199,18 @@ def build_wide_resnet(cfg, *, num_classes, input_shape=(32, 32, 3), name="wide_r
     return keras.Model(inputs, logits, name=name)
 
 
-register_family(VARIANTS, build_wide_resnet, default_shape=(32, 32, 3), default_shapes=_DEFAULT_SHAPES)
+# python -m dp_zoo.train --model ARCH without --recipe starts from these (with the model swapped in):
+# a variant's own recipe where it has one, else the family's; the tiny test variant runs the digits
+# recipe, so that it can be tried end to end in seconds on a CPU.
+_VARIANT_RECIPES = {
+    "wrn16_4_scalenorm": "wrn16_4_scalenorm_cifar10_eps8",
+    "wrn28_10": "wrn28_10_cifar10_finetune_eps8",
+    "wrn40_4": "wrn40_4_cifar10_eps8",
+    "wrn40_4_scalenorm": "wrn40_4_cifar10_eps8",
+    "wrn_digits": "wrn_digits_eps8",
+    "wrn_mnist": "wrn_mnist_eps8",
+    "wrn_test": "wrn_digits_eps8",
+}
+
+register_family(VARIANTS, build_wide_resnet, default_shape=(32, 32, 3), default_shapes=_DEFAULT_SHAPES,
+                default_recipe="wrn16_4_cifar10_eps8", variant_recipes=_VARIANT_RECIPES)

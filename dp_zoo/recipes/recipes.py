@@ -35,6 +35,8 @@ Three kinds of recipe:
   never exceeds the target); ``tests/train/test_recipes.py`` recomputes each.
 """
 
+import warnings
+
 from dp_zoo.recipes import builders
 from dp_zoo.recipes.builders import DIGITS_N, MNIST_N  # noqa: F401  (the training splits' sizes: API)
 from dp_zoo.recipes.recipe import OWN_CHOICE, PAPER, SIGMA_UNVERIFIED, Recipe  # noqa: F401  (API)
@@ -54,39 +56,42 @@ def _table():
 
 
 DEFAULT_RECIPE = "wrn_digits_eps8"
-# --model ARCH without --recipe: the architecture's default recipe.
-DEFAULT_FOR_MODEL = {
-    "wrn16_4": "wrn16_4_cifar10_eps8",
-    "wrn16_4_scalenorm": "wrn16_4_scalenorm_cifar10_eps8",
-    "wrn40_4": "wrn40_4_cifar10_eps8",
-    "wrn28_10": "wrn28_10_cifar10_finetune_eps8",
-    "nf_resnet50": "nf_resnet50_imagenet_eps8",
-    "nfnet_f3": "nfnet_f3_imagenet_finetune_eps8",
-    "wrn_digits": "wrn_digits_eps8",
-    "wrn_mnist": "wrn_mnist_eps8",
-}
-# Other architectures borrow their family's recipe (with the model swapped);
-# the tiny test variants run the digits recipe, so that any architecture can
-# be tried end to end in seconds on a CPU.
-_FAMILY_DEFAULT = (
-    ("wrn_test", "wrn_digits_eps8"),
-    ("nf_resnet_test", "wrn_digits_eps8"),
-    ("nfnet_test", "wrn_digits_eps8"),
-    ("wrn40_4_", "wrn40_4_cifar10_eps8"),
-    ("wrn", "wrn16_4_cifar10_eps8"),
-    ("nf_resnet", "nf_resnet50_imagenet_eps8"),
-    ("nfnet_", "nfnet_f3_imagenet_finetune_eps8"),
-)
 
 
 def default_recipe_for(model):
-    """Name of the recipe ``--model MODEL`` starts from, or None."""
-    if model in DEFAULT_FOR_MODEL:
-        return DEFAULT_FOR_MODEL[model]
-    for prefix, recipe in _FAMILY_DEFAULT:
-        if model.startswith(prefix):
-            return recipe
-    return None
+    """Deprecated, kept for one release: use ``dp_zoo.models.default_recipe(model)``.
+
+    Name of the recipe ``--model MODEL`` starts from, or None. Each model
+    family now registers its default recipe with the architecture registry
+    (``dp_zoo/models/_registry.py``), so asking imports ``dp_zoo.models`` and
+    with it TensorFlow, which importing this module never does.
+    """
+    warnings.warn("recipes.default_recipe_for is deprecated: use dp_zoo.models.default_recipe",
+                  DeprecationWarning, stacklevel=2)
+    from dp_zoo.models import default_recipe
+
+    return default_recipe(model)
+
+
+def _default_for_model():
+    # The old hand-kept table held only the architectures that have a recipe of their own (the
+    # others borrowed their family's): the same entries, now read from the registry.
+    from dp_zoo.models import _registry
+
+    return {arch: name for arch, name in sorted(_registry.default_recipes().items())
+            if name in RECIPES and RECIPES[name].config.model == arch}
+
+
+def __getattr__(name):
+    """``DEFAULT_FOR_MODEL`` (deprecated, kept for one release): built from the registry when first read.
+
+    Built lazily so that importing this module stays free of TensorFlow.
+    """
+    if name == "DEFAULT_FOR_MODEL":
+        warnings.warn("recipes.DEFAULT_FOR_MODEL is deprecated: use dp_zoo.models.default_recipe",
+                      DeprecationWarning, stacklevel=2)
+        return _default_for_model()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def requires_init(recipe):

@@ -1,8 +1,11 @@
-"""Architecture registry: clear errors and the list of WRN variants."""
+"""Architecture registry: clear errors, the list of WRN variants, each family's default recipes."""
+
+import dataclasses
 
 import pytest
 
 import dp_zoo
+from dp_zoo.models import _registry
 
 
 def test_unknown_name_suggests_close_names():
@@ -61,3 +64,21 @@ def test_nf_old_spelling_skipinit_is_accepted(name):
     assert gains(dp_zoo.create_model(name, num_classes=3, skipinit=False, skip_init=False)) == 0
     with pytest.raises(ValueError, match="disagree"):
         dp_zoo.create_model(name, num_classes=3, skipinit=True, skip_init=False)
+
+
+def test_a_new_family_registers_its_default_recipes(monkeypatch):
+    """register_family: the family's default recipe, a variant's own; a stray variant name is refused."""
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        depth: int = 1
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
+    monkeypatch.setattr(_registry, "_DEFAULT_RECIPES", dict(_registry._DEFAULT_RECIPES))
+    _registry.register_family({"toy_a": Cfg(), "toy_b": Cfg(2)}, lambda cfg, **kw: None, default_shape=(8, 8, 1),
+                              default_recipe="wrn16_4_cifar10_eps8", variant_recipes={"toy_b": "wrn_digits_eps8"})
+    assert _registry.default_recipe("toy_a") == "wrn16_4_cifar10_eps8"
+    assert _registry.default_recipe("toy_b") == "wrn_digits_eps8"
+    assert "toy_a" in _registry.list_architectures()
+    with pytest.raises(ValueError, match=r"variant_recipes names variants the family does not have: \['toy_z'\]"):
+        _registry.register_family({"toy_c": Cfg()}, lambda cfg, **kw: None, default_shape=(8, 8, 1),
+                                  default_recipe="wrn_digits_eps8", variant_recipes={"toy_z": "wrn_digits_eps8"})

@@ -258,17 +258,77 @@ def test_every_recipe_config_is_valid(name):
         assert 0 < r.published_accuracy < 100 and r.accuracy_source
 
 
+# Which recipe --model ARCH started from when recipes.py kept the tables (DEFAULT_FOR_MODEL and its
+# family prefixes), before each family registered its own: every architecture of that time, unchanged.
+DEFAULTS_BEFORE_THE_REGISTRY = {
+    "wrn16_4": "wrn16_4_cifar10_eps8",
+    "wrn16_4_scalenorm": "wrn16_4_scalenorm_cifar10_eps8",
+    "wrn28_10": "wrn28_10_cifar10_finetune_eps8",
+    **dict.fromkeys(["wrn40_4", "wrn40_4_scalenorm"], "wrn40_4_cifar10_eps8"),
+    "wrn_mnist": "wrn_mnist_eps8",
+    **dict.fromkeys(["wrn_digits", "wrn_test", "nf_resnet_test", "nfnet_test"], "wrn_digits_eps8"),
+    **dict.fromkeys([f"nf_resnet{d}" for d in (26, 50, 101, 152, 200)], "nf_resnet50_imagenet_eps8"),
+    **dict.fromkeys([f"nfnet_f{i}" for i in range(8)], "nfnet_f3_imagenet_finetune_eps8"),
+}
+# The old DEFAULT_FOR_MODEL itself: the architectures whose default recipe trains them.
+DEFAULT_FOR_MODEL_BEFORE = {
+    "wrn16_4": "wrn16_4_cifar10_eps8", "wrn16_4_scalenorm": "wrn16_4_scalenorm_cifar10_eps8",
+    "wrn40_4": "wrn40_4_cifar10_eps8", "wrn28_10": "wrn28_10_cifar10_finetune_eps8",
+    "nf_resnet50": "nf_resnet50_imagenet_eps8", "nfnet_f3": "nfnet_f3_imagenet_finetune_eps8",
+    "wrn_digits": "wrn_digits_eps8", "wrn_mnist": "wrn_mnist_eps8",
+}
+
+
 def test_every_architecture_has_a_default_recipe():
-    from dp_zoo.models import list_architectures
+    """Each family registers its default recipe: every architecture's names a recipe, the same as before."""
+    from dp_zoo.models import _registry, default_recipe, list_architectures
 
     for arch in list_architectures():
-        base = recipes.default_recipe_for(arch)
-        assert base in recipes.RECIPES, arch
-    for arch, base in recipes.DEFAULT_FOR_MODEL.items():
-        assert recipes.RECIPES[base].config.model == arch
-    assert recipes.default_recipe_for("resnet18") is None
+        base = default_recipe(arch)
+        assert base in recipes.RECIPES, (arch, base)
+        # An architecture borrows a recipe that its own architecture starts from too.
+        assert default_recipe(recipes.RECIPES[base].config.model) == base, arch
+    assert set(_registry.default_recipes()) == set(list_architectures())
+    assert set(DEFAULTS_BEFORE_THE_REGISTRY) <= set(list_architectures())
+    assert {a: default_recipe(a) for a in DEFAULTS_BEFORE_THE_REGISTRY} == DEFAULTS_BEFORE_THE_REGISTRY
+    assert default_recipe("resnet18") is None
     assert recipes.requires_init(recipes.get("nfnet_f3_imagenet_finetune_eps8"))
     assert not recipes.requires_init(recipes.get("wrn_digits_eps8"))
+
+
+def test_the_old_default_recipe_names_still_answer_from_the_registry():
+    """recipes.default_recipe_for and recipes.DEFAULT_FOR_MODEL: deprecated, kept for one release."""
+    from dp_zoo.models import default_recipe, list_architectures
+
+    with pytest.deprecated_call():
+        assert recipes.DEFAULT_FOR_MODEL == DEFAULT_FOR_MODEL_BEFORE
+    for arch in list_architectures() + ["resnet18"]:
+        with pytest.deprecated_call():
+            assert recipes.default_recipe_for(arch) == default_recipe(arch)
+    with pytest.raises(AttributeError, match="NO_SUCH_TABLE"):
+        recipes.NO_SUCH_TABLE
+
+
+def test_model_alone_starts_from_the_default_recipe_its_family_registered(monkeypatch, tmp_path, capsys):
+    """--model ARCH without --recipe: dp_zoo.models.default_recipe(ARCH); an architecture without one: exit 2."""
+    from dp_zoo.commands import train as cli
+    from dp_zoo.models import _registry
+    from tests.helpers import train_in_process
+
+    def recipe(model):
+        return cli._recipe(cli._parser().parse_args(["--model", model]))
+
+    assert (recipe("wrn_test").name, recipe("wrn_test").config.model) == ("wrn_test_eps8", "wrn_test")
+    assert recipe("wrn40_4_scalenorm").name == "wrn40_4_scalenorm_cifar10_eps8"
+    monkeypatch.setitem(_registry._DEFAULT_RECIPES, "wrn_test", "wrn16_4_cifar10_eps8")
+    assert recipe("wrn_test").config.data.dataset == "cifar10"
+    monkeypatch.delitem(_registry._DEFAULT_RECIPES, "wrn_test")
+    code = train_in_process("--model", "wrn_test", "--run-dir", str(tmp_path / "r"), "--nopublish")
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    [line] = [ln for ln in err.splitlines() if "has no default recipe" in ln]
+    assert "'wrn_test' has no default recipe; pass --recipe, or --model one of: " in line
+    assert "wrn16_4, " in line and "wrn_test" not in line.split("one of:")[1]
 
 
 def test_readme_zoo_table_shows_the_accountants_epsilon_of_each_published_recipe():
