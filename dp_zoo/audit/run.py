@@ -13,6 +13,7 @@ import numpy as np
 
 from dp_zoo.audit.bounds import epsilon_lower_bound
 from dp_zoo.audit.canaries import count_correct, guesses_from_scores, make_canaries, score_canaries
+from dp_zoo.engine.record_builder import RunRecordBuilder
 
 METHOD = "Steinke, Nasr, Jagielski 2023 (one training run), black-box input-space canaries"
 CANARY_KIND = "uniform-noise images with uniformly random labels"
@@ -272,7 +273,8 @@ def attach_to_record(result, record_path):
     if core(record.get("config", {})) != core(result.config):
         raise ValueError(f"{record_path} was not trained with the audited configuration "
                          f"({result.recipe}); audit the recipe that produced it.")
-    record["audit"] = result.to_dict()
+    # A newer audit of the same run replaces an earlier one, as before the builder.
+    record = RunRecordBuilder.from_record(record).set_audit(result.to_dict(), replace=True).build(check=False)
     tmp = record_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(record, f, indent=2, sort_keys=True)

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 
 from dp_zoo import preprocessing
-from dp_zoo.engine import checkpoint, trainable
+from dp_zoo.engine import checkpoint, record_builder, trainable
 
 CACHE_VERSION = 1
 # Features are computed in chunks of about this many images (views included).
@@ -209,9 +209,11 @@ class Probe:
         self.input_shape = tuple(train_set.input_shape)
 
     def complete_record(self, record):
-        """The record's ``model`` section describes the full network (what is published), not the head model."""
-        record["model"].update(num_params=int(self.model.count_params()), input_shape=list(self.input_shape),
-                               trained=self.trained)
+        """The record's ``model`` section describes the full network (what is published), not the head model
+        (``RunRecordBuilder.set_model_override`` on ``record``, in place; returns it)."""
+        return record_builder.RunRecordBuilder.from_record(record).set_model_override(
+            num_params=self.model.count_params(), input_shape=self.input_shape, trained=self.trained,
+        ).build(check=False)
 
     def published(self, weights):
         """A copy of the full network carrying the classifier ``weights`` (the head model's order)."""

@@ -193,11 +193,10 @@ def _check_same_weights(record, strategy, worker):
         )
 
 
-def _complete_record(record, trainer, train_set, test_set, eval_split, prov, name, eval_set=None):
-    """Adds what only the chief knows at the end: evaluation (on ``eval_set``, default ``test_set``),
-    data, the init's provenance, names."""
-    from dp_zoo.cards import run_record
-    from dp_zoo.engine import evaluation, record_sections
+def _complete_record(builder, trainer, train_set, test_set, eval_split, prov, name, eval_set=None):
+    """Adds to the run record of ``builder`` (a ``RunRecordBuilder``) what only the chief knows at the
+    end: evaluation (on ``eval_set``, default ``test_set``), data, the init's provenance, names."""
+    from dp_zoo.engine import evaluation
 
     ev = test_set if eval_set is None else eval_set
     metrics = {"test_accuracy_last": trainer.evaluate(ev, "last")["accuracy"],
@@ -217,11 +216,12 @@ def _complete_record(record, trainer, train_set, test_set, eval_split, prov, nam
         "train_sha256": getattr(train_set, "sha256", None), "test_sha256": getattr(test_set, "sha256", None),
         "sha256_note": SHA256_NOTE,
     }
-    run_record.complete(record, metrics=metrics, data=data, init=prov.to_dict() if prov is not None else None,
+    builder.set_command(metrics=metrics, data=data, init=prov.to_dict() if prov is not None else None,
                         entry_name=name, published_weights=evaluation.published_weights(trainer.ema_vars))
+    record = builder.build(check=False)
     if prov is not None and prov.kind in init_privacy.VOID and record["privacy"]["private"]:
-        record_sections.mark_not_private(record["privacy"], init_privacy.not_private_reason(prov),
-                                         init_privacy.not_private_detail(prov))
+        builder.mark_not_private(init_privacy.not_private_reason(prov), init_privacy.not_private_detail(prov))
+    return builder
 
 
 def _report(record, eval_split, worker):
@@ -285,8 +285,7 @@ def train(name, config, recipe, options=RunOptions()):
 def _train(name, config, recipe, options, strategy, run_dir):
     """``train`` once the run directory is locked and the publish target checked."""
     from dp_zoo import data as data_lib
-    from dp_zoo.cards import run_record
-    from dp_zoo.engine import checkpoint, trainer as engine
+    from dp_zoo.engine import checkpoint, record_builder, trainer as engine
     from dp_zoo.publish import manifest
 
     chief, worker = strategy_lib.is_chief(strategy), strategy_lib.worker_label(strategy)
@@ -329,9 +328,10 @@ def _train(name, config, recipe, options, strategy, run_dir):
             raise Interrupted(message)
         print(f"dp_zoo.train: {message}", file=sys.stderr)
         return record
+    builder = record_builder.RunRecordBuilder.from_record(record)  # writes into ``record``
     if probe is not None:
         probe.complete_record(record)
-    record["weights_sha256"] = weights_sha256(fit_model)
+    builder.set_weights(sha256=weights_sha256(fit_model))
     if multiworker:
         _check_same_weights(record, strategy, worker)
     if not chief:
@@ -341,11 +341,14 @@ def _train(name, config, recipe, options, strategy, run_dir):
         print(f"{worker}: finished {record['steps_completed']} steps, {eps}, weights sha256 "
               f"{record['weights_sha256']} (same on all workers); the chief writes {run_dir}.")
         return record
-    _complete_record(record, trainer, train_set, test_set, eval_split, prov, name, eval_set=fit_eval)
+    _complete_record(builder, trainer, train_set, test_set, eval_split, prov, name, eval_set=fit_eval)
     which = record["published_weights"]
     published = probe.published(trainer.weights_for(which)) if probe else trainer.model_for(which)
     # The record binds the weights it publishes; export checks the model it is given against it.
-    record[run_record.PUBLISHED_WEIGHTS_SHA256] = manifest.weights_sha256(published.get_weights())
+    builder.set_weights(published_sha256=manifest.weights_sha256(published.get_weights()))
+    # Unchecked, as before the builder: a finished run keeps its record even if no card can be built
+    # from it (the card and the export check it and say why).
+    record = builder.build(check=False)
     checkpoint.atomic_write_json(os.path.join(run_dir, "run_record.json"), record)
     _report(record, eval_split, worker)
     if options.publish:

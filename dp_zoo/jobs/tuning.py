@@ -46,6 +46,7 @@ import sys
 import time
 
 from dp_zoo import cli
+from dp_zoo.engine import record_builder
 
 # --grid keys: how each sets a TrainConfig field, and the value's type.
 GRID_KEYS = {
@@ -62,8 +63,7 @@ NUMBER_OF_TRIALS = ("secret: drawn from trial_distribution with OS entropy and n
 CALIBRATION = ("per grid point: each run's sigma is the smallest whose own RDP (training + score) converts to "
                "the common per-trial epsilon; the total is computed from the pointwise maximum of the "
                "points' RDP curves, which dominates each of them at every order")
-NO_TIMING = ("a tuning publishes no timing: the selected trial's wall time could tell which trial won, "
-             "and the total would grow with the secret number of trials")
+NO_TIMING = record_builder.TUNED_TIMING_NOTE  # its old name
 PRIVATE_LOG = "PRIVATE_tuning_log.json"
 PRIVATE_CONSOLE = "PRIVATE_trials_console.log"
 PRIVATE_NOTE = ("PRIVATE: the number of trials and their timings; publishing any of it voids the tuned "
@@ -165,13 +165,10 @@ def tuning_section(*, dist, grid, runs, score_noise, validation_size, delta, sea
 
 def apply_tuning(record, section, target_epsilon):
     """Makes the tuned total the record's epsilon (the selected trial's own stays under ``tuning``)
-    and drops the selected trial's wall time (a per-trial timing: it can tell which trial won)."""
-    privacy = record["privacy"]
-    section["selected_trial_epsilon"] = {"pld": privacy.get("epsilon_pld"), "rdp": privacy.get("epsilon_rdp")}
-    privacy.update(epsilon=section["total_epsilon"], epsilon_rdp=section["total_epsilon"], epsilon_pld=None,
-                   accountant="rdp", target_epsilon=target_epsilon, tuning=section)
-    record["operational"] = {"wall_time_s": None, "note": NO_TIMING}
-    return record
+    and drops the selected trial's wall time (a per-trial timing: it can tell which trial won).
+
+    ``RunRecordBuilder.set_tuning`` on ``record`` (in place; returns it)."""
+    return record_builder.RunRecordBuilder.from_record(record).set_tuning(section, target_epsilon).build(check=False)
 
 
 class StoppedError(RuntimeError):
@@ -287,17 +284,17 @@ class Tuner:
 
     def _finish(self, best, section):
         from dp_zoo import data as data_lib
-        from dp_zoo.cards import run_record
         from dp_zoo.engine import checkpoint
         from dp_zoo.jobs import training as run
 
         score, trainer, record, point, run_dir = best
         test_set = data_lib.load_dataset(trainer.config.data, "test")
-        run._complete_record(record, trainer, self.train_set, test_set, "test", None, self.name)
+        builder = record_builder.RunRecordBuilder.from_record(record)
+        run._complete_record(builder, trainer, self.train_set, test_set, "test", None, self.name)
         section.update(selected=point, score={**section["score"], "noisy_accuracy": score / len(self.val_set)})
-        apply_tuning(record, section, self.target_epsilon)
-        record["weights_sha256"] = run.weights_sha256(trainer.model)
-        run_record.check_run_record(record)
+        builder.set_tuning(section, self.target_epsilon)
+        builder.set_weights(sha256=run.weights_sha256(trainer.model))
+        record = builder.build()  # check_run_record: a tuned record publishes no trial count or timing
         checkpoint.atomic_write_json(os.path.join(run_dir, "run_record.json"), record)
         run._report(record, "test", None)
         print(f"privacy: the epsilon above is the TOTAL over the tuning (a secret number of trials, "
