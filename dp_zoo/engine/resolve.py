@@ -95,7 +95,7 @@ def resolve_privacy(*, dataset_size, batch_size, private=True, steps=None, epoch
       ValueError: naming the missing or invalid setting and the fix.
     """
     if not 0 < batch_size <= dataset_size:
-        raise ValueError(f"batch_size={batch_size} must be in [1, {dataset_size}] (the training set size).")
+        raise ValueError(f"batch_size must be in [1, {dataset_size}] (the training set size), got {batch_size}.")
     length_known = steps is not None or epochs is not None
     run_steps = steps_for(steps=steps, epochs=epochs, dataset_size=dataset_size, batch_size=batch_size) \
         if length_known or steps_required else None
