@@ -141,6 +141,8 @@ def privacy_rows(p, audit, is_simulation):
         ("clipping norm C", p["l2_clip"]),
         ("steps", p["steps"]),
     ]
+    if p.get("clipping"):
+        rows.append(("clipping rule (noise std = sigma x its sensitivity)", _clipping_text(p["clipping"])))
     if p.get("randomness"):
         rows.append(("batch selection and noise", p["randomness"]))
     if p.get("accountant_note"):
@@ -345,3 +347,10 @@ def _use_section(j):
         f"`[N, {shape[0]}, {shape[1]}, {shape[2]}]` -> `probabilities`, `logits`.",
         "",
     ]
+
+
+def _clipping_text(c):
+    """``privacy.clipping`` in words: the mode, its parameters and its sensitivity."""
+    params = {k: v for k, v in c.items() if k not in ("mode", "sensitivity")}
+    said = ", ".join(f"{k} {v}" for k, v in params.items())
+    return f"{c.get('mode')}{f' ({said})' if said else ''}; sensitivity {c.get('sensitivity')}"

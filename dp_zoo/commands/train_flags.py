@@ -53,6 +53,36 @@ def _precision(flag, v):
     return v
 
 
+def _clipping_mode(flag, v):
+    from dp_zoo.dp.clipping_modes import MODES
+
+    if v not in MODES:
+        raise UsageError(f"--clipping {v!r} is not a clipping rule: use {', '.join(MODES)} (automatic: scaled by "
+                         "1 / (norm + gamma), sensitivity 1; per_layer: each layer to C / sqrt(L)).")
+    return v
+
+
+def layer_clips(flag, v):
+    """``--layer-clips 'REGEX=C;REGEX=C'`` as ``((regex, C), ...)``."""
+    pairs = []
+    for item in (x.strip() for x in v.split(";")):
+        pattern, eq, clip = item.rpartition("=")
+        try:
+            c = float(clip)
+        except ValueError:
+            c = None
+        if not item or not eq or not pattern or c is None or not c > 0:
+            raise UsageError(f"--{flag} {v!r}: write REGEX=C pairs separated by ';' with every C > 0, e.g. "
+                             "'stage1|stem=0.5;.*=1.0' (a variable takes the first pattern its path matches).")
+        pairs.append((pattern, c))
+    return tuple(pairs)
+
+
+CLIPPING_HELP = ("flat (default: each example's gradient to norm C), automatic (Bu et al. 2023: scaled by "
+                 "1 / (norm + gamma), sensitivity 1, the learning rate absorbs C) or per_layer (each layer's part "
+                 "to C / sqrt(L), or by --layer-clips); the noise is sigma times the rule's sensitivity")
+
+
 class _Override(NamedTuple):
     """A flag that sets one ``TrainConfig`` field when given."""
 
@@ -80,6 +110,11 @@ OVERRIDES = (
               "the seed can recompute the batches and subtract the noise."),
     _Override("delta", "dp.delta", float, "Delta of the guarantee.", _delta, True, True),
     _Override("l2-clip", "dp.l2_clip", float, "Per-example clipping norm C.", positive, False, True),
+    _Override("clipping", "dp.clipping", str, CLIPPING_HELP + ".", _clipping_mode, False, True),
+    _Override("clipping-gamma", "dp.clipping_gamma", float, "Automatic clipping's gamma (default 0.01).",
+              positive, False, True),
+    _Override("layer-clips", "dp.layer_clips", str, "Per-layer clipping norms: 'REGEX=C;REGEX=C' (first match "
+              "of each variable's path; every trained variable must match one).", layer_clips, False, True),
     _Override("augmult", "augmult.num_views", int, "Augmentation multiplicity K.", positive),
     _Override("ema", "ema.decay", float, "EMA decay (0 turns EMA off).", _ema_decay),
     _Override("lr", "optim.learning_rate", float, "Learning rate.", positive),

@@ -8,9 +8,11 @@ This module turns the command line into a ``Tuner`` (``dp_zoo/jobs/tuning.py``,
 which states the mechanism and what stays private) and runs it.
 """
 
+import dataclasses
 import sys
 
 from dp_zoo import cli
+from dp_zoo.commands import train_flags
 from dp_zoo.jobs.tuning import (  # noqa: F401  (the rest: dp_zoo.tune's names before issue #29)
     CALIBRATION, GRID_KEYS, NO_TIMING, NUMBER_OF_TRIALS, PRIVATE_CONSOLE, PRIVATE_LOG, PRIVATE_NOTE,
     SCORE_MECHANISM, StoppedError, Tuner, apply_tuning, base_config, grid_shapes, parse_grid, point_config,
@@ -35,9 +37,24 @@ def _parser():
     p.option("name", help="the published entry's name (default: the recipe's)")
     p.option("run-dir", help="the trials' private run directories (default runs/<name>_tune)")
     p.option("publish-dir", help="where to publish (default: as python -m dp_zoo.train)")
+    p.option("clipping", help="the trials' clipping rule: " + train_flags.CLIPPING_HELP)
+    p.option("clipping-gamma", type=float, help="automatic clipping's gamma (default 0.01)")
+    p.option("layer-clips", help="per-layer clipping norms 'REGEX=C;REGEX=C' (python -m dp_zoo.train --help)")
     p.switch("publish", default=True, help="publish the selected model with its card")
     p.switch("overwrite", default=False, help="replace an existing artifact in --publish-dir")
     return p
+
+
+def _with_clipping(config, args):
+    """``config`` with the --clipping, --clipping-gamma and --layer-clips it was given."""
+    changes = {}
+    if args.clipping is not None:
+        changes["clipping"] = train_flags._clipping_mode("clipping", args.clipping)
+    if args.clipping_gamma is not None:
+        changes["clipping_gamma"] = train_flags.positive("clipping-gamma", args.clipping_gamma)
+    if args.layer_clips is not None:
+        changes["layer_clips"] = train_flags.layer_clips("layer-clips", args.layer_clips)
+    return config.replace(dp=dataclasses.replace(config.dp, **changes)) if changes else config
 
 
 def _search_space(args, recipe):
@@ -69,6 +86,7 @@ def main(argv=None):
     try:
         recipe = recipes.get(args.recipe)
         config, grid_items, source = _search_space(args, recipe)
+        config = _with_clipping(config, args)
         grid, dist = parse_grid(grid_items), tuning.TrialDistribution.parse(args.trials)
         target = args.epsilon if args.epsilon is not None else recipe.config.dp.target_epsilon
         if target is None or not target > 0:

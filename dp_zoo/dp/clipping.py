@@ -12,8 +12,8 @@ generic one here (vectorized per-example gradients, ``per_example``).
 import keras
 import tensorflow as tf
 
-from dp_zoo.dp import ws_fast_path
-from dp_zoo.dp.per_example import (finite_rows, float32_logits, global_norms, masked_clip_factors, per_example_grads,
+from dp_zoo.dp import clipping_modes, ws_fast_path
+from dp_zoo.dp.per_example import (finite_rows, float32_logits, masked_clip_factors, per_example_grads, sq_norms,
                                    weighted_sum)
 from dp_zoo.precision import compute_precision
 
@@ -23,7 +23,7 @@ from dp_zoo.precision import compute_precision
 # WRN's tracing time.
 @tf.autograph.experimental.do_not_convert
 def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True, ghost="auto",
-                     fold_gain="auto", precision="float32"):
+                     fold_gain="auto", precision="float32", clipping=None):
     """Sum over examples of per-example gradients clipped to norm ``l2_clip``.
 
     Args:
@@ -59,6 +59,9 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
         (``dp_zoo.precision.compute_precision``); per-example gradients,
         norms, clip factors and the sum are float32 either way, and so are
         the WS norms and ghost Grams (docs/design.md, "Precision").
+      clipping: a ``clipping_modes.Clipping`` (automatic or per-layer
+        clipping; its own C replaces ``l2_clip``); None: flat clipping at
+        ``l2_clip``.
 
     Returns:
       ``(grad_sum, norms)``: list aligned with ``model.trainable_variables``
@@ -74,14 +77,19 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
     with compute_precision(model, precision):
         if ws:
             return ws_fast_path.clipped_grad_sum_ws(model, images, labels, ws, l2_clip=l2_clip, mask=mask,
-                                                    ghost=ghost, fold_gain=fold_gain)
+                                                    ghost=ghost, fold_gain=fold_gain, clipping=clipping)
         grads, _ = per_example_grads(model, images, labels, vectorized=vectorized)
     # Per-example gradients w.r.t. float32 variables are float32; the cast
     # covers a model built with bfloat16 variables: norms and sums stay float32.
     grads = [tf.cast(g, tf.float32) for g in grads]
-    norms = global_norms(grads)
+    sq = sq_norms(grads)
+    norms = tf.sqrt(tf.add_n(sq))
     mask = finite_rows(norms, mask)
-    factors = masked_clip_factors(norms, l2_clip, mask)
+    if clipping is None:
+        factors = masked_clip_factors(norms, l2_clip, mask)
+    else:
+        paths = [v.path for v in model.trainable_variables]
+        factors = clipping_modes.clip_factors(clipping, sq, range(len(grads)), paths, norms, mask)
     return weighted_sum(grads, factors, mask, norms), norms
 
 

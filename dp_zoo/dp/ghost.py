@@ -13,6 +13,7 @@ the cost model by which ``ws_fast_path`` picks the ghost path per layer.
 
 import tensorflow as tf
 
+from dp_zoo.models.conv_ops import unit_stride
 from dp_zoo.models.ws_math import F32_UNIT_ROUNDOFF, fan_in_sum, ws_projection_terms
 
 # Ghost norms for a layer when (Gram multiply-adds) < GHOST_COST_RATIO x
@@ -210,3 +211,27 @@ def ghost_ws_sq_norms(gram_p, row_sums, dpre, pa, ds, s, c, centred=False, sigma
     pa_error = (n * F32_UNIT_ROUNDOFF) * l1 * tf.einsum("bt,bto->bo", tf.abs(mu), tf.abs(dpre))
     removed = ws_projection_terms(mean, pa, sigma, ds, c, n + dpre.shape[1], proj_error=pa_error)
     return tf.maximum(t_sq - tf.reduce_sum(removed * tf.square(s_), axis=1), 0.0)
+
+
+def ghost_kernel_sums(entries, factor_for, mask):
+    """``{id(entry): sum_b f_b a_b}`` of ghost layers, each one batched Conv2DBackpropFilter.
+
+    ``factor_for(entry)``: the ``[B]`` clip factors of the entry's layer.
+
+    ``sum_b f_b a_b`` is the batched kernel gradient of the conv for the
+    output gradients ``f_b dpre_b``, as in a non-private step. Padding rows
+    are zeroed first (``0 * nan`` is nan).
+    """
+    sums = {}
+    keep5 = tf.cast(mask, tf.bool)[:, None, None, None, None]
+    for e in entries:
+        weighted = tf.where(keep5, e.rows * tf.reshape(factor_for(e), [-1, 1, 1, 1, 1]), 0.0)
+        x = tf.where(keep5, e.inputs, 0.0)
+        geom = conv_geometry(e.layer, x.shape[2], x.shape[3])
+        # A strided 1x1 kernel's gradient as that of the subsampled input: oneDNN's kernel for
+        # the strided one writes past its workspace with few input channels (conv_ops).
+        flat, strides = unit_stride(tf.reshape(x, [-1, *x.shape[2:]]), geom["kernel"], geom["strides"])
+        sums[id(e)] = tf.raw_ops.Conv2DBackpropFilter(
+            input=flat, filter_sizes=tf.shape(e.ds), out_backprop=tf.reshape(weighted, [-1, *weighted.shape[2:]]),
+            strides=[1, *strides, 1], padding=geom["padding"])
+    return sums

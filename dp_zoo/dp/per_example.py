@@ -112,6 +112,9 @@ def masked_clip_factors(norms, l2_clip, mask):
 def weighted_sum(grads, factors, mask=None, norms=None):
     """``sum_b factors[b] * grads[b]`` for each ``[B, ...]`` tensor of ``grads``.
 
+    ``factors`` is one ``[B]`` tensor, or a list of them aligned with
+    ``grads`` (per-layer clipping scales each group by its own factors).
+
     A contraction over the batch axis (one matrix-vector product per
     variable, a single read of the per-example gradients) rather than a
     broadcast multiply followed by a reduction (a write and two reads).
@@ -137,4 +140,6 @@ def weighted_sum(grads, factors, mask=None, norms=None):
             return out
 
         grads = tf.cond(bad_padding, zero_padding_rows, lambda: [tf.identity(g) for g in grads])
-    return [tf.tensordot(factors, g, axes=[[0], [0]]) for g in grads]
+    if not isinstance(factors, (list, tuple)):
+        factors = [factors] * len(grads)
+    return [tf.tensordot(f, g, axes=[[0], [0]]) for f, g in zip(factors, grads)]

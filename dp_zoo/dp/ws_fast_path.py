@@ -56,7 +56,9 @@ to show against the naive loop.
 
 import tensorflow as tf
 
-from dp_zoo.dp.ghost import GHOST_COST_RATIO, conv_geometry, ghost_costs, ghost_ws_sq_norms, patch_gram
+from dp_zoo.dp import clipping_modes
+from dp_zoo.dp.ghost import (GHOST_COST_RATIO, conv_geometry, ghost_costs, ghost_kernel_sums, ghost_ws_sq_norms,
+                             patch_gram)
 from dp_zoo.dp.per_example import finite_rows, masked_clip_factors, sq_norms, views_loss, weighted_sum
 from dp_zoo.models.conv_ops import unit_stride
 from dp_zoo.models.ws_math import fan_in_sum, ws_backward, ws_geometry, ws_kernel_norms
@@ -217,7 +219,7 @@ class _Layer:
         self.rows = self.q_rows = self.inputs = None  # per-example [B, ...] outputs
 
 
-def clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto", fold_gain="auto"):
+def clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto", fold_gain="auto", clipping=None):
     """``clipping.clipped_grad_sum`` with per-example gradients taken w.r.t. standardized kernels.
 
     ``ws``: ``ws_kernels(model)``, not empty. Same arguments and result as
@@ -229,21 +231,32 @@ def clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto
     others = [i for i in range(len(params)) if i not in replaced]
     other_grads = _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain)
     batch = tf.shape(images)[0]
-    sq = sq_norms(other_grads)
+    sq, var_index = sq_norms(other_grads), list(others)
     for e in entries:
         kernel_sq, e.q_rows = _layer_sq_norms(e, batch)
         sq += [kernel_sq, tf.reduce_sum(tf.square(e.q_rows), axis=1) * float(e.scale) ** 2]
+        var_index += [e.kernel_index, e.gain_index]
     norms = tf.sqrt(tf.add_n(sq))
     mask = finite_rows(norms, mask)
-    factors = masked_clip_factors(norms, l2_clip, mask)
     direct = [e for e in entries if e.kind != "ghost"]
+    if clipping is None:
+        factors = masked_clip_factors(norms, l2_clip, mask)
+        factor_of = {i: factors for i in range(len(params))}
+    else:
+        paths = [v.path for v in model.trainable_variables]
+        per = clipping_modes.clip_factors(clipping, sq, var_index, paths, norms, mask)
+        # A layer's kernel and gain are in one group (clipping_modes.variable_groups).
+        factor_of = dict(zip(var_index, per))
+        factors = [factor_of[i] for i in others] + [factor_of[e.kernel_index] for e in direct] \
+            + [factor_of[e.gain_index] for e in entries]
     summed = weighted_sum(list(other_grads) + [e.rows for e in direct] + [e.q_rows for e in entries],
                           factors, mask, norms)
     out = [None] * len(params)
     for i, gsum in zip(others, summed[:len(others)]):
         out[i] = gsum
     kernel_sums = dict(zip(map(id, direct), summed[len(others):len(others) + len(direct)]))
-    kernel_sums.update(_ghost_kernel_sums([e for e in entries if e.kind == "ghost"], factors, mask))
+    kernel_sums.update(ghost_kernel_sums([e for e in entries if e.kind == "ghost"],
+                                          lambda e: factor_of[e.kernel_index], mask))
     for e, q_sum in zip(entries, summed[len(others) + len(direct):]):
         # A folded layer's sum is w.r.t. d * s * g: its WS backward takes the gain.
         out[e.kernel_index] = ws_backward(kernel_sums[id(e)], e.ds, e.s, e.c,
@@ -367,25 +380,3 @@ def _float32_projection(e, batch):
     pre = tf.nn.conv2d(flat, e.ds, strides=[1, *strides, 1], padding=geom["padding"])
     cout = e.ds.shape[-1]
     return tf.einsum("bto,bto->bo", tf.reshape(e.rows, [batch, -1, cout]), tf.reshape(pre, [batch, -1, cout]))
-
-
-def _ghost_kernel_sums(entries, factors, mask):
-    """``{id(entry): sum_b f_b a_b}`` of ghost layers, each one batched Conv2DBackpropFilter.
-
-    ``sum_b f_b a_b`` is the batched kernel gradient of the conv for the
-    output gradients ``f_b dpre_b``, as in a non-private step. Padding rows
-    are zeroed first (``0 * nan`` is nan).
-    """
-    sums = {}
-    keep5 = tf.cast(mask, tf.bool)[:, None, None, None, None]
-    for e in entries:
-        weighted = tf.where(keep5, e.rows * tf.reshape(factors, [-1, 1, 1, 1, 1]), 0.0)
-        x = tf.where(keep5, e.inputs, 0.0)
-        geom = conv_geometry(e.layer, x.shape[2], x.shape[3])
-        # A strided 1x1 kernel's gradient as that of the subsampled input: oneDNN's kernel for
-        # the strided one writes past its workspace with few input channels (conv_ops).
-        flat, strides = unit_stride(tf.reshape(x, [-1, *x.shape[2:]]), geom["kernel"], geom["strides"])
-        sums[id(e)] = tf.raw_ops.Conv2DBackpropFilter(
-            input=flat, filter_sizes=tf.shape(e.ds), out_backprop=tf.reshape(weighted, [-1, *weighted.shape[2:]]),
-            strides=[1, *strides, 1], padding=geom["padding"])
-    return sums

@@ -199,7 +199,8 @@ class PrivateModel(keras.Model):
         if self._fns is None:
             spec = step_lib.StepSpec(private=True, l2_clip=self.plan.l2_clip,
                                      noise_multiplier=self.plan.update_noise_multiplier,
-                                     expected_batch_size=self.plan.batch_size, precision=self.precision)
+                                     expected_batch_size=self.plan.batch_size, precision=self.precision,
+                                     clipping=self.plan.clipping)
             self._fns = step_lib.build_step_functions(self.inner, self.optimizer, spec, step_lib.no_averages(),
                                                       strategy=tf.distribute.get_strategy(),
                                                       views=step_lib.single_view)
@@ -316,7 +317,7 @@ class PrivateModel(keras.Model):
 def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=None,
                  target_epsilon=None, delta=1e-5, epochs=None, steps=None,
                  physical_batch_size=None, accountant="pld", seed=None, trainable="all",
-                 precision="float32"):
+                 precision="float32", clipping="flat", clipping_gamma=0.01, layer_clips=()):
     """Returns a Keras model whose ``fit()`` trains ``model`` with DP-SGD.
 
     Args:
@@ -343,6 +344,13 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
         predicting in it); norms, clipping, accumulators, noise and the
         optimizer stay float32 (``dp_zoo.precision``).
 
+      clipping: "flat" (each example's gradient to norm ``l2_clip``),
+        "automatic" (scaled by 1 / (norm + ``clipping_gamma``): sensitivity
+        1, the learning rate absorbs C) or "per_layer" (each layer's part to
+        ``l2_clip / sqrt(L)``, or by ``layer_clips``, ``((regex, C_l), ...)``);
+        ``dp_zoo.dp.clipping_modes``. The noise is sigma times the rule's
+        sensitivity.
+
     Returns:
       A ``PrivateModel``; ``compile`` it with an optimizer, then ``fit``.
       The loss is sparse categorical cross-entropy from logits.
@@ -350,6 +358,7 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
     # steps, sigma and C resolved where the Trainer's are (engine/resolve.py).
     plan = resolve.resolve_privacy(dataset_size=dataset_size, batch_size=batch_size, steps=steps, epochs=epochs,
                                    noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, delta=delta,
-                                   accountant=accountant, l2_clip=l2_clip, steps_required=False)
+                                   accountant=accountant, l2_clip=l2_clip, steps_required=False,
+                                   clipping=clipping, clipping_gamma=clipping_gamma, layer_clips=layer_clips)
     trainable_lib.apply(model, trainable)
     return PrivateModel(model, plan=plan, physical_batch_size=physical_batch_size, seed=seed, precision=precision)

@@ -30,7 +30,8 @@ NOISELESS_DETAIL = ("trained with DP-SGD's sampling and clipping but no noise (a
 
 
 def engine_sections(*, config, ledger, model, train, strategy, history, wall_time_s, steps_planned,
-                    steps_completed, nonfinite_steps, add_noise=True, tan_simulation=None, trained=None):
+                    steps_completed, nonfinite_steps, add_noise=True, tan_simulation=None, trained=None,
+                    clipping=None):
     """The run record without "data"/"metrics" (the CLI adds those); ``Trainer.record()`` returns it.
 
     Args:
@@ -44,17 +45,22 @@ def engine_sections(*, config, ledger, model, train, strategy, history, wall_tim
       add_noise: False for the audit's noiseless run (marked not private).
       tan_simulation: ``dp_zoo.engine.tan.tan_info``'s dict, or None.
       trained: ``trainable.apply``'s summary of the trained variables.
+      clipping: the run's ``dp_zoo.dp.Clipping`` (its plan's); stated as
+        ``privacy.clipping``, and ``privacy.l2_clip`` is its sensitivity (C
+        for flat clipping, 1 for automatic).
     """
     private = bool(config.dp.enabled)
     tan = tan_simulation if config.tan_simulation_factor else None
     privacy = {
         **ledger.summary(tan_simulation=tan),
-        "l2_clip": float(config.dp.l2_clip) if private else None,
+        "l2_clip": (float(config.dp.l2_clip) if clipping is None else clipping.sensitivity) if private else None,
         # Decided on the noisy update alone (post-processing): covered by the guarantee.
         "nonfinite_steps_skipped": nonfinite_steps,
         "randomness": None if not private else (
             RANDOMNESS_REPRODUCIBLE if config.deterministic else RANDOMNESS_SECRET),
     }
+    if clipping is not None:
+        privacy["clipping"] = clipping.describe() if private else None
     not_private = None
     if private and not add_noise:
         not_private = ("noise disabled", NOISELESS_DETAIL)

@@ -16,6 +16,7 @@ import math
 from typing import Optional
 
 from dp_zoo import accounting, cli
+from dp_zoo.dp.clipping_modes import Clipping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,9 @@ class PrivacyPlan:
       noise_multiplier: sigma the accountant charges for (None when not private).
       update_noise_multiplier: sigma the update draws: ``noise_multiplier``,
         or 0.0 for the audit's noiseless power check (``add_noise=False``).
-      l2_clip: C, each example's gradient-sum bound (None when not private).
+      l2_clip: C as configured (None when not private).
+      clipping: the ``dp_zoo.dp.Clipping`` rule, whose ``sensitivity`` the
+        noise is scaled by (None when not private).
       delta, accountant, target_epsilon: of the guarantee.
     """
 
@@ -45,6 +48,7 @@ class PrivacyPlan:
     delta: float
     accountant: str
     target_epsilon: Optional[float]
+    clipping: Optional[Clipping] = None
 
     @property
     def sampling_probability(self):
@@ -73,7 +77,7 @@ def _calibrated_sigma(target_epsilon, sampling_probability, steps, delta, accoun
 
 def resolve_privacy(*, dataset_size, batch_size, private=True, steps=None, epochs=None, noise_multiplier=None,
                     target_epsilon=None, delta=1e-5, accountant="pld", l2_clip=None, prior_runs=(),
-                    add_noise=True, steps_required=True):
+                    add_noise=True, steps_required=True, clipping="flat", clipping_gamma=0.01, layer_clips=()):
     """The ``PrivacyPlan`` of a run: steps from steps/epochs, sigma given or calibrated, C checked.
 
     Args:
@@ -84,6 +88,8 @@ def resolve_privacy(*, dataset_size, batch_size, private=True, steps=None, epoch
         over the run's steps (with a target too, the target is a budget guard).
       delta, accountant: of the guarantee.
       l2_clip: C (> 0 for a private run).
+      clipping, clipping_gamma, layer_clips: the clipping rule
+        (``dp_zoo.dp.Clipping``: "flat", "automatic" or "per_layer").
       prior_runs: ``((sigma, q, steps), ...)`` composed before this run: a
         calibration targets the total epsilon.
       add_noise: False keeps sigma for the accounting but draws none (the
@@ -104,6 +110,7 @@ def resolve_privacy(*, dataset_size, batch_size, private=True, steps=None, epoch
                            float(delta), accountant, None)
     if l2_clip is None or not l2_clip > 0:
         raise ValueError(f"l2_clip must be > 0 (the clipping norm C), got {l2_clip}.")
+    rule = Clipping(clipping, float(l2_clip), float(clipping_gamma), tuple(layer_clips))
     sigma = noise_multiplier
     if sigma is None:
         if target_epsilon is None:
@@ -117,7 +124,7 @@ def resolve_privacy(*, dataset_size, batch_size, private=True, steps=None, epoch
         raise ValueError(f"noise_multiplier must be >= 0, got {sigma}.")
     return PrivacyPlan(True, int(dataset_size), float(batch_size), run_steps, float(sigma),
                        float(sigma) if add_noise else 0.0, float(l2_clip), float(delta), accountant,
-                       None if target_epsilon is None else float(target_epsilon))
+                       None if target_epsilon is None else float(target_epsilon), rule)
 
 
 def resolve_config(config, dataset_size, prior_runs=(), *, add_noise=True):
@@ -127,7 +134,8 @@ def resolve_config(config, dataset_size, prior_runs=(), *, add_noise=True):
         dataset_size=dataset_size, batch_size=config.batch_size, private=bool(dp.enabled), steps=config.steps,
         epochs=config.epochs, noise_multiplier=dp.noise_multiplier, target_epsilon=dp.target_epsilon,
         delta=dp.delta, accountant=dp.accountant, l2_clip=dp.l2_clip,
-        prior_runs=tuple(prior_runs) if dp.enabled else (), add_noise=add_noise)
+        prior_runs=tuple(prior_runs) if dp.enabled else (), add_noise=add_noise,
+        clipping=dp.clipping, clipping_gamma=dp.clipping_gamma, layer_clips=dp.layer_clips)
 
 
 def validate(config, train):

@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple, Optional
 import tensorflow as tf
 
 from dp_zoo import preprocessing
-from dp_zoo.dp import clipped_grad_sum, mean_grad, noisy_normalized_sum
+from dp_zoo.dp import Clipping, clipped_grad_sum, mean_grad, noisy_normalized_sum
 from dp_zoo.engine import optim
 
 # Keeps the per-replica augmentation seeds apart (a prime, so replicas never collide).
@@ -76,12 +76,23 @@ class StepSpec(NamedTuple):
     precision: str = "float32"
     weight_decay: float = 0.0
     ema_decay: Optional[float] = None
+    clipping: Optional[Clipping] = None  # None: flat at l2_clip
+
+    @property
+    def sensitivity(self):
+        """What the noise std is sigma times: the clipping rule's bound on one example's contribution."""
+        return self.l2_clip if self.clipping is None else self.clipping.sensitivity
+
+    @property
+    def rule(self):
+        """The rule ``clipped_grad_sum`` takes: None for flat clipping (its own, unchanged graph)."""
+        return None if self.clipping is None or self.clipping.mode == "flat" else self.clipping
 
     @classmethod
     def for_run(cls, plan, config):
         """The Trainer's spec: C and sigma from ``plan``, the rest from the ``TrainConfig``."""
         return cls(private=plan.private, l2_clip=plan.l2_clip, noise_multiplier=plan.update_noise_multiplier,
-                   expected_batch_size=plan.batch_size, precision=config.precision,
+                   clipping=plan.clipping, expected_batch_size=plan.batch_size, precision=config.precision,
                    weight_decay=config.optim.weight_decay, ema_decay=config.ema.decay)
 
 
@@ -117,7 +128,7 @@ def _replica_sum_fn(model, spec, views):
         # and the update (noise, optimizer, averages) is float32.
         if spec.private:
             grads, norms = clipped_grad_sum(model, x, labels, l2_clip=spec.l2_clip, mask=mask,
-                                            precision=spec.precision)
+                                            precision=spec.precision, clipping=spec.rule)
         else:
             grads, _ = mean_grad(model, x, labels, mask, precision=spec.precision)
             norms = tf.zeros_like(mask)
@@ -160,7 +171,7 @@ def _apply_fn(model, optimizer, spec, averages):
             # The one noise draw of this logical step (all micro-batches
             # and replicas are already summed into grad_sum).
             update = noisy_normalized_sum(
-                grad_sum, l2_clip=spec.l2_clip, noise_multiplier=spec.noise_multiplier,
+                grad_sum, l2_clip=spec.sensitivity, noise_multiplier=spec.noise_multiplier,
                 expected_batch_size=spec.expected_batch_size, seed=noise_seed)
         else:
             update = list(grad_sum)  # already the mean gradient

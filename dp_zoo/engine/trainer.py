@@ -374,4 +374,4 @@ class Trainer:
             config=self.config, ledger=self.ledger, model=self.model, train=self.train, strategy=self.strategy,
             history=self.history, wall_time_s=self.wall_time_s, steps_planned=self.total_steps,
             steps_completed=self.step, nonfinite_steps=self.nonfinite_steps, add_noise=self.add_noise,
-            tan_simulation=self.tan_simulation, trained=self.trained)
+            tan_simulation=self.tan_simulation, trained=self.trained, clipping=self.plan.clipping)

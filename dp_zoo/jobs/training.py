@@ -151,7 +151,7 @@ def _announce(trainer, config, recipe, train_set, run_dir):
     if trainer.private:
         print(f"Training {config.model} on {train_set.name} (N={len(train_set)}) with DP-SGD: "
               f"sigma={trainer.noise_multiplier:.4f}, q={trainer.q:.4g}, {trainer.total_steps} steps, "
-              f"C={config.dp.l2_clip}, delta={config.dp.delta:g}; run dir {run_dir}")
+              f"{_clipping_words(trainer.plan.clipping)}, delta={config.dp.delta:g}; run dir {run_dir}")
     else:
         print(f"Training {config.model} on {train_set.name} WITHOUT privacy (baseline); run dir {run_dir}")
 
@@ -360,3 +360,10 @@ def _publish(published, record, name, options, run_dir):
     """Publishes ``published`` (``publishing.publish``; a failure keeps it in ``run_dir``) and says where."""
     publish_dir = publishing.publish(published, record, name, options, run_dir)
     print(f"published: {publish_dir}\n  load it with: dp_zoo.load({publish_dir!r})")
+
+
+def _clipping_words(clipping):
+    """The clipping rule in the start line: ``C=1.0`` for flat clipping, else the mode and its sensitivity."""
+    if clipping.mode == "flat":
+        return f"C={clipping.l2_clip}"
+    return f"{clipping.mode} clipping (sensitivity {clipping.sensitivity:g})"

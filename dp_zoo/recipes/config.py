@@ -9,7 +9,7 @@ The DP semantics these fields control are in docs/design.md and docs/privacy.md.
 """
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Tuple
 
 from dp_zoo.precision import check_precision
 
@@ -31,6 +31,13 @@ class DPConfig:
         assumes).
       enabled: False only for non-private baselines; then no clipping, no
         noise and no epsilon is ever claimed.
+      clipping: "flat" (each gradient to norm C), "automatic" (scaled by
+        1 / (norm + clipping_gamma); sensitivity 1) or "per_layer" (each
+        layer's part to C / sqrt(L), or by ``layer_clips``); see
+        ``dp_zoo.dp.clipping_modes``.
+      clipping_gamma: automatic clipping's gamma.
+      layer_clips: per-layer clipping's ``((regex, C_l), ...)``; empty: C
+        split equally over the trained layers.
     """
 
     l2_clip: float = 1.0
@@ -40,6 +47,13 @@ class DPConfig:
     accountant: str = "pld"
     sampling: str = "poisson"
     enabled: bool = True
+    clipping: str = "flat"
+    clipping_gamma: float = 0.01
+    layer_clips: Tuple[Tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        # JSON gives lists back: as tuples, a config read from a record equals the one that ran.
+        object.__setattr__(self, "layer_clips", tuple((str(r), float(c)) for r, c in self.layer_clips))
 
 
 @dataclasses.dataclass(frozen=True)
