@@ -205,6 +205,7 @@ class TrainConfig:
         """A JSON-serialisable dict of every field (nested configs as dicts)."""
         d = dataclasses.asdict(self)
         d["model_kwargs"] = [list(kv) for kv in self.model_kwargs]
+        d["dp"]["layer_clips"] = [list(rc) for rc in self.dp.layer_clips]  # as JSON reads it back
         return d
 
     @classmethod

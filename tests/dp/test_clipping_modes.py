@@ -171,3 +171,22 @@ def test_the_command_lines_take_the_clipping_flags():
     tune_args = tune_cli._parser().parse_args(["--recipe", "wrn_digits_eps8", "--clipping", "automatic"])
     tuned = tune_cli._with_clipping(recipes.get("wrn_digits_eps8").config, tune_args)
     assert tuned.dp.clipping == "automatic"
+
+
+def test_a_per_layer_run_with_augmult_and_a_trained_subset_publishes_its_rule(tmp_path):
+    """The CLI end to end: K=2 views, only the classifier and the last stage trained, per-layer clipping;
+    the record, card.json and the card's README state the rule and its sensitivity."""
+    import json
+
+    from tests.helpers import train_in_process
+
+    out = tmp_path / "artifact"
+    code = train_in_process("--model", "wrn_test", "--steps", "3", "--augmult", "2", "--trainable", "stage3|logits",
+                            "--clipping", "per_layer", "--l2-clip", "2.0", "--run-dir", str(tmp_path / "run"),
+                            "--publish-dir", str(out), "--eval-every", "0")
+    assert code == 0
+    record = json.loads((tmp_path / "run" / "run_record.json").read_text())
+    rule = record["privacy"]["clipping"]
+    assert rule["mode"] == "per_layer" and rule["sensitivity"] == record["privacy"]["l2_clip"] == 2.0
+    assert json.loads((out / "card.json").read_text())["privacy"]["clipping"] == rule
+    assert "clipping rule (noise std = sigma x its sensitivity) | per_layer" in (out / "README.md").read_text()

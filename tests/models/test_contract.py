@@ -78,12 +78,13 @@ def _perturbed(name, shape, num_classes=5, seed=0, **overrides):
     return m
 
 
-# The fresh process imports only what dp_zoo.load imports (dp_zoo.models): whatever a saved model
-# needs must be registered by that import. A failure is reported per model.
+# The fresh process imports only dp_zoo itself (its lazy top level) and Keras: Keras' own loader must
+# then read every family and convention (dp_zoo registers its layers on the loader's first call). A
+# failure is reported per model.
 RELOAD = textwrap.dedent("""
     import json, sys
+    import dp_zoo
     import numpy as np, keras, tensorflow as tf
-    import dp_zoo.models
     out, errors = {}, {}
     for name, d in json.loads(sys.argv[1]).items():
         x = np.load(d + "/x.npy")

@@ -41,9 +41,11 @@ def test_records_written_with_num_classes_still_read():
     assert "num_classes" in old
     back = cfg.TrainConfig.from_dict(old)
     # Fields added since read as their defaults: every variable trained, no probe (fine-tuning
-    # modes), float32 (the only precision there was).
+    # modes), float32 (the only precision there was), flat clipping (the only rule there was).
     assert "precision" not in old and back.precision == "float32"
+    assert "clipping" not in old["dp"] and back.dp.clipping == "flat"
     assert back.to_dict() == {**{k: v for k, v in old.items() if k != "num_classes"},
+                              "dp": {**old["dp"], "clipping": "flat", "clipping_gamma": 0.01, "layer_clips": []},
                               "trainable": "all", "linear_probe": False, "precision": "float32"}
 
 
