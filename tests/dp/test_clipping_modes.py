@@ -173,6 +173,7 @@ def test_the_command_lines_take_the_clipping_flags():
     assert tuned.dp.clipping == "automatic"
 
 
+@pytest.mark.slow  # a real training and export: ~40-60 s on 2 cores
 def test_a_per_layer_run_with_augmult_and_a_trained_subset_publishes_its_rule(tmp_path):
     """The CLI end to end: K=2 views, only the classifier and the last stage trained, per-layer clipping;
     the record, card.json and the card's README state the rule and its sensitivity."""
