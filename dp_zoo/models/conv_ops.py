@@ -18,6 +18,14 @@ WRN-16-4's (64 and 128 channels) never did. Upstream:
 uxlfoundation/oneDNN#6035 ("1x1 convolution backward_weights writes past the
 rtus workspace (nhwc, IC < ic_block)", open); no TensorFlow issue found.
 
+A second kernel, measured on an AMD EPYC with AVX512_BF16 (TensorFlow 2.21, 2 cores): the
+bfloat16 ``Conv2DBackpropFilter`` of a 3x3 convolution with stride 2 over a 1x1 input (an
+NF-ResNet's last stage at 16x16 inputs) returns NaN or values near 1e36 in one call of two or
+three, the same call with the same inputs: the kernel taps that meet only padding are left
+unwritten. Stride 1 over the same input, and float32, are exact. Along an axis of size 1 the
+stride changes nothing but the kernel chosen, so ``unit_stride`` sets it to 1 there. No
+upstream issue found.
+
 The way round. A 1x1 convolution with stride s reads every s-th pixel only
 and pads nothing under "same" or "valid" (``ceil(h / s)`` output rows
 either way): it is exactly the stride-1 convolution of
@@ -36,13 +44,21 @@ def _pair(v):
 
 
 def unit_stride(x, kernel_size, strides, data_format="channels_last"):
-    """``(x', strides')``: a 1x1 convolution's input subsampled by its strides, and strides ``(1, 1)``.
+    """``(x', strides')``: the input and strides of an equal convolution that meets no faulty oneDNN kernel.
 
-    Other kernels (and stride 1) come back unchanged. ``x`` is NHWC (NCHW
+    A 1x1 convolution's input is subsampled by its strides, which become
+    ``(1, 1)``; and along a spatial axis of static size 1 the stride becomes
+    1 (one output position either way, with the same padding: "same" pads
+    ``(k - 1) * dilation`` in total for any stride there, and "valid" needs
+    ``k = 1``). Other convolutions come back unchanged. ``x`` is NHWC (NCHW
     with ``data_format="channels_first"``); the convolution of ``x'`` with
     ``strides'`` equals that of ``x`` with ``strides`` for either padding.
     """
     kernel_size, strides = _pair(kernel_size), _pair(strides)
+    spatial = tuple(x.shape[2:4] if data_format == "channels_first" else x.shape[1:3])
+    # oneDNN's bfloat16 backward-weights kernel of a strided 3x3 convolution over a 1x1 input leaves
+    # the taps that see only padding unwritten: NaN or 1e36 at random (module docstring).
+    strides = tuple(1 if size == 1 else s for size, s in zip(spatial, strides))
     if kernel_size != (1, 1) or strides == (1, 1):
         return x, strides
     sh, sw = strides

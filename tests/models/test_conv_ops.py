@@ -42,3 +42,27 @@ def test_other_convolutions_pass_through():
         assert same is x and s == ((strides, strides) if isinstance(strides, int) else tuple(strides))
     sub, s = unit_stride(tf.zeros([1, 3, 9, 8]), 1, 2, data_format="channels_first")
     assert sub.shape == (1, 3, 5, 4) and s == (1, 1)
+
+
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float32])
+def test_a_strided_convolution_over_a_1x1_input_has_exact_repeatable_gradients(dtype):
+    """Failed on an AMD EPYC with AVX512_BF16 before ``unit_stride`` set the stride of a size-1 axis to 1:
+    oneDNN's bfloat16 kernel-gradient of a stride-2 3x3 convolution over a 1x1 input returned NaN or
+    ~1e36 in some calls (an NF-ResNet's last stage at 16x16 inputs)."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 1, 1, 32))
+    k = rng.normal(size=(3, 3, 32, 32))
+    dy = rng.normal(size=(8, 1, 1, 32))
+    assert unit_stride(tf.zeros([8, 1, 1, 32]), (3, 3), 2)[1] == (1, 1)
+    assert unit_stride(tf.zeros([8, 1, 5, 32]), (3, 3), 2)[1] == (1, 2)
+    # "same" over one pixel: only the centre tap sees the input; the others only padding.
+    ref = np.zeros_like(k)
+    ref[1, 1] = np.einsum("nc,no->co", x[:, 0, 0], dy[:, 0, 0])
+    tol = 2e-2 if dtype == tf.bfloat16 else 1e-5
+    for _ in range(6):
+        xt, kt = tf.constant(x, dtype), tf.constant(k, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(kt)
+            y = conv2d(xt, kt, strides=2, padding="same")
+        dk = tape.gradient(y, kt, output_gradients=tf.constant(dy, dtype)).numpy().astype(np.float64)
+        assert np.linalg.norm(dk - ref) <= tol * np.linalg.norm(ref)
