@@ -29,6 +29,8 @@ from typing import Tuple
 
 import tensorflow as tf
 
+from dp_zoo.dp.per_example import masked_clip_factors
+
 MODES = ("flat", "automatic", "per_layer")
 
 
@@ -140,22 +142,16 @@ def clip_factors(clipping, sq_norms, var_index, paths, norms, mask):
       A list aligned with ``sq_norms``; under flat and automatic clipping
       every entry is the same tensor (one factor per example).
     """
-    keep = tf.cast(mask, tf.bool)
     if clipping.mode != "per_layer":
         if clipping.mode == "automatic":
             factors = 1.0 / (norms + tf.cast(clipping.gamma, norms.dtype))
+            factors = tf.where(tf.cast(mask, tf.bool), factors, tf.zeros_like(factors))
         else:
-            c = tf.cast(clipping.l2_clip, norms.dtype)
-            factors = c / tf.maximum(norms, c)
-        factors = tf.where(keep, factors, tf.zeros_like(factors))
+            factors = masked_clip_factors(norms, clipping.l2_clip, mask)
         return [factors] * len(sq_norms)
     groups, clips = variable_groups(clipping, paths)
     by_group = {}
     for sq, v in zip(sq_norms, var_index):
         by_group.setdefault(groups[v], []).append(sq)
-    factor_of = {}
-    for g, parts in by_group.items():
-        n = tf.sqrt(tf.add_n(parts))
-        c = tf.cast(clips[g], n.dtype)
-        factor_of[g] = tf.where(keep, c / tf.maximum(n, c), tf.zeros_like(n))
+    factor_of = {g: masked_clip_factors(tf.sqrt(tf.add_n(parts)), clips[g], mask) for g, parts in by_group.items()}
     return [factor_of[groups[v]] for v in var_index]

@@ -157,10 +157,6 @@ class PrivateModel(keras.Model):
         self.inner = inner
         self.plan = plan
         self.precision = check_precision(precision)
-        self.l2_clip = plan.l2_clip
-        self.noise_multiplier = plan.noise_multiplier
-        self.dataset_size = plan.dataset_size
-        self.expected_batch_size = plan.batch_size
         self.physical_batch_size = int(physical_batch_size or min(plan.batch_size, 256))
         self.seed = seed
         if seed is not None:
@@ -175,6 +171,26 @@ class PrivateModel(keras.Model):
         )
         self._acc = None
         self._fns = None
+
+    @property
+    def l2_clip(self):
+        """C as given to ``make_private``."""
+        return self.plan.l2_clip
+
+    @property
+    def noise_multiplier(self):
+        """sigma, given or calibrated (``resolve.resolve_privacy``)."""
+        return self.plan.noise_multiplier
+
+    @property
+    def dataset_size(self):
+        """N."""
+        return self.plan.dataset_size
+
+    @property
+    def expected_batch_size(self):
+        """B = q N."""
+        return self.plan.batch_size
 
     @property
     def is_private(self):
@@ -197,10 +213,7 @@ class PrivateModel(keras.Model):
         """The engine's DP step (``dp_zoo.engine.step``), built at the first trace: one view per example,
         no weight decay or averages, the optimizer given to ``compile``."""
         if self._fns is None:
-            spec = step_lib.StepSpec(private=True, l2_clip=self.plan.l2_clip,
-                                     noise_multiplier=self.plan.update_noise_multiplier,
-                                     expected_batch_size=self.plan.batch_size, precision=self.precision,
-                                     clipping=self.plan.clipping)
+            spec = step_lib.StepSpec.for_plan(self.plan, precision=self.precision)
             self._fns = step_lib.build_step_functions(self.inner, self.optimizer, spec, step_lib.no_averages(),
                                                       strategy=tf.distribute.get_strategy(),
                                                       views=step_lib.single_view)
@@ -343,7 +356,6 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
         own policy is put back after each trace, so ``model`` keeps
         predicting in it); norms, clipping, accumulators, noise and the
         optimizer stay float32 (``dp_zoo.precision``).
-
       clipping: "flat" (each example's gradient to norm ``l2_clip``),
         "automatic" (scaled by 1 / (norm + ``clipping_gamma``): sensitivity
         1, the learning rate absorbs C) or "per_layer" (each layer's part to

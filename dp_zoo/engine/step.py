@@ -89,11 +89,18 @@ class StepSpec(NamedTuple):
         return None if self.clipping is None or self.clipping.mode == "flat" else self.clipping
 
     @classmethod
-    def for_run(cls, plan, config):
-        """The Trainer's spec: C and sigma from ``plan``, the rest from the ``TrainConfig``."""
+    def for_plan(cls, plan, *, precision="float32", weight_decay=0.0, ema_decay=None):
+        """The spec of a ``resolve.PrivacyPlan``: C, the clipping rule, the update's sigma and B from it
+        (``make_private``'s: no weight decay or averages)."""
         return cls(private=plan.private, l2_clip=plan.l2_clip, noise_multiplier=plan.update_noise_multiplier,
-                   clipping=plan.clipping, expected_batch_size=plan.batch_size, precision=config.precision,
-                   weight_decay=config.optim.weight_decay, ema_decay=config.ema.decay)
+                   clipping=plan.clipping, expected_batch_size=plan.batch_size, precision=precision,
+                   weight_decay=weight_decay, ema_decay=ema_decay)
+
+    @classmethod
+    def for_run(cls, plan, config):
+        """The Trainer's spec: ``for_plan`` with the ``TrainConfig``'s precision, weight decay and EMA."""
+        return cls.for_plan(plan, precision=config.precision, weight_decay=config.optim.weight_decay,
+                            ema_decay=config.ema.decay)
 
 
 def normalized_views(mean, std, augment_fn, num_views):
