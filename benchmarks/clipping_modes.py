@@ -3,10 +3,12 @@
     python benchmarks/clipping_modes.py [--model wrn16_4] [--batch 64] [--repeats 7]
                                         [--accuracy] [--eps 1 8] [--out benchmarks/results/clipping_modes.json]
 
-Speed: ``clipped_grad_sum`` under flat, automatic and per-layer clipping and
-the non-private gradient of the same model and batch (32x32x3, K=1), each
-traced once, then timed in turn in every round (wall-clock medians); the
-table gives each mode's time over flat's, measured in the same rounds.
+Speed: ``clipped_grad_sum`` under flat, automatic and per-layer clipping,
+adaptive clipping's (flat at a C read from a variable, plus the count query
+``adaptive_clip.centred_count``) and the non-private gradient of the same
+model and batch (32x32x3, K=1), each traced once, then timed in turn in every
+round (wall-clock medians); the table gives each mode's time over flat's,
+measured in the same rounds.
 
 Accuracy (``--accuracy``): ``python -m dp_zoo.train --recipe wrn_digits_eps<E>
 --clipping MODE --no-publish`` for each epsilon and mode, one process each, in
@@ -25,7 +27,7 @@ import sys
 import tempfile
 import time
 
-MODES = ("flat", "automatic", "per_layer")
+MODES = ("flat", "automatic", "per_layer", "adaptive")
 
 
 def speed(model_name, batch, repeats):
@@ -35,15 +37,25 @@ def speed(model_name, batch, repeats):
 
     import dp_zoo
     from dp_zoo import dp
+    from dp_zoo.dp import adaptive_clip
 
     model = dp_zoo.create_model(model_name, num_classes=10, input_shape=(32, 32, 3))
     rng = np.random.default_rng(0)
     x = tf.constant(rng.normal(size=(batch, 1, 32, 32, 3)).astype("float32"))
     y = tf.constant(rng.integers(0, 10, batch).astype("int32"))
     fns = {"non-private": tf.function(lambda: dp.mean_grad(model, x, y)[0])}
-    for mode in MODES:
+    for mode in MODES[:3]:
         rule = None if mode == "flat" else dp.Clipping(mode, l2_clip=1.0)
         fns[mode] = tf.function(lambda rule=rule: dp.clipped_grad_sum(model, x, y, l2_clip=1.0, clipping=rule)[0])
+    clip = tf.Variable(1.0)
+
+    @tf.function
+    def adaptive():
+        c = clip.read_value()
+        grads, norms = dp.clipped_grad_sum(model, x, y, l2_clip=c)
+        return list(grads) + [adaptive_clip.centred_count(norms, c, tf.ones_like(norms))]
+
+    fns["adaptive"] = adaptive
     first = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
@@ -72,7 +84,8 @@ def accuracy(eps, mode):
     which = record.get("published_weights") or "last"
     return {"epsilon_target": eps, "clipping": mode, "test_accuracy": record["metrics"][f"test_accuracy_{which}"],
             "published_weights": which, "epsilon": record["privacy"]["epsilon"],
-            "sensitivity": record["privacy"]["clipping"]["sensitivity"], "process_seconds": round(seconds, 1)}
+            "sensitivity": record["privacy"]["clipping"]["sensitivity"], "process_seconds": round(seconds, 1),
+            "final_l2_clip": record["privacy"]["clipping"].get("final_l2_clip")}
 
 
 def main():

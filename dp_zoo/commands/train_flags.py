@@ -58,7 +58,14 @@ def _clipping_mode(flag, v):
 
     if v not in MODES:
         raise UsageError(f"--clipping {v!r} is not a clipping rule: use {', '.join(MODES)} (automatic: scaled by "
-                         "1 / (norm + gamma), sensitivity 1; per_layer: each layer to C / sqrt(L)).")
+                         "1 / (norm + gamma), sensitivity 1; per_layer: each layer to C / sqrt(L); adaptive: C "
+                         "follows a quantile of the norms).")
+    return v
+
+
+def _quantile(flag, v):
+    if not 0 < v < 1:
+        raise UsageError(f"--{flag} must be in (0, 1) (e.g. 0.5, the median norm), got {v}.")
     return v
 
 
@@ -79,8 +86,10 @@ def layer_clips(flag, v):
 
 
 CLIPPING_HELP = ("flat (default: each example's gradient to norm C), automatic (Bu et al. 2023: scaled by "
-                 "1 / (norm + gamma), sensitivity 1, the learning rate absorbs C) or per_layer (each layer's part "
-                 "to C / sqrt(L), or by --layer-clips); the noise is sigma times the rule's sensitivity")
+                 "1 / (norm + gamma), sensitivity 1, the learning rate absorbs C), per_layer (each layer's part "
+                 "to C / sqrt(L), or by --layer-clips) or adaptive (Andrew et al. 2021: flat at a C_t that starts "
+                 "at --l2-clip and follows the --target-quantile of the norms through a noisy count); the noise "
+                 "is sigma times the rule's sensitivity")
 
 
 class _Override(NamedTuple):
@@ -115,6 +124,12 @@ OVERRIDES = (
               positive, False, True),
     _Override("layer-clips", "dp.layer_clips", str, "Per-layer clipping norms: 'REGEX=C;REGEX=C' (first match "
               "of each variable's path; every trained variable must match one).", layer_clips, False, True),
+    _Override("target-quantile", "dp.target_quantile", float, "Adaptive clipping: the quantile of the "
+              "per-example norms that C follows (default 0.5).", _quantile, False, True),
+    _Override("clip-lr", "dp.clip_learning_rate", float, "Adaptive clipping: the geometric learning rate of C "
+              "(default 0.2).", positive, False, True),
+    _Override("clip-count-noise", "dp.count_noise", float, "Adaptive clipping: the noise std of the unclipped "
+              "count (default B / 20; it must exceed sigma / 2).", positive, False, True),
     _Override("augmult", "augmult.num_views", int, "Augmentation multiplicity K.", positive),
     _Override("ema", "ema.decay", float, "EMA decay (0 turns EMA off).", _ema_decay),
     _Override("lr", "optim.learning_rate", float, "Learning rate.", positive),
@@ -124,6 +139,11 @@ OVERRIDES = (
     _Override("data-dir", "data.data_dir", str, "TFDS data directory."),
     _Override("manual-dir", "data.manual_dir", str, "TFDS manual download directory (ImageNet)."),
 )
+
+
+# The clipping rule's flags: the training command's and the tuner's.
+CLIPPING_OVERRIDES = tuple(o for o in OVERRIDES if o.flag in (
+    "clipping", "clipping-gamma", "layer-clips", "target-quantile", "clip-lr", "clip-count-noise"))
 
 
 # Python names that library errors use (TrainConfig fields, accounting arguments) -> the flag that sets them.

@@ -37,23 +37,20 @@ def _parser():
     p.option("name", help="the published entry's name (default: the recipe's)")
     p.option("run-dir", help="the trials' private run directories (default runs/<name>_tune)")
     p.option("publish-dir", help="where to publish (default: as python -m dp_zoo.train)")
-    p.option("clipping", help="the trials' clipping rule: " + train_flags.CLIPPING_HELP)
-    p.option("clipping-gamma", type=float, help="automatic clipping's gamma (default 0.01)")
-    p.option("layer-clips", help="per-layer clipping norms 'REGEX=C;REGEX=C' (python -m dp_zoo.train --help)")
+    for o in train_flags.CLIPPING_OVERRIDES:
+        p.option(o.flag, type=o.type, help=f"{o.help} (every trial)")
     p.switch("publish", default=True, help="publish the selected model with its card")
     p.switch("overwrite", default=False, help="replace an existing artifact in --publish-dir")
     return p
 
 
 def _with_clipping(config, args):
-    """``config`` with the --clipping, --clipping-gamma and --layer-clips it was given."""
+    """``config`` with the clipping flags it was given (``train_flags.CLIPPING_OVERRIDES``)."""
     changes = {}
-    if args.clipping is not None:
-        changes["clipping"] = train_flags._clipping_mode("clipping", args.clipping)
-    if args.clipping_gamma is not None:
-        changes["clipping_gamma"] = train_flags.positive("clipping-gamma", args.clipping_gamma)
-    if args.layer_clips is not None:
-        changes["layer_clips"] = train_flags.layer_clips("layer-clips", args.layer_clips)
+    for o in train_flags.CLIPPING_OVERRIDES:
+        v = getattr(args, o.flag.replace("-", "_"))
+        if v is not None:
+            changes[o.field.split(".", 1)[1]] = o.check(o.flag, v)
     return config.replace(dp=dataclasses.replace(config.dp, **changes)) if changes else config
 
 

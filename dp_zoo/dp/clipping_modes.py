@@ -16,6 +16,11 @@ by (``Clipping.sensitivity``; docs/privacy.md, "Clipping modes"):
   of the gradient scaled to norm at most ``C_l``; sensitivity
   ``sqrt(sum_l C_l^2)``. By default ``C_l = C / sqrt(L)`` over the L layers
   that train, so the sensitivity stays C.
+- ``adaptive`` (Andrew et al., NeurIPS 2021): flat clipping at a norm C_t
+  that follows a target quantile of the per-example norms through a noisy
+  count (``dp_zoo.dp.adaptive_clip``); C is the starting norm, the noise
+  scales with C_t, and the gradient's noise multiplier is raised so that
+  the gradient and the count together have the charged sigma.
 
 The factors are functions of the example's own gradient only, so dropping a
 non-finite row (``per_example.finite_rows``) and padding rows work as in flat
@@ -25,13 +30,14 @@ clipping.
 import dataclasses
 import math
 import re
-from typing import Tuple
+from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from dp_zoo.dp import adaptive_clip
 from dp_zoo.dp.per_example import masked_clip_factors
 
-MODES = ("flat", "automatic", "per_layer")
+MODES = ("flat", "automatic", "per_layer", "adaptive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,38 +45,68 @@ class Clipping:
     """A clipping rule (see the module docstring).
 
     Attributes:
-      mode: "flat", "automatic" or "per_layer".
+      mode: "flat", "automatic", "per_layer" or "adaptive".
       l2_clip: C (flat: the bound; per_layer: split equally over the layers
-        when ``layer_clips`` is empty; automatic: unused, the bound is 1).
+        when ``layer_clips`` is empty; automatic: unused, the bound is 1;
+        adaptive: the first step's bound C_0).
       gamma: automatic clipping's stability constant (> 0).
       layer_clips: per_layer: ``((regex, C_l), ...)``; a trained variable
         belongs to the first regex that matches its path (``re.search``).
         Every trained variable must match one, and a layer's variables must
         all fall in the same group (the weight-standardised layers' kernel
         and gain gradients come from one computation).
+      target_quantile: adaptive: the quantile gamma of the per-example norms
+        that C follows, in (0, 1).
+      clip_learning_rate: adaptive: eta of the geometric update (> 0).
+      count_noise: adaptive: the count query's noise std sigma_b (> 0; the
+        plan resolves None to B / 20).
     """
 
     mode: str = "flat"
     l2_clip: float = 1.0
     gamma: float = 0.01
     layer_clips: Tuple[Tuple[str, float], ...] = ()
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    count_noise: Optional[float] = None
 
     def __post_init__(self):
         check(self.mode, self.l2_clip, self.gamma, self.layer_clips)
+        check_adaptive(self.mode, self.target_quantile, self.clip_learning_rate, self.count_noise)
+
+    @property
+    def adaptive(self):
+        """True for quantile-adaptive clipping: C is step state, not a constant."""
+        return self.mode == "adaptive"
 
     @property
     def sensitivity(self):
-        """The bound on one example's contribution to the sum, which the noise std is sigma times."""
+        """The bound on one example's contribution to the sum, which the noise std is sigma times
+        (adaptive: the first step's C; later steps scale the noise with their own C_t)."""
         if self.mode == "automatic":
             return 1.0
         if self.mode == "per_layer" and self.layer_clips:
             return math.sqrt(sum(float(c) ** 2 for _, c in self.layer_clips))
         return float(self.l2_clip)
 
-    def describe(self):
-        """The run record's ``privacy.clipping`` section: the mode, its parameters and its sensitivity."""
+    def describe(self, noise_multiplier=None, final_l2_clip=None):
+        """The run record's ``privacy.clipping`` section: the mode, its parameters and its sensitivity.
+
+        Adaptive clipping also states the gradient's noise multiplier (from
+        the charged ``noise_multiplier``) and, when given, the last C.
+        """
         out = {"mode": self.mode, "sensitivity": self.sensitivity}
-        if self.mode == "automatic":
+        if self.adaptive:
+            out["sensitivity"] = "C_t, the clipping norm of each step (the gradient noise std is " \
+                                 "gradient_noise_multiplier x C_t)"
+            out.update(initial_l2_clip=float(self.l2_clip), target_quantile=float(self.target_quantile),
+                       clip_learning_rate=float(self.clip_learning_rate), count_noise_stddev=self.count_noise)
+            if noise_multiplier is not None and self.count_noise is not None:
+                out["gradient_noise_multiplier"] = adaptive_clip.gradient_noise_multiplier(
+                    noise_multiplier, self.count_noise)
+            if final_l2_clip is not None:
+                out["final_l2_clip"] = float(final_l2_clip)
+        elif self.mode == "automatic":
             out["gamma"] = float(self.gamma)
         elif self.mode == "per_layer":
             out["layer_clips"] = ([[r, float(c)] for r, c in self.layer_clips] if self.layer_clips
@@ -97,6 +133,18 @@ def check(mode, l2_clip, gamma, layer_clips):
             raise ValueError(f"per-layer clip pattern {pattern!r} is not a regular expression: {e}.") from None
         if not c > 0:
             raise ValueError(f"per-layer clip for {pattern!r} must be > 0, got {c}.")
+
+
+def check_adaptive(mode, target_quantile, clip_learning_rate, count_noise):
+    """Raises ValueError naming an adaptive-clipping setting that cannot be used, and the fix."""
+    if mode != "adaptive":
+        return
+    if not 0 < target_quantile < 1:
+        raise ValueError(f"adaptive clipping's target quantile must be in (0, 1) (e.g. 0.5), got {target_quantile}.")
+    if not clip_learning_rate > 0:
+        raise ValueError(f"adaptive clipping's learning rate must be > 0 (e.g. 0.2), got {clip_learning_rate}.")
+    if count_noise is not None and not count_noise > 0:
+        raise ValueError(f"adaptive clipping's count noise must be > 0 (default B / 20), got {count_noise}.")
 
 
 def layer_of(path):

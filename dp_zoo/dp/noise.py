@@ -39,7 +39,7 @@ def noisy_normalized_sum(grad_sum, *, l2_clip, noise_multiplier, expected_batch_
     Args:
       grad_sum: list of tensors, the clipped per-example gradients summed over
         the logical batch.
-      l2_clip: clipping norm C.
+      l2_clip: clipping norm C (a number, or a scalar float32 tensor).
       noise_multiplier: sigma.
       expected_batch_size: B = q * N. Dividing by the EXPECTED size, not by
         the realised Poisson batch size, keeps the batch size (which depends
@@ -49,6 +49,7 @@ def noisy_normalized_sum(grad_sum, *, l2_clip, noise_multiplier, expected_batch_
     Returns:
       list of tensors aligned with ``grad_sum``.
     """
-    noisy = add_noise(grad_sum, stddev=float(noise_multiplier) * float(l2_clip),
-                      seed=seed, generator=generator)
+    # A tensor C (adaptive clipping's C_t) stays a tensor; a number gives the constant it always did.
+    clip = l2_clip if tf.is_tensor(l2_clip) else float(l2_clip)
+    noisy = add_noise(grad_sum, stddev=float(noise_multiplier) * clip, seed=seed, generator=generator)
     return [g / float(expected_batch_size) for g in noisy]

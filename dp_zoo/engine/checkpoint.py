@@ -138,8 +138,8 @@ def _averaged(averages):
     return (("ema", averages.ema_vars), ("polyak", averages.polyak_vars))
 
 
-def state_arrays(model, optimizer, averages):
-    """Every variable of the training state, by checkpoint key."""
+def state_arrays(model, optimizer, averages, clip_state=None):
+    """Every variable of the training state, by checkpoint key (``clip_state``: adaptive clipping's C_t)."""
     arrays = {}
     for i, v in enumerate(model.variables):
         arrays[f"model/{i}"] = np.asarray(v.numpy())
@@ -149,10 +149,12 @@ def state_arrays(model, optimizer, averages):
         for i, v in enumerate(vs or []):
             arrays[f"{name}/{i}"] = v.numpy()
     arrays["polyak_count"] = np.asarray(averages.polyak_count.numpy())
+    if clip_state is not None:
+        arrays["adaptive_l2_clip"] = np.asarray(clip_state.numpy())
     return arrays
 
 
-def assign_state(arrays, model, optimizer, averages):
+def assign_state(arrays, model, optimizer, averages, clip_state=None):
     """Loads ``state_arrays``' output back into the variables."""
     for i, v in enumerate(model.variables):
         v.assign(arrays[f"model/{i}"])
@@ -162,6 +164,9 @@ def assign_state(arrays, model, optimizer, averages):
         for i, v in enumerate(vs or []):
             v.assign(arrays[f"{name}/{i}"])
     averages.polyak_count.assign(int(arrays["polyak_count"]))
+    if clip_state is not None:
+        # The exact float32 C_t the lost steps clipped at: a redone step is then bit-identical.
+        clip_state.assign(np.asarray(arrays["adaptive_l2_clip"], np.float32))
 
 
 def save(ckpt_dir, step, arrays, meta):

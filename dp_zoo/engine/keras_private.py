@@ -171,11 +171,18 @@ class PrivateModel(keras.Model):
         )
         self._acc = None
         self._fns = None
+        self._clip_state = None
 
     @property
     def l2_clip(self):
-        """C as given to ``make_private``."""
+        """C as given to ``make_private`` (adaptive clipping: the first step's)."""
         return self.plan.l2_clip
+
+    @property
+    def current_l2_clip(self):
+        """The clipping norm the next step clips at: adaptive clipping's C_t (post-processing of the
+        noisy counts, so free to read), else ``l2_clip``."""
+        return self.l2_clip if self._clip_state is None else float(self._clip_state.numpy())
 
     @property
     def noise_multiplier(self):
@@ -204,6 +211,11 @@ class PrivateModel(keras.Model):
         if self._acc is None:
             self._acc = [tf.Variable(tf.zeros_like(v.value), trainable=False)
                          for v in self.inner.trainable_variables]
+            spec = self._spec()
+            if spec.adaptive:  # the count query's sum rides after the gradients (engine/step.py)
+                self._acc.append(tf.Variable(0.0, trainable=False))
+                if self._clip_state is None:  # C_t carries over from one fit to the next
+                    self._clip_state = step_lib.make_clip_state(spec)
 
     def _zero_accumulators(self):
         for a in self._acc:
@@ -213,11 +225,14 @@ class PrivateModel(keras.Model):
         """The engine's DP step (``dp_zoo.engine.step``), built at the first trace: one view per example,
         no weight decay or averages, the optimizer given to ``compile``."""
         if self._fns is None:
-            spec = step_lib.StepSpec.for_plan(self.plan, precision=self.precision)
-            self._fns = step_lib.build_step_functions(self.inner, self.optimizer, spec, step_lib.no_averages(),
-                                                      strategy=tf.distribute.get_strategy(),
-                                                      views=step_lib.single_view)
+            self._ensure_accumulators()
+            self._fns = step_lib.build_step_functions(self.inner, self.optimizer, self._spec(),
+                                                      step_lib.no_averages(), strategy=tf.distribute.get_strategy(),
+                                                      views=step_lib.single_view, clip_state=self._clip_state)
         return self._fns
+
+    def _spec(self):
+        return step_lib.StepSpec.for_plan(self.plan, precision=self.precision)
 
     def train_step(self, data):
         (x, mask, last, noise_seed), y = data
@@ -330,7 +345,8 @@ class PrivateModel(keras.Model):
 def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=None,
                  target_epsilon=None, delta=1e-5, epochs=None, steps=None,
                  physical_batch_size=None, accountant="pld", seed=None, trainable="all",
-                 precision="float32", clipping="flat", clipping_gamma=0.01, layer_clips=()):
+                 precision="float32", clipping="flat", clipping_gamma=0.01, layer_clips=(),
+                 target_quantile=0.5, clip_learning_rate=0.2, count_noise=None):
     """Returns a Keras model whose ``fit()`` trains ``model`` with DP-SGD.
 
     Args:
@@ -361,7 +377,12 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
         1, the learning rate absorbs C) or "per_layer" (each layer's part to
         ``l2_clip / sqrt(L)``, or by ``layer_clips``, ``((regex, C_l), ...)``);
         ``dp_zoo.dp.clipping_modes``. The noise is sigma times the rule's
-        sensitivity.
+        sensitivity. Or "adaptive" (Andrew et al. 2021): flat clipping at a
+        C_t that starts at ``l2_clip`` and follows the ``target_quantile``
+        of the norms, moved by ``clip_learning_rate`` through a count noised
+        with std ``count_noise`` (default B / 20); sigma is the pair's, the
+        gradient draws a little more (``dp_zoo.dp.adaptive_clip``), and
+        ``current_l2_clip`` tells C_t.
 
     Returns:
       A ``PrivateModel``; ``compile`` it with an optimizer, then ``fit``.
@@ -371,6 +392,8 @@ def make_private(model, *, l2_clip, dataset_size, batch_size, noise_multiplier=N
     plan = resolve.resolve_privacy(dataset_size=dataset_size, batch_size=batch_size, steps=steps, epochs=epochs,
                                    noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, delta=delta,
                                    accountant=accountant, l2_clip=l2_clip, steps_required=False,
-                                   clipping=clipping, clipping_gamma=clipping_gamma, layer_clips=layer_clips)
+                                   clipping=clipping, clipping_gamma=clipping_gamma, layer_clips=layer_clips,
+                                   target_quantile=target_quantile, clip_learning_rate=clip_learning_rate,
+                                   count_noise=count_noise)
     trainable_lib.apply(model, trainable)
     return PrivateModel(model, plan=plan, physical_batch_size=physical_batch_size, seed=seed, precision=precision)

@@ -31,7 +31,7 @@ NOISELESS_DETAIL = ("trained with DP-SGD's sampling and clipping but no noise (a
 
 def engine_sections(*, config, ledger, model, train, strategy, history, wall_time_s, steps_planned,
                     steps_completed, nonfinite_steps, add_noise=True, tan_simulation=None, trained=None,
-                    clipping=None):
+                    clipping=None, final_l2_clip=None):
     """The run record without "data"/"metrics" (the CLI adds those); ``Trainer.record()`` returns it.
 
     Args:
@@ -47,7 +47,9 @@ def engine_sections(*, config, ledger, model, train, strategy, history, wall_tim
       trained: ``trainable.apply``'s summary of the trained variables.
       clipping: the run's ``dp_zoo.dp.Clipping`` (its plan's); stated as
         ``privacy.clipping``, and ``privacy.l2_clip`` is its sensitivity (C
-        for flat clipping, 1 for automatic).
+        for flat clipping, 1 for automatic, the first step's C for adaptive).
+      final_l2_clip: adaptive clipping's last C_t (post-processing of the
+        noisy counts), stated in ``privacy.clipping``.
     """
     private = bool(config.dp.enabled)
     tan = tan_simulation if config.tan_simulation_factor else None
@@ -60,7 +62,7 @@ def engine_sections(*, config, ledger, model, train, strategy, history, wall_tim
             RANDOMNESS_REPRODUCIBLE if config.deterministic else RANDOMNESS_SECRET),
     }
     if clipping is not None:
-        privacy["clipping"] = clipping.describe() if private else None
+        privacy["clipping"] = clipping.describe(ledger.noise_multiplier, final_l2_clip) if private else None
     not_private = None
     if private and not add_noise:
         not_private = ("noise disabled", NOISELESS_DETAIL)

@@ -16,6 +16,7 @@ import math
 from typing import Optional
 
 from dp_zoo import accounting, cli
+from dp_zoo.dp import adaptive_clip
 from dp_zoo.dp.clipping_modes import Clipping
 
 
@@ -30,8 +31,12 @@ class PrivacyPlan:
       steps: the number of logical steps (None only for ``make_private``
         given sigma, whose ``fit`` calls decide their steps).
       noise_multiplier: sigma the accountant charges for (None when not private).
-      update_noise_multiplier: sigma the update draws: ``noise_multiplier``,
-        or 0.0 for the audit's noiseless power check (``add_noise=False``).
+      update_noise_multiplier: sigma the update draws: ``noise_multiplier``
+        (adaptive clipping: the gradient's share of it, Andrew et al.'s
+        Theorem 1, ``dp_zoo.dp.adaptive_clip``), or 0.0 for the audit's
+        noiseless power check (``add_noise=False``).
+      update_count_noise: adaptive clipping: the count noise std sigma_b the
+        update draws (0.0 for the other rules and the noiseless check).
       l2_clip: C as configured (None when not private).
       clipping: the ``dp_zoo.dp.Clipping`` rule, whose ``sensitivity`` the
         noise is scaled by (None when not private).
@@ -49,6 +54,7 @@ class PrivacyPlan:
     accountant: str
     target_epsilon: Optional[float]
     clipping: Optional[Clipping] = None
+    update_count_noise: float = 0.0
 
     @property
     def sampling_probability(self):
@@ -77,7 +83,8 @@ def _calibrated_sigma(target_epsilon, sampling_probability, steps, delta, accoun
 
 def resolve_privacy(*, dataset_size, batch_size, private=True, steps=None, epochs=None, noise_multiplier=None,
                     target_epsilon=None, delta=1e-5, accountant="pld", l2_clip=None, prior_runs=(),
-                    add_noise=True, steps_required=True, clipping="flat", clipping_gamma=0.01, layer_clips=()):
+                    add_noise=True, steps_required=True, clipping="flat", clipping_gamma=0.01, layer_clips=(),
+                    target_quantile=0.5, clip_learning_rate=0.2, count_noise=None):
     """The ``PrivacyPlan`` of a run: steps from steps/epochs, sigma given or calibrated, C checked.
 
     Args:
@@ -89,7 +96,11 @@ def resolve_privacy(*, dataset_size, batch_size, private=True, steps=None, epoch
       delta, accountant: of the guarantee.
       l2_clip: C (> 0 for a private run).
       clipping, clipping_gamma, layer_clips: the clipping rule
-        (``dp_zoo.dp.Clipping``: "flat", "automatic" or "per_layer").
+        (``dp_zoo.dp.Clipping``: "flat", "automatic", "per_layer" or "adaptive").
+      target_quantile, clip_learning_rate, count_noise: adaptive clipping's
+        gamma, eta and sigma_b (None: B / 20); sigma is then what the
+        accountant charges for the pair of queries, and the gradient draws
+        ``adaptive_clip.gradient_noise_multiplier(sigma, sigma_b)``.
       prior_runs: ``((sigma, q, steps), ...)`` composed before this run: a
         calibration targets the total epsilon.
       add_noise: False keeps sigma for the accounting but draws none (the
@@ -110,7 +121,10 @@ def resolve_privacy(*, dataset_size, batch_size, private=True, steps=None, epoch
                            float(delta), accountant, None)
     if l2_clip is None or not l2_clip > 0:
         raise ValueError(f"l2_clip must be > 0 (the clipping norm C), got {l2_clip}.")
-    rule = Clipping(clipping, float(l2_clip), float(clipping_gamma), tuple(layer_clips))
+    if clipping == "adaptive" and count_noise is None:
+        count_noise = adaptive_clip.default_count_noise(batch_size)
+    rule = Clipping(clipping, float(l2_clip), float(clipping_gamma), tuple(layer_clips), float(target_quantile),
+                    float(clip_learning_rate), None if count_noise is None else float(count_noise))
     sigma = noise_multiplier
     if sigma is None:
         if target_epsilon is None:
@@ -122,9 +136,13 @@ def resolve_privacy(*, dataset_size, batch_size, private=True, steps=None, epoch
                                   tuple(prior_runs))
     if not sigma >= 0:
         raise ValueError(f"noise_multiplier must be >= 0, got {sigma}.")
+    drawn, count_drawn = float(sigma), 0.0
+    if rule.adaptive:
+        drawn, count_drawn = adaptive_clip.gradient_noise_multiplier(sigma, rule.count_noise), rule.count_noise
     return PrivacyPlan(True, int(dataset_size), float(batch_size), run_steps, float(sigma),
-                       float(sigma) if add_noise else 0.0, float(l2_clip), float(delta), accountant,
-                       None if target_epsilon is None else float(target_epsilon), rule)
+                       drawn if add_noise else 0.0, float(l2_clip), float(delta), accountant,
+                       None if target_epsilon is None else float(target_epsilon), rule,
+                       count_drawn if add_noise else 0.0)
 
 
 def resolve_config(config, dataset_size, prior_runs=(), *, add_noise=True):
@@ -135,7 +153,8 @@ def resolve_config(config, dataset_size, prior_runs=(), *, add_noise=True):
         epochs=config.epochs, noise_multiplier=dp.noise_multiplier, target_epsilon=dp.target_epsilon,
         delta=dp.delta, accountant=dp.accountant, l2_clip=dp.l2_clip,
         prior_runs=tuple(prior_runs) if dp.enabled else (), add_noise=add_noise,
-        clipping=dp.clipping, clipping_gamma=dp.clipping_gamma, layer_clips=dp.layer_clips)
+        clipping=dp.clipping, clipping_gamma=dp.clipping_gamma, layer_clips=dp.layer_clips,
+        target_quantile=dp.target_quantile, clip_learning_rate=dp.clip_learning_rate, count_noise=dp.count_noise)
 
 
 def validate(config, train):

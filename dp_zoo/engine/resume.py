@@ -50,7 +50,7 @@ def _apply_checkpoint(trainer, meta, arrays):
             f"The run directory {trainer.run_dir} holds a run with a different configuration. "
             "Resume with the same configuration, or use a new --run-dir."
         )
-    checkpoint.assign_state(arrays, trainer.model, trainer.optimizer, trainer.averages)
+    checkpoint.assign_state(arrays, trainer.model, trainer.optimizer, trainer.averages, trainer.clip_state)
     trainer.step = int(meta["step"])
     trainer.history = list(meta["history"])
     trainer.wall_time_s = float(meta["wall_time_s"])

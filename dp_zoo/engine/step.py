@@ -21,7 +21,7 @@ from typing import Callable, NamedTuple, Optional
 import tensorflow as tf
 
 from dp_zoo import preprocessing
-from dp_zoo.dp import Clipping, clipped_grad_sum, mean_grad, noisy_normalized_sum
+from dp_zoo.dp import Clipping, adaptive_clip, clipped_grad_sum, mean_grad, noisy_normalized_sum
 from dp_zoo.engine import optim
 
 # Keeps the per-replica augmentation seeds apart (a prime, so replicas never collide).
@@ -77,16 +77,26 @@ class StepSpec(NamedTuple):
     weight_decay: float = 0.0
     ema_decay: Optional[float] = None
     clipping: Optional[Clipping] = None  # None: flat at l2_clip
+    count_noise: float = 0.0  # adaptive clipping: sigma_b drawn on the count (0.0: none)
 
     @property
     def sensitivity(self):
-        """What the noise std is sigma times: the clipping rule's bound on one example's contribution."""
+        """What the noise std is sigma times: the clipping rule's bound on one example's contribution
+        (adaptive clipping: the step's C_t, read from its ``ClipState`` instead)."""
         return self.l2_clip if self.clipping is None else self.clipping.sensitivity
 
     @property
+    def adaptive(self):
+        """Quantile-adaptive clipping: C is step state and a noisy count rides with the sums."""
+        return self.private and self.clipping is not None and self.clipping.adaptive
+
+    @property
     def rule(self):
-        """The rule ``clipped_grad_sum`` takes: None for flat clipping (its own, unchanged graph)."""
-        return None if self.clipping is None or self.clipping.mode == "flat" else self.clipping
+        """The rule ``clipped_grad_sum`` takes: None for flat clipping (its own, unchanged graph; adaptive
+        clipping is flat clipping at C_t)."""
+        if self.clipping is None or self.clipping.mode in ("flat", "adaptive"):
+            return None
+        return self.clipping
 
     @classmethod
     def for_plan(cls, plan, *, precision="float32", weight_decay=0.0, ema_decay=None):
@@ -94,13 +104,24 @@ class StepSpec(NamedTuple):
         (``make_private``'s: no weight decay or averages)."""
         return cls(private=plan.private, l2_clip=plan.l2_clip, noise_multiplier=plan.update_noise_multiplier,
                    clipping=plan.clipping, expected_batch_size=plan.batch_size, precision=precision,
-                   weight_decay=weight_decay, ema_decay=ema_decay)
+                   weight_decay=weight_decay, ema_decay=ema_decay, count_noise=plan.update_count_noise)
 
     @classmethod
     def for_run(cls, plan, config):
         """The Trainer's spec: ``for_plan`` with the ``TrainConfig``'s precision, weight decay and EMA."""
         return cls.for_plan(plan, precision=config.precision, weight_decay=config.optim.weight_decay,
                             ema_decay=config.ema.decay)
+
+
+def make_clip_state(spec):
+    """Adaptive clipping's C_t as a float32 variable starting at C (None for the other rules).
+
+    It is training state: checkpointed with the weights (``checkpoint.state_arrays``), so that a
+    step redone after a crash clips at the same C bit for bit. Create it in the strategy's scope.
+    """
+    if not spec.adaptive:
+        return None
+    return tf.Variable(float(spec.l2_clip), dtype=tf.float32, trainable=False, name="adaptive_l2_clip")
 
 
 def normalized_views(mean, std, augment_fn, num_views):
@@ -126,16 +147,25 @@ def single_view(inputs, seed):
     return inputs[:, None]
 
 
-def _replica_sum_fn(model, spec, views):
-    """The per-replica sum: ``fn(inputs, labels, mask, seed) -> (grads, norms)``."""
+def _replica_sum_fn(model, spec, views, clip_state):
+    """The per-replica sum: ``fn(inputs, labels, mask, seed) -> (grads, norms)``.
+
+    Under adaptive clipping ``grads`` ends with one more entry, the count
+    query's centred sum (``adaptive_clip.centred_count``), so that it is
+    accumulated and all-reduced with the gradients and noised once in ``apply``.
+    """
 
     def replica_sum(inputs, labels, mask, seed):
         x = views(inputs, seed)
         # bf16: the forward/backward passes only; the sums come back float32
         # and the update (noise, optimizer, averages) is float32.
         if spec.private:
-            grads, norms = clipped_grad_sum(model, x, labels, l2_clip=spec.l2_clip, mask=mask,
+            l2 = spec.l2_clip if clip_state is None else clip_state.read_value()
+            grads, norms = clipped_grad_sum(model, x, labels, l2_clip=l2, mask=mask,
                                             precision=spec.precision, clipping=spec.rule)
+            if clip_state is not None:
+                rows = tf.ones_like(norms) if mask is None else mask
+                grads = list(grads) + [adaptive_clip.centred_count(norms, l2, rows)]
         else:
             grads, _ = mean_grad(model, x, labels, mask, precision=spec.precision)
             norms = tf.zeros_like(mask)
@@ -169,12 +199,28 @@ def _distributed_sum_fn(strategy, replica_sum):
     return distributed_sum
 
 
-def _apply_fn(model, optimizer, spec, averages):
+def _adaptive_update(grad_sum, spec, clip_state, noise_seed):
+    """Adaptive clipping's noisy update at this step's C_t, and C_{t+1} from the noisy count."""
+    grad_sum, count = list(grad_sum[:-1]), grad_sum[-1]
+    c = clip_state.read_value()
+    update = noisy_normalized_sum(grad_sum, l2_clip=c, noise_multiplier=spec.noise_multiplier,
+                                  expected_batch_size=spec.expected_batch_size, seed=noise_seed)
+    fraction = adaptive_clip.noisy_fraction(count, count_noise=spec.count_noise,
+                                            expected_batch_size=spec.expected_batch_size, seed=noise_seed)
+    # Post-processing of the released count: C_{t+1} costs no privacy.
+    clip_state.assign(adaptive_clip.next_clip(c, fraction, target_quantile=spec.clipping.target_quantile,
+                                              learning_rate=spec.clipping.clip_learning_rate))
+    return update
+
+
+def _apply_fn(model, optimizer, spec, averages, clip_state):
     """``apply(grad_sum, step, noise_seed, ema_on, polyak_on) -> finite``: the noisy update, applied."""
 
     @tf.function
     def apply(grad_sum, step, noise_seed, ema_on, polyak_on):
-        if spec.private:
+        if clip_state is not None:
+            update = _adaptive_update(grad_sum, spec, clip_state, noise_seed)
+        elif spec.private:
             # The one noise draw of this logical step (all micro-batches
             # and replicas are already summed into grad_sum).
             update = noisy_normalized_sum(
@@ -199,7 +245,7 @@ def _apply_fn(model, optimizer, spec, averages):
     return apply
 
 
-def build_step_functions(model, optimizer, spec, averages, *, strategy, views):
+def build_step_functions(model, optimizer, spec, averages, *, strategy, views, clip_state=None):
     """The ``StepFunctions`` of one logical step, for the ``Trainer`` and for ``make_private``.
 
     Args:
@@ -210,12 +256,16 @@ def build_step_functions(model, optimizer, spec, averages, *, strategy, views):
       strategy: the ``tf.distribute.Strategy`` of ``distributed_sum``.
       views: ``views(inputs, seed) -> [b, K, ...]``: ``normalized_views``,
         ``prepared_views`` or ``single_view``.
+      clip_state: adaptive clipping's C_t (``make_clip_state``); required
+        exactly when ``spec.adaptive``.
     """
-    replica_sum = _replica_sum_fn(model, spec, views)
+    if spec.adaptive != (clip_state is not None):
+        raise ValueError("adaptive clipping needs its clip state (make_clip_state(spec)), and only it does.")
+    replica_sum = _replica_sum_fn(model, spec, views, clip_state)
     return StepFunctions(
         local_sum=tf.function(replica_sum, reduce_retracing=True),
         distributed_sum=_distributed_sum_fn(strategy, replica_sum),
-        apply=_apply_fn(model, optimizer, spec, averages),
+        apply=_apply_fn(model, optimizer, spec, averages, clip_state),
     )
 
 

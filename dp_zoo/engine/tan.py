@@ -91,7 +91,11 @@ def simulate(config, factor, *, dataset_size):
         physical_batch_size=min(config.physical_batch_size, new_batch),
         tan_simulation_factor=float(factor),
         dp=dataclasses.replace(
-            config.dp, noise_multiplier=sigma * new_batch / config.batch_size, target_epsilon=None
+            config.dp, noise_multiplier=sigma * new_batch / config.batch_size, target_epsilon=None,
+            # Adaptive clipping's count noise scales with the batch too (None, B / 20, does so itself),
+            # so that the count's noise per example, and sigma_grad / sigma, stay the full run's.
+            count_noise=None if config.dp.count_noise is None
+            else config.dp.count_noise * new_batch / config.batch_size,
         ),
     )
 

@@ -135,6 +135,7 @@ class Trainer:
             self.optimizer.build(self.model.trainable_variables)
             # In the strategy's scope, so the averages are mirrored like the weights.
             self.averages = step_lib.make_averages(self.model.trainable_variables, cfg.ema)
+            self.clip_state = step_lib.make_clip_state(step_lib.StepSpec.for_run(self.plan, cfg))
         self.ema_vars, self.polyak_vars, self.polyak_count = self.averages
         self.mean = tuple(self.train.mean)
         self.std = tuple(self.train.std)
@@ -147,7 +148,7 @@ class Trainer:
             views = step_lib.normalized_views(self.mean, self.std, self.augment_fn, self.config.augmult.num_views)
         spec = step_lib.StepSpec.for_run(self.plan, self.config)
         fns = step_lib.build_step_functions(self.model, self.optimizer, spec, self.averages, strategy=self.strategy,
-                                            views=views)
+                                            views=views, clip_state=self.clip_state)
         self._step_fns = fns
         self._local_sum, self._distributed_sum, self._apply = fns
 
@@ -232,7 +233,7 @@ class Trainer:
         meta = {"ledger": self.ledger.to_dict(), "config": self.config.to_dict(), "history": self.history,
                 "wall_time_s": self.wall_time_s, "nonfinite_steps": self.nonfinite_steps,
                 "noise_multiplier": self.noise_multiplier}
-        arrays = checkpoint.state_arrays(self.model, self.optimizer, self.averages)
+        arrays = checkpoint.state_arrays(self.model, self.optimizer, self.averages, self.clip_state)
         return checkpoint.save(checkpoint.checkpoint_dir(self.run_dir), self.step, arrays, meta)
 
     def restore(self):
@@ -374,4 +375,5 @@ class Trainer:
             config=self.config, ledger=self.ledger, model=self.model, train=self.train, strategy=self.strategy,
             history=self.history, wall_time_s=self.wall_time_s, steps_planned=self.total_steps,
             steps_completed=self.step, nonfinite_steps=self.nonfinite_steps, add_noise=self.add_noise,
-            tan_simulation=self.tan_simulation, trained=self.trained, clipping=self.plan.clipping)
+            tan_simulation=self.tan_simulation, trained=self.trained, clipping=self.plan.clipping,
+            final_l2_clip=None if self.clip_state is None else float(self.clip_state.numpy()))

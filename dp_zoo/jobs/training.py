@@ -150,8 +150,8 @@ def _announce(trainer, config, recipe, train_set, run_dir):
         print(f"Recipe {recipe.name}: {recipe.accuracy_source} reports {recipe.published_accuracy}% top-1.")
     if trainer.private:
         print(f"Training {config.model} on {train_set.name} (N={len(train_set)}) with DP-SGD: "
-              f"sigma={trainer.noise_multiplier:.4f}, q={trainer.q:.4g}, {trainer.total_steps} steps, "
-              f"{_clipping_words(trainer.plan.clipping)}, delta={config.dp.delta:g}; run dir {run_dir}")
+              f"sigma={trainer.plan.noise_multiplier:.4f}, q={trainer.q:.4g}, {trainer.total_steps} steps, "
+              f"{_clipping_words(trainer.plan)}, delta={config.dp.delta:g}; run dir {run_dir}")
     else:
         print(f"Training {config.model} on {train_set.name} WITHOUT privacy (baseline); run dir {run_dir}")
 
@@ -362,8 +362,13 @@ def _publish(published, record, name, options, run_dir):
     print(f"published: {publish_dir}\n  load it with: dp_zoo.load({publish_dir!r})")
 
 
-def _clipping_words(clipping):
+def _clipping_words(plan):
     """The clipping rule in the start line: ``C=1.0`` for flat clipping, else the mode and its sensitivity."""
+    clipping = plan.clipping
     if clipping.mode == "flat":
         return f"C={clipping.l2_clip}"
+    if clipping.adaptive:
+        return (f"adaptive clipping from C={clipping.l2_clip:g} towards the {clipping.target_quantile:g} quantile "
+                f"of the norms (count noise {clipping.count_noise:g}; the gradient's sigma "
+                f"{plan.update_noise_multiplier:.4f})")
     return f"{clipping.mode} clipping (sensitivity {clipping.sensitivity:g})"

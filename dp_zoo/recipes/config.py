@@ -32,12 +32,16 @@ class DPConfig:
       enabled: False only for non-private baselines; then no clipping, no
         noise and no epsilon is ever claimed.
       clipping: "flat" (each gradient to norm C), "automatic" (scaled by
-        1 / (norm + clipping_gamma); sensitivity 1) or "per_layer" (each
-        layer's part to C / sqrt(L), or by ``layer_clips``); see
-        ``dp_zoo.dp.clipping_modes``.
+        1 / (norm + clipping_gamma); sensitivity 1), "per_layer" (each
+        layer's part to C / sqrt(L), or by ``layer_clips``) or "adaptive"
+        (flat at a C_t that starts at C and follows ``target_quantile`` of
+        the norms); see ``dp_zoo.dp.clipping_modes``.
       clipping_gamma: automatic clipping's gamma.
       layer_clips: per-layer clipping's ``((regex, C_l), ...)``; empty: C
         split equally over the trained layers.
+      target_quantile, clip_learning_rate, count_noise: adaptive clipping's
+        quantile gamma, geometric learning rate eta and count noise std
+        sigma_b (None: B / 20); ``dp_zoo.dp.adaptive_clip``.
     """
 
     l2_clip: float = 1.0
@@ -50,6 +54,9 @@ class DPConfig:
     clipping: str = "flat"
     clipping_gamma: float = 0.01
     layer_clips: Tuple[Tuple[str, float], ...] = ()
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    count_noise: Optional[float] = None
 
     def __post_init__(self):
         # JSON gives lists back: as tuples, a config read from a record equals the one that ran.

@@ -45,7 +45,8 @@ def test_records_written_with_num_classes_still_read():
     assert "precision" not in old and back.precision == "float32"
     assert "clipping" not in old["dp"] and back.dp.clipping == "flat"
     assert back.to_dict() == {**{k: v for k, v in old.items() if k != "num_classes"},
-                              "dp": {**old["dp"], "clipping": "flat", "clipping_gamma": 0.01, "layer_clips": []},
+                              "dp": {**old["dp"], "clipping": "flat", "clipping_gamma": 0.01, "layer_clips": [],
+                                     "target_quantile": 0.5, "clip_learning_rate": 0.2, "count_noise": None},
                               "trainable": "all", "linear_probe": False, "precision": "float32"}
 
 

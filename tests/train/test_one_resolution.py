@@ -92,9 +92,9 @@ def test_make_private_trains_with_the_engines_step_functions(monkeypatch):
     built = []
     real = step_lib.build_step_functions
 
-    def spy(model, optimizer, spec, averages, *, strategy, views):
+    def spy(model, optimizer, spec, averages, *, strategy, views, clip_state=None):
         built.append((spec, views))
-        return real(model, optimizer, spec, averages, strategy=strategy, views=views)
+        return real(model, optimizer, spec, averages, strategy=strategy, views=views, clip_state=clip_state)
 
     monkeypatch.setattr(step_lib, "build_step_functions", spy)
     keras.utils.set_random_seed(0)
