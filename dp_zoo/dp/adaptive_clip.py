@@ -21,6 +21,10 @@ noise multiplier sigma when ``sigma_grad = (sigma^-2 - (2 sigma_b)^-2)^-1/2``
 (the paper's Theorem 1): the accountant charges sigma, and the update draws
 the slightly larger sigma_grad. C_{t+1} is computed from released noisy
 values only (post-processing), so publishing it costs nothing.
+
+The update is proportional to C_t, so the learning rate should suit the norms
+C will reach, not the starting C: on digits at epsilon = 1 a learning rate
+chosen for C = 1 let C and the gradients grow each other (README, Benchmarks).
 """
 
 import math

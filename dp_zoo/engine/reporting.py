@@ -27,6 +27,8 @@ def update_bar(bar, eps, entry):
     post = {} if eps is None else {"eps<=": f"{eps:.3f}"}
     if entry["eval_accuracy"] is not None:
         post["acc"] = f"{entry['eval_accuracy']:.3f}"
+    if entry.get("l2_clip") is not None:
+        post["C"] = f"{entry['l2_clip']:.3g}"
     bar.set_postfix(post)
 
 
@@ -44,6 +46,8 @@ def log_scalars(writer, run_dir, step, entry):
     with writer.as_default(step=step):
         if entry["epsilon"] is not None:
             tf.summary.scalar("privacy/epsilon", entry["epsilon"])
+        if entry.get("l2_clip") is not None:  # adaptive clipping's C_t (from the noisy counts)
+            tf.summary.scalar("privacy/l2_clip", entry["l2_clip"])
         for key in ("eval_accuracy", "eval_accuracy_ema", "loss"):
             if entry[key] is not None:
                 tf.summary.scalar("eval/" + ("loss" if key == "loss" else key[5:]), entry[key])

@@ -338,6 +338,8 @@ class Trainer:
                                    else self.ledger.epsilon_upper)
         entry = {"step": self.step, "epsilon": eps, "loss": None, "eval_accuracy": None,
                  "eval_accuracy_ema": None}
+        if self.clip_state is not None:  # adaptive C_t: post-processing of the noisy counts
+            entry["l2_clip"] = float(self.clip_state.numpy())
         do_eval = self.eval_data is not None and cfg.eval_every and self.step % cfg.eval_every == 0
         if do_eval:
             ev = self.evaluate(self.eval_data, "last")

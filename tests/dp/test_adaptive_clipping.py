@@ -42,8 +42,9 @@ def test_the_gradient_noise_multiplier_is_theorem_1():
 
 def test_the_plan_charges_sigma_and_draws_its_shares():
     plan = resolve.resolve_privacy(dataset_size=1000, batch_size=100, steps=50, target_epsilon=3.0, l2_clip=2.0,
-                                   clipping="adaptive")
-    flat = resolve.resolve_privacy(dataset_size=1000, batch_size=100, steps=50, target_epsilon=3.0, l2_clip=2.0)
+                                   clipping="adaptive", accountant="rdp")
+    flat = resolve.resolve_privacy(dataset_size=1000, batch_size=100, steps=50, target_epsilon=3.0, l2_clip=2.0,
+                                   accountant="rdp")
     # The accountant's question is the flat run's: same sigma charged, so the same epsilon.
     assert plan.noise_multiplier == flat.noise_multiplier
     assert plan.clipping.count_noise == plan.update_count_noise == 5.0  # B / 20
@@ -224,6 +225,7 @@ def test_a_resumed_run_clips_at_the_checkpointed_c_bit_for_bit(digits_train, tmp
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     rule = record["privacy"]["clipping"]
     assert rule["mode"] == "adaptive" and rule["final_l2_clip"] == float(straight.clip_state.numpy())
+    assert [h["l2_clip"] for h in record["history"]][-1] == rule["final_l2_clip"]  # C_t in the history too
     assert rule["gradient_noise_multiplier"] == adaptive_clip.gradient_noise_multiplier(1.0, 64 / 20)
     assert record["privacy"]["noise_multiplier"] == 1.0 and record["privacy"]["l2_clip"] == 5.0
 
@@ -293,7 +295,7 @@ def test_two_replicas_all_reduce_the_count_with_the_sums():
 
 @pytest.mark.slow  # a real training and export: ~40-60 s on 2 cores
 def test_an_adaptive_run_publishes_its_rule(tmp_path):
-    """The CLI end to end with K=2 views: the record, card.json and the card's README state the mode, its
+    """The CLI end to end with K=2 views and a trained subset: the record, card.json and the card's README state the mode, its
     parameters, the gradient's sigma and the last C."""
     import json
 
@@ -301,8 +303,8 @@ def test_an_adaptive_run_publishes_its_rule(tmp_path):
 
     out = tmp_path / "artifact"
     code = train_in_process("--model", "wrn_test", "--steps", "3", "--augmult", "2", "--clipping", "adaptive",
-                            "--l2-clip", "2.0", "--target-quantile", "0.6", "--run-dir", str(tmp_path / "run"),
-                            "--publish-dir", str(out), "--eval-every", "0")
+                            "--l2-clip", "2.0", "--target-quantile", "0.6", "--trainable", "stage3|logits",
+                            "--run-dir", str(tmp_path / "run"), "--publish-dir", str(out), "--eval-every", "0")
     assert code == 0
     record = json.loads((tmp_path / "run" / "run_record.json").read_text())
     rule = record["privacy"]["clipping"]
@@ -310,3 +312,18 @@ def test_an_adaptive_run_publishes_its_rule(tmp_path):
     assert rule["gradient_noise_multiplier"] > record["privacy"]["noise_multiplier"] and rule["final_l2_clip"] > 0
     assert json.loads((out / "card.json").read_text())["privacy"]["clipping"] == rule
     assert "clipping rule (noise std = sigma x its sensitivity) | adaptive" in (out / "README.md").read_text()
+
+
+@pytest.mark.slow  # features of every training example, then a probe: ~30-50 s on 2 cores
+def test_a_linear_probe_adapts_c_on_its_features(tmp_path):
+    import json
+
+    from tests.helpers import train_in_process
+
+    code = train_in_process("--model", "wrn_test", "--steps", "4", "--augmult", "2", "--linear-probe",
+                            "--clipping", "adaptive", "--l2-clip", "100", "--clip-lr", "1.0",
+                            "--run-dir", str(tmp_path / "run"), "--no-publish", "--eval-every", "0")
+    assert code == 0
+    rule = json.loads((tmp_path / "run" / "run_record.json").read_text())["privacy"]["clipping"]
+    # Every head gradient is far below C_0 = 100: the noisy counts say "all unclipped", so C falls.
+    assert rule["mode"] == "adaptive" and rule["final_l2_clip"] < 100 * math.exp(-1.0 * 0.3 * 4)
