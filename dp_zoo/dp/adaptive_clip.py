@@ -54,7 +54,7 @@ def gradient_noise_multiplier(noise_multiplier, count_noise):
 
     Raises:
       ValueError: ``2 sigma_b <= sigma``: the count alone would already spend
-        more than sigma allows; raise sigma_b (or let it default to B / 20).
+        more than sigma allows; raise sigma_b.
     """
     sigma, sb = float(noise_multiplier), float(count_noise)
     if sigma == 0.0:
@@ -62,8 +62,8 @@ def gradient_noise_multiplier(noise_multiplier, count_noise):
     if not 2.0 * sb > sigma:
         raise ValueError(
             f"adaptive clipping: the count noise sigma_b={sb:g} must exceed sigma/2={sigma / 2:g} (the pair of "
-            "queries has noise multiplier sigma only if 2 sigma_b > sigma); raise --clip-count-noise or leave "
-            "it unset (B / 20).")
+            f"queries has noise multiplier sigma only if 2 sigma_b > sigma): raise sigma_b above {sigma / 2:g} (flag "
+            "--clip-count-noise); the default, B / 20, is too small for this sigma and batch size.")
     return 1.0 / math.sqrt(sigma**-2 - (2.0 * sb) ** -2)
 
 
