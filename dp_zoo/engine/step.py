@@ -82,7 +82,7 @@ class StepSpec(NamedTuple):
     @property
     def sensitivity(self):
         """What the noise std is sigma times: the clipping rule's bound on one example's contribution
-        (adaptive clipping: the step's C_t, read from its ``ClipState`` instead)."""
+        (adaptive clipping: the step's C_t, read from ``make_clip_state``'s variable instead)."""
         return self.l2_clip if self.clipping is None else self.clipping.sensitivity
 
     @property
