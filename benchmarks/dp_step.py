@@ -1,7 +1,7 @@
 """DP-SGD step cost vs a non-private step, same model and batch, same run.
 
     python benchmarks/dp_step.py [--model wrn_digits] [--batch 64] [--augmult 1 4] [--repeats 5]
-                                 [--ghost auto off] [--fold auto off] [--precision bf16]
+                                 [--ghost auto off] [--fold auto off] [--unfold off auto on] [--precision bf16]
                                  [--out benchmarks/results/dp_step.json]
 
 Prints a table and writes the rows as JSON to --out. Timings are
@@ -10,8 +10,9 @@ steps (non-private and DP, every K) timed in turn in each round.
 ``--ghost`` lists the ghost-clipping modes of ``clipped_grad_sum`` to time
 (``auto``: the default, ``off``: per-example kernel gradients for every WS
 layer, ``on``: ghost norms for every WS layer) and ``--fold`` its
-gain-folding modes (``fold_gain``: ``auto``, ``off``, ``on``); every
-combination is timed against the same non-private step. ``views/s vs plain K=1`` is the DP step's augmented views
+gain-folding modes (``fold_gain``: ``auto``, ``off``, ``on``), ``--unfold``
+its opt-in patch-based kernel gradients (``unfold``: ``off``, the default,
+``auto``, ``on``); every combination is timed against the same non-private step. ``views/s vs plain K=1`` is the DP step's augmented views
 per second over the non-private step's examples per second at K=1.
 ``--precision bf16`` adds the same steps under Keras' mixed_bfloat16 (both
 the DP and the non-private step: the ratio compares like with like), after
@@ -82,18 +83,20 @@ CHECK_ATTEMPTS = 2
 MODES = {"auto": "auto", "on": True, "off": False}  # --ghost / --fold value -> clipped_grad_sum(ghost=/fold_gain=)
 
 
-def _path(model, ws_path, ghost, fold, k, input_shape):
+def _path(model, ws_path, ghost, fold, unfold, k, input_shape):
     """Which per-example gradient path ran, in words (traces the step once to see the per-layer choices)."""
     if not ws_path:
         return "tf.vectorized_map per-example grads (generic); Conv2DBackpropFilter runs as pfor's while_loop"
-    paths = dp.ws_gradient_paths(model, [k] + list(input_shape), MODES[ghost], MODES[fold])
+    paths = dp.ws_gradient_paths(model, [k] + list(input_shape), MODES[ghost], MODES[fold], MODES[unfold])
+    unfolded = sum(p == "unfold" for p in paths.values())
     ghost = [n for n, p in paths.items() if p == "ghost"]
     fold = [n for n, p in paths.items() if p == "fold"]
     return (f"tf.vectorized_map per-example grads w.r.t. standardized kernels and gains, closed-form WS norms, "
             f"WS backward once on the clipped sum; of {len(paths)} WS convs: ghost norms for {len(ghost)}"
             + (f" ({', '.join(ghost)})" if ghost and len(ghost) < len(paths) else "")
             + f", gain folded into the kernel for {len(fold)}, gain apart for the other {len(paths) - len(ghost) - len(fold)}"
-            + "; non-ghost kernel gradients: Conv2DBackpropFilter as pfor's while_loop over examples")
+            + (f" ({unfolded} of them from input patches and one einsum)" if unfolded else "")
+            + "; the other kernel gradients: Conv2DBackpropFilter as pfor's while_loop over examples")
 
 
 def check(repeats):
@@ -144,6 +147,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ghost", nargs="+", default=["auto"], choices=list(MODES))
     p.add_argument("--fold", nargs="+", default=["auto"], choices=list(MODES))
+    p.add_argument("--unfold", nargs="+", default=["off"], choices=list(MODES))
     p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bf16"],
                    help="bf16 adds mixed_bfloat16 rows next to the float32 ones")
     p.add_argument("--out", default="benchmarks/results/dp_step.json")
@@ -157,7 +161,7 @@ def main():
     rows = []
     ws_path = bool(dp.ws_kernels(model))
     fns = {}
-    modes = [(g, f) for g in a.ghost for f in a.fold]
+    modes = [(g, f, u) for g in a.ghost for f in a.fold for u in a.unfold]
     for k in a.augmult:
         x = tf.random.normal([a.batch, k] + a.input)
         y = tf.random.uniform([a.batch], 0, 10, tf.int32)
@@ -165,8 +169,8 @@ def main():
             fns[(q, k, "plain")] = tf.function(lambda x=x, y=y, q=q: dp.mean_grad(model, x, y, precision=q)[0])
             for mode in modes:
                 fns[(q, k, mode)] = tf.function(
-                    lambda x=x, y=y, g=MODES[mode[0]], f=MODES[mode[1]], q=q:
-                    dp.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g, fold_gain=f, precision=q)[0])
+                    lambda x=x, y=y, g=MODES[mode[0]], f=MODES[mode[1]], u=MODES[mode[2]], q=q:
+                    dp.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=g, fold_gain=f, precision=q, unfold=u)[0])
     first = {key: first_call_time(fn) for key, fn in fns.items()}
     # Every step of every K in each round: the ratios across K (views/s at K
     # against examples/s at K=1) compare steps timed minutes apart otherwise.
@@ -178,7 +182,7 @@ def main():
             for mode in modes:
                 t_dp = times[(q, k, mode)]
                 rows.append({"model": a.model, "batch": a.batch, "augmult": k, "ghost": mode[0],
-                             "fold_gain": mode[1], "precision": q,
+                             "fold_gain": mode[1], "unfold": mode[2], "precision": q,
                              "path": _path(model, ws_path, *mode, k, a.input),
                              "dp_first_step_s": first[(q, k, mode)], "nonprivate_first_step_s": first[(q, k, "plain")],
                              "peak_rss_mib_after": peak_rss_mib(),
@@ -188,13 +192,13 @@ def main():
                              "dp_views_per_s_over_nonprivate_k1_examples_per_s":
                                  (a.batch * k / t_dp) / plain_k1 if plain_k1 else None,
                              "slowdown": t_dp / t_plain})
-    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'ghost':>5s} {'fold':>5s} {'prec':>7s} {'DP s/step':>10s} "
+    print(f"{'model':12s} {'batch':>5s} {'K':>3s} {'ghost':>5s} {'fold':>5s} {'unf':>4s} {'prec':>7s} {'DP s/step':>10s} "
           f"{'plain s/step':>12s} "
           f"{'DP ex/s':>9s} {'plain ex/s':>10s} {'DP/plain':>8s} {'views/s vs plain K=1':>20s} "
           f"{'DP 1st s':>8s} {'peak MiB':>8s}")
     for r in rows:
         vs = r["dp_views_per_s_over_nonprivate_k1_examples_per_s"]
-        print(f"{r['model']:12s} {r['batch']:5d} {r['augmult']:3d} {r['ghost']:>5s} {r['fold_gain']:>5s} "
+        print(f"{r['model']:12s} {r['batch']:5d} {r['augmult']:3d} {r['ghost']:>5s} {r['fold_gain']:>5s} {r['unfold']:>4s} "
               f"{r['precision']:>7s} "
               f"{r['dp_step_s']:10.4f} "
               f"{r['nonprivate_step_s']:12.4f} {r['dp_examples_per_s']:9.1f} {r['nonprivate_examples_per_s']:10.1f} "
@@ -202,7 +206,8 @@ def main():
               f"{r['dp_first_step_s']:8.1f} {r['peak_rss_mib_after']:8.0f}")
     for r in rows:
         if r["precision"] == precisions[0]:
-            print(f"path (K={r['augmult']}, ghost {r['ghost']}, fold {r['fold_gain']}): {r['path']}")
+            print(f"path (K={r['augmult']}, ghost {r['ghost']}, fold {r['fold_gain']}, unfold {r['unfold']}): "
+                  f"{r['path']}")
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)
     with open(a.out, "w") as f:
         json.dump({"host": platform.platform(), "cpu_count": os.cpu_count(),

@@ -23,7 +23,7 @@ from dp_zoo.precision import compute_precision
 # WRN's tracing time.
 @tf.autograph.experimental.do_not_convert
 def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True, ghost="auto",
-                     fold_gain="auto", precision="float32", clipping=None):
+                     fold_gain="auto", precision="float32", clipping=None, unfold=False):
     """Sum over examples of per-example gradients clipped to norm ``l2_clip``.
 
     Args:
@@ -54,6 +54,13 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
         per example (``ws_fast_path.FOLD_COST_RATIO``; in WRN-16-4 at 32x32,
         the 32x32 stage, and at K=4 the 16x16 one too); ``True``: all;
         ``False``: none. The result is the same either way.
+      unfold: which ghost-capable WS convolutions that are not ghost get
+        their per-example kernel gradients from input patches contracted
+        with output gradients in one einsum (``ghost.unfolded_kernel_rows``)
+        instead of ``tf.vectorized_map``'s loop over examples. False (the
+        default): none; ``"auto"``: layers whose per-example kernel
+        gradient is at most ``ws_fast_path.UNFOLD_MAX_MACS`` multiply-adds;
+        True: all. The result is the same either way (tests compare them).
       precision: ``"float32"`` (the model's own policy) or ``"bf16"``: the
         forward and backward passes run under Keras' ``mixed_bfloat16``
         (``dp_zoo.precision.compute_precision``); per-example gradients,
@@ -72,12 +79,12 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
       TypeError: a WS layer does not follow the fast path's protocol
         (``ws_fast_path``).
     """
-    ws_fast_path.check_path_options(ghost, fold_gain)
+    ws_fast_path.check_path_options(ghost, fold_gain, unfold)
     ws = ws_fast_path.ws_kernels(model) if vectorized else []
     with compute_precision(model, precision):
         if ws:
             return ws_fast_path.clipped_grad_sum_ws(model, images, labels, ws, l2_clip=l2_clip, mask=mask,
-                                                    ghost=ghost, fold_gain=fold_gain, clipping=clipping)
+                                                    ghost=ghost, fold_gain=fold_gain, clipping=clipping, unfold=unfold)
         grads, _ = per_example_grads(model, images, labels, vectorized=vectorized)
     # Per-example gradients w.r.t. float32 variables are float32; the cast
     # covers a model built with bfloat16 variables: norms and sums stay float32.

@@ -71,6 +71,44 @@ def conv_patches(x, layer):
     return tf.reshape(p, [tf.shape(x)[0], -1, kh * kw * x.shape[-1]])
 
 
+def unfolded_kernel_rows(inputs, dpre, layer):
+    """Per-example kernel gradients ``[B, kh, kw, cin, cout]`` from inputs and output gradients, without a loop.
+
+    ``inputs`` ``[B, K, H, W, cin]`` and ``dpre`` ``[B, K, Ho, Wo, cout]``
+    (the gradient w.r.t. the convolution's output, summed over an example's
+    K views by the contraction): each example's input patches
+    (``conv_patches``) contracted with its output gradients in one batched
+    einsum, where ``tf.vectorized_map`` runs Conv2DBackpropFilter as a loop
+    over examples (benchmarks/kernel_grad_paths.py). Memory: the patches,
+    ``K * Ho * Wo * kh * kw * cin`` floats per example.
+    """
+    b, cout = tf.shape(inputs)[0], dpre.shape[-1]
+    patches = conv_patches(tf.reshape(inputs, [-1, *inputs.shape[2:]]), layer)
+    fan_in = patches.shape[-1]
+    rows = tf.einsum("btf,bto->bfo", tf.reshape(patches, [b, -1, fan_in]), tf.reshape(dpre, [b, -1, cout]))
+    kh, kw = layer.kernel_size
+    return tf.reshape(rows, [b, kh, kw, inputs.shape[-1], cout])
+
+
+def float32_projection(inputs, dpre, layer, ds, batch):
+    """A ghost layer's ``sum(a * d * s)`` ``[B, cout]`` as ``sum_t dpre_t . conv(x, d * s)_t``, all float32.
+
+    Under a mixed policy the forward pass (and with it the gain's gradient
+    ``q``) rounds to bfloat16, 2^16 times float32's unit roundoff, which is
+    all that ``ghost_ws_sq_norms`` allows for the error of this projection:
+    a norm could then fall below the exact one. One batched float32
+    convolution of the float32-cast ``inputs`` ``[B, K, H, W, cin]``
+    recomputes it (``dpre``: the per-example output gradients, ``ds``: the
+    gain-free standardized kernel).
+    """
+    geom = conv_geometry(layer, inputs.shape[2], inputs.shape[3])
+    # Never a strided 1x1 convolution (oneDNN's kernels for it overrun; conv_ops).
+    flat, strides = unit_stride(tf.reshape(inputs, [-1, *inputs.shape[2:]]), geom["kernel"], geom["strides"])
+    pre = tf.nn.conv2d(flat, ds, strides=[1, *strides, 1], padding=geom["padding"])
+    cout = ds.shape[-1]
+    return tf.einsum("bto,bto->bo", tf.reshape(dpre, [batch, -1, cout]), tf.reshape(pre, [batch, -1, cout]))
+
+
 def _tap_windows(t, geom, h_axes):
     """Per kernel tap, the strided window of ``t`` that the conv's outputs read there.
 

@@ -17,8 +17,11 @@ convolve with ``d * s * g`` instead: per example we form
 from the same sums, sparing the output-sized work of the gain. Layers
 that ``ghost`` selects return, per example, their input and ``dL/dpre``
 instead of ``a``: norms by ``ghost.ghost_ws_sq_norms``, and
-``sum_b f_b a_b`` as one batched Conv2DBackpropFilter. Tests compare every
-path with the naive per-example loop.
+``sum_b f_b a_b`` as one batched Conv2DBackpropFilter. Layers that
+``unfold`` selects (off by default) return the same two and get ``a`` from
+them as input patches contracted with ``dL/dpre`` in one einsum
+(``ghost.unfolded_kernel_rows``), then go on as plain layers. Tests compare
+every path with the naive per-example loop.
 
 The protocol (what a layer must do to take this path; ``WSConv2D`` and
 ``ScaledWSConv2D`` in ``dp_zoo/models/ws_conv.py`` are the reference):
@@ -39,7 +42,7 @@ The protocol (what a layer must do to take this path; ``WSConv2D`` and
 3. ``ghost_ok`` may be True only for an ungrouped, undilated, channels-last
    convolution whose ``kernel_size``, ``strides`` (pairs) and ``padding``
    (``"same"``/``"valid"``) describe it (``ghost.conv_geometry``). On
-   ``"ghost"`` it convolves with ``stop_gradient(kernel)`` and hands its
+   ``"ghost"`` (which the unfold path also answers) it convolves with ``stop_gradient(kernel)`` and hands its
    input and pre-gain output to ``ws_override.record_ghost``, once per
    example.
 4. It has ``kernel_size``, ``strides`` (ints or pairs) and ``groups``, and
@@ -57,10 +60,9 @@ to show against the naive loop.
 import tensorflow as tf
 
 from dp_zoo.dp import clipping_modes
-from dp_zoo.dp.ghost import (GHOST_COST_RATIO, conv_geometry, ghost_costs, ghost_kernel_sums, ghost_ws_sq_norms,
-                             patch_gram)
+from dp_zoo.dp.ghost import (GHOST_COST_RATIO, conv_geometry, float32_projection, ghost_costs, ghost_kernel_sums,
+                             ghost_ws_sq_norms, patch_gram, unfolded_kernel_rows)
 from dp_zoo.dp.per_example import finite_rows, masked_clip_factors, sq_norms, views_loss, weighted_sum
-from dp_zoo.models.conv_ops import unit_stride
 from dp_zoo.models.ws_math import fan_in_sum, ws_backward, ws_geometry, ws_kernel_norms
 from dp_zoo.models.ws_override import standardized_kernel_override
 
@@ -71,14 +73,21 @@ _PROTOCOL = "the WS fast-path protocol in dp_zoo/dp/ws_fast_path.py"
 # output-sized passes against about two fan-in-sized ones (see
 # ``_WSTap._wants_fold``).
 FOLD_COST_RATIO = 1.5
+# ``unfold="auto"``: input patches and one einsum for a layer's per-example kernel gradients where
+# each example's kernel gradient is small work (at most UNFOLD_MAX_MACS multiply-adds over its K
+# views): there the loop over examples costs more than the patches (benchmarks/kernel_grad_paths.py:
+# wrn_mnist's 14x14 and 7x7 layers, 0.45M each, 0.54x and 0.27x the loop's time; WRN-16-4's 16x16
+# layers, 38M, 1.24x; the whole wrn_mnist step at K=1, README "Benchmarks").
+UNFOLD_MAX_MACS = 2**20
+# The kinds whose layers hand their input and pre-gain output to the tap (protocol, item 3).
+_TAPPED = ("ghost", "unfold")
 
 
-def check_path_options(ghost, fold_gain):
-    """Raises ValueError unless ``ghost`` and ``fold_gain`` are each ``"auto"``, True or False."""
-    if ghost not in ("auto", True, False):
-        raise ValueError(f"ghost={ghost!r}: use 'auto', True or False")
-    if fold_gain not in ("auto", True, False):
-        raise ValueError(f"fold_gain={fold_gain!r}: use 'auto', True or False")
+def check_path_options(ghost, fold_gain, unfold=False):
+    """Raises ValueError unless ``ghost``, ``fold_gain`` and ``unfold`` are each ``"auto"``, True or False."""
+    for name, value in (("ghost", ghost), ("fold_gain", fold_gain), ("unfold", unfold)):
+        if value not in ("auto", True, False):
+            raise ValueError(f"{name}={value!r}: use 'auto', True or False")
 
 
 def ws_kernels(model):
@@ -106,14 +115,16 @@ class _WSTap:
     traced; shapes there are per example, ``[K, H, W, C]``. ``choices`` maps
     ``id(layer)`` to ``"plain"`` (per-example gradients w.r.t. the gain-free
     standardized kernel and the gain), ``"fold"`` (w.r.t. the standardized
-    kernel with the gain in it) or ``"ghost"``.
+    kernel with the gain in it), ``"ghost"`` or ``"unfold"`` (per-example
+    gradients from input patches; the layer itself is told ``"ghost"``).
     """
 
     listeners = []  # dicts that collect {layer name: choice} (``ws_gradient_paths``)
 
-    def __init__(self, ghost, fold_gain, tape):
+    def __init__(self, ghost, fold_gain, tape, unfold=False):
         self.ghost = ghost
         self.fold_gain = fold_gain
+        self.unfold = unfold
         self.tape = tape
         self.choices = {}
         self.entries = []  # (layer, inputs, pre) of ghost layers, in call order
@@ -121,13 +132,15 @@ class _WSTap:
     def choose(self, layer, inputs, ghost_ok):
         key = id(layer)
         if key in self.choices:
-            if self.choices[key] == "ghost":
+            if self.choices[key] in _TAPPED:
                 raise NotImplementedError(
                     f"WS layer {layer.name!r} is called more than once per example; ghost clipping covers one "
-                    "call. Pass ghost=False to clipped_grad_sum for this model.")
+                    "call. Pass ghost=False (and unfold=False) to clipped_grad_sum for this model.")
             return self.choices[key]
         if ghost_ok and self._wants_ghost(layer, inputs):
             choice = "ghost"
+        elif ghost_ok and self._wants_unfold(layer, inputs):
+            choice = "unfold"
         elif self._wants_fold(layer, inputs):
             choice = "fold"
         else:
@@ -135,7 +148,8 @@ class _WSTap:
         self.choices[key] = choice
         for paths in _WSTap.listeners:
             paths[layer.name] = choice
-        return choice
+        # An unfolded layer records its input and output exactly as a ghost layer does.
+        return "ghost" if choice == "unfold" else choice
 
     def _wants_ghost(self, layer, inputs):
         if self.ghost != "auto":
@@ -147,6 +161,14 @@ class _WSTap:
         # once for the clipped sum; the Gram matrices must cost well under the
         # kernel gradients' multiply-adds to pay (see GHOST_COST_RATIO).
         return ghost_cost < GHOST_COST_RATIO * direct_cost
+
+    def _wants_unfold(self, layer, inputs):
+        if self.unfold != "auto":
+            return self.unfold
+        geom = conv_geometry(layer, inputs.shape[1], inputs.shape[2])
+        positions = inputs.shape[0] * geom["out"][0] * geom["out"][1]
+        fan_in = geom["kernel"][0] * geom["kernel"][1] * inputs.shape[-1]
+        return positions * fan_in * layer.filters <= UNFOLD_MAX_MACS
 
     def _wants_fold(self, layer, inputs):
         if self.fold_gain != "auto":
@@ -171,22 +193,23 @@ class _WSTap:
         self.entries.append((layer, inputs, pre))
 
 
-def ws_gradient_paths(model, views_shape, ghost="auto", fold_gain="auto"):
+def ws_gradient_paths(model, views_shape, ghost="auto", fold_gain="auto", unfold=False):
     """How ``clipped_grad_sum`` forms each WS layer's per-example gradients.
 
     Args:
       model: the model.
       views_shape: ``(K, H, W, C)`` of one example's views.
-      ghost, fold_gain: as in ``clipped_grad_sum``.
+      ghost, fold_gain, unfold: as in ``clipped_grad_sum``.
 
     Returns:
-      ``{layer name: "plain" | "fold" | "ghost"}`` in call order (traces the
+      ``{layer name: "plain" | "fold" | "ghost" | "unfold"}`` in call order (traces the
       step once; nothing is computed). ``"plain"``: per-example gradients
       w.r.t. the gain-free standardized kernel and the gain; ``"fold"``:
       w.r.t. the standardized kernel with the gain in it; ``"ghost"``: norms
-      from input patches and output gradients.
+      from input patches and output gradients; ``"unfold"``: per-example
+      kernel gradients from input patches and output gradients.
     """
-    check_path_options(ghost, fold_gain)
+    check_path_options(ghost, fold_gain, unfold)
     paths = {}
     ws = ws_kernels(model)
     if not ws:
@@ -195,7 +218,8 @@ def ws_gradient_paths(model, views_shape, ghost="auto", fold_gain="auto"):
     _WSTap.listeners.append(paths)
     try:
         tf.function(lambda: clipped_grad_sum_ws(model, x, tf.zeros([2], tf.int32), ws, l2_clip=1.0, mask=None,
-                                                ghost=ghost, fold_gain=fold_gain)).get_concrete_function()
+                                                ghost=ghost, fold_gain=fold_gain, unfold=unfold)
+                ).get_concrete_function()
     finally:
         _WSTap.listeners.remove(paths)
     return paths
@@ -214,12 +238,13 @@ class _Layer:
         self.ds, self.s, self.c = ws_geometry(params[kernel_index], eps=eps, eps_mode=mode)
         self.gain = params[gain_index] * scale
         self.gained = self.ds * self.gain
-        self.kind = None  # "plain" | "fold" | "ghost", decided while the per-example function is traced
+        self.kind = None  # "plain" | "fold" | "ghost" | "unfold", decided while the per-example function is traced
         self.pre_dtype = None  # a ghost layer's compute dtype (bfloat16 under mixed_bfloat16), set likewise
         self.rows = self.q_rows = self.inputs = None  # per-example [B, ...] outputs
 
 
-def clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto", fold_gain="auto", clipping=None):
+def clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto", fold_gain="auto", clipping=None,
+                        unfold=False):
     """``clipping.clipped_grad_sum`` with per-example gradients taken w.r.t. standardized kernels.
 
     ``ws``: ``ws_kernels(model)``, not empty. Same arguments and result as
@@ -229,7 +254,7 @@ def clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto
     entries = [_Layer(params, *w) for w in ws]
     replaced = {i for e in entries for i in (e.kernel_index, e.gain_index)}
     others = [i for i in range(len(params)) if i not in replaced]
-    other_grads = _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain)
+    other_grads = _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain, unfold)
     batch = tf.shape(images)[0]
     sq, var_index = sq_norms(other_grads), list(others)
     for e in entries:
@@ -265,13 +290,14 @@ def clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto
     return out, norms
 
 
-def _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain):
+def _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain, unfold):
     """Vectorized per-example gradients of ``params[others]``; sets each entry's path and per-example outputs.
 
     Per WS layer (``_Layer``): ``rows``, the gradient w.r.t. the unit kernel
     (``"plain"``), the gained kernel (``"fold"``) or the pre-gain output
-    (``"ghost"``); ``q_rows``, the gain's gradient (not for ``"fold"``,
-    whose gain gradient comes from the moments); ``inputs`` (``"ghost"``).
+    (``"ghost"``; ``"unfold"``: the unit kernel's, from patches); ``q_rows``,
+    the gain's gradient (not for ``"fold"``, whose gain gradient comes from
+    the moments); ``inputs`` (``"ghost"``, ``"unfold"``).
     """
     non_trainable = [v.value for v in model.non_trainable_variables]
     overrides = {e.layer: (e.ds, e.gain, e.gained) for e in entries}
@@ -279,7 +305,7 @@ def _per_example_outputs(model, params, images, labels, entries, others, ghost, 
     def one(args):
         views, label = args
         with tf.GradientTape() as tape:
-            tap = _WSTap(ghost, fold_gain, tape)
+            tap = _WSTap(ghost, fold_gain, tape, unfold)
             tape.watch(params)
             tape.watch([e.ds for e in entries] + [e.gain for e in entries] + [e.gained for e in entries])
             with standardized_kernel_override(overrides, tap=tap):
@@ -288,10 +314,10 @@ def _per_example_outputs(model, params, images, labels, entries, others, ghost, 
             e.kind = tap.choices.get(id(e.layer), "plain")
         tapped = _ghost_taps(tap, entries)
         for e in entries:
-            if e.kind == "ghost":
+            if e.kind in _TAPPED:
                 e.pre_dtype = tapped[id(e.layer)][1].dtype
         wrt = [params[i] for i in others]
-        wrt += [tapped[id(e.layer)][1] if e.kind == "ghost" else e.gained if e.kind == "fold" else e.ds
+        wrt += [tapped[id(e.layer)][1] if e.kind in _TAPPED else e.gained if e.kind == "fold" else e.ds
                 for e in entries]
         wrt += [e.gain for e in entries if e.kind != "fold"]
         own = [params[i] for e in entries for i in (e.kernel_index, e.gain_index)]
@@ -302,7 +328,7 @@ def _per_example_outputs(model, params, images, labels, entries, others, ghost, 
         # override tensors are float32 already; a ghost layer's output
         # gradient and input are in its compute dtype (bfloat16 under a
         # mixed policy), and its Grams subtract large terms.
-        return [tf.cast(t, tf.float32) for t in grads + [tapped[id(e.layer)][0] for e in entries if e.kind == "ghost"]]
+        return [tf.cast(t, tf.float32) for t in grads + [tapped[id(e.layer)][0] for e in entries if e.kind in _TAPPED]]
 
     outs = tf.vectorized_map(one, (images, labels), fallback_to_while_loop=True)
     n = len(others)
@@ -313,8 +339,10 @@ def _per_example_outputs(model, params, images, labels, entries, others, ghost, 
         if e.kind != "fold":
             e.q_rows = next(rest)
     for e in entries:
-        if e.kind == "ghost":
+        if e.kind in _TAPPED:
             e.inputs = next(rest)
+        if e.kind == "unfold":  # dL/dpre -> dL/d(d * s), then a plain layer
+            e.rows = unfolded_kernel_rows(e.inputs, e.rows, e.layer)
     return outs[:n]
 
 
@@ -322,7 +350,7 @@ def _ghost_taps(tap, entries):
     """``{id(layer): (inputs, pre)}`` of the ghost layers; raises for one that recorded nothing (protocol, item 3)."""
     tapped = {id(layer): (x, pre) for layer, x, pre in tap.entries}
     for e in entries:
-        if e.kind == "ghost" and id(e.layer) not in tapped:
+        if e.kind in _TAPPED and id(e.layer) not in tapped:
             raise TypeError(
                 f"WS layer {e.layer.name!r} ({type(e.layer).__name__}) took the ghost path but did not record its "
                 f"input and pre-gain output with ws_override.record_ghost; see {_PROTOCOL} (item 3).")
@@ -349,7 +377,7 @@ def _layer_sq_norms(e, batch):
         # dL/dg = sum(a' * d * s) for a' = dL/d(d * s * g): ws_kernel_norms' second result.
         return ws_kernel_norms(e.rows, e.ds, e.s, e.c, gain=e.gain)
     q = tf.reshape(e.q_rows, [batch, -1])
-    if e.kind == "plain":
+    if e.kind in ("plain", "unfold"):
         return ws_kernel_norms(e.rows, e.ds, e.s, e.c)[0], q
     sigma = fan_in_sum(e.ds)
     dpre = e.rows
@@ -357,26 +385,8 @@ def _layer_sq_norms(e, batch):
         # sum(a * d * s) = g * q: a = g * dL/dw_hat and q = sum(dL/dw_hat * d * s).
         pa = q * tf.reshape(e.gain, [-1])
     else:
-        pa = _float32_projection(e, batch)
+        pa = float32_projection(e.inputs, e.rows, e.layer, e.ds, batch)
     sq = ghost_ws_sq_norms(*patch_gram(e.inputs, e.layer, centred=True),
                            tf.reshape(dpre, [batch, -1, dpre.shape[-1]]), pa, e.ds, e.s, e.c,
                            centred=True, sigma=sigma)
     return sq, q
-
-
-def _float32_projection(e, batch):
-    """A ghost layer's ``sum(a * d * s)`` ``[B, cout]`` as ``sum_t dpre_t . conv(x, d * s)_t``, all float32.
-
-    Under a mixed policy the forward pass (and with it the gain's gradient
-    ``q``) rounds to bfloat16, 2^16 times float32's unit roundoff, which is
-    all that ``ghost.ghost_ws_sq_norms`` allows for the error of this
-    projection: a norm could then fall below the exact one. One batched
-    float32 convolution of the float32-cast inputs recomputes it.
-    """
-    x = e.inputs
-    geom = conv_geometry(e.layer, x.shape[2], x.shape[3])
-    # Never a strided 1x1 convolution (oneDNN's kernels for it overrun; conv_ops).
-    flat, strides = unit_stride(tf.reshape(x, [-1, *x.shape[2:]]), geom["kernel"], geom["strides"])
-    pre = tf.nn.conv2d(flat, e.ds, strides=[1, *strides, 1], padding=geom["padding"])
-    cout = e.ds.shape[-1]
-    return tf.einsum("bto,bto->bo", tf.reshape(e.rows, [batch, -1, cout]), tf.reshape(pre, [batch, -1, cout]))

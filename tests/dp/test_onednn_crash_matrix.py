@@ -93,7 +93,7 @@ def _dp_steps(model, bf16=True):
                                                 precision=precision)
     # fold_gain=True convolves the same way as False, with another tensor.
     steps = {"per-example (ghost=False, fold_gain=True)": step(False, True), "ghost=True": step(True, False)}
-    if bf16:  # the ghost path's float32 projection (_float32_projection) runs only here
+    if bf16:  # the ghost path's float32 projection (ghost.float32_projection) runs only here
         steps["ghost=True, bf16"] = step(True, False, "bf16")
     return steps
 

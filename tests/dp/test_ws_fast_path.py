@@ -1,5 +1,6 @@
-"""How the WS fast path forms each layer's per-example gradients: ``ghost`` and ``fold_gain`` choices."""
+"""How the WS fast path forms each layer's per-example gradients: ``ghost``, ``fold_gain`` and ``unfold`` choices."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -56,3 +57,25 @@ def test_fold_gain_auto_picks_layers_with_many_positions_per_fan_in(wrn16_4_path
     with pytest.raises(ValueError, match="fold_gain"):
         dp.clipped_grad_sum(m, np.zeros((1, 1, 32, 32, 3), np.float32), np.zeros([1], np.int32),
                                 l2_clip=1.0, fold_gain="yes")
+
+
+@pytest.mark.parametrize("name,shape,k", [("wrn_test", (8, 8, 1), 2),
+                                          pytest.param("wrn_mnist", (28, 28, 1), 1, marks=pytest.mark.slow)])
+def test_unfolded_kernel_gradients_equal_the_naive_loop(name, shape, k):
+    """``unfold=True``: every ghost-capable layer's per-example kernel gradients from input patches and one
+    einsum (``ghost.unfolded_kernel_rows``); ``"auto"`` picks the layers with few positions per fan-in."""
+    from tests.helpers import assert_equals_naive_loop
+
+    keras.utils.set_random_seed(0)
+    m = dp_zoo.create_model(name, num_classes=10, input_shape=shape)
+    rng = np.random.default_rng(0)
+    m.set_weights([w + rng.normal(scale=0.2, size=w.shape).astype("float32") for w in m.get_weights()])
+    x = rng.normal(size=(3, k) + shape).astype("float32")
+    y = rng.integers(0, 10, 3).astype("int32")
+    paths = dp.ws_gradient_paths(m, (k,) + shape, ghost=False, unfold=True)
+    assert set(paths.values()) == {"unfold"}
+    assert_equals_naive_loop(m, x, y, np.array([1, 0, 1], np.float32), rel=1e-4, ghost=False, unfold=True)
+    assert "unfold" in dp.ws_gradient_paths(m, (k,) + shape, unfold="auto").values()
+    assert "unfold" not in dp.ws_gradient_paths(m, (k,) + shape).values()  # off by default
+    with pytest.raises(ValueError, match="unfold"):
+        dp.clipped_grad_sum(m, x, y, l2_clip=1.0, unfold="yes")

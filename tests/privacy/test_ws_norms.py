@@ -61,9 +61,9 @@ def exact_backward(monkeypatch):
     monkeypatch.setattr(tf.raw_ops, "Conv2DBackpropFilter", backprop_filter64)
 
 
-def _contribution_step(model, ghost, fold_gain):
+def _contribution_step(model, ghost, fold_gain, unfold=False):
     return tf.function(lambda x, y, mask: dp.clipped_grad_sum(model, x, y, l2_clip=HUGE, mask=mask,
-                                                                   ghost=ghost, fold_gain=fold_gain))
+                                                                   ghost=ghost, fold_gain=fold_gain, unfold=unfold))
 
 
 def computed_and_true_norms(step, x, y):
@@ -321,7 +321,19 @@ def test_zoo_model_norms_never_under_estimate(exact_backward, name, shape, ghost
     """WRN, NF-ResNet and NFNet on adversarial images (and the WRN with large GroupNorm offsets)."""
     m = _zoo_model(name, shape)
     assert _has_ghost_layers(m) == (name in GHOST_MODELS), "update GHOST_MODELS: the generated cases depend on it"
-    step = _contribution_step(m, ghost, fold_gain)
+    _assert_adversarial_norms(m, name, shape, _contribution_step(m, ghost, fold_gain))
+
+
+@pytest.mark.slow  # one more whole step traced (15-25 s on 2 cores)
+def test_unfolded_kernel_gradient_norms_never_under_estimate(exact_backward):
+    """The opt-in unfold path (every ghost-capable layer's per-example kernel gradients from patches)."""
+    name, shape = next((n, s) for n, s in MODELS if n in GHOST_MODELS)
+    m = _zoo_model(name, shape)
+    assert set(dp.ws_gradient_paths(m, (2,) + tuple(shape), ghost=False, unfold=True).values()) >= {"unfold"}
+    _assert_adversarial_norms(m, name, shape, _contribution_step(m, False, False, unfold=True))
+
+
+def _assert_adversarial_norms(m, name, shape, step):
     rng = np.random.default_rng(3)
     cases = [("offset", 1e3), ("offset", 3e4), ("channel_offsets", 3e4), ("near_constant", 3e4),
              ("piecewise_constant", 3e4)]
