@@ -42,9 +42,9 @@ The protocol (what a layer must do to take this path; ``WSConv2D`` and
 3. ``ghost_ok`` may be True only for an ungrouped, undilated, channels-last
    convolution whose ``kernel_size``, ``strides`` (pairs) and ``padding``
    (``"same"``/``"valid"``) describe it (``ghost.conv_geometry``). On
-   ``"ghost"`` (which the unfold path also answers) it convolves with ``stop_gradient(kernel)`` and hands its
-   input and pre-gain output to ``ws_override.record_ghost``, once per
-   example.
+   ``"ghost"`` (the unfold path's answer too) it convolves with
+   ``stop_gradient(kernel)`` and hands its input and pre-gain output to
+   ``ws_override.record_ghost``, once per example.
 4. It has ``kernel_size``, ``strides`` (ints or pairs) and ``groups``, and
    a ghost-capable layer ``filters``: the cost model that picks each
    layer's path reads them.
