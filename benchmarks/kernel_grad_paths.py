@@ -95,8 +95,8 @@ def main():
     rows = [measure(s, a.repeats) for s in SHAPES]
     print(f"{'layer':18s} {'batch':>5s} {'loop s':>8s} {'unfold s':>9s} {'unfold/loop':>12s} {'max rel diff':>13s}")
     for r in rows:
-        print(f"{r['shape']:18s} {r['batch']:5d} {r['loop_s']:8.4f} {r['unfold_s']:9.4f} {r['unfold_over_loop']:11.2f}x "
-              f"{r['max_rel_diff']:13.1e}")
+        print(f"{r['shape']:18s} {r['batch']:5d} {r['loop_s']:8.4f} {r['unfold_s']:9.4f} "
+              f"{r['unfold_over_loop']:11.2f}x {r['max_rel_diff']:13.1e}")
     out = {"date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
            "cpu_count": os.cpu_count(), "repeats": a.repeats, "rows": rows}
     os.makedirs(os.path.dirname(a.out) or ".", exist_ok=True)

@@ -9,8 +9,10 @@ composes them. Modules:
   entry point), and the non-private ``mean_grad``;
 - ``ws_fast_path``: the closed-form path for weight-standardized layers and
   the protocol such a layer follows;
-- ``clipping_modes``: ``Clipping``, flat, automatic and per-layer clipping
-  and the sensitivity the noise is scaled by;
+- ``clipping_modes``: ``Clipping``, flat, automatic, per-layer and adaptive
+  clipping and the sensitivity the noise is scaled by;
+- ``adaptive_clip``: quantile-adaptive clipping's count, noise split and
+  update of C;
 - ``ghost``: ghost norms of WS convolutions from patch Grams;
 - ``noise``: the Gaussian noise, once per logical step.
 

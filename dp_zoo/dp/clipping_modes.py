@@ -1,4 +1,4 @@
-"""How each example's gradient is bounded: flat, automatic and per-layer clipping, with their sensitivities.
+"""How each example's gradient is bounded: flat, automatic, per-layer and adaptive clipping, with their sensitivities.
 
 A ``Clipping`` says how the per-example gradients are scaled before they are
 summed, and carries the sensitivity of that sum (the largest norm one

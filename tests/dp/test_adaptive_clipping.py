@@ -322,8 +322,8 @@ def test_two_replicas_equal_one_device_under_every_rule_and_all_reduce_the_count
 
 @pytest.mark.slow  # a real training and export: ~40-60 s on 2 cores
 def test_an_adaptive_run_publishes_its_rule(tmp_path):
-    """The CLI end to end with K=2 views and a trained subset: the record, card.json and the card's README state the mode, its
-    parameters, the gradient's sigma and the last C."""
+    """The CLI end to end with K=2 views and a trained subset: the record, card.json and the card's README
+    state the mode, its parameters, the gradient's sigma and the last C."""
     import json
 
     from tests.helpers import train_in_process
