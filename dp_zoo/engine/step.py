@@ -65,8 +65,8 @@ def no_averages():
 class StepSpec(NamedTuple):
     """What one logical step computes, from the run's ``resolve.PrivacyPlan`` and its optimisation settings.
 
-    ``for_run`` builds it for the ``Trainer``; ``make_private`` builds its own
-    (one view, no weight decay or averages). Both then run the same step.
+    ``for_run`` builds it for the ``Trainer``; ``make_private`` builds it with
+    ``for_plan`` (no weight decay or averages). Both then run the same step.
     """
 
     private: bool

@@ -130,12 +130,13 @@ class Trainer:
 
     def _build_state(self):
         cfg = self.config
+        self.spec = step_lib.StepSpec.for_run(self.plan, cfg)  # what one logical step computes
         with self.strategy.scope():
             self.optimizer = optim.make_optimizer(cfg.optim, self.total_steps)
             self.optimizer.build(self.model.trainable_variables)
             # In the strategy's scope, so the averages are mirrored like the weights.
             self.averages = step_lib.make_averages(self.model.trainable_variables, cfg.ema)
-            self.clip_state = step_lib.make_clip_state(step_lib.StepSpec.for_run(self.plan, cfg))
+            self.clip_state = step_lib.make_clip_state(self.spec)
         self.ema_vars, self.polyak_vars, self.polyak_count = self.averages
         self.mean = tuple(self.train.mean)
         self.std = tuple(self.train.std)
@@ -146,9 +147,8 @@ class Trainer:
             views = step_lib.prepared_views  # linear probing: [b, K, D] features, the K views already made
         else:
             views = step_lib.normalized_views(self.mean, self.std, self.augment_fn, self.config.augmult.num_views)
-        spec = step_lib.StepSpec.for_run(self.plan, self.config)
-        fns = step_lib.build_step_functions(self.model, self.optimizer, spec, self.averages, strategy=self.strategy,
-                                            views=views, clip_state=self.clip_state)
+        fns = step_lib.build_step_functions(self.model, self.optimizer, self.spec, self.averages,
+                                            strategy=self.strategy, views=views, clip_state=self.clip_state)
         self._step_fns = fns
         self._local_sum, self._distributed_sum, self._apply = fns
 
