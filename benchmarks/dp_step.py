@@ -147,7 +147,7 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--ghost", nargs="+", default=["auto"], choices=list(MODES))
     p.add_argument("--fold", nargs="+", default=["auto"], choices=list(MODES))
-    p.add_argument("--unfold", nargs="+", default=["off"], choices=list(MODES))
+    p.add_argument("--unfold", nargs="+", default=["auto"], choices=list(MODES))
     p.add_argument("--precision", nargs="+", default=["float32"], choices=["float32", "bf16"],
                    help="bf16 adds mixed_bfloat16 rows next to the float32 ones")
     p.add_argument("--out", default="benchmarks/results/dp_step.json")

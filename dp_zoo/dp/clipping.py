@@ -23,7 +23,7 @@ from dp_zoo.precision import compute_precision
 # WRN's tracing time.
 @tf.autograph.experimental.do_not_convert
 def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=True, ghost="auto",
-                     fold_gain="auto", precision="float32", clipping=None, unfold=False):
+                     fold_gain="auto", precision="float32", clipping=None, unfold="auto"):
     """Sum over examples of per-example gradients clipped to norm ``l2_clip``.
 
     Args:

@@ -83,7 +83,7 @@ UNFOLD_MAX_MACS = 2**20
 _TAPPED = ("ghost", "unfold")
 
 
-def check_path_options(ghost, fold_gain, unfold=False):
+def check_path_options(ghost, fold_gain, unfold="auto"):
     """Raises ValueError unless ``ghost``, ``fold_gain`` and ``unfold`` are each ``"auto"``, True or False."""
     for name, value in (("ghost", ghost), ("fold_gain", fold_gain), ("unfold", unfold)):
         if value not in ("auto", True, False):
@@ -121,11 +121,13 @@ class _WSTap:
 
     listeners = []  # dicts that collect {layer name: choice} (``ws_gradient_paths``)
 
-    def __init__(self, ghost, fold_gain, tape, unfold=False):
+    def __init__(self, ghost, fold_gain, tape, unfold="auto", untapped=frozenset()):
         self.ghost = ghost
         self.fold_gain = fold_gain
         self.unfold = unfold
         self.tape = tape
+        self.untapped = untapped  # ids of layers called more than once: never "ghost" or "unfold"
+        self.repeated = set()  # ids of layers that "auto" tapped and that were called again
         self.choices = {}
         self.entries = []  # (layer, inputs, pre) of ghost layers, in call order
 
@@ -133,10 +135,9 @@ class _WSTap:
         key = id(layer)
         if key in self.choices:
             if self.choices[key] in _TAPPED:
-                raise NotImplementedError(
-                    f"WS layer {layer.name!r} is called more than once per example; ghost clipping covers one "
-                    "call. Pass ghost=False (and unfold=False) to clipped_grad_sum for this model.")
-            return self.choices[key]
+                self._called_twice(layer, self.choices[key])
+            return "ghost" if self.choices[key] == "unfold" else self.choices[key]
+        ghost_ok = ghost_ok and key not in self.untapped
         if ghost_ok and self._wants_ghost(layer, inputs):
             choice = "ghost"
         elif ghost_ok and self._wants_unfold(layer, inputs):
@@ -150,6 +151,19 @@ class _WSTap:
             paths[layer.name] = choice
         # An unfolded layer records its input and output exactly as a ghost layer does.
         return "ghost" if choice == "unfold" else choice
+
+    def _called_twice(self, layer, choice):
+        # The tap records one call per layer. Where "auto" chose the path, the
+        # step is traced again with the layer on the per-example loop
+        # (clipped_grad_sum_ws; this trace is discarded); where the caller
+        # asked for it, a clear error. Not an exception for the first case:
+        # autograph and vectorized_map would wrap it on its way out.
+        if (self.ghost if choice == "ghost" else self.unfold) == "auto":
+            self.repeated.add(id(layer))
+            return
+        raise NotImplementedError(
+            f"WS layer {layer.name!r} is called more than once per example; ghost clipping and the unfold "
+            "path cover one call. Pass ghost=False (and unfold=False) to clipped_grad_sum for this model.")
 
     def _wants_ghost(self, layer, inputs):
         if self.ghost != "auto":
@@ -193,7 +207,7 @@ class _WSTap:
         self.entries.append((layer, inputs, pre))
 
 
-def ws_gradient_paths(model, views_shape, ghost="auto", fold_gain="auto", unfold=False):
+def ws_gradient_paths(model, views_shape, ghost="auto", fold_gain="auto", unfold="auto"):
     """How ``clipped_grad_sum`` forms each WS layer's per-example gradients.
 
     Args:
@@ -244,17 +258,22 @@ class _Layer:
 
 
 def clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto", fold_gain="auto", clipping=None,
-                        unfold=False):
+                        unfold="auto"):
     """``clipping.clipped_grad_sum`` with per-example gradients taken w.r.t. standardized kernels.
 
     ``ws``: ``ws_kernels(model)``, not empty. Same arguments and result as
     ``clipped_grad_sum``; the math is in this module's docstring.
     """
     params = [v.value for v in model.trainable_variables]
-    entries = [_Layer(params, *w) for w in ws]
-    replaced = {i for e in entries for i in (e.kernel_index, e.gain_index)}
-    others = [i for i in range(len(params)) if i not in replaced]
-    other_grads = _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain, unfold)
+    untapped = set()  # shared layers that "auto" tapped: traced again on the per-example loop
+    while True:
+        entries = [_Layer(params, *w) for w in ws]
+        replaced = {i for e in entries for i in (e.kernel_index, e.gain_index)}
+        others = [i for i in range(len(params)) if i not in replaced]
+        other_grads = _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain,
+                                           unfold, untapped)
+        if other_grads is not None:
+            break
     batch = tf.shape(images)[0]
     sq, var_index = sq_norms(other_grads), list(others)
     for e in entries:
@@ -290,8 +309,11 @@ def clipped_grad_sum_ws(model, images, labels, ws, *, l2_clip, mask, ghost="auto
     return out, norms
 
 
-def _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain, unfold):
+def _per_example_outputs(model, params, images, labels, entries, others, ghost, fold_gain, unfold, untapped):
     """Vectorized per-example gradients of ``params[others]``; sets each entry's path and per-example outputs.
+
+    None where a layer that ``"auto"`` tapped was called twice: its id is
+    then in ``untapped`` (a set, updated here) and the caller traces again.
 
     Per WS layer (``_Layer``): ``rows``, the gradient w.r.t. the unit kernel
     (``"plain"``), the gained kernel (``"fold"``) or the pre-gain output
@@ -301,15 +323,17 @@ def _per_example_outputs(model, params, images, labels, entries, others, ghost, 
     """
     non_trainable = [v.value for v in model.non_trainable_variables]
     overrides = {e.layer: (e.ds, e.gain, e.gained) for e in entries}
+    repeated = set()
 
     def one(args):
         views, label = args
         with tf.GradientTape() as tape:
-            tap = _WSTap(ghost, fold_gain, tape, unfold)
+            tap = _WSTap(ghost, fold_gain, tape, unfold, frozenset(untapped))
             tape.watch(params)
             tape.watch([e.ds for e in entries] + [e.gain for e in entries] + [e.gained for e in entries])
             with standardized_kernel_override(overrides, tap=tap):
                 loss = views_loss(model, params, non_trainable, views, label)
+        repeated.update(tap.repeated)
         for e in entries:
             e.kind = tap.choices.get(id(e.layer), "plain")
         tapped = _ghost_taps(tap, entries)
@@ -331,6 +355,9 @@ def _per_example_outputs(model, params, images, labels, entries, others, ghost, 
         return [tf.cast(t, tf.float32) for t in grads + [tapped[id(e.layer)][0] for e in entries if e.kind in _TAPPED]]
 
     outs = tf.vectorized_map(one, (images, labels), fallback_to_while_loop=True)
+    if repeated:
+        untapped.update(repeated)
+        return None
     n = len(others)
     rest = iter(outs[n + len(entries):])
     for e, rows in zip(entries, outs[n:n + len(entries)]):

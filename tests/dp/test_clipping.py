@@ -137,13 +137,14 @@ def test_standardized_kernel_path_equals_naive_loop(name, shape, fold_gain):
     x = rng.normal(size=(4, 2) + shape).astype("float32")
     y = rng.integers(0, 5, size=4).astype("int32")
     mask = np.array([1, 0, 1, 1], np.float32)
-    paths = dp.ws_gradient_paths(m, (2,) + shape, ghost=False, fold_gain=fold_gain)
+    paths = dp.ws_gradient_paths(m, (2,) + shape, ghost=False, fold_gain=fold_gain, unfold=False)
     assert set(paths.values()) == {"fold" if fold_gain else "plain"}
-    assert_equals_naive_loop(m, x, y, mask, rel=1e-4, ghost=False, fold_gain=fold_gain)
+    assert_equals_naive_loop(m, x, y, mask, rel=1e-4, ghost=False, fold_gain=fold_gain, unfold=False)
 
 
 def test_a_ws_layer_called_twice():
-    """Folded: both calls' gradients count (exact). Ghost clipping covers one call: a clear error."""
+    """Folded or not: both calls' gradients count (exact). Ghost clipping and the unfold path cover one call:
+    a clear error where asked for, the per-example loop where ``"auto"`` chose them."""
     keras.utils.set_random_seed(3)
     from dp_zoo.models.ws_conv import WSConv2D
 
@@ -158,9 +159,14 @@ def test_a_ws_layer_called_twice():
     y = np.array([0, 2, 1], np.int32)
     mask = np.ones([3], np.float32)
     for fold_gain in (True, False):
-        assert_equals_naive_loop(m, x, y, mask, rel=1e-5, ghost=False, fold_gain=fold_gain)
-    with pytest.raises(NotImplementedError, match="'shared' is called more than once.*ghost=False"):
-        dp.clipped_grad_sum(m, x, y, l2_clip=1.0, ghost=True)
+        assert_equals_naive_loop(m, x, y, mask, rel=1e-5, ghost=False, fold_gain=fold_gain, unfold=False)
+    # The defaults would unfold the layer (a 3x3 kernel on 6x6 inputs): "auto" falls back for it.
+    assert dp.ws_gradient_paths(m, (2, 6, 6, 2)) == {"shared": "fold"}
+    assert_equals_naive_loop(m, x, y, mask, rel=1e-5)
+    assert_equals_naive_loop(m, x, y, mask, rel=1e-5, ghost="auto", unfold="auto")
+    for asked in ({"ghost": True}, {"ghost": False, "unfold": True}):
+        with pytest.raises(NotImplementedError, match="'shared' is called more than once.*ghost=False"):
+            dp.clipped_grad_sum(m, x, y, l2_clip=1.0, **asked)
 
 
 @pytest.mark.parametrize("ghost", [True, False, "auto"])

@@ -12,7 +12,7 @@ that kills the process. Two kinds of check:
   WRN-16-4, and ``wrn_test``'s DP step on its per-example and ghost paths;
   slow: the DP step of every family on those paths and the bf16 ghost path.
 - ``clipped_grad_sum`` runs in a subprocess (a crash kills only it), printing
-  each combination of model, input size, ``ghost`` and ``fold_gain`` before
+  each combination of model, input size, ``ghost``, ``fold_gain`` and ``unfold`` before
   it runs, with oneDNN's custom operations on (``TF_ENABLE_ONEDNN_OPTS=1``:
   TensorFlow's own default on CPUs with AVX512_VNNI or AMX; without them
   oneDNN's convolutions never run and the check is empty) and one intra-op
@@ -87,12 +87,14 @@ def strided_1x1_convolutions(fn, *args):
 
 
 def _dp_steps(model, bf16=True):
-    """``{what: fn(x, y)}``: the DP step on its per-example and ghost paths (and the bf16 ghost path)."""
-    def step(ghost, fold_gain, precision="float32"):
+    """``{what: fn(x, y)}``: the DP step on its per-example, unfold and ghost paths (and the bf16 ghost path)."""
+    def step(ghost, fold_gain, precision="float32", unfold="auto"):
         return lambda x, y: dp.clipped_grad_sum(model, x, y, l2_clip=1.0, ghost=ghost, fold_gain=fold_gain,
-                                                precision=precision)
+                                                precision=precision, unfold=unfold)
     # fold_gain=True convolves the same way as False, with another tensor.
-    steps = {"per-example (ghost=False, fold_gain=True)": step(False, True), "ghost=True": step(True, False)}
+    steps = {"per-example (ghost=False, fold_gain=True)": step(False, True), "ghost=True": step(True, False),
+             "per-example loop (ghost=False, unfold=False)": step(False, True, unfold=False),
+             "unfold=True": step(False, False, unfold=True)}
     if bf16:  # the ghost path's float32 projection (ghost.float32_projection) runs only here
         steps["ghost=True, bf16"] = step(True, False, "bf16")
     return steps
@@ -135,21 +137,23 @@ batch = int(sys.argv[1])
 options = {"auto": "auto", "on": True, "off": False}
 models = {}
 for combo in sys.argv[2:]:
-    name, size, ghost, fold = combo.split(":")
-    size, ghost, fold = int(size), options[ghost], options[fold]
+    name, size, ghost, fold, unfold = (combo + ":auto").split(":")[:5]
+    size, ghost, fold, unfold = int(size), options[ghost], options[fold], options[unfold]
     if (name, size) not in models:
         models[name, size] = dp_zoo.create_model(name, num_classes=4, input_shape=(size, size, 3))
     x = tf.random.stateless_normal([batch, 1, size, size, 3], seed=[size, 1])
     y = tf.range(batch) % 4
-    print(f"{name} {size}px ghost={ghost} fold_gain={fold}:", end=" ", flush=True)
-    grads, norms = dp.clipped_grad_sum(models[name, size], x, y, l2_clip=1.0, ghost=ghost, fold_gain=fold)
+    print(f"{name} {size}px ghost={ghost} fold_gain={fold} unfold={unfold}:", end=" ", flush=True)
+    grads, norms = dp.clipped_grad_sum(models[name, size], x, y, l2_clip=1.0, ghost=ghost, fold_gain=fold,
+                                       unfold=unfold)
     assert all(np.isfinite(g.numpy()).all() for g in grads) and np.isfinite(norms.numpy()).all()
     print("ok", flush=True)
 """
 
 
 def run_matrix(combos, batch=2, onednn=True, timeout=900):
-    """Runs ``clipped_grad_sum`` for each ``"name:size:ghost:fold_gain"`` in one fresh process; fails on its death."""
+    """Runs ``clipped_grad_sum`` for each ``"name:size:ghost:fold_gain[:unfold]"`` (unfold "auto" where not
+    given) in one fresh process; fails on its death."""
     # glibc's heap-corruption message to stderr (not the terminal); Python's stack on a fatal signal.
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", LIBC_FATAL_STDERR_="1", PYTHONFAULTHANDLER="1")
     if onednn:
@@ -170,20 +174,25 @@ def test_dp_step_survives_onednn():
     # Failed first (before conv_ops): the process died (return code -6, "malloc_consolidate(): invalid
     # chunk size") at its first combination, "wrn_test 8px ghost=False fold_gain=True".
     # wrn_test at every size and on every path: fold, the cost model's choice, plain, ghost (issue
-    # #27 saw crashes at 28 and 32 px with ghost off, at 16 and 32 with auto); the others once.
-    run_matrix(["wrn_test:8:off:on", "wrn_test:16:auto:auto", "wrn_test:28:off:off", "wrn_test:32:on:on",
+    # #27 saw crashes at 28 and 32 px with ghost off, at 16 and 32 with auto; the per-example loop,
+    # unfold=False, is where they were); the others once.
+    run_matrix(["wrn_test:8:off:on:off", "wrn_test:16:auto:auto", "wrn_test:28:off:off:off", "wrn_test:28:off:off:on",
+                "wrn_test:32:on:on", "wrn_test:32:off:off:off",
                 "nf_resnet_test:28:auto:auto", "nfnet_test:28:auto:auto", "wrn_digits:28:auto:auto"])
 
 
 SIZES = (8, 16, 28, 32)
 PAIRS = tuple((g, f) for g in ("auto", "on", "off") for f in ("auto", "on", "off"))
+# With unfold "auto" (the default) unless a third value is given: the per-example loop and the unfold
+# path for every layer, both with ghost off.
+COMBOS = PAIRS + (("off", "off", "off"), ("off", "on", "off"), ("off", "off", "on"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "tf-default"])
 @pytest.mark.parametrize("name", TINY + ("wrn16_4", "nf_resnet26"))
 def test_dp_step_survives_the_whole_matrix(name, onednn):
-    # Every size with every pairing; real families with one per value of each option.
-    pairs = PAIRS if name in TINY else (("off", "off"), ("on", "on"), ("auto", "auto"))
-    run_matrix([f"{name}:{size}:{g}:{f}" for size in SIZES for g, f in pairs], batch=2 if name in TINY else 1,
+    # Every size with every combination; real families with one per value of each option.
+    combos = COMBOS if name in TINY else (("off", "off", "off"), ("on", "on"), ("auto", "auto"), ("off", "off", "on"))
+    run_matrix([":".join((name, str(size)) + c) for size in SIZES for c in combos], batch=2 if name in TINY else 1,
                onednn=onednn, timeout=3000)

@@ -75,7 +75,7 @@ def test_unfolded_kernel_gradients_equal_the_naive_loop(name, shape, k):
     paths = dp.ws_gradient_paths(m, (k,) + shape, ghost=False, unfold=True)
     assert set(paths.values()) == {"unfold"}
     assert_equals_naive_loop(m, x, y, np.array([1, 0, 1], np.float32), rel=1e-4, ghost=False, unfold=True)
-    assert "unfold" in dp.ws_gradient_paths(m, (k,) + shape, unfold="auto").values()
-    assert "unfold" not in dp.ws_gradient_paths(m, (k,) + shape).values()  # off by default
+    assert "unfold" in dp.ws_gradient_paths(m, (k,) + shape).values()  # "auto", the default, picks some
+    assert "unfold" not in dp.ws_gradient_paths(m, (k,) + shape, unfold=False).values()
     with pytest.raises(ValueError, match="unfold"):
         dp.clipped_grad_sum(m, x, y, l2_clip=1.0, unfold="yes")

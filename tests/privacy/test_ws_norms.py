@@ -239,16 +239,21 @@ def _single_ws_layer_model(kernel, strides, cin, hw, seed):
     return m
 
 
-@pytest.mark.parametrize("ghost", [True, False])
-@pytest.mark.parametrize("fold_gain", [True, False])
+# path -> (ghost, fold_gain, unfold); ghost with and without the gain folded in elsewhere.
+SINGLE_LAYER_PATHS = {"ghost": (True, False, False), "ghost-fold": (True, True, False), "fold": (False, True, False),
+                      "plain": (False, False, False), "unfold": (False, False, True)}
+
+
+@pytest.mark.parametrize("path", list(SINGLE_LAYER_PATHS))
 @pytest.mark.parametrize("kernel,strides", [(3, 1), (3, 2), (1, 1)])
-def test_single_ws_layer_norms_never_under_estimate(exact_backward, ghost, fold_gain, kernel, strides):
+def test_single_ws_layer_norms_never_under_estimate(exact_backward, path, kernel, strides):
     """One WS convolution straight on adversarial images (its gradient is most of each example's)."""
+    ghost, fold_gain, unfold = SINGLE_LAYER_PATHS[path]
     cin, hw = 3, 8
     m = _single_ws_layer_model(kernel, strides, cin, hw, seed=kernel + strides)
-    paths = dp.ws_gradient_paths(m, (2, hw, hw, cin), ghost=ghost, fold_gain=fold_gain)
-    assert paths == {"ws": "ghost" if ghost else ("fold" if fold_gain else "plain")}
-    step = _contribution_step(m, ghost, fold_gain)
+    paths = dp.ws_gradient_paths(m, (2, hw, hw, cin), ghost=ghost, fold_gain=fold_gain, unfold=unfold)
+    assert paths == {"ws": path.split("-")[0]}
+    step = _contribution_step(m, ghost, fold_gain, unfold)
     rng = np.random.default_rng(7)
     for kind in ("normal", "offset", "channel_offsets", "near_constant", "piecewise_constant"):
         for offset in ((0.0,) if kind == "normal" else (30.0, 1e3, 3e4)):
