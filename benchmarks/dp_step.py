@@ -11,8 +11,8 @@ steps (non-private and DP, every K) timed in turn in each round.
 (``auto``: the default, ``off``: per-example kernel gradients for every WS
 layer, ``on``: ghost norms for every WS layer) and ``--fold`` its
 gain-folding modes (``fold_gain``: ``auto``, ``off``, ``on``), ``--unfold``
-its opt-in patch-based kernel gradients (``unfold``: ``off``, the default,
-``auto``, ``on``); every combination is timed against the same non-private step. ``views/s vs plain K=1`` is the DP step's augmented views
+its patch-based kernel gradients (``unfold``: ``auto``, the default,
+``off``, ``on``); every combination is timed against the same non-private step. ``views/s vs plain K=1`` is the DP step's augmented views
 per second over the non-private step's examples per second at K=1.
 ``--precision bf16`` adds the same steps under Keras' mixed_bfloat16 (both
 the DP and the non-private step: the ratio compares like with like), after
@@ -21,7 +21,7 @@ the float32 rows, which are always timed as the reference.
     python benchmarks/dp_step.py --check [--repeats 5]
 
 is the CI guard against the DP step slowing down (``.ci/run``): WRN-16-4,
-batch 64, 32x32x3, the default DP step (``ghost`` and ``fold_gain`` "auto")
+batch 64, 32x32x3, the default DP step (``ghost``, ``fold_gain`` and ``unfold`` "auto")
 at K=1 and K=4 against the non-private step at the same K, all four timed
 in turn in each round. For each K the ratio (DP views/s over non-private
 views/s) is taken per round and its median over the rounds compared with
@@ -96,7 +96,8 @@ def _path(model, ws_path, ghost, fold, unfold, k, input_shape):
             + (f" ({', '.join(ghost)})" if ghost and len(ghost) < len(paths) else "")
             + f", gain folded into the kernel for {len(fold)}, gain apart for the other {len(paths) - len(ghost) - len(fold)}"
             + (f" ({unfolded} of them from input patches and one einsum)" if unfolded else "")
-            + "; the other kernel gradients: Conv2DBackpropFilter as pfor's while_loop over examples")
+            + ("; the other WS kernel gradients: Conv2DBackpropFilter as pfor's while_loop over examples"
+               if len(paths) - len(ghost) - unfolded else ""))
 
 
 def check(repeats):

@@ -57,10 +57,13 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
       unfold: which ghost-capable WS convolutions that are not ghost get
         their per-example kernel gradients from input patches contracted
         with output gradients in one einsum (``ghost.unfolded_kernel_rows``)
-        instead of ``tf.vectorized_map``'s loop over examples. False (the
-        default): none; ``"auto"``: layers whose per-example kernel
-        gradient is at most ``ws_fast_path.UNFOLD_MAX_MACS`` multiply-adds;
-        True: all. The result is the same either way (tests compare them).
+        instead of ``tf.vectorized_map``'s loop over examples. ``"auto"``
+        (the default): layers whose per-example kernel gradient is at most
+        ``ws_fast_path.UNFOLD_MAX_MACS`` multiply-adds (every layer of
+        wrn_mnist at K=1, WRN-16-4's stem and one shortcut); True: all; False:
+        none. The result is the same either way (tests compare them). A
+        layer called more than once per example cannot be tapped: ``"auto"``
+        then leaves it on the loop, True raises ``NotImplementedError``.
       precision: ``"float32"`` (the model's own policy) or ``"bf16"``: the
         forward and backward passes run under Keras' ``mixed_bfloat16``
         (``dp_zoo.precision.compute_precision``); per-example gradients,

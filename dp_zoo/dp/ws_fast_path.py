@@ -18,10 +18,12 @@ from the same sums, sparing the output-sized work of the gain. Layers
 that ``ghost`` selects return, per example, their input and ``dL/dpre``
 instead of ``a``: norms by ``ghost.ghost_ws_sq_norms``, and
 ``sum_b f_b a_b`` as one batched Conv2DBackpropFilter. Layers that
-``unfold`` selects (off by default) return the same two and get ``a`` from
-them as input patches contracted with ``dL/dpre`` in one einsum
-(``ghost.unfolded_kernel_rows``), then go on as plain layers. Tests compare
-every path with the naive per-example loop.
+``unfold`` selects (by default the small ones, ``UNFOLD_MAX_MACS``) return
+the same two and get ``a`` from them as input patches contracted with
+``dL/dpre`` in one einsum (``ghost.unfolded_kernel_rows``), then go on as
+plain layers. A layer that ``"auto"`` put on either of these tapped paths
+and that the model calls twice is traced again on the per-example loop.
+Tests compare every path with the naive per-example loop.
 
 The protocol (what a layer must do to take this path; ``WSConv2D`` and
 ``ScaledWSConv2D`` in ``dp_zoo/models/ws_conv.py`` are the reference):
