@@ -56,3 +56,32 @@ def test_the_source_text_cites_its_publication_and_says_no_run_on_the_data():
 def test_unknown_or_foreign_spaces_are_refused(name, recipe, match):
     with pytest.raises(ValueError, match=match):
         search_spaces.get(name, recipe)
+
+
+MNIST = search_spaces.SPACES["mnist_public"]
+
+
+def test_the_mnist_space_is_tramer_and_boneh_s_settings_and_grid():
+    """Every base setting is MNIST_BASE's (Tramer & Boneh 2021, De et al.'s EMA); the grid's learning rates
+    are their grid's base rates from half their MNIST choice up, its steps their 40 epochs and half."""
+    base = {k: v for k, (v, _) in recipe_sources.MNIST_BASE.items()}
+    s = {k: v for k, (v, _) in MNIST.settings.items()}
+    for key in ("batch_size", "l2_clip", "delta", "augmult", "ema_decay", "momentum", "weight_decay"):
+        assert s[key] == base[key], key
+    lrs, _ = MNIST.grid["lr"]
+    assert set(lrs) <= set(recipe_sources.MNIST_GRID_SOURCES["base_lrs"][0]) and base["learning_rate"] in lrs
+    steps, _ = MNIST.grid["steps"]
+    n_train = recipes.MNIST_N - 10_000  # run with --validation-size 10000 (the classic split)
+    assert max(steps) == round(40 * n_train / 512) == 3906 and min(steps) == round(20 * n_train / 512)
+    assert "--validation-size 10000" in MNIST.source and "no run on this data" in MNIST.source
+    assert all(why for _, why in MNIST.settings.values()) and all(why for _, why in MNIST.grid.values())
+
+
+def test_applying_the_mnist_space_trains_on_unaugmented_images():
+    c = MNIST.apply(recipes.get("wrn_mnist_eps1").config)
+    assert c.augmult.num_views == 1 and c.augmult.style == "none" and not c.augmult.augment_first_view
+    assert c.optim.momentum == 0.9 and c.dp.l2_clip == 0.1 and c.batch_size == 512 and c.model == "wrn_mnist"
+    grid = tune.parse_grid(MNIST.grid_items())
+    assert len(grid) == 6 and {tune.point_config(c, p).optim.learning_rate for p in grid} == {0.25, 0.5, 1.0}
+    with pytest.raises(ValueError, match="is for the recipes"):
+        search_spaces.get("mnist_public", "wrn_digits_eps8")

@@ -18,6 +18,7 @@ released configurations, each number cited there).
 import dataclasses
 
 from dp_zoo.recipes import sources as recipe_sources
+from dp_zoo.recipes.builders import MNIST_N
 from dp_zoo.recipes.config import AugmultConfig, EMAConfig, OptimConfig
 
 _DE = recipe_sources.PUBLISHED
@@ -65,7 +66,7 @@ class SearchSpace:
             physical_batch_size=min(s["physical_batch_size"], s["batch_size"]),
             dp=dataclasses.replace(config.dp, l2_clip=s["l2_clip"], delta=s["delta"]),
             augmult=AugmultConfig(num_views=s["augmult"], style=s["augmentation"], pad=s["pad"],
-                                  augment_first_view=True),
+                                  augment_first_view=s["augmentation"] != "none"),
             ema=EMAConfig(decay=s["ema_decay"]),
             optim=OptimConfig(name="sgd", learning_rate=s["learning_rate"], momentum=s["momentum"],
                               weight_decay=s["weight_decay"], schedule="constant"),
@@ -110,7 +111,49 @@ def _digits_public():
     return SearchSpace("digits_public", tuple(f"wrn_digits_eps{e}" for e in (1, 2, 4, 8)), settings, grid, source)
 
 
-SPACES = {s.name: s for s in (_digits_public(),)}
+def mnist_steps(epochs, validation_size=recipe_sources.MNIST_GRID_SOURCES["validation_size"][0]):
+    """Steps of ``epochs`` epochs of Tramer & Boneh's expected batch on MNIST's training split less ``validation_size``."""
+    return round(epochs * (MNIST_N - validation_size) / recipe_sources.MNIST_BASE["batch_size"][0])
+
+
+def _mnist_public():
+    tb = {k: v for k, (v, _) in recipe_sources.MNIST_BASE.items()}
+    why = {k: w for k, (_, w) in recipe_sources.MNIST_BASE.items()}
+    grid_src = recipe_sources.MNIST_GRID_SOURCES
+    base_lrs, epochs = grid_src["base_lrs"][0], tb["epochs"]
+    settings = {
+        "model": ("wrn_mnist", "WS-WideResNet of depth 10, 8/16/32 channels (De et al. 2022's family, sized for "
+                  "2 CPU cores: dp_zoo's choice, made before any run on MNIST)"),
+        "batch_size": (tb["batch_size"], why["batch_size"]),
+        "physical_batch_size": (256, "memory only (no effect on what is computed)"),
+        "l2_clip": (tb["l2_clip"], why["l2_clip"]),
+        "delta": (tb["delta"], why["delta"]),
+        "augmult": (tb["augmult"], why["augmult"]),
+        "augmentation": ("none", why["augmult"]),
+        "pad": (0, "no augmentation"),
+        "ema_decay": (tb["ema_decay"], why["ema_decay"]),
+        "learning_rate": (tb["learning_rate"], "replaced by the grid"),
+        "momentum": (tb["momentum"], why["momentum"]),
+        "weight_decay": (tb["weight_decay"], why["weight_decay"]),
+    }
+    grid = {
+        "lr": (tuple(lr for lr in base_lrs if lr >= tb["learning_rate"] / 2),
+               f"Tramer & Boneh's base learning rates ({grid_src['base_lrs'][1]}) from half their MNIST "
+               f"choice {tb['learning_rate']} up (B = 512: lr = base)"),
+        "steps": ((mnist_steps(epochs // 2), mnist_steps(epochs)),
+                  f"their MNIST {epochs} epochs ({why['epochs']}) and half of it, to bound a trial's CPU time, of "
+                  f"B {tb['batch_size']} on the {recipe_sources.MNIST_GRID_SOURCES['validation_size'][0]:,}-"
+                  "example validation split's complement (50,000)"),
+    }
+    source = ("dp_zoo search space 'mnist_public' (dp_zoo/recipes/search_spaces.py), from public sources only, "
+              "no run on this data: Tramer & Boneh 2021 (arXiv 2011.11660; ftramer/Handcrafted-DP) end-to-end "
+              "MNIST CNN settings: B 512, SGD momentum 0.9, C 0.1, no augmentation, delta 1e-5, 40 epochs and "
+              "half; lr in {0.25, 0.5, 1} from their grid's base rates; De et al. 2022's WS-WRN family "
+              "(wrn_mnist) and EMA 0.999; run with --validation-size 10000 (the classic 50,000 / 10,000 split)")
+    return SearchSpace("mnist_public", tuple(f"wrn_mnist_eps{e}" for e in (1, 2, 4, 8)), settings, grid, source)
+
+
+SPACES = {s.name: s for s in (_digits_public(), _mnist_public())}
 
 
 def get(name, recipe_name):

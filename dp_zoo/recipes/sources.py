@@ -262,6 +262,16 @@ MNIST_BASE = {
     "ema_decay": (0.999, f"{DE2022}: {_JAXP}{_WRN16_4_EPS1}: averaging.ema_coefficient"),
     "weight_decay": (0.0, f"{DE2022}: {_JAXP}{_WRN16_4_EPS1}: training.weight_decay"),
 }
+# Tramer & Boneh's own grid (their CIFAR-10 search script; the lr is per 512 examples of batch)
+# and the classic split of MNIST's 60,000 training images (mnist.pkl.gz: 50,000 + 10,000).
+_TB_GRID = "ftramer/Handcrafted-DP@5eddb46 scripts/run_cnns_cifar10.py"
+MNIST_GRID_SOURCES = {
+    "base_lrs": ((0.125, 0.25, 0.5, 1.0), f"{TRAMER_BONEH2021}: {_TB_GRID}: BASE_LRS (lr = (B // 512) * base)"),
+    "epochs": ((30, 60, 120), f"{TRAMER_BONEH2021}: {_TB_GRID}: TARGET_EPOCHS (CIFAR-10)"),
+    "validation_size": (10_000, "the classic mnist.pkl.gz split of the 60,000 training images: 50,000 "
+                                "training, 10,000 validation (LeCun et al.'s MNIST as the deeplearning.net "
+                                "tutorials distributed it)"),
+}
 
 # TAN's own simulations of its reference runs (README, "First imitate training ..."): the
 # batch size it simulates at; sigma is divided by the same factor, the steps stay.
