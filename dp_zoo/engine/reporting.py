@@ -23,13 +23,14 @@ def progress_bar(total, initial, private):
 
 def update_bar(bar, eps, entry):
     """Advances ``bar`` by one step; its postfix is the epsilon bound and the last evaluation accuracy."""
-    bar.update(1)
-    post = {} if eps is None else {"eps<=": f"{eps:.3f}"}
+    post = [] if eps is None else [f"eps<={eps:.3f}"]
     if entry["eval_accuracy"] is not None:
-        post["acc"] = f"{entry['eval_accuracy']:.3f}"
+        post.append(f"acc={entry['eval_accuracy']:.3f}")
     if entry.get("l2_clip") is not None:
-        post["C"] = f"{entry['l2_clip']:.3g}"
-    bar.set_postfix(post)
+        post.append(f"C={entry['l2_clip']:.3g}")
+    # One redraw per step (the update's), the postfix already in it.
+    bar.set_postfix_str(", ".join(post), refresh=False)
+    bar.update(1)
 
 
 def log_scalars(writer, run_dir, step, entry):
