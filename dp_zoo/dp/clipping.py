@@ -51,7 +51,7 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
         gain's gradient then comes from the kernel's, sparing output-sized
         work) rather than w.r.t. the gain-free kernel and the gain.
         ``"auto"``: those whose fan-in is small against the output positions
-        per example (``ws_fast_path.FOLD_COST_RATIO``; in WRN-16-4 at 32x32,
+        per example (``ws_paths.FOLD_COST_RATIO``; in WRN-16-4 at 32x32,
         the 32x32 stage, and at K=4 the 16x16 one too); ``True``: all;
         ``False``: none. The result is the same either way.
       unfold: which ghost-capable WS convolutions that are not ghost get
@@ -59,7 +59,7 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
         with output gradients in one einsum (``ghost.unfolded_kernel_rows``)
         instead of ``tf.vectorized_map``'s loop over examples. ``"auto"``
         (the default): layers whose per-example kernel gradient is at most
-        ``ws_fast_path.UNFOLD_MAX_MACS`` multiply-adds (every layer of
+        ``ws_paths.UNFOLD_MAX_MACS`` multiply-adds (every layer of
         wrn_mnist at K=1, WRN-16-4's stem and one shortcut); True: all; False:
         none. The result is the same either way (tests compare them). A
         layer called more than once per example cannot be tapped: ``"auto"``
