@@ -43,17 +43,22 @@ def test_ghost_auto_picks_the_small_spatial_stage(wrn16_4_paths):
 def test_fold_gain_auto_picks_layers_with_many_positions_per_fan_in(wrn16_4_paths):
     """``fold_gain="auto"``: the gain goes into the kernel where the output is large against the fan-in.
 
-    WRN-16-4 at 32x32: at K=1 the stem, the 32x32 stage and the 1x1 skip
-    convolution into the 16x16 stage (the 8x8 stage's 3x3 convolutions go
-    ghost); at K=4 every convolution but the 8x8 stage's 3x3 ones.
+    WRN-16-4 at 32x32: at K=1 the 32x32 stage's 3x3 convolutions and the 1x1
+    skip convolution into the 16x16 stage (the 8x8 stage's 3x3 convolutions
+    go ghost; the stem and the 32x32 stage's 1x1 skip convolution, which fold
+    would pick too, are small enough for ``unfold="auto"``); at K=4 every
+    convolution but the 8x8 stage's 3x3 ones.
     """
     m, paths = wrn16_4_paths
-    assert sorted(_with(paths[1], "fold")) == sorted(
-        ["stem_conv", "stage2_block1_skip_conv"] + [f"stage1_block{b}_conv{c}" for b in (1, 2) for c in (1, 2)]
-        + ["stage1_block1_skip_conv"])
+    folds = [f"stage1_block{b}_conv{c}" for b in (1, 2) for c in (1, 2)] + ["stage2_block1_skip_conv"]
+    assert sorted(_with(paths[1], "fold")) == sorted(folds)
+    assert sorted(_with(paths[1], "unfold")) == ["stage1_block1_skip_conv", "stem_conv"]
+    folded = _with(dp.ws_gradient_paths(m, (1, 32, 32, 3), unfold=False), "fold")
+    assert sorted(folded) == sorted(folds + ["stage1_block1_skip_conv", "stem_conv"])
     assert sorted(n for n, p in paths[4].items() if p != "fold") == [
         f"stage3_block{b}_conv{c}" for b in (1, 2) for c in (1, 2)]
-    assert set(dp.ws_gradient_paths(m, (4, 32, 32, 3), ghost=False, fold_gain=False).values()) == {"plain"}
+    assert set(dp.ws_gradient_paths(m, (4, 32, 32, 3), ghost=False, fold_gain=False, unfold=False).values()) == {
+        "plain"}
     with pytest.raises(ValueError, match="fold_gain"):
         dp.clipped_grad_sum(m, np.zeros((1, 1, 32, 32, 3), np.float32), np.zeros([1], np.int32),
                                 l2_clip=1.0, fold_gain="yes")
