@@ -24,7 +24,8 @@ from dp_zoo.dp.clipping_modes import Clipping
 from dp_zoo.dp.ghost import GHOST_COST_RATIO, conv_patches, ghost_ws_sq_norms, patch_gram
 from dp_zoo.dp.noise import add_noise, noisy_normalized_sum
 from dp_zoo.dp.per_example import clip_factors, finite_rows, global_norms, per_example_grads, weighted_sum
-from dp_zoo.dp.ws_fast_path import FOLD_COST_RATIO, ghost_layer_names, ws_gradient_paths, ws_kernels
+from dp_zoo.dp.ws_fast_path import ghost_layer_names, ws_gradient_paths, ws_kernels
+from dp_zoo.dp.ws_paths import FOLD_COST_RATIO
 
 __all__ = [
     "Clipping", "FOLD_COST_RATIO", "GHOST_COST_RATIO", "add_noise", "clip_factors", "clipped_grad_sum", "conv_patches",

@@ -12,7 +12,7 @@ generic one here (vectorized per-example gradients, ``per_example``).
 import keras
 import tensorflow as tf
 
-from dp_zoo.dp import clipping_modes, ws_fast_path
+from dp_zoo.dp import clipping_modes, ws_fast_path, ws_paths
 from dp_zoo.dp.per_example import (finite_rows, float32_logits, masked_clip_factors, per_example_grads, sq_norms,
                                    weighted_sum)
 from dp_zoo.precision import compute_precision
@@ -82,7 +82,7 @@ def clipped_grad_sum(model, images, labels, *, l2_clip, mask=None, vectorized=Tr
       TypeError: a WS layer does not follow the fast path's protocol
         (``ws_fast_path``).
     """
-    ws_fast_path.check_path_options(ghost, fold_gain, unfold)
+    ws_paths.check_path_options(ghost, fold_gain, unfold)
     ws = ws_fast_path.ws_kernels(model) if vectorized else []
     with compute_precision(model, precision):
         if ws:

@@ -18,7 +18,7 @@ from the same sums, sparing the output-sized work of the gain. Layers
 that ``ghost`` selects return, per example, their input and ``dL/dpre``
 instead of ``a``: norms by ``ghost.ghost_ws_sq_norms``, and
 ``sum_b f_b a_b`` as one batched Conv2DBackpropFilter. Layers that
-``unfold`` selects (by default the small ones, ``UNFOLD_MAX_MACS``) return
+``unfold`` selects (by default the small ones, ``ws_paths.UNFOLD_MAX_MACS``) return
 the same two and get ``a`` from them as input patches contracted with
 ``dL/dpre`` in one einsum (``ghost.unfolded_kernel_rows``), then go on as
 plain layers. A layer that ``"auto"`` put on either of these tapped paths
@@ -64,8 +64,7 @@ import tensorflow as tf
 from dp_zoo.dp import clipping_modes
 from dp_zoo.dp.ghost import float32_projection, ghost_kernel_sums, ghost_ws_sq_norms, patch_gram, unfolded_kernel_rows
 from dp_zoo.dp.per_example import finite_rows, masked_clip_factors, sq_norms, views_loss, weighted_sum
-# FOLD_COST_RATIO, UNFOLD_MAX_MACS and check_path_options: this module's API before ws_paths held them.
-from dp_zoo.dp.ws_paths import FOLD_COST_RATIO, TAPPED, UNFOLD_MAX_MACS, WSTap, check_path_options  # noqa: F401
+from dp_zoo.dp.ws_paths import TAPPED, WSTap, check_path_options
 from dp_zoo.models.ws_math import fan_in_sum, ws_backward, ws_geometry, ws_kernel_norms
 from dp_zoo.models.ws_override import standardized_kernel_override
 

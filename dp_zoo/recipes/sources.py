@@ -267,7 +267,6 @@ MNIST_BASE = {
 _TB_GRID = "ftramer/Handcrafted-DP@5eddb46 scripts/run_cnns_cifar10.py"
 MNIST_GRID_SOURCES = {
     "base_lrs": ((0.125, 0.25, 0.5, 1.0), f"{TRAMER_BONEH2021}: {_TB_GRID}: BASE_LRS (lr = (B // 512) * base)"),
-    "epochs": ((30, 60, 120), f"{TRAMER_BONEH2021}: {_TB_GRID}: TARGET_EPOCHS (CIFAR-10)"),
     "validation_size": (10_000, "the classic mnist.pkl.gz split of the 60,000 training images: 50,000 "
                                 "training, 10,000 validation (LeCun et al.'s MNIST as the deeplearning.net "
                                 "tutorials distributed it)"),
